@@ -1,0 +1,43 @@
+"""cameo's built-in backbones, registered through the `cameo.backbones` entry points.
+
+This module stays light (no torch): each spec names its adapter class by string.
+"""
+
+from cameo_cli.registry import BackboneSpec
+
+# SD2.1-shaped U-Net, text cross-attention removed: its 16 `attn1` layers in sorted order.
+UNET_SELF_ATTENTION = tuple(
+    sorted(
+        [
+            f"down_blocks.{b}.attentions.{a}.transformer_blocks.0.attn1"
+            for b in range(3)
+            for a in range(2)
+        ]
+        + [f"up_blocks.{b}.attentions.{a}.transformer_blocks.0.attn1" for b in (1, 2, 3) for a in range(3)]
+        + ["mid_block.attentions.0.transformer_blocks.0.attn1"]
+    )
+)
+
+CAT3D = BackboneSpec(
+    name="cat3d",
+    description="CAT3D multi-view U-Net (SD2.1-shaped, 3D self-attention, Plücker raymaps)",
+    default_layer=10,
+    layer_paths=UNET_SELF_ATTENTION,
+    adapter="backbones.cat3d:Cat3D",
+)
+
+MVGENMASTER = BackboneSpec(
+    name="mvgenmaster",
+    description="MVGenMaster U-Net: CAT3D plus warped-reference geometric priors",
+    default_layer=10,
+    layer_paths=UNET_SELF_ATTENTION,
+    adapter="backbones.mvgenmaster:MVGenMaster",
+)
+
+HUNYUAN_DIT = BackboneSpec(
+    name="hunyuan-dit",
+    description="Hunyuan-DiT transformer (40 blocks) with 3D self-attention and per-view 2D RoPE",
+    default_layer=32,
+    layer_paths=tuple(f"blocks.{i}.attn1" for i in range(40)),
+    adapter="backbones.hunyuan_dit:HunyuanDiT",
+)

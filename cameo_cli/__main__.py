@@ -1,0 +1,3 @@
+from cameo_cli.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Multi-view 3D self-attention: processors, the layer probe and identity perturbation."""

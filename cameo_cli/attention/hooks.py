@@ -1,0 +1,51 @@
+"""The per-layer hook that attention processors report to (probe) and obey (perturbation).
+
+Every attention processor that cameo installs holds one `LayerHook`. The processor calls
+`hook.capture(q, k, scale)` with the query and key it is about to feed to SDPA (after any
+q/k norm and RoPE), and replaces the attention by the identity (output = V) when
+`hook.identity` is set. Capturing stores differentiable tensors, so a loss on them trains
+the layer's `to_q`/`to_k` and everything before it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class LayerHook:
+    """State shared between cameo and the processor of one self-attention layer."""
+
+    index: int
+    path: str
+    multiview: bool
+    num_views: int = 1
+    identity: bool = False
+    recording: bool = False
+    captured: list[tuple[torch.Tensor, torch.Tensor, float]] = field(default_factory=list)
+
+    def capture(self, q: torch.Tensor, k: torch.Tensor, scale: float) -> None:
+        """Store q, k shaped [B, F, heads, tokens_per_view, head_dim] when recording."""
+        if self.recording:
+            self.captured.append((q, k, scale))
+
+
+@dataclass
+class ProbeResult:
+    """What the probe saw at its layer during one forward pass."""
+
+    q: torch.Tensor  # [B, F, heads, hw, d]
+    k: torch.Tensor  # [B, F, heads, hw, d]
+    scale: float  # 1/sqrt(d) unless the layer says otherwise
+    grid: tuple[int, int]  # (h, w) token grid per view
+
+    def logits(
+        self, i: int, j: int, rows: torch.Tensor | slice | None = None
+    ) -> torch.Tensor:
+        """Pre-softmax logits q_i·k_jᵀ·scale: [B, heads, len(rows), hw]."""
+        q = self.q[:, i]
+        if rows is not None:
+            q = q[:, :, rows]
+        return torch.einsum("bhqd,bhkd->bhqk", q, self.k[:, j]) * self.scale
