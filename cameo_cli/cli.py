@@ -10,7 +10,9 @@ import click
 from cameo_cli import __version__
 
 # name -> "module:attribute"; each subcommand lives in cameo_cli/commands/.
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "recipes": "cameo_cli.commands.recipes:recipes",
+}
 
 
 class LazyGroup(click.Group):
