@@ -162,6 +162,7 @@ def build_shard(
         save_file(tensors, str(tmp), metadata={"format": FORMAT, "shard": str(index)})
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
         manifest["sha256"] = sha256_file(tmp)
         manifest["bytes"] = tmp.stat().st_size
         os.replace(tmp, path)
@@ -218,7 +219,9 @@ def _check_out_folder(out: Path, signature: str, overwrite: bool) -> None:
     if not ours:
         raise CameoError(f"{out}: folder is not empty and is not a cameo dataset; choose another")
     try:
-        previous = json.loads(plan_path.read_text()).get("signature") if plan_path.is_file() else None
+        previous = (
+            json.loads(plan_path.read_text()).get("signature") if plan_path.is_file() else None
+        )
     except ValueError:
         previous = None
     if previous == signature and not overwrite:
@@ -256,9 +259,10 @@ def prepare_dataset(
     scenes, listing_skips = source.list_scenes()
     if not scenes:
         detail = "; ".join(f"{s.item}: {s.reason}" for s in listing_skips[:5])
-        raise CameoError(f"{source.options().get('root', out)}: no scenes found" + (
-            f" ({detail})" if detail else ""
-        ))
+        raise CameoError(
+            f"{source.options().get('root', out)}: no scenes found"
+            + (f" ({detail})" if detail else "")
+        )
     plan = [scenes[i : i + scenes_per_shard] for i in range(0, len(scenes), scenes_per_shard)]
     (out / "shards").mkdir(parents=True, exist_ok=True)
     for stale in (out / "shards").glob("*.tmp-*"):

@@ -59,7 +59,7 @@ def _random_texture(rng: np.random.Generator, scale: tuple[float, float]) -> Tex
     hues = (rng.uniform() + np.array([0.0, rng.uniform(0.25, 0.75), rng.uniform(0.1, 0.9)])) % 1
     sats = rng.uniform(0.35, 0.95, size=3)
     vals = np.array([rng.uniform(0.75, 1.0), rng.uniform(0.2, 0.5), rng.uniform(0.45, 0.9)])
-    colors = np.stack([_hsv_to_rgb(h, s, v) for h, s, v in zip(hues, sats, vals)])
+    colors = np.stack([_hsv_to_rgb(h, s, v) for h, s, v in zip(hues, sats, vals, strict=True)])
     return Texture(
         kind=TEXTURES[int(rng.integers(len(TEXTURES)))],
         colors=colors,
@@ -113,9 +113,7 @@ def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray | None = None) -
     return w2c
 
 
-def camera_trajectory(
-    rng: np.random.Generator, room: np.ndarray, num_frames: int
-) -> np.ndarray:
+def camera_trajectory(rng: np.random.Generator, room: np.ndarray, num_frames: int) -> np.ndarray:
     """A smooth arc around the room centre looking inwards: [N, 4, 4] world-to-camera."""
     t = np.linspace(0.0, 1.0, num_frames)
     start = rng.uniform(0, 2 * np.pi)
@@ -128,7 +126,7 @@ def camera_trajectory(
     )
     drift = rng.uniform(-0.4, 0.4, size=(2, 3)) * np.array([1.0, 0.3, 1.0])
     targets = np.array([0.0, 0.7, 0.0]) + drift[0] + np.outer(t, drift[1] - drift[0])
-    return np.stack([look_at(e, g) for e, g in zip(eyes, targets)])
+    return np.stack([look_at(e, g) for e, g in zip(eyes, targets, strict=True)])
 
 
 # --------------------------------------------------------------------------- ray casting
@@ -190,7 +188,11 @@ def _surface(prim: Primitive, local: np.ndarray) -> tuple[np.ndarray, np.ndarray
         u, v = uv[:, 0] + 3.1 * axis, uv[:, 1] + 1.7 * (n_local.sum(-1) > 0)
     c, s = np.cos(prim.yaw), np.sin(prim.yaw)  # local -> world is the inverse rotation
     normal = np.stack(
-        [c * n_local[:, 0] + s * n_local[:, 2], n_local[:, 1], -s * n_local[:, 0] + c * n_local[:, 2]],
+        [
+            c * n_local[:, 0] + s * n_local[:, 2],
+            n_local[:, 1],
+            -s * n_local[:, 0] + c * n_local[:, 2],
+        ],
         axis=-1,
     )
     if prim.kind == "room":
@@ -232,8 +234,8 @@ def _shade_texture(tex: Texture, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         w = np.clip(0.5 + 0.8 * np.sin(phase), 0, 1)[:, None]
         m = _value_noise(su * 0.7, sv * 0.7, tex.salt)[:, None]
         return (tex.colors[0] * (1 - w) + tex.colors[1] * w) * (0.8 + 0.2 * m)
-    n = 0.65 * _value_noise(su * 2, sv * 2, tex.salt) + 0.35 * _value_noise(su * 5, sv * 5, ~tex.salt)
-    n = n[:, None]
+    coarse = _value_noise(su * 2, sv * 2, tex.salt)
+    n = (0.65 * coarse + 0.35 * _value_noise(su * 5, sv * 5, ~tex.salt))[:, None]
     return np.where(
         n < 0.5,
         tex.colors[0] * (1 - 2 * n) + tex.colors[1] * 2 * n,
