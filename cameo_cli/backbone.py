@@ -23,7 +23,7 @@ import logging
 import os
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -321,11 +321,14 @@ def stored_weight_names(folder: Path) -> set[str]:
         return set(handle.keys())
 
 
-def load_diffusers_model(model_cls: type, folder: Path, expected_missing: Iterable[str] = ()):
-    """Load a diffusers model from a local folder (no hub), checking no weight is missing.
+def load_diffusers_model(
+    model_cls: type, folder: Path, prepare: Callable[[nn.Module], None] | None = None
+) -> nn.Module:
+    """Load a diffusers model from a local folder (no hub) and check no weight is missing.
 
-    `expected_missing` are parameter-name prefixes the caller removes or re-initialises
-    (e.g. a U-Net's text cross-attention); diffusers' own message about them is muted.
+    `prepare(model)` runs right after loading (e.g. removing a U-Net's text cross-attention,
+    which diffusers recreates at random from the config); the check covers what remains.
+    diffusers' own report of weights missing from the file is muted in favour of that check.
     """
     stored = stored_weight_names(folder)
     diffusers_logger = logging.getLogger("diffusers")
@@ -335,10 +338,13 @@ def load_diffusers_model(model_cls: type, folder: Path, expected_missing: Iterab
         model = model_cls.from_pretrained(folder, local_files_only=True, use_safetensors=True)
     finally:
         diffusers_logger.setLevel(level)
-    prefixes = tuple(expected_missing)
-    missing = [k for k in model.state_dict() if k not in stored and not k.startswith(prefixes)]
+    if prepare is not None:
+        prepare(model)
+    missing = [key for key in model.state_dict() if key not in stored]
     if missing:
-        raise CameoError(f"{folder}: weights missing for {len(missing)} tensors, e.g. {missing[:3]}")
+        raise CameoError(
+            f"{folder}: weights missing for {len(missing)} tensors, e.g. {missing[:3]}"
+        )
     return model
 
 
