@@ -13,7 +13,11 @@ UNET_SELF_ATTENTION = tuple(
             for b in range(3)
             for a in range(2)
         ]
-        + [f"up_blocks.{b}.attentions.{a}.transformer_blocks.0.attn1" for b in (1, 2, 3) for a in range(3)]
+        + [
+            f"up_blocks.{b}.attentions.{a}.transformer_blocks.0.attn1"
+            for b in (1, 2, 3)
+            for a in range(3)
+        ]
         + ["mid_block.attentions.0.transformer_blocks.0.attn1"]
     )
 )

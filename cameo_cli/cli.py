@@ -10,11 +10,24 @@ import click
 from cameo_cli import __version__
 
 # name -> "module:attribute"; each subcommand lives in cameo_cli/commands/.
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "backbones": "cameo_cli.commands.backbones:backbones",
+}
+
+# One-line summaries for `cameo --help`, so listing commands imports none of them.
+SUMMARIES: dict[str, str] = {
+    "backbones": "Registered backbones (built-in and plugins) and their layers.",
+    "recipes": "Shipped recipes: list them or show one resolved.",
+    "prepare": "Prepare a dataset (re10k, dtu, synthetic) into shards.",
+    "train": "Train a multi-view diffusion model, with or without CAMEO.",
+    "sample": "Render novel views from reference images and cameras.",
+    "evaluate": "PSNR / SSIM / LPIPS on a dataset's evaluation index.",
+    "diagnose": "Attention correspondence per layer; identity-perturbation test.",
+}
 
 
 class LazyGroup(click.Group):
-    """A group that imports a subcommand's module only when it is invoked or listed in help."""
+    """A group that imports a subcommand's module only when that subcommand runs."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *COMMANDS])
@@ -24,6 +37,12 @@ class LazyGroup(click.Group):
             module_name, _, attr = COMMANDS[name].partition(":")
             return getattr(importlib.import_module(module_name), attr)
         return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, SUMMARIES.get(name, "")) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,0 +1,65 @@
+"""Codecs: pixel identity, and a tiny random AutoencoderKL loaded from a local folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import AutoencoderKL
+
+from cameo_cli.codec import load_codec
+from cameo_cli.config import CodecConfig
+from cameo_cli.errors import CameoError
+
+
+@pytest.fixture(scope="module")
+def tiny_vae_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
+    )
+    folder = tmp_path_factory.mktemp("vae")
+    vae.save_pretrained(folder)
+    return folder
+
+
+def test_pixel_codec_is_the_identity() -> None:
+    codec = load_codec(CodecConfig(kind="none"))
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert codec.channels == 3 and codec.downsample == 1
+    assert torch.equal(codec.decode(codec.encode(images)), images)
+    assert codec.latent_size((32, 48)) == (32, 48)
+
+
+def test_vae_codec_scales_the_autoencoder(tiny_vae_folder: Path) -> None:
+    codec = load_codec(CodecConfig(kind="vae", path=str(tiny_vae_folder), scaling_factor=0.5))
+    reference = AutoencoderKL.from_pretrained(tiny_vae_folder, local_files_only=True)
+    assert codec.channels == 4 and codec.downsample == 2
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    latents = codec.encode(images)
+    assert latents.shape == (2, 4, 16, 16)
+    with torch.no_grad():
+        mean = reference.encode(images).latent_dist.mode()
+        torch.testing.assert_close(latents, mean * 0.5)
+        torch.testing.assert_close(codec.decode(latents), reference.decode(mean).sample)
+    sampled = codec.encode(images, generator=torch.Generator().manual_seed(0))
+    again = codec.encode(images, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(sampled, again) and not torch.equal(sampled, latents)
+    assert codec.latent_size((32, 64)) == (16, 32)
+    with pytest.raises(CameoError, match="multiple"):
+        codec.latent_size((31, 32))
+
+
+def test_vae_codec_errors(tmp_path: Path) -> None:
+    with pytest.raises(CameoError, match="codec.path is not set"):
+        load_codec(CodecConfig(kind="vae"))
+    with pytest.raises(CameoError, match=f"{tmp_path / 'missing'}: not a local AutoencoderKL"):
+        load_codec(CodecConfig(kind="vae", path=str(tmp_path / "missing")))
+    with pytest.raises(CameoError, match="codec.kind"):
+        load_codec(CodecConfig(kind="gan"))
