@@ -166,7 +166,7 @@ class HunyuanDiT(MultiViewBackbone):
         if not options.get("qk_norm", True):
             raise CameoError("Hunyuan-DiT always normalises q and k: qk_norm must be true")
         if pretrained is not None:
-            transformer = _load_pretrained(pretrained, in_channels)
+            transformer = _load_pretrained(pretrained, variant, in_channels)
         else:
             transformer = HunyuanDiT2DModel(in_channels=in_channels, **VARIANTS[variant].config)
         return cls(transformer, variant=variant, in_channels=in_channels, options=dict(options))
@@ -285,8 +285,9 @@ class HunyuanDiT(MultiViewBackbone):
         ]
 
 
-def _load_pretrained(folder: str, in_channels: int) -> HunyuanDiT2DModel:
-    """A `HunyuanDiT2DModel` from a local diffusers folder (pipeline or transformer)."""
+def _load_pretrained(folder: str, variant: str, in_channels: int) -> HunyuanDiT2DModel:
+    """A `HunyuanDiT2DModel` of `variant`'s shape from a local diffusers folder (a pipeline
+    folder with `transformer/`, or the transformer folder itself)."""
     path = Path(folder)
     if not path.is_dir():
         raise CameoError(f"{folder}: pretrained Hunyuan-DiT folder does not exist")
@@ -297,6 +298,17 @@ def _load_pretrained(folder: str, in_channels: int) -> HunyuanDiT2DModel:
             f"{folder}: not a diffusers Hunyuan-DiT folder (no config.json, no transformer/)"
         )
     transformer = HunyuanDiT2DModel.from_pretrained(path, local_files_only=True)
+    expected = VARIANTS[variant].config
+    shape = ("num_layers", "num_attention_heads", "attention_head_dim", "patch_size")
+    found = {key: transformer.config[key] for key in shape}
+    if found != {key: expected[key] for key in shape}:
+        raise CameoError(
+            f"{folder}: a Hunyuan-DiT with {found['num_layers']} blocks, "
+            f"{found['num_attention_heads']} heads of {found['attention_head_dim']}, patch "
+            f"{found['patch_size']} is not the '{variant}' variant ({expected['num_layers']} "
+            f"blocks, {expected['num_attention_heads']} heads of "
+            f"{expected['attention_head_dim']}, patch {expected['patch_size']})"
+        )
     if transformer.config.in_channels != in_channels:
         raise CameoError(
             f"{folder}: the pretrained Hunyuan-DiT takes {transformer.config.in_channels} "
