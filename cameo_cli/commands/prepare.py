@@ -47,7 +47,7 @@ def _make_source(dataset: str, opts: dict) -> SceneSource:
         )
     from cameo_cli.data.dtu import DTUSource
 
-    return DTUSource(root=root, geometry=opts["geometry"] or "none")
+    return DTUSource(root=root, split=opts["split"] or "test", geometry=opts["geometry"] or "none")
 
 
 def print_report(report: PrepareReport, console: Console) -> None:
@@ -70,7 +70,10 @@ def print_report(report: PrepareReport, console: Console) -> None:
 @click.argument("dataset")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
 @click.option("--root", type=click.Path(), help="Raw dataset folder (re10k, dtu).")
-@click.option("--split", help="re10k: train|test [default: train]; synthetic: split label.")
+@click.option(
+    "--split",
+    help="re10k: train|test [default: train]; dtu: test (15 scans)|train|all [default: test].",
+)
 @click.option("--videos", type=click.Path(), help="re10k: folder of local videos <clip>.mp4.")
 @click.option("--scenes", type=int, default=32, help="synthetic: number of scenes.")
 @click.option("--frames", type=int, help="synthetic: frames per scene [default: 16].")
