@@ -13,6 +13,7 @@ from cameo_cli import __version__
 COMMANDS: dict[str, str] = {
     "backbones": "cameo_cli.commands.backbones:backbones",
     "recipes": "cameo_cli.commands.recipes:recipes",
+    "train": "cameo_cli.commands.train:train",
 }
 
 # One-line summaries for `cameo --help`, so listing commands imports none of them.

@@ -91,6 +91,7 @@ class Trainer:
         self.accelerator = accelerator
         self.device = accelerator.device
         self.cameo = recipe.alignment.method == "cameo"
+        self.dataset = open_dataset(recipe, needs_geometry=self.cameo, split="train")
         torch.manual_seed(recipe.train.seed)
         self.codec = load_codec(recipe.codec).to(self.device)
         self.scheduler = make_train_scheduler(recipe.diffusion)
@@ -108,7 +109,6 @@ class Trainer:
             self.recipe = dataclasses.replace(
                 recipe, alignment=dataclasses.replace(recipe.alignment, layer=layer)
             )
-        self.dataset = open_dataset(recipe, needs_geometry=self.cameo, split="train")
         self.validation_batch = self._validation_batch()
         self.model = CameoTrainingModel(backbone, alignment, layer, grid).to(self.device)
         self.ema = (

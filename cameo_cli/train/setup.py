@@ -21,6 +21,20 @@ PREPARE_HINT = (
 )
 
 
+def check_backbone_and_layer(recipe: Recipe) -> None:
+    """Fail fast, before building anything: unknown backbone, layer outside the full config."""
+    from cameo_cli.registry import get_spec
+
+    spec = get_spec(recipe.backbone.name)
+    layer = recipe.alignment.layer
+    count = len(spec.layer_paths)
+    if recipe.backbone.variant == "full" and isinstance(layer, int) and not 0 <= layer < count:
+        raise CameoError(
+            f"layer {layer} is outside backbone '{spec.name}' (valid: 0-{count - 1}, "
+            f"default {spec.default_layer})"
+        )
+
+
 def build_training_backbone(recipe: Recipe, in_channels: int) -> MultiViewBackbone:
     """The recipe's backbone (unknown names are reported with the registered ones)."""
     from cameo_cli.registry import build_backbone
