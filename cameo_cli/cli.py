@@ -13,6 +13,7 @@ from cameo_cli import __version__
 COMMANDS: dict[str, str] = {
     "backbones": "cameo_cli.commands.backbones:backbones",
     "recipes": "cameo_cli.commands.recipes:recipes",
+    "prepare": "cameo_cli.commands.prepare:prepare",
     "train": "cameo_cli.commands.train:train",
 }
 
