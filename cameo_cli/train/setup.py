@@ -15,9 +15,9 @@ from cameo_cli.config import Recipe
 from cameo_cli.errors import CameoError
 
 PREPARE_HINT = (
-    "prepare it with geometry, e.g. `cameo prepare synthetic --out DIR` (point maps are "
-    "rendered) or `cameo prepare re10k ... --geometry` (point maps from depth), "
-    "or train the baseline with --align none"
+    "prepare one with point maps: `cameo prepare synthetic --out DIR` (rendered depth), "
+    "`cameo prepare dtu ... --geometry depth` or `cameo prepare re10k ... --geometry vggt "
+    "--vggt-weights DIR`; or train the baseline with --align none"
 )
 
 
