@@ -82,7 +82,7 @@ def resolve_layer(recipe: Recipe, backbone: MultiViewBackbone) -> int:
 
 def open_dataset(recipe: Recipe, *, needs_geometry: bool, split: str | None) -> Dataset:
     """The recipe's prepared dataset; with CAMEO it must hold point maps."""
-    from cameo_cli.data import MultiViewDataset
+    from cameo_cli.data.dataset import MultiViewDataset
 
     data = recipe.data
     if not data.dataset:
