@@ -319,6 +319,7 @@ class Trainer:
                     count += 1
                     if not accelerator.sync_gradients:
                         continue
+                    lr = self.optimizer.param_groups[0]["lr"]
                     self.lr_scheduler.step()
                     if self.ema is not None:
                         self.ema.update(self.model)
@@ -327,7 +328,7 @@ class Trainer:
                     bar.update(self.step, averages)
                     if self.step % train.log_every == 0 or self.step == train.steps:
                         if metrics is not None:
-                            averages["lr"] = self.lr_scheduler.get_last_lr()[0]
+                            averages["lr"] = lr
                             averages["steps_per_s"] = bar.steps_per_second(self.step)
                             metrics.log(self.step, averages)
                         sums.clear()
