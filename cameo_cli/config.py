@@ -8,6 +8,7 @@ installed with cameo as package data.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import importlib.util
@@ -201,8 +202,6 @@ def _type_name(tp: Any) -> str:
         if len(args) == 2 and args[1] is Ellipsis:
             return f"a list of {_type_name(args[0])}"
         return f"a list of {len(args)} {' '.join(dict.fromkeys(_type_name(a) for a in args))}"
-    if origin is dict:
-        return "a mapping"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -252,13 +251,6 @@ def _convert(value: Any, tp: Any, path: str, source: _Source) -> Any:
             _convert(item, item_tp, f"{path}[{i}]", source)
             for i, (item, item_tp) in enumerate(zip(value, item_types, strict=True))
         )
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise source.error(path, f"expected a mapping, got {_describe(value)}")
-        return {
-            _convert(k, args[0], path, source): _convert(v, args[1], f"{path}.{k}", source)
-            for k, v in value.items()
-        }
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -315,6 +307,82 @@ def _build(cls: type, data: dict, prefix: str, source: _Source) -> Any:
     return cls(**values)
 
 
+# Numeric fields with a lower bound: (path, bound, inclusive).
+_LOWER_BOUNDS: tuple[tuple[str, float, bool], ...] = (
+    *(
+        (path, 1, True)
+        for path in (
+            "data.resolution",
+            "data.num_views",
+            "data.min_refs",
+            "diffusion.num_train_timesteps",
+            "alignment.chunk_size",
+            "train.steps",
+            "train.batch_size",
+            "train.grad_accumulation",
+            "train.log_every",
+            "train.checkpoint_every",
+            "train.keep_checkpoints",
+            "train.validate_every",
+            "sample.steps",
+        )
+    ),
+    *(
+        (path, 0, True)
+        for path in (
+            "data.workers",
+            "alignment.weight",
+            "train.weight_decay",
+            "train.warmup_steps",
+            "train.grad_clip",
+            "sample.guidance",
+            "evaluate.psnr_cap",
+        )
+    ),
+    *(
+        (path, 0, False)
+        for path in (
+            "codec.scaling_factor",
+            "diffusion.beta_start",
+            "alignment.epsilon",
+            "train.learning_rate",
+        )
+    ),
+)
+_UNIT_INTERVAL = ("train.camera_drop", "train.ema_decay", "sample.eta", "diffusion.beta_end")
+
+
+def _value_at(recipe: Recipe, path: str) -> Any:
+    value: Any = recipe
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _validate(recipe: Recipe, source_of: typing.Callable[[str], _Source]) -> None:
+    """Reject values no job can use; `source_of(path)` says where a value came from."""
+
+    def require(path: str, ok: bool, requirement: str) -> None:
+        if not ok:
+            message = f"must be {requirement}, got {_value_at(recipe, path)!r}"
+            raise source_of(path).error(path, message)
+
+    for path, bound, inclusive in _LOWER_BOUNDS:
+        value = _value_at(recipe, path)
+        ok = value >= bound if inclusive else value > bound
+        require(path, ok, f"{'>=' if inclusive else '>'} {bound}")
+    for path in _UNIT_INTERVAL:
+        require(path, 0 <= _value_at(recipe, path) <= 1, "between 0 and 1")
+    data, layer = recipe.data, recipe.alignment.layer
+    require("alignment.layer", not isinstance(layer, int) or layer >= 0, ">= 0, 'auto' or null")
+    require("data.max_refs", data.min_refs <= data.max_refs, ">= data.min_refs")
+    require("data.max_refs", data.max_refs < data.num_views, "< data.num_views (keep a target)")
+    low, high = data.frame_gap
+    require("data.frame_gap", 0 <= low <= high, "[low, high] with 0 <= low <= high")
+    beta = recipe.diffusion
+    require("diffusion.beta_end", beta.beta_start < beta.beta_end, "> diffusion.beta_start")
+
+
 # ---------------------------------------------------------------------------------------------
 # Dicts and YAML text
 # ---------------------------------------------------------------------------------------------
@@ -322,7 +390,10 @@ def _build(cls: type, data: dict, prefix: str, source: _Source) -> Any:
 
 def recipe_from_dict(data: dict | None, source: str = "recipe") -> Recipe:
     """Build a Recipe from a (possibly partial) nested dict; `source` names it in errors."""
-    return _convert({} if data is None else data, Recipe, "", _Source(source))
+    where = _Source(source)
+    recipe = _convert({} if data is None else data, Recipe, "", where)
+    _validate(recipe, lambda path: where)
+    return recipe
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
@@ -351,24 +422,32 @@ _RecipeDumper.add_representer(list, _represent_list)
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:
-    """The recipe as YAML text, sections and keys in schema order."""
-    return yaml.dump(
-        recipe_to_dict(recipe),
-        Dumper=_RecipeDumper,
-        sort_keys=False,
-        default_flow_style=False,
-        allow_unicode=True,
-    )
+    """The recipe as YAML text: sections in schema order, a blank line between them."""
+    sections = [
+        yaml.dump(
+            {name: value},
+            Dumper=_RecipeDumper,
+            sort_keys=False,
+            default_flow_style=False,
+            allow_unicode=True,
+        )
+        for name, value in recipe_to_dict(recipe).items()
+    ]
+    return "\n".join(sections)
 
 
-def dump_recipe(recipe: Recipe, path: str | os.PathLike) -> None:
-    """Write the recipe as YAML to `path` atomically (a temporary file, then a rename)."""
+def dump_recipe(recipe: Recipe, path: str | os.PathLike, comment: str | None = None) -> None:
+    """Write the recipe as YAML to `path` atomically (a temporary file, then a rename).
+
+    `comment` (one or more lines) is written first as `# ` lines, e.g. what resolved it.
+    """
     path = Path(path)
+    header = "".join(f"# {line}".rstrip() + "\n" for line in (comment or "").splitlines())
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(recipe_to_yaml(recipe))
+            handle.write(header + ("\n" if header else "") + recipe_to_yaml(recipe))
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -447,6 +526,19 @@ def _accepts(tp: Any, kind: type) -> bool:
     return any(m is kind or typing.get_origin(m) is kind for m in members)
 
 
+def _merged(data: dict, path: list[str], update: dict) -> dict:
+    """The section of `data` at `path` with `update` merged in, recursively."""
+    section = data
+    for part in path:
+        section = section[part]
+    result = dict(section)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            value = _merged(result, [key], value)
+        result[key] = value
+    return result
+
+
 def apply_override(recipe: Recipe, override: str) -> Recipe:
     """A copy of `recipe` with one `a.b=value` override applied (value parsed as YAML)."""
     key, sep, text = override.partition("=")
@@ -457,16 +549,18 @@ def apply_override(recipe: Recipe, override: str) -> Recipe:
     tp = _field_at(key, source)
     try:
         value = yaml.load(text, Loader=_RecipeLoader) if text.strip() else ""
+        if isinstance(value, str) and "," in value and (_accepts(tp, list) or _accepts(tp, tuple)):
+            value = [yaml.load(part, Loader=_RecipeLoader) for part in value.split(",")]
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise CameoError(f"--set {override}: malformed YAML value: {problem}") from None
-    if isinstance(value, str) and "," in value and (_accepts(tp, list) or _accepts(tp, tuple)):
-        value = [yaml.load(part, Loader=_RecipeLoader) for part in value.split(",")]
-    elif _accepts(tp, str) and isinstance(value, int | float) and not _accepts(tp, int):
+    if _accepts(tp, str) and isinstance(value, int | float) and not _accepts(tp, int):
         value = text.strip()  # a name or path that YAML read as a number: keep the text
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):  # merge into the section
+        value = _merged(recipe_to_dict(recipe), key.split("."), value)
     converted = _convert(value, tp, key, source)
     _check_choice(converted, key, source)
-    updated = recipe_from_dict(recipe_to_dict(recipe))  # a deep copy
+    updated = copy.deepcopy(recipe)
     *parents, last = key.split(".")
     target: Any = updated
     for part in parents:
@@ -530,15 +624,37 @@ def find_recipe(name: str) -> Path:
     )
 
 
+def _resolve(name_or_path: str | os.PathLike) -> Path:
+    """A recipe file: an existing path, else a shipped recipe by name (or `recipes/NAME.yaml`)."""
+    path, text = Path(name_or_path), str(name_or_path)
+    if path.is_file():
+        return path
+    looks_like_path = path.suffix in _RECIPE_SUFFIXES or os.sep in text or "/" in text
+    if not looks_like_path:
+        return find_recipe(text)
+    shipped = _shipped_recipes()
+    if path.parent in (Path("."), Path("recipes")) and path.stem in shipped:
+        return shipped[path.stem]  # `--recipe recipes/cat3d-re10k.yaml` outside a checkout
+    return path
+
+
 def load_recipe(name_or_path: str | os.PathLike, overrides: Sequence[str] = ()) -> Recipe:
     """Load a recipe from a YAML file or by shipped name, then apply `--set` overrides."""
-    path = Path(name_or_path)
-    text = str(name_or_path)
-    looks_like_path = path.suffix in _RECIPE_SUFFIXES or os.sep in text or "/" in text
-    if not path.is_file() and not looks_like_path:
-        path = find_recipe(text)
+    path = _resolve(name_or_path)
     data, lines = _parse_yaml_file(path)
-    recipe = _convert({} if data is None else data, Recipe, "", _Source(str(path), lines))
+    file_source = _Source(str(path), lines)
+    recipe = _convert({} if data is None else data, Recipe, "", file_source)
+    override_sources: dict[str, _Source] = {}
     for override in overrides:
         recipe = apply_override(recipe, override)
+        key = override.partition("=")[0].strip()
+        override_sources[key] = _Source(f"--set {override}", override_key=key)
+
+    def source_of(path: str) -> _Source:
+        for key, source in reversed(override_sources.items()):
+            if path == key or path.startswith(key + "."):
+                return source
+        return file_source
+
+    _validate(recipe, source_of)
     return recipe

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
+import rich
 import yaml
 from click.testing import CliRunner
 
@@ -188,6 +193,35 @@ def test_overrides_are_converted_to_the_field_type(override, expected):
     assert getattr(getattr(recipe, section), key) == expected
 
 
+def test_a_mapping_override_merges_into_its_section():
+    recipe = load_recipe("cat3d-re10k", ["alignment={weight: 0.1, loss: l1}"])
+    expected = load_recipe("cat3d-re10k", ["alignment.weight=0.1", "alignment.loss=l1"])
+    assert recipe == expected and recipe.alignment.layer == 10
+
+
+def test_overrides_are_validated_together_not_one_by_one():
+    recipe = load_recipe("quickstart-cpu", ["data.num_views=2", "data.max_refs=1"])
+    assert (recipe.data.num_views, recipe.data.max_refs) == (2, 1)
+
+
+def test_dump_writes_a_comment_header(tmp_path):
+    out = tmp_path / "config.yaml"
+    dump_recipe(Recipe(), out, comment="resolved from quickstart-cpu\ncameo 0.1.0")
+    assert out.read_text().startswith("# resolved from quickstart-cpu\n# cameo 0.1.0\n\n")
+    assert load_recipe(out) == Recipe()
+
+
+def test_a_recipes_folder_path_finds_the_shipped_recipe_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_recipe("recipes/cat3d-re10k.yaml") == load_recipe("cat3d-re10k")
+    assert load_recipe("cat3d-re10k.yaml") == load_recipe("cat3d-re10k")
+    own = write(tmp_path, "train: {steps: 3}\n", "cat3d-re10k.yaml")
+    assert load_recipe("cat3d-re10k.yaml").train.steps == 3  # an existing file wins
+    own.unlink()
+    message = error_of(lambda: load_recipe("elsewhere/cat3d-re10k.yaml"))
+    assert message == "elsewhere/cat3d-re10k.yaml: recipe file not found"
+
+
 def test_override_leaves_the_input_recipe_unchanged():
     recipe = Recipe()
     apply_override(recipe, "train.steps=5")
@@ -236,6 +270,35 @@ def test_wrong_types_name_file_line_path_expected_and_got(tmp_path, text, expect
     assert message.startswith(str(path)) and expected in message
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("train:\n  steps: 0\n", ":2: train.steps: must be >= 1, got 0"),
+        ("train: {learning_rate: 0}\n", ":1: train.learning_rate: must be > 0, got 0.0"),
+        ("train: {camera_drop: 1.5}\n", "train.camera_drop: must be between 0 and 1, got 1.5"),
+        ("alignment: {epsilon: -1}\n", "alignment.epsilon: must be > 0, got -1.0"),
+        ("alignment: {layer: -2}\n", "alignment.layer: must be >= 0, 'auto' or null, got -2"),
+        ("data: {min_refs: 3, max_refs: 2}\n", ":1: data.max_refs: must be >= data.min_refs"),
+        ("data: {num_views: 3}\n", "data.max_refs: must be < data.num_views (keep a target)"),
+        ("data: {frame_gap: [9, 2]}\n", "data.frame_gap: must be [low, high] with 0 <= low"),
+        ("diffusion: {beta_end: 0.0001}\n", "diffusion.beta_end: must be > diffusion.beta_start"),
+    ],
+)
+def test_out_of_range_values_are_errors(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    message = error_of(lambda: load_recipe(path))
+    assert message.startswith(str(path)) and expected in message
+    with pytest.raises(CameoError):
+        recipe_from_dict(yaml.safe_load(text))
+
+
+def test_out_of_range_override_names_the_override():
+    message = error_of(lambda: load_recipe("quickstart-cpu", ["train.batch_size=0"]))
+    assert message == "--set train.batch_size=0: must be >= 1, got 0"
+    message = error_of(lambda: load_recipe("quickstart-cpu", ["data={num_views: 3}"]))
+    assert message.startswith("--set data={num_views: 3}: data.max_refs: must be <")
+
+
 def test_other_bad_files(tmp_path):
     assert error_of(lambda: load_recipe(tmp_path / "missing.yaml")).endswith("not found")
     assert "is a directory" in error_of(lambda: load_recipe(str(tmp_path) + "/"))
@@ -267,6 +330,7 @@ def test_unknown_recipe_name_lists_the_known_ones():
         ("alignment.wieght=1", "unknown key 'alignment.wieght' (did you mean 'alignment.weight'?)"),
         ("train.steps", "--set train.steps: expected KEY=VALUE"),
         ("train.steps=[1", "--set train.steps=[1: malformed YAML value"),
+        ("data.frame_gap=1,[", "--set data.frame_gap=1,[: malformed YAML value"),
     ],
 )
 def test_bad_overrides(override, expected):
@@ -321,3 +385,42 @@ def test_recipes_command_does_not_import_torch():
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("setuptools") is None, reason="an offline build needs setuptools"
+)
+def test_a_non_editable_install_ships_the_recipes(tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    source = tmp_path / "source"
+    for folder in ("cameo_cli", "backbones", "recipes"):
+        shutil.copytree(
+            repo / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(repo / name, source / name)
+    target = tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation"]
+    subprocess.run([*pip, "--no-index", "--target", str(target), str(source)], check=True)
+    assert sorted(p.name for p in (target / "recipes").glob("*.yaml")) == sorted(
+        f"{name}.yaml" for name in SHIPPED
+    )
+    # -S: no site-packages .pth files, so an editable cameo cannot answer instead.
+    dependencies = {str(Path(m.__file__).parents[1]) for m in (click, rich, yaml)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), *dependencies])}
+    code = (
+        "import sys; from cameo_cli import config; target = sys.argv[1]; "
+        "assert config.__file__.startswith(target), config.__file__; "
+        "assert str(config.find_recipe('quickstart-cpu')).startswith(target); "
+        "print(len(config.list_recipes()), config.load_recipe('cat3d-re10k').alignment.layer)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", code, str(target)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(len(SHIPPED)), "10"]
