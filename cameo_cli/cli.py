@@ -12,6 +12,9 @@ from cameo_cli import __version__
 # name -> "module:attribute"; each subcommand lives in cameo_cli/commands/.
 COMMANDS: dict[str, str] = {
     "backbones": "cameo_cli.commands.backbones:backbones",
+    "recipes": "cameo_cli.commands.recipes:recipes",
+    "prepare": "cameo_cli.commands.prepare:prepare",
+    "train": "cameo_cli.commands.train:train",
 }
 
 # One-line summaries for `cameo --help`, so listing commands imports none of them.

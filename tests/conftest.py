@@ -1,0 +1,48 @@
+"""Shared pytest fixtures (append new fixtures; keep existing ones)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A prepared synthetic dataset: 3 scenes x 8 frames at 32 px with depth (2 shards)."""
+    from rich.console import Console
+
+    from cameo_cli.data.shards import prepare_dataset
+    from cameo_cli.data.synthetic import SyntheticSource
+
+    out = tmp_path_factory.mktemp("synthetic") / "dataset"
+    source = SyntheticSource(scenes=3, resolution=32, frames=8, seed=0, geometry="depth")
+    prepare_dataset(source, out, scenes_per_shard=2, console=Console(quiet=True))
+    return out
+
+
+TINY_RUN_STEPS = 4
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder: 4 CPU steps of the quick-start recipe (tiny cat3d + CAMEO, 32 px pixel
+    space) on `synthetic_dataset`, with EMA; checkpoints at steps 2 and 4, samples at 4."""
+    from cameo_cli.config import load_recipe
+    from cameo_cli.train.loop import run_training
+
+    recipe = load_recipe(
+        "quickstart-cpu",
+        [
+            f"data.dataset={synthetic_dataset}",
+            f"train.steps={TINY_RUN_STEPS}",
+            "train.checkpoint_every=2",
+            "train.validate_every=4",
+            "train.log_every=1",
+            "train.ema=true",
+            "train.ema_decay=0.9",
+        ],
+    )
+    run = tmp_path_factory.mktemp("tiny_run") / "run"
+    run_training(recipe, run, command=["pytest", "tiny_run"])
+    return run
