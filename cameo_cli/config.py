@@ -202,8 +202,6 @@ def _type_name(tp: Any) -> str:
         if len(args) == 2 and args[1] is Ellipsis:
             return f"a list of {_type_name(args[0])}"
         return f"a list of {len(args)} {' '.join(dict.fromkeys(_type_name(a) for a in args))}"
-    if origin is dict:
-        return "a mapping"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -253,13 +251,6 @@ def _convert(value: Any, tp: Any, path: str, source: _Source) -> Any:
             _convert(item, item_tp, f"{path}[{i}]", source)
             for i, (item, item_tp) in enumerate(zip(value, item_types, strict=True))
         )
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise source.error(path, f"expected a mapping, got {_describe(value)}")
-        return {
-            _convert(k, args[0], path, source): _convert(v, args[1], f"{path}.{k}", source)
-            for k, v in value.items()
-        }
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -558,12 +549,12 @@ def apply_override(recipe: Recipe, override: str) -> Recipe:
     tp = _field_at(key, source)
     try:
         value = yaml.load(text, Loader=_RecipeLoader) if text.strip() else ""
+        if isinstance(value, str) and "," in value and (_accepts(tp, list) or _accepts(tp, tuple)):
+            value = [yaml.load(part, Loader=_RecipeLoader) for part in value.split(",")]
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise CameoError(f"--set {override}: malformed YAML value: {problem}") from None
-    if isinstance(value, str) and "," in value and (_accepts(tp, list) or _accepts(tp, tuple)):
-        value = [yaml.load(part, Loader=_RecipeLoader) for part in value.split(",")]
-    elif _accepts(tp, str) and isinstance(value, int | float) and not _accepts(tp, int):
+    if _accepts(tp, str) and isinstance(value, int | float) and not _accepts(tp, int):
         value = text.strip()  # a name or path that YAML read as a number: keep the text
     if dataclasses.is_dataclass(tp) and isinstance(value, dict):  # merge into the section
         value = _merged(recipe_to_dict(recipe), key.split("."), value)

@@ -330,6 +330,7 @@ def test_unknown_recipe_name_lists_the_known_ones():
         ("alignment.wieght=1", "unknown key 'alignment.wieght' (did you mean 'alignment.weight'?)"),
         ("train.steps", "--set train.steps: expected KEY=VALUE"),
         ("train.steps=[1", "--set train.steps=[1: malformed YAML value"),
+        ("data.frame_gap=1,[", "--set data.frame_gap=1,[: malformed YAML value"),
     ],
 )
 def test_bad_overrides(override, expected):
