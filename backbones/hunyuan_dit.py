@@ -111,11 +111,7 @@ class HunyuanDiT(MultiViewBackbone):
 
     name = "hunyuan-dit"
     default_layer = VARIANTS["full"].default_layer
-    option_defaults: dict[str, object] = {
-        "qk_norm": True,
-        "gradient_checkpointing": False,
-        "downsample": None,
-    }
+    option_defaults: dict[str, object] = {"qk_norm": True, "downsample": None}
 
     def __init__(
         self,
@@ -123,7 +119,6 @@ class HunyuanDiT(MultiViewBackbone):
         *,
         variant: str,
         downsample: int,
-        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         config = transformer.config
@@ -145,9 +140,16 @@ class HunyuanDiT(MultiViewBackbone):
         ]
         for hook in self.hooks:
             transformer.get_submodule(hook.path).set_processor(HunyuanMultiViewProcessor(hook))
-        if gradient_checkpointing:  # diffusers' Hunyuan-DiT has no checkpointing of its own
-            for block in transformer.blocks:
-                block.forward = partial(checkpoint, block.forward, use_reentrant=False)
+        self._checkpointing = False
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each block's activations in backward (diffusers' Hunyuan-DiT has no
+        checkpointing of its own). Exit a `probe` before calling backward."""
+        if self._checkpointing:
+            return
+        for block in self.model.blocks:
+            block.forward = partial(checkpoint, block.forward, use_reentrant=False)
+        self._checkpointing = True
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -178,12 +180,7 @@ class HunyuanDiT(MultiViewBackbone):
             transformer = _load_pretrained(pretrained, variant, in_channels)
         else:
             transformer = HunyuanDiT2DModel(in_channels=in_channels, **VARIANTS[variant].config)
-        backbone = cls(
-            transformer,
-            variant=variant,
-            downsample=int(settings["downsample"]),
-            gradient_checkpointing=bool(settings["gradient_checkpointing"]),
-        )
+        backbone = cls(transformer, variant=variant, downsample=int(settings["downsample"]))
         backbone.record_build(variant, in_channels, settings)
         return backbone
 

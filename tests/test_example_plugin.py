@@ -73,10 +73,11 @@ def test_tiny_forward_backward_finite(plugin, in_channels):
 
 
 def test_single_view_equals_the_stock_dit(plugin):
-    """F = 1 with zero-initialised cameras: exactly diffusers' DiT given its null class."""
+    """F = 1 with zero-initialised cameras (and no added q/k norm): exactly diffusers' DiT
+    given its null class."""
     _, dit = plugin
     torch.manual_seed(0)
-    backbone = dit.ExampleDiT.build("tiny", in_channels=4).eval()
+    backbone = dit.ExampleDiT.build("tiny", in_channels=4, qk_norm=False).eval()
     stock = type(backbone.model)(**backbone.model.config).eval()
     stock.load_state_dict(backbone.model.state_dict())
     latents, timesteps = torch.randn(2, 1, 4, SIZE, SIZE), torch.tensor([3.0, 600.0])
@@ -108,8 +109,10 @@ def test_save_and_load_round_trip(plugin, tmp_path, monkeypatch):
     backbone = dit.ExampleDiT.build("tiny", in_channels=3).eval()
     with torch.no_grad():
         backbone.camera_encoder.weight.normal_()
+        backbone.model.transformer_blocks[2].attn1.norm_q.weight.normal_()  # an added module
     backbone.save_pretrained(tmp_path / "saved")
     loaded = dit.ExampleDiT.from_pretrained(tmp_path / "saved").eval()
+    assert loaded.options["qk_norm"] is True and loaded.options["downsample"] == 1
     latents, timesteps, cond = (
         torch.randn(1, 4, 3, SIZE, SIZE),
         torch.tensor([50.0]),
@@ -117,3 +120,23 @@ def test_save_and_load_round_trip(plugin, tmp_path, monkeypatch):
     )
     with torch.no_grad():
         assert torch.equal(loaded(latents, timesteps, cond), backbone(latents, timesteps, cond))
+
+
+def test_gradient_checkpointing_keeps_gradients(plugin):
+    _, dit = plugin
+    torch.manual_seed(0)
+    plain = dit.ExampleDiT.build("tiny", in_channels=4)
+    torch.manual_seed(0)
+    checkpointed = dit.ExampleDiT.build("tiny", in_channels=4)
+    checkpointed.enable_gradient_checkpointing()
+    latents, timesteps, cond = (
+        torch.randn(1, 2, 4, SIZE, SIZE),
+        torch.tensor([9.0]),
+        make_cond(1, 2),
+    )
+    for model in (plain, checkpointed):
+        model(latents, timesteps, cond).square().mean().backward()
+    for (name, a), (_, b) in zip(
+        plain.named_parameters(), checkpointed.named_parameters(), strict=True
+    ):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6), name

@@ -4,10 +4,12 @@ What a plugin adapter does, in order:
 1. wrap a diffusers model as `self.model` (saved by cameo in diffusers layout);
 2. declare one `LayerHook` per self-attention layer, in the order cameo numbers them, and
    give those layers cameo's multi-view processor (`MultiViewAttnProcessor`);
-3. add the camera input: Plücker raymap + reference mask through a zero-initialised module
+3. optionally add q/k LayerNorms (the official CAMEO default), declared in `model_additions`
+   because diffusers' config does not record them;
+4. add the camera input: Plücker raymap + reference mask through a zero-initialised module
    (here a patch-embedding conv whose tokens are added to the DiT's patch tokens), so the
-   prediction at initialisation is exactly the wrapped model's;
-4. implement `forward` with cameo's signature and `token_grid` for the layer table.
+   camera input changes nothing at initialisation;
+5. implement `forward` with cameo's signature and `token_grid` for the layer table.
 
 The DiT is class-conditional; cameo has no classes, so every image gets the DiT's own
 learned "null class" (the row its classifier-free guidance drops labels to). The learned
@@ -61,9 +63,13 @@ class ExampleDiT(MultiViewBackbone):
     """A DiT whose every `transformer_blocks.{i}.attn1` attends across the views."""
 
     name = "example-dit"
-    option_defaults: dict[str, object] = {"downsample": None, "gradient_checkpointing": False}
+    # Every option `build` accepts, with its default; the recipe's `backbone.qk_norm` is
+    # always passed. They are saved in cameo_backbone.json and passed again on loading.
+    option_defaults: dict[str, object] = {"qk_norm": True, "downsample": None}
 
-    def __init__(self, dit: DiTTransformer2DModel, *, default_layer: int, downsample: int) -> None:
+    def __init__(
+        self, dit: DiTTransformer2DModel, *, default_layer: int, downsample: int, qk_norm: bool
+    ) -> None:
         super().__init__()
         self.model = dit
         self.default_layer = default_layer
@@ -72,8 +78,15 @@ class ExampleDiT(MultiViewBackbone):
             LayerHook(index=i, path=f"transformer_blocks.{i}.attn1", multiview=True)
             for i in range(dit.config.num_layers)
         ]
+        self._added: list[str] = []
         for hook in self.hooks:  # (models with `attn_processors` can use install_processors)
-            dit.get_submodule(hook.path).set_processor(MultiViewAttnProcessor(hook))
+            attn = dit.get_submodule(hook.path)
+            if qk_norm:  # new modules inside the diffusers model: declared in model_additions
+                head_dim = attn.inner_dim // attn.heads
+                attn.norm_q = nn.LayerNorm(head_dim, eps=1e-6)
+                attn.norm_k = nn.LayerNorm(head_dim, eps=1e-6)
+                self._added += [f"{hook.path}.norm_q", f"{hook.path}.norm_k"]
+            attn.set_processor(MultiViewAttnProcessor(hook))
         patch = dit.config.patch_size
         self.camera_encoder = nn.Conv2d(CONDITION_CHANNELS, dit.inner_dim, patch, stride=patch)
         nn.init.zeros_(self.camera_encoder.weight)
@@ -113,13 +126,22 @@ class ExampleDiT(MultiViewBackbone):
             dit = DiTTransformer2DModel(
                 **CONFIGS[variant], in_channels=in_channels, out_channels=2 * in_channels
             )
-        if settings["gradient_checkpointing"]:
-            dit.enable_gradient_checkpointing()
         backbone = cls(
-            dit, default_layer=DEFAULT_LAYERS[variant], downsample=int(settings["downsample"])
+            dit,
+            default_layer=DEFAULT_LAYERS[variant],
+            downsample=int(settings["downsample"]),
+            qk_norm=bool(settings["qk_norm"]),
         )
         backbone.record_build(variant, in_channels, settings)
         return backbone
+
+    def model_additions(self) -> list[str]:
+        """Modules added inside `model` (saved with cameo's extra weights, not diffusers')."""
+        return self._added
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute block activations in backward (`backbone.gradient_checkpointing`)."""
+        self.model.enable_gradient_checkpointing()
 
     def condition_maps(self, latents: torch.Tensor, cond: ViewConditioning) -> torch.Tensor:
         """[B·F, 7, h, w]: Plücker raymap (zero where `drop_camera`) + reference mask."""
