@@ -62,12 +62,17 @@ def write(path: Path, content: str | dict) -> Path:
 def test_nerfstudio_camera_against_hand_computed_opencv_pose(tmp_path: Path) -> None:
     """An OpenGL camera at (0, 0, 5) with identity rotation looks down -z at the origin."""
     c2w = [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 5], [0, 0, 0, 1]]
-    transforms = {"fl_x": 100, "fl_y": 100, "cx": 32, "cy": 24, "w": 64, "h": 48,
-                  "frames": [{"file_path": "images/a.png", "transform_matrix": c2w}]}
+    transforms = {
+        "fl_x": 100,
+        "fl_y": 100,
+        "cx": 32,
+        "cy": 24,
+        "w": 64,
+        "h": 48,
+        "frames": [{"file_path": "images/a.png", "transform_matrix": c2w}],
+    }
     cams = read_cameras(write(tmp_path / "transforms.json", transforms))
-    expected = torch.tensor(
-        [[1, 0, 0, 0], [0, -1, 0, 0], [0, 0, -1, 5], [0, 0, 0, 1]], dtype=f64
-    )
+    expected = torch.tensor([[1, 0, 0, 0], [0, -1, 0, 0], [0, 0, -1, 5], [0, 0, 0, 1]], dtype=f64)
     torch.testing.assert_close(cams.world_to_camera[0], expected)
     K = cams.pixel_intrinsics([(48, 64)])
     pixels, depth = cameras.project_points(
@@ -142,26 +147,48 @@ def test_cameo_json_normalised_and_shared_intrinsics(tmp_path: Path) -> None:
         ("a.json", {"cameras": [{"intrinsics": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]}]}, "exactly one"),
         (
             "a.json",
-            {"cameras": [{"world_to_camera": torch.eye(4).tolist(),
-                          "intrinsics": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]}]},
+            {
+                "cameras": [
+                    {
+                        "world_to_camera": torch.eye(4).tolist(),
+                        "intrinsics": [[1, 0, 0], [0, 1, 0], [0, 0, 1]],
+                    }
+                ]
+            },
             "need the image 'width' and 'height'",
         ),
         (
             "a.json",
-            {"width": 4, "height": 4, "intrinsics": [[1, 0], [0, 1]],
-             "cameras": [{"world_to_camera": torch.eye(4).tolist()}]},
+            {
+                "width": 4,
+                "height": 4,
+                "intrinsics": [[1, 0], [0, 1]],
+                "cameras": [{"world_to_camera": torch.eye(4).tolist()}],
+            },
             "must be 3x3",
         ),
         (
             "a.json",
-            {"width": 4, "height": 4, "intrinsics": [[1, 0, 0], [0, 1, 0], [0, 0, 1]],
-             "cameras": [{"world_to_camera": (2 * torch.eye(4)).tolist()}]},
+            {
+                "width": 4,
+                "height": 4,
+                "intrinsics": [[1, 0, 0], [0, 1, 0], [0, 0, 1]],
+                "cameras": [{"world_to_camera": (2 * torch.eye(4)).tolist()}],
+            },
             "not a rotation",
         ),
         (
             "a.json",
-            {"fl_x": 1, "fl_y": 1, "cx": 1, "cy": 1, "w": 2, "h": 2, "k1": 0.1,
-             "frames": [{"transform_matrix": torch.eye(4).tolist()}]},
+            {
+                "fl_x": 1,
+                "fl_y": 1,
+                "cx": 1,
+                "cy": 1,
+                "w": 2,
+                "h": 2,
+                "k1": 0.1,
+                "frames": [{"transform_matrix": torch.eye(4).tolist()}],
+            },
             "lens distortion",
         ),
         ("a.json", {"frames": [{"transform_matrix": torch.eye(4).tolist()}]}, "'fl_x'"),
@@ -196,7 +223,9 @@ def test_quaternions_against_closed_form() -> None:
     torch.testing.assert_close(
         q, torch.tensor([math.cos(math.pi / 6), 0, 0, math.sin(math.pi / 6)], dtype=f64)
     )
-    rotations = torch.cat([random_rotations(50, 2), rotation_z(180.0)[None], torch.eye(3, dtype=f64)[None]])
+    rotations = torch.cat(
+        [random_rotations(50, 2), rotation_z(180.0)[None], torch.eye(3, dtype=f64)[None]]
+    )
     torch.testing.assert_close(
         quaternion_to_rotation(rotation_to_quaternion(rotations)), rotations, atol=1e-12, rtol=0
     )
@@ -221,7 +250,9 @@ def ring(angles: list[float], radius: float = 3.0, height: float = 1.0) -> torch
     poses = []
     for angle in angles:
         a = math.radians(angle)
-        center = target + torch.tensor([radius * math.cos(a), radius * math.sin(a), height], dtype=f64)
+        center = target + torch.tensor(
+            [radius * math.cos(a), radius * math.sin(a), height], dtype=f64
+        )
         poses.append(look_at(center, target))
     return torch.stack(poses)
 

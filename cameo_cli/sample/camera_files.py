@@ -231,9 +231,7 @@ def _parse_cameo_json(data: dict, path: Path) -> CameraSet:
         raise CameoError(f"{path}: 'convention' must be 'opencv' or 'opengl', got {convention!r}")
     kind = data.get("intrinsics_type", "pixel")
     if kind not in ("pixel", "normalized"):
-        raise CameoError(
-            f"{path}: 'intrinsics_type' must be 'pixel' or 'normalized', got {kind!r}"
-        )
+        raise CameoError(f"{path}: 'intrinsics_type' must be 'pixel' or 'normalized', got {kind!r}")
     poses, intrinsics, sizes, names = [], [], [], []
     for i, entry in enumerate(data["cameras"]):
         where = f"camera {i}"

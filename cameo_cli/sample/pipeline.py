@@ -124,9 +124,10 @@ class MultiViewPipeline:
                 f"{references} reference views leave no room for a target: this model "
                 f"sees {self.num_views} views at a time (at most {self.num_views - 1} references)"
             )
-        if reference_intrinsics.shape[0] != references or reference_world_to_camera.shape[
-            0
-        ] != references:
+        if (
+            reference_intrinsics.shape[0] != references
+            or reference_world_to_camera.shape[0] != references
+        ):
             raise CameoError(f"{references} reference images need {references} cameras")
         if target_intrinsics.shape[0] != count:
             raise CameoError("target intrinsics and poses differ in count")

@@ -65,9 +65,7 @@ def rotation_to_quaternion(rotation: torch.Tensor) -> torch.Tensor:
         ],
         -2,
     )  # [..., 4, 4]: row k is 4 * q_k * q
-    diagonal = torch.stack(
-        [candidates[..., k, k] for k in range(4)], -1
-    )  # 4 * q_k^2 for each k
+    diagonal = torch.stack([candidates[..., k, k] for k in range(4)], -1)  # 4 * q_k^2 for each k
     best = diagonal.argmax(-1, keepdim=True)
     row = torch.gather(candidates, -2, best[..., None].expand(*best.shape[:-1], 1, 4))[..., 0, :]
     quaternion = row / torch.linalg.vector_norm(row, dim=-1, keepdim=True)
@@ -96,9 +94,9 @@ def slerp(q0: torch.Tensor, q1: torch.Tensor, fraction: float) -> torch.Tensor:
         mixed = q0 + fraction * (q1 - q0)
         return mixed / torch.linalg.vector_norm(mixed)
     angle = torch.arccos(dot.clamp(max=1.0))
-    return (
-        torch.sin((1 - fraction) * angle) * q0 + torch.sin(fraction * angle) * q1
-    ) / torch.sin(angle)
+    return (torch.sin((1 - fraction) * angle) * q0 + torch.sin(fraction * angle) * q1) / torch.sin(
+        angle
+    )
 
 
 def _pose(rotation_c2w: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
