@@ -7,20 +7,40 @@ by cameo's processors. All adapters share one forward signature:
 
 Layers are numbered by the adapter (`layer_paths`, an ordered list of module paths); the
 probe and the perturbation address them by that index.
+
+A saved backbone is a folder in diffusers layout (`config.json` +
+`diffusion_pytorch_model.safetensors` of the wrapped model) plus `cameo_extra.safetensors`
+(the modules cameo adds: camera encoders, q/k norms, ...) and `cameo_backbone.json`
+(`{"name", "variant", "in_channels", "options"}`). Loading rebuilds the adapter from that
+folder, so everything diffusers does not record (removed cross-attention, processors) is
+applied again by the adapter's `build`.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cameo_cli.attention.hooks import LayerHook, ProbeResult
 from cameo_cli.errors import CameoError
+
+BACKBONE_CONFIG = "cameo_backbone.json"
+EXTRA_WEIGHTS = "cameo_extra.safetensors"
+DIFFUSERS_CONFIG = "config.json"
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+DIFFUSERS_INDEX = "diffusion_pytorch_model.safetensors.index.json"
 
 
 @dataclass
@@ -35,6 +55,22 @@ class ViewConditioning:
     ref_images: torch.Tensor | None = None  # [B, F, 3, H, W] in [-1, 1]; for geometric priors
     point_map: torch.Tensor | None = None  # [B, F, 3, H, W] world frame; for geometric priors
     point_valid: torch.Tensor | None = None  # [B, F, H, W] bool
+
+    def check(self, batch: int, views: int) -> None:
+        """Raise ValueError unless every tensor is shaped for `batch` samples of `views`."""
+        expected = {
+            "intrinsics": (self.intrinsics, (batch, views, 3, 3)),
+            "world_to_camera": (self.world_to_camera, (batch, views, 4, 4)),
+            "ref_mask": (self.ref_mask, (batch, views)),
+            "drop_camera": (self.drop_camera, (batch,)),
+        }
+        for name, (tensor, shape) in expected.items():
+            if tensor is not None and tuple(tensor.shape) != shape:
+                raise ValueError(f"cond.{name} is {tuple(tensor.shape)}, expected {shape}")
+        for name in ("ref_images", "point_map"):
+            tensor = getattr(self, name)
+            if tensor is not None and tuple(tensor.shape[:3]) != (batch, views, 3):
+                raise ValueError(f"cond.{name} is {tuple(tensor.shape)}, expected [B, F, 3, H, W]")
 
 
 @dataclass(frozen=True)
@@ -64,7 +100,12 @@ class ProbeHandle:
 
 
 class MultiViewBackbone(nn.Module, ABC):
-    """Base class of every adapter. Subclasses set `hooks` (one per layer, in order)."""
+    """Base class of every adapter.
+
+    Subclasses set `model` (the wrapped diffusers model), `hooks` (one per layer, in order)
+    and call `record_build(variant, in_channels, options)` in `build`, so that
+    `save_pretrained` can write what `from_pretrained` needs to rebuild them.
+    """
 
     name: str = ""
     default_layer: int = 0
@@ -72,6 +113,9 @@ class MultiViewBackbone(nn.Module, ABC):
     def __init__(self) -> None:
         super().__init__()
         self.hooks: list[LayerHook] = []
+        self.variant = "tiny"
+        self.in_channels = 4
+        self.options: dict[str, object] = {}
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -86,17 +130,41 @@ class MultiViewBackbone(nn.Module, ABC):
     ) -> MultiViewBackbone:
         """Build the `tiny` or `full` config; `pretrained` is a local diffusers folder."""
 
+    def record_build(self, variant: str, in_channels: int, options: dict[str, object]) -> None:
+        """Remember how this backbone was built (written to `cameo_backbone.json`)."""
+        self.variant = variant
+        self.in_channels = in_channels
+        self.options = dict(options)
+
     @abstractmethod
     def forward(
         self, latents: torch.Tensor, timesteps: torch.Tensor, cond: ViewConditioning
     ) -> torch.Tensor:
         """Predict for every view: [B, F, C, h, w] -> [B, F, C, h, w]."""
 
+    # -- layers ---------------------------------------------------------------------------
     @abstractmethod
+    def token_grid(self, layer: int, image_hw: tuple[int, int]) -> tuple[int, int]:
+        """The (h, w) token grid per view of `layer` for input images of `image_hw` pixels."""
+
     def layers(self, resolution: int) -> list[LayerInfo]:
         """The layer table for square inputs of `resolution` pixels (image space)."""
+        table = []
+        for hook in self.hooks:
+            attn = self.model.get_submodule(hook.path)
+            table.append(
+                LayerInfo(
+                    index=hook.index,
+                    path=hook.path,
+                    grid=self.token_grid(hook.index, (resolution, resolution)),
+                    heads=attn.heads,
+                    head_dim=attn.inner_dim // attn.heads,
+                    multiview=hook.multiview,
+                    default=hook.index == self.default_layer,
+                )
+            )
+        return table
 
-    # -- layers ---------------------------------------------------------------------------
     @property
     def layer_paths(self) -> list[str]:
         return [hook.path for hook in self.hooks]
@@ -148,3 +216,147 @@ class MultiViewBackbone(nn.Module, ABC):
         finally:
             for hook in chosen:
                 hook.identity = False
+
+    # -- saving and loading -------------------------------------------------------------
+    def model_additions(self) -> list[str]:
+        """Module paths inside `model` that cameo added (saved with the extra weights)."""
+        return []
+
+    def _is_extra(self, key: str) -> bool:
+        if not key.startswith("model."):
+            return True
+        inner = key[len("model.") :]
+        return any(inner.startswith(prefix + ".") for prefix in self.model_additions())
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        """Write the wrapped model (diffusers layout), cameo's extra modules and the config."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        diffusers_state = {k[len("model.") :]: v for k, v in state.items() if not self._is_extra(k)}
+        extra_state = {k: v for k, v in state.items() if self._is_extra(k)}
+        _write_atomic(folder / DIFFUSERS_CONFIG, self.model.to_json_string())
+        _save_atomic(diffusers_state, folder / DIFFUSERS_WEIGHTS)
+        _save_atomic(extra_state, folder / EXTRA_WEIGHTS)
+        meta = {
+            "name": self.name,
+            "variant": self.variant,
+            "in_channels": self.in_channels,
+            "options": self.options,
+        }
+        _write_atomic(folder / BACKBONE_CONFIG, json.dumps(meta, indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike) -> MultiViewBackbone:
+        """Rebuild a backbone written by `save_pretrained` (offline, local files only)."""
+        folder = Path(folder)
+        meta = read_backbone_config(folder)
+        if cls.name and meta["name"] != cls.name:
+            raise CameoError(
+                f"{folder / BACKBONE_CONFIG}: holds backbone '{meta['name']}', not '{cls.name}'"
+            )
+        backbone = cls.build(
+            meta["variant"],
+            in_channels=meta["in_channels"],
+            pretrained=str(folder),
+            **meta["options"],
+        )
+        extra_path = folder / EXTRA_WEIGHTS
+        if not extra_path.is_file():
+            raise CameoError(f"{extra_path}: file does not exist")
+        extra = load_file(extra_path)
+        wanted = {k for k in backbone.state_dict() if backbone._is_extra(k)}
+        if set(extra) != wanted:
+            missing, unexpected = sorted(wanted - set(extra)), sorted(set(extra) - wanted)
+            raise CameoError(
+                f"{extra_path}: weights do not match backbone '{cls.name}' "
+                f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+            )
+        backbone.load_state_dict(extra, strict=False)
+        return backbone
+
+
+# -- helpers shared by the adapters ------------------------------------------------------
+def read_backbone_config(folder: Path) -> dict:
+    """Read and check `cameo_backbone.json` of a saved backbone folder."""
+    if not folder.is_dir():
+        raise CameoError(f"{folder}: backbone folder does not exist")
+    path = folder / BACKBONE_CONFIG
+    if not path.is_file():
+        raise CameoError(f"{path}: file does not exist (not a saved cameo backbone)")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise CameoError(f"{path}: invalid JSON ({error})") from None
+    required = {"name": str, "variant": str, "in_channels": int, "options": dict}
+    for key, kind in required.items():
+        if not isinstance(meta.get(key), kind):
+            raise CameoError(f"{path}: '{key}' missing or not a {kind.__name__}")
+    return meta
+
+
+def resolve_diffusers_folder(folder: str | os.PathLike, subfolder: str) -> Path:
+    """The folder holding the model's `config.json`: `folder` itself or `folder/subfolder`.
+
+    Checks existence first: offline, diffusers reports a missing path as a hub error.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise CameoError(f"{root}: pretrained folder does not exist")
+    for candidate in (root, root / subfolder):
+        if (candidate / DIFFUSERS_CONFIG).is_file():
+            return candidate
+    raise CameoError(f"{root}: no {DIFFUSERS_CONFIG} here or in '{subfolder}/' (diffusers layout)")
+
+
+def stored_weight_names(folder: Path) -> set[str]:
+    """Names of the tensors in a diffusers folder's safetensors weights (single or sharded)."""
+    index = folder / DIFFUSERS_INDEX
+    if index.is_file():
+        return set(json.loads(index.read_text())["weight_map"])
+    single = folder / DIFFUSERS_WEIGHTS
+    if not single.is_file():
+        raise CameoError(f"{folder}: no {DIFFUSERS_WEIGHTS} (safetensors weights required)")
+    with safe_open(single, framework="pt") as handle:
+        return set(handle.keys())
+
+
+def load_diffusers_model(
+    model_cls: type, folder: Path, prepare: Callable[[nn.Module], None] | None = None
+) -> nn.Module:
+    """Load a diffusers model from a local folder (no hub) and check no weight is missing.
+
+    `prepare(model)` runs right after loading (e.g. removing a U-Net's text cross-attention,
+    which diffusers recreates at random from the config); the check covers what remains.
+    diffusers' own report of weights missing from the file is muted in favour of that check.
+    """
+    stored = stored_weight_names(folder)
+    diffusers_logger = logging.getLogger("diffusers")
+    level = diffusers_logger.level
+    diffusers_logger.setLevel(logging.ERROR)
+    try:
+        model = model_cls.from_pretrained(folder, local_files_only=True, use_safetensors=True)
+    finally:
+        diffusers_logger.setLevel(level)
+    if prepare is not None:
+        prepare(model)
+    missing = [key for key in model.state_dict() if key not in stored]
+    if missing:
+        raise CameoError(
+            f"{folder}: weights missing for {len(missing)} tensors, e.g. {missing[:3]}"
+        )
+    return model
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def _save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    save_file(state, tmp)
+    os.replace(tmp, path)

@@ -12,6 +12,8 @@ from cameo_cli import __version__
 # name -> "module:attribute"; each subcommand lives in cameo_cli/commands/.
 COMMANDS: dict[str, str] = {
     "backbones": "cameo_cli.commands.backbones:backbones",
+    "recipes": "cameo_cli.commands.recipes:recipes",
+    "prepare": "cameo_cli.commands.prepare:prepare",
 }
 
 # One-line summaries for `cameo --help`, so listing commands imports none of them.

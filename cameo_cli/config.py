@@ -1,15 +1,38 @@
-"""Recipes: YAML files read into these dataclasses (the schema every job shares)."""
+"""Recipes: YAML files read into these dataclasses (the schema every job shares).
+
+A recipe is a YAML mapping whose keys mirror the dataclasses below; missing keys keep their
+defaults, unknown keys and wrongly typed values are errors. `--set a.b=value` overrides are
+type-checked against the same fields. Shipped recipes live in the `recipes/` folder that is
+installed with cameo as package data.
+"""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import difflib
+import importlib.util
+import math
+import os
+import re
+import tempfile
+import types
+import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cameo_cli.errors import CameoError
 
 
 @dataclass
 class BackboneConfig:
     name: str = "cat3d"
     variant: str = "full"  # "tiny" (CPU tests) or "full" (the paper's shapes)
-    pretrained: str | None = None  # local diffusers folder (SD2.1 / Hunyuan-DiT); None = random init
+    pretrained: str | None = None  # local diffusers folder (SD2.1, Hunyuan-DiT); None = random
     qk_norm: bool = True
     gradient_checkpointing: bool = False
 
@@ -101,3 +124,537 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+
+# Allowed values of the string fields that name a choice (dotted path -> choices).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "backbone.variant": ("tiny", "full"),
+    "codec.kind": ("vae", "none"),
+    "data.policy": ("random", "even"),
+    "diffusion.prediction": ("v_prediction", "epsilon"),
+    "alignment.method": ("cameo", "none"),
+    "alignment.layer": ("auto",),
+    "alignment.loss": ("ce", "l1"),
+    "alignment.head": ("mlp", "none"),
+    "train.mixed_precision": ("no", "fp16", "bf16"),
+}
+
+_RECIPE_SUFFIXES = (".yaml", ".yml")
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` with YAML 1.2 booleans: only true/false, so `no` stays a string."""
+
+
+_RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
+@dataclass
+class _Source:
+    """Where values come from, for error messages: a file (with key lines) or one override."""
+
+    name: str
+    lines: dict[str, int] = field(default_factory=dict)
+    override_key: str | None = None
+
+    def error(self, path: str, message: str) -> CameoError:
+        if self.override_key is not None:
+            prefix = self.name if path == self.override_key else f"{self.name}: {path}"
+            return CameoError(f"{prefix}: {message}")
+        line = self.lines.get(path)
+        location = f"{self.name}:{line}" if line else self.name
+        return CameoError(f"{location}: {path}: {message}" if path else f"{location}: {message}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Types: checking and converting values against the dataclass fields
+# ---------------------------------------------------------------------------------------------
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _is_union(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType)
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    if _is_union(tp):
+        return " or ".join(_type_name(arg) for arg in typing.get_args(tp))
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is list:
+        return f"a list of {_type_name(args[0])}"
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_type_name(args[0])}"
+        return f"a list of {len(args)} {' '.join(dict.fromkeys(_type_name(a) for a in args))}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"bool {str(value).lower()}"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return f"a list {list(value)!r}"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _convert(value: Any, tp: Any, path: str, source: _Source) -> Any:
+    """Return `value` as type `tp` (dataclasses built recursively) or raise a CameoError."""
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise source.error(path, f"expected a mapping, got {_describe(value)}")
+        return _build(tp, value, path, source)
+    if _is_union(tp):
+        members = typing.get_args(tp)
+        if value is None:
+            if type(None) in members:
+                return None
+            raise source.error(path, f"expected {_type_name(tp)}, got null")
+        for member in members:
+            if member is type(None):
+                continue
+            try:
+                return _convert(value, member, path, source)
+            except CameoError:
+                continue
+        raise source.error(path, f"expected {_type_name(tp)}, got {_describe(value)}")
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise source.error(path, f"expected {_type_name(tp)}, got {_describe(value)}")
+        return [_convert(item, args[0], f"{path}[{i}]", source) for i, item in enumerate(value)]
+    if origin is tuple:
+        variadic = len(args) == 2 and args[1] is Ellipsis
+        if not isinstance(value, list | tuple) or (not variadic and len(value) != len(args)):
+            raise source.error(path, f"expected {_type_name(tp)}, got {_describe(value)}")
+        item_types = [args[0]] * len(value) if variadic else list(args)
+        return tuple(
+            _convert(item, item_tp, f"{path}[{i}]", source)
+            for i, (item, item_tp) in enumerate(zip(value, item_types, strict=True))
+        )
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # "inf", "1e-4" (YAML 1.1 reads these as strings)
+            try:
+                number = float(value)
+            except ValueError:
+                number = math.nan
+            if not math.isnan(number):
+                return number
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"recipe field {path} has an unsupported type {tp!r}")
+    raise source.error(path, f"expected {_type_name(tp)}, got {_describe(value)}")
+
+
+def _check_choice(value: Any, path: str, source: _Source) -> None:
+    choices = CHOICES.get(path)
+    if choices is not None and isinstance(value, str) and value not in choices:
+        raise source.error(path, f"expected one of {', '.join(choices)}, got {value!r}")
+
+
+def _unknown_key(path: str, valid: Sequence[str], source: _Source) -> CameoError:
+    prefix, _, leaf = path.rpartition(".")
+    qualified = {name: f"{prefix}.{name}" if prefix else name for name in valid}
+    close = difflib.get_close_matches(leaf, list(valid), n=1, cutoff=0.6)
+    if close:
+        hint = f"did you mean '{qualified[close[0]]}'?"
+    else:
+        hint = "valid keys: " + ", ".join(qualified.values())
+    location = source.name
+    if source.override_key is None and source.lines.get(path):
+        location = f"{source.name}:{source.lines[path]}"
+    return CameoError(f"{location}: unknown key '{path}' ({hint})")
+
+
+def _build(cls: type, data: dict, prefix: str, source: _Source) -> Any:
+    field_types = _field_types(cls)
+    values = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in field_types:
+            raise _unknown_key(path, list(field_types), source)
+        values[key] = _convert(value, field_types[key], path, source)
+        _check_choice(values[key], path, source)
+    return cls(**values)
+
+
+# Numeric fields with a lower bound: (path, bound, inclusive).
+_LOWER_BOUNDS: tuple[tuple[str, float, bool], ...] = (
+    *(
+        (path, 1, True)
+        for path in (
+            "data.resolution",
+            "data.num_views",
+            "data.min_refs",
+            "diffusion.num_train_timesteps",
+            "alignment.chunk_size",
+            "train.steps",
+            "train.batch_size",
+            "train.grad_accumulation",
+            "train.log_every",
+            "train.checkpoint_every",
+            "train.keep_checkpoints",
+            "train.validate_every",
+            "sample.steps",
+        )
+    ),
+    *(
+        (path, 0, True)
+        for path in (
+            "data.workers",
+            "alignment.weight",
+            "train.weight_decay",
+            "train.warmup_steps",
+            "train.grad_clip",
+            "sample.guidance",
+            "evaluate.psnr_cap",
+        )
+    ),
+    *(
+        (path, 0, False)
+        for path in (
+            "codec.scaling_factor",
+            "diffusion.beta_start",
+            "alignment.epsilon",
+            "train.learning_rate",
+        )
+    ),
+)
+_UNIT_INTERVAL = ("train.camera_drop", "train.ema_decay", "sample.eta", "diffusion.beta_end")
+
+
+def _value_at(recipe: Recipe, path: str) -> Any:
+    value: Any = recipe
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _validate(recipe: Recipe, source_of: typing.Callable[[str], _Source]) -> None:
+    """Reject values no job can use; `source_of(path)` says where a value came from."""
+
+    def require(path: str, ok: bool, requirement: str) -> None:
+        if not ok:
+            message = f"must be {requirement}, got {_value_at(recipe, path)!r}"
+            raise source_of(path).error(path, message)
+
+    for path, bound, inclusive in _LOWER_BOUNDS:
+        value = _value_at(recipe, path)
+        ok = value >= bound if inclusive else value > bound
+        require(path, ok, f"{'>=' if inclusive else '>'} {bound}")
+    for path in _UNIT_INTERVAL:
+        require(path, 0 <= _value_at(recipe, path) <= 1, "between 0 and 1")
+    data, layer = recipe.data, recipe.alignment.layer
+    require("alignment.layer", not isinstance(layer, int) or layer >= 0, ">= 0, 'auto' or null")
+    require("data.max_refs", data.min_refs <= data.max_refs, ">= data.min_refs")
+    require("data.max_refs", data.max_refs < data.num_views, "< data.num_views (keep a target)")
+    low, high = data.frame_gap
+    require("data.frame_gap", 0 <= low <= high, "[low, high] with 0 <= low <= high")
+    beta = recipe.diffusion
+    require("diffusion.beta_end", beta.beta_start < beta.beta_end, "> diffusion.beta_start")
+
+
+# ---------------------------------------------------------------------------------------------
+# Dicts and YAML text
+# ---------------------------------------------------------------------------------------------
+
+
+def recipe_from_dict(data: dict | None, source: str = "recipe") -> Recipe:
+    """Build a Recipe from a (possibly partial) nested dict; `source` names it in errors."""
+    where = _Source(source)
+    recipe = _convert({} if data is None else data, Recipe, "", where)
+    _validate(recipe, lambda path: where)
+    return recipe
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as plain nested dicts and lists (what YAML and JSON can hold)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(dataclasses.asdict(recipe))
+
+
+class _RecipeDumper(yaml.SafeDumper):
+    """Block-style mappings, one-line lists of scalars (`metrics: [psnr, ssim]`)."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, items: list) -> yaml.Node:
+    flat = all(not isinstance(item, dict | list) for item in items)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", items, flow_style=flat)
+
+
+_RecipeDumper.add_representer(list, _represent_list)
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    """The recipe as YAML text: sections in schema order, a blank line between them."""
+    sections = [
+        yaml.dump(
+            {name: value},
+            Dumper=_RecipeDumper,
+            sort_keys=False,
+            default_flow_style=False,
+            allow_unicode=True,
+        )
+        for name, value in recipe_to_dict(recipe).items()
+    ]
+    return "\n".join(sections)
+
+
+def dump_recipe(recipe: Recipe, path: str | os.PathLike, comment: str | None = None) -> None:
+    """Write the recipe as YAML to `path` atomically (a temporary file, then a rename).
+
+    `comment` (one or more lines) is written first as `# ` lines, e.g. what resolved it.
+    """
+    path = Path(path)
+    header = "".join(f"# {line}".rstrip() + "\n" for line in (comment or "").splitlines())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(header + ("\n" if header else "") + recipe_to_yaml(recipe))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _key_lines(node: yaml.Node | None, name: str, prefix: str = "") -> dict[str, int]:
+    """Map each dotted key of a composed YAML document to its line; reject duplicate keys."""
+    lines: dict[str, int] = {}
+    if not isinstance(node, yaml.MappingNode):
+        return lines
+    for key_node, value_node in node.value:
+        key = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+        line = key_node.start_mark.line + 1
+        if key in lines:
+            raise CameoError(f"{name}:{line}: duplicate key '{key}' (first on line {lines[key]})")
+        lines[key] = line
+        lines.update(_key_lines(value_node, name, key))
+    return lines
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """`:LINE: malformed YAML: problem (context on line N)` for a PyYAML error."""
+    mark = getattr(exc, "problem_mark", None)
+    location = f":{mark.line + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and context_mark is not None and context_mark.line != getattr(mark, "line", None):
+        problem += f" ({context} on line {context_mark.line + 1})"
+    return f"{location}: malformed YAML: {problem}"
+
+
+def _parse_yaml_file(path: Path) -> tuple[Any, dict[str, int]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CameoError(f"{path}: recipe file not found") from None
+    except IsADirectoryError:
+        raise CameoError(f"{path}: is a directory, expected a YAML recipe file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CameoError(f"{path}: cannot read recipe: {exc}") from None
+    try:
+        lines = _key_lines(yaml.compose(text, Loader=_RecipeLoader), str(path))
+        data = yaml.load(text, Loader=_RecipeLoader)
+    except yaml.YAMLError as exc:
+        raise CameoError(f"{path}{_yaml_problem(exc)}") from None
+    if data is not None and not isinstance(data, dict):
+        raise CameoError(f"{path}: a recipe must be a YAML mapping, got {_describe(data)}")
+    return data, lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Overrides
+# ---------------------------------------------------------------------------------------------
+
+
+def _field_at(path: str, source: _Source) -> Any:
+    """The type of the field at dotted `path` (unknown keys are errors)."""
+    tp: Any = Recipe
+    walked: list[str] = []
+    for part in path.split("."):
+        walked.append(part)
+        if not dataclasses.is_dataclass(tp):
+            raise source.error(".".join(walked[:-1]), f"is {_type_name(tp)}, it has no keys")
+        field_types = _field_types(tp)
+        if part not in field_types:
+            raise _unknown_key(".".join(walked), list(field_types), source)
+        tp = field_types[part]
+    return tp
+
+
+def _accepts(tp: Any, kind: type) -> bool:
+    members = typing.get_args(tp) if _is_union(tp) else (tp,)
+    return any(m is kind or typing.get_origin(m) is kind for m in members)
+
+
+def _merged(data: dict, path: list[str], update: dict) -> dict:
+    """The section of `data` at `path` with `update` merged in, recursively."""
+    section = data
+    for part in path:
+        section = section[part]
+    result = dict(section)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            value = _merged(result, [key], value)
+        result[key] = value
+    return result
+
+
+def apply_override(recipe: Recipe, override: str) -> Recipe:
+    """A copy of `recipe` with one `a.b=value` override applied (value parsed as YAML)."""
+    key, sep, text = override.partition("=")
+    key = key.strip()
+    source = _Source(f"--set {override}", override_key=key)
+    if not sep or not key:
+        raise CameoError(f"--set {override}: expected KEY=VALUE, for example alignment.weight=0.05")
+    tp = _field_at(key, source)
+    try:
+        value = yaml.load(text, Loader=_RecipeLoader) if text.strip() else ""
+        if isinstance(value, str) and "," in value and (_accepts(tp, list) or _accepts(tp, tuple)):
+            value = [yaml.load(part, Loader=_RecipeLoader) for part in value.split(",")]
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise CameoError(f"--set {override}: malformed YAML value: {problem}") from None
+    if _accepts(tp, str) and isinstance(value, int | float) and not _accepts(tp, int):
+        value = text.strip()  # a name or path that YAML read as a number: keep the text
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):  # merge into the section
+        value = _merged(recipe_to_dict(recipe), key.split("."), value)
+    converted = _convert(value, tp, key, source)
+    _check_choice(converted, key, source)
+    updated = copy.deepcopy(recipe)
+    *parents, last = key.split(".")
+    target: Any = updated
+    for part in parents:
+        target = getattr(target, part)
+    setattr(target, last, converted)
+    return updated
+
+
+# ---------------------------------------------------------------------------------------------
+# Shipped recipes and loading
+# ---------------------------------------------------------------------------------------------
+
+
+def _recipe_folders() -> list[Path]:
+    """The installed `recipes/` folders (a namespace package: no `__init__.py`)."""
+    try:
+        spec = importlib.util.find_spec("recipes")
+    except (ImportError, ValueError):
+        return []
+    locations = spec.submodule_search_locations if spec is not None else None
+    # Editable installs add a placeholder entry that is not a folder; skip it.
+    return [Path(location) for location in locations or () if Path(location).is_dir()]
+
+
+def _shipped_recipes() -> dict[str, Path]:
+    """Name -> file of every shipped recipe (the first folder wins for a repeated name)."""
+    found: dict[str, Path] = {}
+    for folder in _recipe_folders():
+        for path in sorted(folder.iterdir()):
+            if path.suffix in _RECIPE_SUFFIXES and path.is_file():
+                found.setdefault(path.stem, path)
+    return found
+
+
+def _description(path: Path) -> str:
+    """The recipe's one-line description: its first line when that is a `# ` comment."""
+    try:
+        with path.open(encoding="utf-8") as handle:
+            first = handle.readline().strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+    return first.lstrip("#").strip() if first.startswith("#") else ""
+
+
+def list_recipes() -> list[tuple[str, str]]:
+    """(name, one-line description) of every shipped recipe, sorted by name."""
+    return [(name, _description(path)) for name, path in sorted(_shipped_recipes().items())]
+
+
+def find_recipe(name: str) -> Path:
+    """The file of the shipped recipe `name` (with or without its .yaml suffix)."""
+    shipped = _shipped_recipes()
+    stem = name[: -len(Path(name).suffix)] if Path(name).suffix in _RECIPE_SUFFIXES else name
+    if stem in shipped:
+        return shipped[stem]
+    close = difflib.get_close_matches(stem, list(shipped), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    known = ", ".join(sorted(shipped)) if shipped else "none installed"
+    raise CameoError(
+        f"unknown recipe '{name}'{hint}; known recipes: {known}; or give a path to a YAML file"
+    )
+
+
+def _resolve(name_or_path: str | os.PathLike) -> Path:
+    """A recipe file: an existing path, else a shipped recipe by name (or `recipes/NAME.yaml`)."""
+    path, text = Path(name_or_path), str(name_or_path)
+    if path.is_file():
+        return path
+    looks_like_path = path.suffix in _RECIPE_SUFFIXES or os.sep in text or "/" in text
+    if not looks_like_path:
+        return find_recipe(text)
+    shipped = _shipped_recipes()
+    if path.parent in (Path("."), Path("recipes")) and path.stem in shipped:
+        return shipped[path.stem]  # `--recipe recipes/cat3d-re10k.yaml` outside a checkout
+    return path
+
+
+def load_recipe(name_or_path: str | os.PathLike, overrides: Sequence[str] = ()) -> Recipe:
+    """Load a recipe from a YAML file or by shipped name, then apply `--set` overrides."""
+    path = _resolve(name_or_path)
+    data, lines = _parse_yaml_file(path)
+    file_source = _Source(str(path), lines)
+    recipe = _convert({} if data is None else data, Recipe, "", file_source)
+    override_sources: dict[str, _Source] = {}
+    for override in overrides:
+        recipe = apply_override(recipe, override)
+        key = override.partition("=")[0].strip()
+        override_sources[key] = _Source(f"--set {override}", override_key=key)
+
+    def source_of(path: str) -> _Source:
+        for key, source in reversed(override_sources.items()):
+            if path == key or path.startswith(key + "."):
+                return source
+        return file_source
+
+    _validate(recipe, source_of)
+    return recipe

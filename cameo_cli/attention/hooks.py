@@ -16,7 +16,11 @@ import torch
 
 @dataclass
 class LayerHook:
-    """State shared between cameo and the processor of one self-attention layer."""
+    """State shared between cameo and the processor of one self-attention layer.
+
+    `num_views` is how many consecutive batch items form one sample (set by the backbone
+    before every forward pass); `multiview` says whether the layer attends across them.
+    """
 
     index: int
     path: str
@@ -28,8 +32,23 @@ class LayerHook:
 
     def capture(self, q: torch.Tensor, k: torch.Tensor, scale: float) -> None:
         """Store q, k shaped [B, F, heads, tokens_per_view, head_dim] when recording."""
-        if self.recording:
-            self.captured.append((q, k, scale))
+        if not self.recording:
+            return
+        if q.ndim != 5 or k.ndim != 5 or q.shape[:3] != k.shape[:3]:
+            raise ValueError(
+                f"layer {self.index} ({self.path}): capture expects q and k shaped "
+                f"[B, F, heads, hw, d], got {tuple(q.shape)} and {tuple(k.shape)}"
+            )
+        self.captured.append((q, k, scale))
+
+    def split_views(self, batch: int) -> int:
+        """Number of samples in a batch of `batch` views; checks it divides evenly."""
+        if batch % self.num_views:
+            raise ValueError(
+                f"layer {self.index} ({self.path}): batch of {batch} views is not a "
+                f"multiple of num_views={self.num_views}"
+            )
+        return batch // self.num_views
 
 
 @dataclass
@@ -41,9 +60,7 @@ class ProbeResult:
     scale: float  # 1/sqrt(d) unless the layer says otherwise
     grid: tuple[int, int]  # (h, w) token grid per view
 
-    def logits(
-        self, i: int, j: int, rows: torch.Tensor | slice | None = None
-    ) -> torch.Tensor:
+    def logits(self, i: int, j: int, rows: torch.Tensor | slice | None = None) -> torch.Tensor:
         """Pre-softmax logits q_i·k_jᵀ·scale: [B, heads, len(rows), hw]."""
         q = self.q[:, i]
         if rows is not None:

@@ -1,0 +1,235 @@
+"""CAT3D: an SD2.1-shaped U-Net with 3D self-attention and Plücker-raymap camera input.
+
+- The text cross-attention (`attn2`) of every transformer block is removed; the 16 `attn1`
+  layers, in sorted module-name order (= execution order once `attn2` is gone), are the
+  hook locations. Layer 10 is `up_blocks.2.attentions.0.transformer_blocks.0.attn1`.
+- Layers at the first block width (320 channels in SD2.1, the highest resolution) attend
+  per view; all others attend across the F views of a sample (3D attention).
+- Camera input: the 6-channel Plücker raymap (relative to view 0, see
+  `cameo_cli.cameras.plucker_raymap`) and a 1-channel reference mask at the latent
+  resolution go through a zero-initialised conv with `conv_in`'s kernel whose output is
+  added to `conv_in`'s. This equals widening `conv_in` with zero weights, so at
+  initialisation the model predicts exactly what the wrapped U-Net predicts.
+- Optional q/k LayerNorm on every `attn1` (option `qk_norm`, default on as in the official
+  code). It is new, so a pretrained U-Net *with* q/k norm is not the pretrained U-Net; the
+  zero-init property holds relative to the U-Net including those norms.
+- Every view of a sample gets the sample's timestep.
+
+diffusers does not record the removed `attn2`, the q/k norms or the processors, so
+`build` applies all three after every load (and `save_pretrained` stores the norms with
+cameo's extra weights).
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from diffusers import UNet2DConditionModel
+from torch import nn
+
+from cameo_cli.attention import LayerHook, install_processors
+from cameo_cli.backbone import (
+    MultiViewBackbone,
+    ViewConditioning,
+    load_diffusers_model,
+    resolve_diffusers_folder,
+)
+from cameo_cli.cameras import plucker_raymap
+from cameo_cli.errors import CameoError
+
+# Stable Diffusion 2.1's U-Net. `attention_head_dim` is the NUMBER of heads in diffusers.
+SD21_UNET = dict(
+    sample_size=96,
+    block_out_channels=(320, 640, 1280, 1280),
+    attention_head_dim=(5, 10, 20, 20),
+    cross_attention_dim=1024,
+    layers_per_block=2,
+    use_linear_projection=True,
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+)
+# The same topology (all 16 attn1 layers) at 3.2 M parameters for CPU tests.
+TINY_UNET = dict(SD21_UNET, sample_size=32, block_out_channels=(32, 64, 64, 64))
+TINY_UNET["attention_head_dim"] = (2, 4, 4, 4)
+TINY_UNET["cross_attention_dim"] = 32
+UNET_CONFIGS = {"tiny": TINY_UNET, "full": SD21_UNET}
+
+RAYMAP_CHANNELS = 6
+_BLOCK_PATH = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.|^mid_block\.")
+
+
+def remove_cross_attention(unet: nn.Module) -> None:
+    """Drop the text cross-attention (`attn2`, `norm2`) of every transformer block."""
+    for module in unet.modules():
+        if getattr(module, "attn2", None) is not None:
+            module.attn2 = None
+            module.norm2 = None
+
+
+def self_attention_paths(unet: nn.Module) -> list[str]:
+    """The `attn1` module paths in sorted name order (the layer numbering of CAMEO)."""
+    return sorted(name for name, _ in unet.named_modules() if name.endswith(".attn1"))
+
+
+def unet_hooks(unet: UNet2DConditionModel) -> list[LayerHook]:
+    """One hook per `attn1`; layers at the first block width stay per-view."""
+    first_width = unet.config.block_out_channels[0]
+    return [
+        LayerHook(index=i, path=path, multiview=unet.get_submodule(path).inner_dim != first_width)
+        for i, path in enumerate(self_attention_paths(unet))
+    ]
+
+
+def add_qk_norm(unet: nn.Module, hooks: list[LayerHook], eps: float = 1e-6) -> list[str]:
+    """Give every hooked attention a q/k LayerNorm over the head dim; returns their paths."""
+    paths = []
+    for hook in hooks:
+        attn = unet.get_submodule(hook.path)
+        head_dim = attn.inner_dim // attn.heads
+        attn.norm_q = nn.LayerNorm(head_dim, eps=eps)
+        attn.norm_k = nn.LayerNorm(head_dim, eps=eps)
+        paths += [f"{hook.path}.norm_q", f"{hook.path}.norm_k"]
+    return paths
+
+
+def zero_conv(in_channels: int, like: nn.Conv2d) -> nn.Conv2d:
+    """A conv with `like`'s output width and kernel, all weights zero."""
+    conv = nn.Conv2d(in_channels, like.out_channels, like.kernel_size, padding=like.padding)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+class Cat3D(MultiViewBackbone):
+    """CAT3D multi-view U-Net (see the module docstring)."""
+
+    name = "cat3d"
+    default_layer = 10
+    option_defaults: dict[str, object] = {"qk_norm": True, "downsample": None}
+
+    def __init__(self, unet: UNet2DConditionModel, *, qk_norm: bool, downsample: int) -> None:
+        super().__init__()
+        remove_cross_attention(unet)
+        self.model = unet
+        self.hooks = unet_hooks(unet)
+        self._added = add_qk_norm(unet, self.hooks) if qk_norm else []
+        install_processors(unet, self.hooks)
+        self.downsample = downsample
+        self.condition_encoder = zero_conv(self.condition_channels(), unet.conv_in)
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        variant: str = "tiny",
+        *,
+        in_channels: int = 4,
+        pretrained: str | None = None,
+        **options: object,
+    ) -> Cat3D:
+        """`tiny` (3.2 M parameters) or `full` (SD2.1 shapes); `pretrained`: a local folder
+        holding a diffusers U-Net (itself or its `unet/` subfolder)."""
+        if variant not in UNET_CONFIGS:
+            raise CameoError(f"backbone '{cls.name}': unknown config '{variant}' (tiny, full)")
+        unknown = sorted(set(options) - set(cls.option_defaults))
+        if unknown:
+            raise CameoError(
+                f"backbone '{cls.name}': unknown options {unknown} "
+                f"(valid: {sorted(cls.option_defaults)})"
+            )
+        settings = {**cls.option_defaults, **options}
+        if settings["downsample"] is None:
+            settings["downsample"] = 8 if in_channels == 4 else 1
+        if pretrained is not None:
+            folder = resolve_diffusers_folder(pretrained, "unet")
+            unet = load_diffusers_model(UNet2DConditionModel, folder, remove_cross_attention)
+            if unet.config.in_channels != in_channels or unet.config.out_channels != in_channels:
+                raise CameoError(
+                    f"{folder}: U-Net has {unet.config.in_channels} input channels, "
+                    f"the image codec needs {in_channels}"
+                )
+        else:
+            unet = UNet2DConditionModel(
+                **UNET_CONFIGS[variant], in_channels=in_channels, out_channels=in_channels
+            )
+        backbone = cls._from_unet(unet, settings)
+        backbone.record_build(variant, in_channels, settings)
+        return backbone
+
+    @classmethod
+    def _from_unet(cls, unet: UNet2DConditionModel, settings: dict[str, object]) -> Cat3D:
+        return cls(unet, qk_norm=bool(settings["qk_norm"]), downsample=int(settings["downsample"]))
+
+    def model_additions(self) -> list[str]:
+        return self._added
+
+    # -- conditioning -------------------------------------------------------------------
+    def condition_channels(self) -> int:
+        """Input channels of the zero-initialised condition encoder."""
+        return RAYMAP_CHANNELS + 1
+
+    def condition_maps(self, latents: torch.Tensor, cond: ViewConditioning) -> torch.Tensor:
+        """[B, F, 7, h, w]: Plücker raymap (zero where `drop_camera`) + reference mask."""
+        batch, views, _, height, width = latents.shape
+        raymap = plucker_raymap(
+            cond.intrinsics.float(),
+            cond.world_to_camera.float(),
+            height,
+            width,
+            image_size=tuple(cond.image_size),
+        )
+        if cond.drop_camera is not None:
+            keep = (~cond.drop_camera.bool()).to(raymap.dtype)
+            raymap = raymap * keep[:, None, None, None, None]
+        mask = cond.ref_mask.to(raymap.dtype)[:, :, None, None, None]
+        return torch.cat([raymap, mask.expand(batch, views, 1, height, width)], dim=2)
+
+    # -- forward ------------------------------------------------------------------------
+    def forward(
+        self, latents: torch.Tensor, timesteps: torch.Tensor, cond: ViewConditioning
+    ) -> torch.Tensor:
+        """[B, F, C, h, w] noisy latents, [B] timesteps -> [B, F, C, h, w] prediction."""
+        batch, views = latents.shape[:2]
+        if latents.ndim != 5 or tuple(timesteps.shape) != (batch,):
+            raise ValueError(
+                f"expected latents [B, F, C, h, w] and timesteps [B], got "
+                f"{tuple(latents.shape)} and {tuple(timesteps.shape)}"
+            )
+        cond.check(batch, views)
+        self.set_num_views(views)
+        maps = self.condition_maps(latents, cond).flatten(0, 1)
+        added = self.condition_encoder(maps.to(self.condition_encoder.weight.dtype))
+
+        def add_condition(_module: nn.Module, _inputs: object, output: torch.Tensor):
+            return output + added.to(output.dtype)
+
+        handle = self.model.conv_in.register_forward_hook(add_condition)
+        try:
+            out = self.model(
+                latents.flatten(0, 1),
+                timesteps.repeat_interleave(views),
+                encoder_hidden_states=None,
+            ).sample
+        finally:
+            handle.remove()
+        return out.unflatten(0, (batch, views))
+
+    # -- layers ---------------------------------------------------------------------------
+    def token_grid(self, layer: int, image_hw: tuple[int, int]) -> tuple[int, int]:
+        """Tokens per view: the latent grid halved (rounding up) once per U-Net level."""
+        path = self.hooks[self.check_layer(layer)].path
+        levels = len(self.model.config.block_out_channels)
+        match = _BLOCK_PATH.match(path)
+        if match is None:
+            raise ValueError(f"not a U-Net block path: {path}")
+        if match.group(1) == "down_blocks":
+            level = int(match.group(2))
+        elif match.group(1) == "up_blocks":
+            level = levels - 1 - int(match.group(2))
+        else:
+            level = levels - 1
+        height, width = (-(-size // self.downsample) for size in image_hw)
+        for _ in range(level):
+            height, width = -(-height // 2), -(-width // 2)
+        return height, width

@@ -1,0 +1,249 @@
+"""What the CAMEO term costs: cameo's chunked loss against the official all-at-once one.
+
+Measured in one run, at the paper's supervised-layer geometry (F = 4 views, 32x32 tokens per
+view, 10 heads of 64, all 12 ordered pairs, MLP head 10 -> 40 -> 1, batch 1):
+
+1. forward + backward time and peak extra memory of the loss, each variant in its own
+   process (CPU: peak RSS over the baseline via /proc/self/status after resetting VmHWM;
+   CUDA: torch.cuda.max_memory_allocated over the baseline), and the ratios naive/cameo;
+2. the CAMEO term's FLOPs as a fraction of one plain training step (forward + backward) of
+   the full SD2.1-shaped CAT3D U-Net at 512 px, F = 4 (torch.utils.flop_counter on the meta
+   device, so no weights are allocated);
+3. the measured step-time ratio CAMEO / plain of the quick-start recipe, when `cameo train`
+   provides its step function.
+
+    python benchmarks/alignment_overhead.py [--device cuda] [--chunk-size 64] [--repeats 2]
+
+The naive variant needs about 8.5 GB on CPU; pass --skip-naive on a small machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from cameo_cli.alignment import CameoLoss
+from cameo_cli.attention.hooks import ProbeResult
+
+VIEWS, GRID, HEADS, HEAD_DIM, BATCH = 4, (32, 32), 10, 64, 1
+NUM_REFS = 2
+
+
+class Targets:
+    """index/mask [B, F, F, hw], the fields of geometry's CorrespondenceTargets."""
+
+    def __init__(self, index: torch.Tensor, mask: torch.Tensor) -> None:
+        self.index, self.mask = index, mask
+
+
+def make_inputs(device: torch.device) -> tuple[ProbeResult, Targets, torch.Tensor]:
+    """Random q/k at the paper's layer geometry; every off-diagonal row kept (worst case)."""
+    gen = torch.Generator().manual_seed(0)
+    hw = GRID[0] * GRID[1]
+    shape = (BATCH, VIEWS, HEADS, hw, HEAD_DIM)
+    q = torch.randn(shape, generator=gen).to(device).requires_grad_(True)
+    k = torch.randn(shape, generator=gen).to(device).requires_grad_(True)
+    index = torch.randint(0, hw, (BATCH, VIEWS, VIEWS, hw), generator=gen).to(device)
+    eye = torch.eye(VIEWS, dtype=torch.bool, device=device)
+    mask = (~eye)[None, :, :, None].expand(BATCH, VIEWS, VIEWS, hw).clone()
+    ref_mask = torch.zeros(BATCH, VIEWS, dtype=torch.bool, device=device)
+    ref_mask[:, :NUM_REFS] = True
+    return ProbeResult(q=q, k=k, scale=HEAD_DIM**-0.5, grid=GRID), Targets(index, mask), ref_mask
+
+
+def naive_loss(
+    head: torch.nn.Module, probe: ProbeResult, targets: Targets, ref_mask: torch.Tensor
+) -> torch.Tensor:
+    """As the official code: [B, F·hw, F·hw, H] logits and the MLP on all of them at once."""
+    q, k = probe.q.float(), probe.k.float()
+    batch, views, heads, hw, dim = q.shape
+    q_all = q.permute(0, 2, 1, 3, 4).reshape(batch, heads, views * hw, dim)
+    k_all = k.permute(0, 2, 1, 3, 4).reshape(batch, heads, views * hw, dim)
+    logits = torch.einsum("bhqd,bhkd->bqkh", q_all, k_all) * probe.scale
+    scores = head(logits).squeeze(-1).reshape(batch, views, hw, views, hw)
+    log_p = scores.log_softmax(dim=-1).permute(0, 1, 3, 2, 4)  # [B, Fi, Fj, hw_q, hw_k]
+    onehot = torch.nn.functional.one_hot(targets.index, hw).to(log_p.dtype)
+    row_loss = -(onehot * log_p).sum(-1)  # [B, F, F, hw]
+    is_ref = ref_mask[:, :, None, None].expand_as(targets.mask)
+    total = row_loss.new_zeros(())
+    for group in (targets.mask & is_ref, targets.mask & ~is_ref):
+        if group.any():
+            total = total + row_loss[group].mean()
+    return total
+
+
+def _proc_kib(field: str) -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(rf"{field}:\s+(\d+) kB", status).group(1))
+
+
+def measure(variant: str, device: torch.device, chunk_size: int, repeats: int) -> dict:
+    """Run in a child process: forward + backward of one variant, time and peak extra bytes."""
+    torch.manual_seed(0)
+    loss_fn = CameoLoss(HEADS, head="mlp", loss="ce", chunk_size=chunk_size).to(device)
+    probe, targets, ref_mask = make_inputs(device)
+
+    def step() -> float:
+        probe.q.grad = probe.k.grad = None
+        loss_fn.zero_grad(set_to_none=True)
+        if variant == "naive":
+            value = naive_loss(loss_fn.head, probe, targets, ref_mask)
+        else:
+            value = loss_fn(probe, targets, ref_mask)
+        value.backward()
+        return value.item()
+
+    if device.type == "cuda":
+        step()  # warm-up (kernel selection); CPU runs are too slow to spend one on it
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        base = _proc_kib("VmRSS") * 1024
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        value = step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = _proc_kib("VmHWM") * 1024
+    grad_norm = float(torch.cat([probe.q.grad.flatten(), probe.k.grad.flatten()]).norm())
+    return {
+        "variant": variant,
+        "seconds": min(times),
+        "extra_bytes": peak - base,
+        "loss": value,
+        "grad_norm": grad_norm,
+    }
+
+
+def run_child(variant: str, args: argparse.Namespace) -> dict:
+    command = [
+        sys.executable,
+        __file__,
+        "--measure",
+        variant,
+        "--device",
+        args.device,
+        "--chunk-size",
+        str(args.chunk_size),
+        "--repeats",
+        str(args.repeats),
+    ]
+    out = subprocess.run(command, check=True, capture_output=True, text=True, env=os.environ)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def cameo_term_flops(chunk_size: int) -> int:
+    """FLOPs of the CAMEO term's forward + backward (matmuls, as the counter counts them)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    loss_fn = CameoLoss(HEADS, head="mlp", chunk_size=chunk_size)
+    probe, targets, ref_mask = make_inputs(torch.device("cpu"))
+    with FlopCounterMode(display=False) as counter:
+        loss_fn(probe, targets, ref_mask).backward()
+    return counter.get_total_flops()
+
+
+def unet_step_flops() -> tuple[int, str]:
+    """FLOPs of one plain forward + backward of the full CAT3D U-Net at 512 px, F = 4."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cameo_cli.backbone import ViewConditioning
+    from cameo_cli.registry import build_backbone
+
+    size, latent = 512, 64
+    with torch.device("meta"):
+        backbone = build_backbone("cat3d", variant="full", in_channels=4)
+        latents = torch.randn(1, VIEWS, 4, latent, latent, requires_grad=True)
+        w2c = torch.eye(4).repeat(1, VIEWS, 1, 1)
+        intrinsics = torch.tensor([[400.0, 0, 256], [0, 400.0, 256], [0, 0, 1]])
+        cond = ViewConditioning(
+            intrinsics=intrinsics.repeat(1, VIEWS, 1, 1),
+            world_to_camera=w2c,
+            ref_mask=torch.tensor([[True, True, False, False]]),
+            image_size=(size, size),
+        )
+        timesteps = torch.tensor([500.0])
+        with FlopCounterMode(display=False) as counter:
+            backbone(latents, timesteps, cond).float().square().mean().backward()
+    params = sum(p.numel() for p in backbone.parameters())
+    return counter.get_total_flops(), f"cat3d full ({params / 1e6:.0f} M parameters)"
+
+
+def quickstart_step_ratio() -> str:
+    """Step time CAMEO / plain of the quick-start recipe, when `cameo train` exposes steps."""
+    try:
+        from cameo_cli.train import loop  # noqa: F401
+    except ImportError:
+        return "not measured: cameo_cli.train does not exist in this checkout yet"
+    return "not measured: cameo_cli.train.loop has no step function this script knows"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--chunk-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--measure", choices=["cameo", "naive"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        print(
+            json.dumps(
+                measure(args.measure, torch.device(args.device), args.chunk_size, args.repeats)
+            )
+        )
+        return
+
+    hw = GRID[0] * GRID[1]
+    print(
+        f"CAMEO term at F={VIEWS}, {GRID[0]}x{GRID[1]} tokens/view, {HEADS} heads x {HEAD_DIM}, "
+        f"{VIEWS * (VIEWS - 1)} ordered pairs, MLP {HEADS}->{4 * HEADS}->1, batch {BATCH}, "
+        f"{args.device}, chunk {args.chunk_size}, best of {args.repeats}"
+    )
+    results = {"cameo": run_child("cameo", args)}
+    if not args.skip_naive:
+        results["naive"] = run_child("naive", args)
+    for name, res in results.items():
+        print(
+            f"  {name:6s} fwd+bwd {res['seconds']:8.3f} s   peak extra "
+            f"{res['extra_bytes'] / 2**30:7.3f} GiB   loss {res['loss']:.6f}"
+            f"   |grad q,k| {res['grad_norm']:.6f}"
+        )
+    if "naive" in results:
+        cameo, naive = results["cameo"], results["naive"]
+        memory_ratio = naive["extra_bytes"] / cameo["extra_bytes"]
+        print(f"  memory naive/cameo: {memory_ratio:.1f}x (goal >= 10x)")
+        print(f"  time   cameo/naive: {cameo['seconds'] / naive['seconds']:.2f}x (goal <= 1.3x)")
+        print(f"  loss difference: {abs(cameo['loss'] - naive['loss']):.2e}")
+
+    term = cameo_term_flops(args.chunk_size)
+    print(f"CAMEO term fwd+bwd: {term / 1e9:.1f} GFLOP ({hw} tokens/view)")
+    try:
+        step, what = unet_step_flops()
+    except Exception as error:  # the backbone is another module's job; report, don't hide
+        print(f"U-Net step FLOPs: not measured ({type(error).__name__}: {error})")
+    else:
+        print(f"plain training step of {what}, 512 px, F={VIEWS}: {step / 1e12:.2f} TFLOP")
+        print(f"  CAMEO term / plain step: {100 * term / step:.2f} % (goal <= 5 %)")
+    print(f"quick-start step time CAMEO/plain: {quickstart_step_ratio()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,290 @@
+"""The CAMEO loss: align one layer's cross-view attention with geometric correspondence.
+
+For every ordered view pair i != j the logits `q_i · k_jᵀ · scale` of each head are
+projected across heads by a small MLP (`H -> 4H -> GELU -> 1`, one value per (query, key)
+pair) or averaged over heads, soft-maxed over the hw keys of view j, and scored against the
+one-hot ground-truth key (cross-entropy; L1 as an ablation) on the rows the cycle mask
+keeps. Reference-query rows and target-query rows are averaged separately and the two means
+summed. Everything runs in (at least) fp32, whatever autocast says.
+
+Memory: the official code holds all `rows × keys × 4H` activations at once (many GB at
+512 px). Here the kept query rows are processed in chunks of `chunk_size`; when a gradient
+is needed, each chunk's gradient is computed right away (the loss is a scalar, so the
+backward pass only has to scale it), which bounds the extra memory by one chunk and costs
+no recomputation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cameo_cli.attention.hooks import ProbeResult
+
+if TYPE_CHECKING:
+    from cameo_cli.geometry.correspondence import CorrespondenceTargets
+
+HEADS = ("mlp", "none")
+LOSSES = ("ce", "l1")
+
+
+@dataclass
+class _QueryView:
+    """The kept query rows of one query view i against all other views' keys."""
+
+    view: int
+    others: list[int]  # key views j != i
+    rows: torch.Tensor  # [R] query tokens with at least one kept (b, j) row
+    index: torch.Tensor  # [B, J, R] target key token per row (clamped to a valid token)
+    weight: torch.Tensor  # [B, J, R] contribution of each row to the loss (0 = dropped)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32, or fp64 when the inputs already are (reference tests)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _row_weights(mask: torch.Tensor, ref_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Per-row weights so that sum(weight * row_loss) = mean(ref rows) + mean(target rows)."""
+    is_ref = ref_mask[:, :, None, None].expand_as(mask)
+    kept_ref = (mask & is_ref).to(dtype)
+    kept_tgt = (mask & ~is_ref).to(dtype)
+    return kept_ref / kept_ref.sum().clamp(min=1) + kept_tgt / kept_tgt.sum().clamp(min=1)
+
+
+def _plan(
+    index: torch.Tensor, mask: torch.Tensor, ref_mask: torch.Tensor, dtype: torch.dtype
+) -> list[_QueryView]:
+    """Per query view: which rows to compute, their targets and weights."""
+    num_views, hw = mask.shape[1], mask.shape[-1]
+    weight = _row_weights(mask, ref_mask, dtype)
+    plan = []
+    for i in range(num_views):
+        others = [j for j in range(num_views) if j != i]
+        kept = mask[:, i, others]  # [B, J, hw]
+        rows = kept.any(dim=1).any(dim=0).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            continue
+        plan.append(
+            _QueryView(
+                view=i,
+                others=others,
+                rows=rows,
+                index=index[:, i, others][..., rows].clamp(0, hw - 1),
+                weight=weight[:, i, others][..., rows],
+            )
+        )
+    return plan
+
+
+def _chunks(count: int, size: int) -> Iterator[slice]:
+    for start in range(0, count, size):
+        yield slice(start, min(start + size, count))
+
+
+def _project(logits: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """[..., heads] logits -> [...] scores: the MLP head, or the head mean without one."""
+    if not params:
+        return logits.mean(dim=-1)
+    w1, b1, w2, b2 = params
+    hidden = F.gelu(F.linear(logits, w1, b1))
+    return F.linear(hidden, w2, b2).squeeze(-1)
+
+
+def _chunk_loss(
+    q_rows: torch.Tensor,
+    keys: torch.Tensor,
+    scale: float,
+    index: torch.Tensor,
+    weight: torch.Tensor,
+    params: Sequence[torch.Tensor],
+    loss: str,
+) -> torch.Tensor:
+    """Weighted loss of some query rows of one view against the keys of the other views.
+
+    q_rows [B, heads, c, d]; keys [B, J, heads, hw, d]; index, weight [B, J, c].
+    """
+    logits = torch.einsum("bhcd,bjhkd->bjckh", q_rows, keys) * scale
+    scores = _project(logits, params)  # [B, J, c, hw]
+    log_norm = torch.logsumexp(scores, dim=-1)
+    picked = scores.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+    log_p_target = picked - log_norm
+    if loss == "ce":
+        row_loss = -log_p_target
+    else:
+        # sum_k |p_k - onehot_k| = (1 - p_t) + sum_{k != t} p_k = 2 (1 - p_t)
+        row_loss = 2.0 * (1.0 - log_p_target.exp())
+    return (weight * row_loss).sum()
+
+
+def _total_loss(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: float,
+    plan: list[_QueryView],
+    params: Sequence[torch.Tensor],
+    loss: str,
+    chunk_size: int,
+) -> torch.Tensor:
+    """The loss value only, chunk by chunk (no graph is kept between chunks)."""
+    total = q.new_zeros(())
+    for view in plan:
+        keys = k[:, view.others]
+        for part in _chunks(view.rows.numel(), chunk_size):
+            q_rows = q[:, view.view][:, :, view.rows[part]]
+            total = total + _chunk_loss(
+                q_rows, keys, scale, view.index[..., part], view.weight[..., part], params, loss
+            )
+    return total
+
+
+class _ChunkedCameoLoss(torch.autograd.Function):
+    """Loss forward with each chunk's gradient taken at once; backward only scales it."""
+
+    @staticmethod
+    def forward(ctx, plan, scale, loss, chunk_size, q, k, *params):
+        wants = ctx.needs_input_grad[4:]
+        grad_q = torch.zeros_like(q) if wants[0] else None
+        grad_k = torch.zeros_like(k) if wants[1] else None
+        grad_params = [
+            torch.zeros_like(p) if w else None for p, w in zip(params, wants[2:], strict=True)
+        ]
+        leaf_params = [p.detach().requires_grad_(w) for p, w in zip(params, wants[2:], strict=True)]
+        total = q.new_zeros(())
+        for view in plan:
+            keys = k[:, view.others].detach().requires_grad_(wants[1])
+            for part in _chunks(view.rows.numel(), chunk_size):
+                rows = view.rows[part]
+                q_rows = q[:, view.view][:, :, rows].detach().requires_grad_(wants[0])
+                with torch.enable_grad():
+                    value = _chunk_loss(
+                        q_rows,
+                        keys,
+                        scale,
+                        view.index[..., part],
+                        view.weight[..., part],
+                        leaf_params,
+                        loss,
+                    )
+                inputs = [q_rows, keys, *leaf_params]
+                needed = [t for t, w in zip(inputs, wants, strict=True) if w]
+                grads = iter(torch.autograd.grad(value, needed))
+                if wants[0]:
+                    grad_q[:, view.view].index_add_(2, rows, next(grads))
+                if wants[1]:
+                    grad_k[:, view.others] += next(grads)
+                for slot, wanted in enumerate(wants[2:]):
+                    if wanted:
+                        grad_params[slot] += next(grads)
+                total += value.detach()
+        ctx.save_for_backward(
+            *(g if g is not None else q.new_zeros(()) for g in (grad_q, grad_k, *grad_params))
+        )
+        ctx.wants = wants
+        return total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):
+        grads = [
+            g * grad_output if w else None
+            for g, w in zip(ctx.saved_tensors, ctx.wants, strict=True)
+        ]
+        return (None, None, None, None, *grads)
+
+
+class CameoLoss(nn.Module):
+    """CAMEO alignment loss of one probed layer; holds the projection head's parameters."""
+
+    def __init__(
+        self, num_heads: int, head: str = "mlp", loss: str = "ce", chunk_size: int = 64
+    ) -> None:
+        super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if num_heads < 1 or chunk_size < 1:
+            raise ValueError("num_heads and chunk_size must be positive")
+        self.num_heads = num_heads
+        self.head_kind = head
+        self.loss_kind = loss
+        self.chunk_size = chunk_size
+        self.head = (
+            nn.Sequential(
+                nn.Linear(num_heads, 4 * num_heads), nn.GELU(), nn.Linear(4 * num_heads, 1)
+            )
+            if head == "mlp"
+            else None
+        )
+
+    def extra_repr(self) -> str:
+        return f"head={self.head_kind}, loss={self.loss_kind}, chunk_size={self.chunk_size}"
+
+    def _head_params(self, dtype: torch.dtype) -> list[torch.Tensor]:
+        if self.head is None:
+            return []
+        first, _, last = self.head
+        return [p.to(dtype) for p in (first.weight, first.bias, last.weight, last.bias)]
+
+    def _check(self, probe: ProbeResult) -> None:
+        if probe.q.shape != probe.k.shape or probe.q.dim() != 5:
+            raise ValueError(
+                f"probe q/k must both be [B, F, heads, hw, d], got {tuple(probe.q.shape)} "
+                f"and {tuple(probe.k.shape)}"
+            )
+        if self.head is not None and probe.q.shape[2] != self.num_heads:
+            raise ValueError(
+                f"the projection head expects {self.num_heads} heads, "
+                f"the probed layer has {probe.q.shape[2]}"
+            )
+
+    def forward(
+        self, probe: ProbeResult, targets: CorrespondenceTargets, ref_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Scalar loss (fp32; fp64 for fp64 inputs) over all ordered view pairs i != j."""
+        self._check(probe)
+        batch, num_views, _, hw, _ = probe.q.shape
+        expected = (batch, num_views, num_views, hw)
+        if tuple(targets.index.shape) != expected or tuple(targets.mask.shape) != expected:
+            raise ValueError(
+                f"targets must be {list(expected)}, got index {list(targets.index.shape)} "
+                f"and mask {list(targets.mask.shape)}"
+            )
+        if tuple(ref_mask.shape) != (batch, num_views):
+            raise ValueError(f"ref_mask must be [{batch}, {num_views}], got {list(ref_mask.shape)}")
+        with torch.autocast(probe.q.device.type, enabled=False):
+            dtype = _compute_dtype(probe.q.dtype)
+            q, k = probe.q.to(dtype), probe.k.to(dtype)
+            params = self._head_params(dtype)
+            eye = torch.eye(num_views, dtype=torch.bool, device=q.device)
+            mask = targets.mask.to(q.device, torch.bool) & ~eye[None, :, :, None]
+            plan = _plan(targets.index.to(q.device), mask, ref_mask.to(q.device, torch.bool), dtype)
+            needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, *params))
+            if not needs_grad:
+                with torch.no_grad():
+                    return _total_loss(
+                        q, k, probe.scale, plan, params, self.loss_kind, self.chunk_size
+                    )
+            return _ChunkedCameoLoss.apply(
+                plan, probe.scale, self.loss_kind, self.chunk_size, q, k, *params
+            )
+
+    def correspondence_logits(self, probe: ProbeResult, i: int, j: int) -> torch.Tensor:
+        """Scores of view i's queries over view j's keys, [B, hw, hw]: the projection head's
+        output, or the head-averaged logits without a head (softmax over the last dim)."""
+        self._check(probe)
+        with torch.autocast(probe.q.device.type, enabled=False):
+            dtype = _compute_dtype(probe.q.dtype)
+            q, k = probe.q[:, i].to(dtype), probe.k[:, j].to(dtype)
+            params = self._head_params(dtype)
+            parts = []
+            for part in _chunks(q.shape[2], self.chunk_size):
+                logits = torch.einsum("bhcd,bhkd->bckh", q[:, :, part], k) * probe.scale
+                parts.append(_project(logits, params))
+            return torch.cat(parts, dim=1)

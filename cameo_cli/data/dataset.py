@@ -1,0 +1,230 @@
+"""Multi-view samples from a prepared dataset: F frames of one scene, references first.
+
+Sampling (deterministic given ``seed``, the epoch set by `set_epoch` and the item index):
+
+1. a window of ``gap`` frames, ``gap`` uniform in ``frame_gap`` (clipped to the scene: at
+   least ``F - 1``, at most ``N - 1``), at a uniform start; its two ends plus ``F - 2``
+   distinct frames inside it;
+2. ``N_ref`` uniform in ``[min_refs, max_refs]`` (at most ``F - 1``) references;
+3. the policy orders them: ``"random"`` shuffles the F frames and takes the first ``N_ref`` as
+   references; ``"even"`` takes references evenly spaced in time (the window's ends for two,
+   ends and middle for three, the middle frame for one) and the rest, in time order, as
+   targets.
+
+Images are resized (shorter side) and centre-cropped to ``resolution`` with the intrinsics
+updated by `cameo_cli.cameras`; point maps follow the same mapping with nearest sampling, so
+no point is ever interpolated across a depth edge.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cameo_cli import cameras
+from cameo_cli.data.shards import ShardReader, load_index
+from cameo_cli.errors import CameoError
+
+POLICIES = ("random", "even")
+
+
+def load_eval_index(root: str | os.PathLike) -> dict[str, dict[str, list[int]]]:
+    """Read ``root/eval_index.json``: ``{scene: {"context": [...], "target": [...]}}``."""
+    path = Path(root) / "eval_index.json"
+    if not path.is_file():
+        raise CameoError(f"{path}: not found; `cameo prepare` writes it next to index.json")
+    try:
+        views = json.loads(path.read_text())
+    except ValueError as exc:
+        raise CameoError(f"{path}: not valid JSON ({exc})") from None
+    for scene, entry in views.items():
+        if not isinstance(entry, dict) or not entry.get("context") or "target" not in entry:
+            raise CameoError(f"{path}: scene {scene!r} needs non-empty 'context' and 'target'")
+    return views
+
+
+def sample_frames(
+    num_frames: int,
+    num_views: int,
+    frame_gap: tuple[int, int],
+    rng: np.random.Generator,
+) -> list[int]:
+    """``num_views`` sorted distinct frame indices spanning a window of the sampled gap."""
+    lo = max(frame_gap[0], num_views - 1)
+    hi = min(frame_gap[1], num_frames - 1)
+    gap = int(rng.integers(min(lo, hi), hi + 1))
+    start = int(rng.integers(0, num_frames - gap))
+    inside = rng.choice(np.arange(start + 1, start + gap), size=num_views - 2, replace=False)
+    return sorted([start, start + gap, *(int(i) for i in inside)])
+
+
+def order_views(
+    frames: list[int], num_refs: int, policy: str, rng: np.random.Generator
+) -> list[int]:
+    """Put references first: a random shuffle, or references evenly spaced in time."""
+    if policy == "random":
+        return [frames[i] for i in rng.permutation(len(frames))]
+    if policy == "even":
+        if num_refs == 1:
+            positions = [(len(frames) - 1) // 2]
+        else:
+            positions = np.round(np.linspace(0, len(frames) - 1, num_refs)).astype(int).tolist()
+        rest = [f for i, f in enumerate(frames) if i not in positions]
+        return [frames[i] for i in positions] + rest
+    raise CameoError(f"unknown sampling policy {policy!r}; choose one of {', '.join(POLICIES)}")
+
+
+def _nearest_rows(size: int, resized: int, offset: int, target: int) -> np.ndarray:
+    """Source index (size) under each output pixel centre after resize (resized) + crop."""
+    centres = (np.arange(target) + 0.5 + offset) * size / resized
+    return np.clip(np.floor(centres).astype(np.int64), 0, size - 1)
+
+
+class MultiViewDataset(torch.utils.data.Dataset):
+    """F views of one scene per item from a folder written by `cameo prepare`.
+
+    Items: ``images [F,3,H,W]`` in [-1, 1], ``intrinsics [F,3,3]`` pixels,
+    ``world_to_camera [F,4,4]``, ``ref_mask [F]`` (first N True), ``scene``, ``frames [F]``;
+    plus ``point_map [F,3,H,W]`` and ``point_valid [F,H,W]`` when `has_geometry`, and
+    ``object_mask [F,H,W]`` when `has_masks` (DTU).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        num_views: int = 4,
+        min_refs: int = 1,
+        max_refs: int = 3,
+        resolution: int | None = None,
+        frame_gap: tuple[int, int] = (1, 64),
+        policy: str = "random",
+        seed: int = 0,
+        split: str | None = None,
+    ) -> None:
+        if num_views < 2:
+            raise CameoError(f"num_views must be at least 2, got {num_views}")
+        if not 1 <= min_refs <= max_refs:
+            raise CameoError(f"need 1 <= min_refs <= max_refs, got {min_refs}, {max_refs}")
+        if min_refs >= num_views:
+            raise CameoError(f"min_refs {min_refs} leaves no target among {num_views} views")
+        if policy not in POLICIES:
+            raise CameoError(f"unknown sampling policy {policy!r}; choose one of {POLICIES}")
+        if frame_gap[0] > frame_gap[1] or frame_gap[1] < 1:
+            raise CameoError(f"frame_gap must be (low, high) with low <= high, got {frame_gap}")
+        self.root = Path(root)
+        self.index = load_index(root)
+        self.num_views, self.min_refs, self.max_refs = (
+            num_views,
+            min_refs,
+            min(max_refs, num_views - 1),
+        )
+        self.resolution, self.frame_gap, self.policy = resolution, tuple(frame_gap), policy
+        self.seed, self.epoch = seed, 0
+        all_scenes = self.index["scenes"]
+        in_split = [s for s, m in all_scenes.items() if split is None or m["split"] == split]
+        self.scenes = [s for s in in_split if all_scenes[s]["num_frames"] >= num_views]
+        if not self.scenes:
+            where = f"split {split!r} of " if split else ""
+            raise CameoError(
+                f"{self.root}: no scene in {where}the dataset has {num_views} frames "
+                f"({len(in_split)} scenes considered)"
+            )
+        metas = [all_scenes[s] for s in self.scenes]
+        self.has_geometry = all(m.get("geometry") for m in metas)
+        self.has_masks = all(m.get("mask") for m in metas)
+        self.reader = ShardReader(self.root, self.index)
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw different frames in every epoch (the draw stays a function of seed/epoch/index)."""
+        self.epoch = epoch
+
+    def sample(self, item: int) -> tuple[str, list[int], int]:
+        """(scene, frames with references first, number of references) of one item."""
+        rng = np.random.default_rng([self.seed, self.epoch, item])
+        scene = self.scenes[item]
+        num_frames = self.index["scenes"][scene]["num_frames"]
+        frames = sample_frames(num_frames, self.num_views, self.frame_gap, rng)
+        num_refs = int(rng.integers(self.min_refs, self.max_refs + 1))
+        return scene, order_views(frames, num_refs, self.policy, rng), num_refs
+
+    def __getitem__(self, item: int) -> dict:
+        scene, frames, num_refs = self.sample(item)
+        return self.get_views(scene, frames, num_refs)
+
+    def get_views(self, scene: str, frames: list[int], num_refs: int) -> dict:
+        """The views ``frames`` of ``scene``, the first ``num_refs`` of them references."""
+        meta = self.index["scenes"].get(scene)
+        if meta is None:
+            raise CameoError(f"{self.root}: scene {scene!r} is not in index.json")
+        frames = [int(f) for f in frames]
+        if any(not 0 <= f < meta["num_frames"] for f in frames):
+            raise CameoError(f"{scene}: frames {frames} outside 0..{meta['num_frames'] - 1}")
+        if not 0 < num_refs <= len(frames):
+            raise CameoError(f"{scene}: num_refs {num_refs} for {len(frames)} views")
+        size = (meta["height"], meta["width"])
+        K, w2c = self.reader.cameras(scene)
+        K = torch.from_numpy(K[frames])
+        w2c = torch.from_numpy(w2c[frames])
+        images = [self.reader.image(scene, f) for f in frames]
+        masks = [self.reader.mask(scene, f) for f in frames] if self.has_masks else None
+        points = valid = None
+        if meta.get("geometry"):
+            points, valid = self._point_map(scene, frames, K, w2c)
+        if self.resolution is not None:
+            rh, rw, top, left = cameras.resize_center_crop_box(size, self.resolution)
+            res = self.resolution
+            images = [self._resize_crop(im, rh, rw, top, left, res) for im in images]
+            K = cameras.resize_center_crop_intrinsics(K, size, res)
+            rows = torch.from_numpy(_nearest_rows(size[0], rh, top, res))
+            cols = torch.from_numpy(_nearest_rows(size[1], rw, left, res))
+            if points is not None:
+                points = points[:, :, rows][:, :, :, cols]
+                valid = valid[:, rows][:, :, cols]
+            if masks is not None:
+                masks = [m[rows.numpy()][:, cols.numpy()] for m in masks]
+        item = {
+            "images": torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1,
+            "intrinsics": K.float(),
+            "world_to_camera": w2c.float(),
+            "ref_mask": torch.arange(len(frames)) < num_refs,
+            "scene": scene,
+            "frames": torch.tensor(frames, dtype=torch.long),
+        }
+        if self.has_geometry:
+            item["point_map"] = points.float()
+            item["point_valid"] = valid
+        if masks is not None:
+            item["object_mask"] = torch.from_numpy(np.stack(masks))
+        return item
+
+    def _point_map(
+        self, scene: str, frames: list[int], K: torch.Tensor, w2c: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """World point maps [F,3,H,W] (float64) and validity [F,H,W] at the stored size."""
+        stored = self.reader.geometry(scene, "point_map", frames)
+        if stored is not None:
+            points = torch.from_numpy(stored).double().permute(0, 3, 1, 2)
+            valid = torch.isfinite(points).all(1)
+            return torch.nan_to_num(points, nan=0.0, posinf=0.0, neginf=0.0), valid
+        depth = torch.from_numpy(self.reader.geometry(scene, "depth", frames)).double()
+        valid = torch.isfinite(depth) & (depth > 0)
+        depth = torch.where(valid, depth, torch.zeros_like(depth))
+        return cameras.unproject_depth(depth, K, w2c), valid
+
+    @staticmethod
+    def _resize_crop(
+        image: np.ndarray, rh: int, rw: int, top: int, left: int, size: int
+    ) -> np.ndarray:
+        """Resize uint8 [H, W, 3] to (rh, rw) (bicubic, antialiased) and crop size x size."""
+        pil = Image.fromarray(image)
+        if pil.size != (rw, rh):
+            pil = pil.resize((rw, rh), Image.Resampling.BICUBIC)
+        return np.asarray(pil)[top : top + size, left : left + size]

@@ -1,0 +1,113 @@
+"""What a dataset reader hands to the shard writer: scenes of frames with cameras, and skips."""
+
+from __future__ import annotations
+
+import io
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+ROTATION_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Something left out of a prepared dataset and why (shown in the final report)."""
+
+    item: str
+    reason: str
+
+
+class SkipScene(Exception):
+    """Raised by a reader when a whole scene cannot be used; the message is the reason."""
+
+
+@dataclass
+class FrameData:
+    """One view: an RGB image with its camera and optional geometry, all at the image size."""
+
+    name: str  # timestamp (RealEstate10K), view id (DTU), frame number (synthetic)
+    image: np.ndarray  # uint8 [H, W, 3]
+    intrinsics: np.ndarray  # float64 [3, 3] pixels
+    world_to_camera: np.ndarray  # float64 [4, 4] OpenCV
+    depth: np.ndarray | None = None  # float32 [H, W] z-depth, 0 where unknown
+    point_map: np.ndarray | None = None  # float32 [H, W, 3] world points, NaN where unknown
+    mask: np.ndarray | None = None  # bool [H, W] object mask
+
+
+@dataclass
+class SceneData:
+    scene: str
+    frames: list[FrameData]
+    split: str = "train"
+    skipped: list[Skip] = field(default_factory=list)  # frames left out, with reasons
+
+
+class SceneSource(ABC):
+    """A dataset reader. Instances are pickled into worker processes: keep them plain data."""
+
+    dataset: str = ""
+
+    @abstractmethod
+    def options(self) -> dict[str, Any]:
+        """JSON-serialisable options recorded in index.json (they identify a preparation)."""
+
+    @abstractmethod
+    def list_scenes(self) -> tuple[list[str], list[Skip]]:
+        """Scene ids in a fixed order, and scenes rejected while listing."""
+
+    @abstractmethod
+    def load_scene(self, scene: str) -> SceneData:
+        """Read one scene; raise `SkipScene` with the reason when it cannot be used."""
+
+    def eval_views(self, scene: str, frames: list[str], rng: np.random.Generator) -> dict:
+        """Default evaluation views of a scene: two context frames and two targets between."""
+        return interpolation_views(len(frames), rng)
+
+
+def interpolation_views(num_frames: int, rng: np.random.Generator, max_gap: int = 48) -> dict:
+    """Context = the two ends of a window of frames, targets = two frames strictly inside."""
+    if num_frames < 4:
+        context = [0, num_frames - 1] if num_frames > 1 else [0]
+        return {"context": context, "target": [i for i in range(num_frames) if i not in context]}
+    gap = min(num_frames - 1, max_gap)
+    start = int(rng.integers(0, num_frames - gap))
+    inside = np.sort(rng.choice(np.arange(start + 1, start + gap), size=2, replace=False))
+    return {"context": [start, start + gap], "target": [int(i) for i in inside]}
+
+
+def check_camera(intrinsics: np.ndarray, world_to_camera: np.ndarray) -> str | None:
+    """The problem with a camera (NaN, non-orthonormal rotation, bad K), or None if usable."""
+    if not (np.all(np.isfinite(intrinsics)) and np.all(np.isfinite(world_to_camera))):
+        return "non-finite camera (NaN or inf in the pose or intrinsics)"
+    rot = world_to_camera[:3, :3]
+    error = float(np.abs(rot @ rot.T - np.eye(3)).max())
+    if error > ROTATION_TOLERANCE:
+        return f"rotation is not orthonormal (|R R^T - I| = {error:.2g})"
+    if np.linalg.det(rot) < 0:
+        return "rotation is a reflection (det R < 0)"
+    if intrinsics[0, 0] <= 0 or intrinsics[1, 1] <= 0:
+        return "non-positive focal length"
+    if not np.allclose(world_to_camera[3], [0, 0, 0, 1]):
+        return "last row of the world-to-camera matrix is not [0 0 0 1]"
+    return None
+
+
+def decode_image(data: bytes, what: str) -> np.ndarray:
+    """Fully decode image bytes to uint8 RGB; a truncated or corrupt file raises SkipScene."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return np.asarray(img.convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise SkipScene(f"{what}: unreadable image ({exc})") from None
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """Deterministic PNG bytes of a uint8 [H, W] or [H, W, 3] array."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()

@@ -1,0 +1,469 @@
+"""Prepared datasets on disk: safetensors shards + index.json + eval_index.json.
+
+Layout of a prepared folder::
+
+    index.json          scenes, frames, shards (sha256), source, cameo version, skips
+    eval_index.json     {scene: {"context": [...], "target": [...]}} (frame indices)
+    shards/shard-00000.safetensors   one file per group of scenes
+    shards/shard-00000.json          the shard's manifest (what index.json is assembled from)
+    .cameo-prepare.json the plan (which scenes go into which shard), for resuming
+
+Inside a shard, for every scene ``S`` with ``N`` frames (no pickle, plain tensors):
+
+    S/image/{k}        uint8 [bytes]    PNG of frame k
+    S/intrinsics       float64 [N,3,3]  pixel K at the stored image size
+    S/world_to_camera  float64 [N,4,4]  OpenCV world-to-camera
+    S/depth            float32 [N,H,W]  z-depth, 0 = unknown          (optional)
+    S/point_map        float32 [N,H,W,3] world points, NaN = unknown  (optional)
+    S/mask/{k}         uint8 [bytes]    PNG object mask of frame k    (optional)
+
+Preparing is resumable (a finished shard whose checksum matches its manifest is kept), atomic
+(every file is written to a temporary name and renamed) and parallel (worker processes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import queue
+import zlib
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from cameo_cli import __version__
+from cameo_cli.data.records import SceneData, SceneSource, Skip, SkipScene, check_camera, encode_png
+from cameo_cli.errors import CameoError
+
+FORMAT = "cameo-multiview"
+FORMAT_VERSION = 1
+PLAN_FILE = ".cameo-prepare.json"
+MIN_FRAMES = 2
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@dataclass
+class PrepareReport:
+    out: Path
+    dataset: str
+    scenes: int = 0
+    frames: int = 0
+    shards_written: int = 0
+    shards_reused: int = 0
+    skipped: list[Skip] = field(default_factory=list)
+
+
+def _scene_tensors(data: SceneData) -> tuple[dict[str, np.ndarray], dict[str, Any], list[Skip]]:
+    """Validate a scene's frames and turn them into shard tensors + index metadata."""
+    skipped = list(data.skipped)
+    frames = []
+    for frame in data.frames:
+        problem = check_camera(frame.intrinsics, frame.world_to_camera)
+        if problem is None and frame.image.shape[:2] != data.frames[0].image.shape[:2]:
+            problem = f"image size {frame.image.shape[:2]} differs from the scene's first frame"
+        if problem is not None:
+            skipped.append(Skip(f"{data.scene}/{frame.name}", problem))
+        else:
+            frames.append(frame)
+    if len(frames) < MIN_FRAMES:
+        raise SkipScene(f"only {len(frames)} usable frame(s), need at least {MIN_FRAMES}")
+    height, width = frames[0].image.shape[:2]
+    s = data.scene
+    tensors: dict[str, np.ndarray] = {
+        f"{s}/intrinsics": np.stack([f.intrinsics for f in frames]).astype(np.float64),
+        f"{s}/world_to_camera": np.stack([f.world_to_camera for f in frames]).astype(np.float64),
+    }
+    for k, frame in enumerate(frames):
+        tensors[f"{s}/image/{k}"] = np.frombuffer(encode_png(frame.image), dtype=np.uint8)
+    geometry = []
+    for key in ("depth", "point_map"):
+        values = [getattr(f, key) for f in frames]
+        if all(v is not None for v in values):
+            tensors[f"{s}/{key}"] = np.ascontiguousarray(np.stack(values).astype(np.float32))
+            geometry.append(key)
+    has_mask = all(f.mask is not None for f in frames)
+    if has_mask:
+        for k, frame in enumerate(frames):
+            png = encode_png(frame.mask.astype(np.uint8) * 255)
+            tensors[f"{s}/mask/{k}"] = np.frombuffer(png, dtype=np.uint8)
+    meta = {
+        "split": data.split,
+        "num_frames": len(frames),
+        "height": int(height),
+        "width": int(width),
+        "frames": [f.name for f in frames],
+        "geometry": geometry,
+        "mask": has_mask,
+    }
+    return tensors, meta, skipped
+
+
+def _shard_name(index: int) -> str:
+    return f"shard-{index:05d}"
+
+
+def build_shard(
+    source: SceneSource, index: int, scenes: list[str], out: Path, progress: Any = None
+) -> dict:
+    """Read ``scenes``, write ``shards/shard-{index}.safetensors`` and its manifest atomically."""
+    from safetensors.numpy import save_file
+
+    shard_dir = out / "shards"
+    tensors: dict[str, np.ndarray] = {}
+    metas: dict[str, dict] = {}
+    skipped: list[Skip] = []
+    for scene in scenes:
+        try:
+            scene_tensors, meta, scene_skips = _scene_tensors(source.load_scene(scene))
+            tensors.update(scene_tensors)
+            metas[scene] = meta
+            skipped.extend(scene_skips)
+        except SkipScene as exc:
+            skipped.append(Skip(scene, str(exc)))
+        except (OSError, ValueError) as exc:
+            skipped.append(Skip(scene, f"{type(exc).__name__}: {exc}"))
+        if progress is not None:
+            progress.put(1)
+    name = _shard_name(index)
+    manifest: dict[str, Any] = {"shard": index, "planned": scenes, "file": None, "sha256": None}
+    if tensors:
+        path = shard_dir / f"{name}.safetensors"
+        tmp = shard_dir / f"{name}.safetensors.tmp-{os.getpid()}"
+        save_file(tensors, str(tmp), metadata={"format": FORMAT, "shard": str(index)})
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        manifest["sha256"] = sha256_file(tmp)
+        manifest["bytes"] = tmp.stat().st_size
+        os.replace(tmp, path)
+        manifest["file"] = f"shards/{path.name}"
+    manifest["scenes"] = metas
+    manifest["skipped"] = [{"item": s.item, "reason": s.reason} for s in skipped]
+    write_json_atomic(shard_dir / f"{name}.json", manifest)
+    return manifest
+
+
+def _finished_manifest(out: Path, index: int, scenes: list[str]) -> dict | None:
+    """The manifest of a shard finished by an earlier run, if its checksum still matches."""
+    path = out / "shards" / f"{_shard_name(index)}.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if manifest.get("planned") != scenes:
+        return None
+    if manifest.get("file") is None:
+        return manifest if not manifest.get("scenes") else None
+    shard = out / manifest["file"]
+    if not shard.is_file() or sha256_file(shard) != manifest.get("sha256"):
+        return None
+    return manifest
+
+
+_progress_queue: Any = None
+
+
+def _init_worker(progress: Any) -> None:
+    global _progress_queue
+    _progress_queue = progress
+
+
+def _build_shard_in_worker(source: SceneSource, index: int, scenes: list[str], out: Path) -> dict:
+    return build_shard(source, index, scenes, out, _progress_queue)
+
+
+class _InlineProgress:
+    def __init__(self, progress: Progress, task: Any) -> None:
+        self.progress, self.task = progress, task
+
+    def put(self, n: int) -> None:
+        self.progress.advance(self.task, n)
+
+
+def _check_out_folder(out: Path, signature: str, overwrite: bool) -> None:
+    """Refuse to mix preparations; with ``overwrite`` remove an earlier cameo preparation."""
+    if not out.exists() or not any(out.iterdir()):
+        return
+    plan_path = out / PLAN_FILE
+    ours = plan_path.is_file() or (out / "index.json").is_file()
+    if not ours:
+        raise CameoError(f"{out}: folder is not empty and is not a cameo dataset; choose another")
+    try:
+        previous = (
+            json.loads(plan_path.read_text()).get("signature") if plan_path.is_file() else None
+        )
+    except ValueError:
+        previous = None
+    if previous == signature and not overwrite:
+        return  # resume (or verify) the same preparation
+    if not overwrite:
+        raise CameoError(
+            f"{out}: holds a dataset prepared with other options; pass --overwrite to replace it"
+        )
+    for name in ("index.json", "eval_index.json", PLAN_FILE):
+        (out / name).unlink(missing_ok=True)
+    shard_dir = out / "shards"
+    if shard_dir.is_dir():
+        for path in shard_dir.iterdir():
+            if path.name.startswith("shard-"):
+                path.unlink()
+
+
+def prepare_dataset(
+    source: SceneSource,
+    out: Path,
+    *,
+    scenes_per_shard: int = 8,
+    workers: int = 1,
+    overwrite: bool = False,
+    eval_seed: int = 0,
+    console: Console | None = None,
+) -> PrepareReport:
+    """Write ``source`` as shards + index.json + eval_index.json into ``out`` (resumable)."""
+    console = console or Console(stderr=True)
+    out = Path(out)
+    options = source.options()
+    signature_data = {"dataset": source.dataset, "options": options, "per_shard": scenes_per_shard}
+    signature = hashlib.sha256(json.dumps(signature_data, sort_keys=True).encode()).hexdigest()
+    _check_out_folder(out, signature, overwrite)
+    scenes, listing_skips = source.list_scenes()
+    if not scenes:
+        detail = "; ".join(f"{s.item}: {s.reason}" for s in listing_skips[:5])
+        raise CameoError(
+            f"{source.options().get('root', out)}: no scenes found"
+            + (f" ({detail})" if detail else "")
+        )
+    plan = [scenes[i : i + scenes_per_shard] for i in range(0, len(scenes), scenes_per_shard)]
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    for stale in (out / "shards").glob("*.tmp-*"):
+        stale.unlink()  # left by an interrupted run; finished files are never temporary
+    write_json_atomic(out / PLAN_FILE, {"signature": signature, **signature_data, "plan": plan})
+
+    manifests: dict[int, dict] = {}
+    todo = []
+    for index, shard_scenes in enumerate(plan):
+        done = _finished_manifest(out, index, shard_scenes)
+        if done is not None:
+            manifests[index] = done
+        else:
+            todo.append(index)
+    report = PrepareReport(out=out, dataset=source.dataset, shards_reused=len(manifests))
+    columns = (
+        TextColumn(f"[bold]prepare {source.dataset}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("scenes"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("scenes", total=len(scenes))
+        progress.advance(task, sum(len(plan[i]) for i in manifests))
+        if workers <= 1 or len(todo) <= 1:
+            for index in todo:
+                manifests[index] = build_shard(
+                    source, index, plan[index], out, _InlineProgress(progress, task)
+                )
+        else:
+            manifests.update(_run_parallel(source, plan, todo, out, workers, progress, task))
+    report.shards_written = len(todo)
+
+    index = _assemble_index(source, out, plan, manifests, listing_skips, options)
+    write_json_atomic(out / "index.json", index)
+    write_json_atomic(out / "eval_index.json", _eval_index(source, index, eval_seed))
+    report.scenes = len(index["scenes"])
+    report.frames = index["num_frames"]
+    report.skipped = [Skip(s["item"], s["reason"]) for s in index["skipped"]]
+    return report
+
+
+def _run_parallel(
+    source: SceneSource,
+    plan: list[list[str]],
+    todo: list[int],
+    out: Path,
+    workers: int,
+    progress: Progress,
+    task: Any,
+) -> dict[int, dict]:
+    ctx = multiprocessing.get_context("spawn")
+    updates = ctx.Queue()
+    results: dict[int, dict] = {}
+    with ProcessPoolExecutor(
+        max_workers=min(workers, len(todo)),
+        mp_context=ctx,
+        initializer=_init_worker,
+        initargs=(updates,),
+    ) as pool:
+        pending: dict[Future, int] = {
+            pool.submit(_build_shard_in_worker, source, i, plan[i], out): i for i in todo
+        }
+        while pending:
+            done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            _drain(updates, progress, task)
+            for future in done:
+                results[pending.pop(future)] = future.result()
+        _drain(updates, progress, task)
+    return results
+
+
+def _drain(updates: Any, progress: Progress, task: Any) -> None:
+    while True:
+        try:
+            progress.advance(task, updates.get_nowait())
+        except queue.Empty:
+            return
+
+
+def _assemble_index(
+    source: SceneSource,
+    out: Path,
+    plan: list[list[str]],
+    manifests: dict[int, dict],
+    listing_skips: list[Skip],
+    options: dict,
+) -> dict:
+    shards, scenes, skipped = [], {}, [{"item": s.item, "reason": s.reason} for s in listing_skips]
+    for index in range(len(plan)):
+        manifest = manifests[index]
+        skipped.extend(manifest["skipped"])
+        if manifest["file"] is None:
+            continue
+        shard_id = len(shards)
+        shards.append(
+            {
+                "file": manifest["file"],
+                "sha256": manifest["sha256"],
+                "bytes": manifest["bytes"],
+                "scenes": list(manifest["scenes"]),
+            }
+        )
+        for scene, meta in manifest["scenes"].items():
+            scenes[scene] = {"shard": shard_id, **meta}
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "cameo_version": __version__,
+        "source": {"dataset": source.dataset, "options": options},
+        "num_scenes": len(scenes),
+        "num_frames": sum(s["num_frames"] for s in scenes.values()),
+        "shards": shards,
+        "scenes": scenes,
+        "skipped": skipped,
+    }
+
+
+def _eval_index(source: SceneSource, index: dict, seed: int) -> dict:
+    """Fixed context/target frames per scene, from a generator seeded by (seed, scene)."""
+    views = {}
+    for scene, meta in index["scenes"].items():
+        rng = np.random.default_rng([seed, zlib.crc32(scene.encode())])
+        views[scene] = source.eval_views(scene, meta["frames"], rng)
+    return views
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def load_index(root: str | os.PathLike) -> dict:
+    """Read and check ``root/index.json``."""
+    path = Path(root) / "index.json"
+    if not path.is_file():
+        raise CameoError(f"{path}: not found; prepare a dataset with `cameo prepare` first")
+    try:
+        index = json.loads(path.read_text())
+    except ValueError as exc:
+        raise CameoError(f"{path}: not valid JSON ({exc})") from None
+    if index.get("format") != FORMAT:
+        raise CameoError(f"{path}: not a cameo dataset index (format {index.get('format')!r})")
+    if index.get("format_version", 0) > FORMAT_VERSION:
+        raise CameoError(f"{path}: written by a newer cameo (format {index['format_version']})")
+    return index
+
+
+def verify_shards(root: str | os.PathLike, index: dict) -> list[str]:
+    """Names of shards whose sha256 does not match index.json (empty when all are intact)."""
+    root = Path(root)
+    bad = []
+    for shard in index["shards"]:
+        path = root / shard["file"]
+        if not path.is_file() or sha256_file(path) != shard["sha256"]:
+            bad.append(shard["file"])
+    return bad
+
+
+class ShardReader:
+    """Lazy access to the tensors of prepared scenes (memory-mapped safetensors)."""
+
+    def __init__(self, root: str | os.PathLike, index: dict) -> None:
+        self.root = Path(root)
+        self.index = index
+        self._open: dict[int, Any] = {}
+
+    def _shard(self, scene: str) -> Any:
+        from safetensors import safe_open
+
+        shard_id = self.index["scenes"][scene]["shard"]
+        if shard_id not in self._open:
+            path = self.root / self.index["shards"][shard_id]["file"]
+            if not path.is_file():
+                raise CameoError(f"{path}: shard listed in index.json is missing")
+            self._open[shard_id] = safe_open(str(path), framework="numpy")
+        return self._open[shard_id]
+
+    def __getstate__(self) -> dict:  # open handles stay in the process that opened them
+        return {"root": self.root, "index": self.index, "_open": {}}
+
+    def cameras(self, scene: str) -> tuple[np.ndarray, np.ndarray]:
+        shard = self._shard(scene)
+        return shard.get_tensor(f"{scene}/intrinsics"), shard.get_tensor(f"{scene}/world_to_camera")
+
+    def image(self, scene: str, frame: int) -> np.ndarray:
+        """uint8 [H, W, 3]."""
+        data = self._shard(scene).get_tensor(f"{scene}/image/{frame}").tobytes()
+        with Image.open(io.BytesIO(data)) as img:
+            return np.asarray(img.convert("RGB"))
+
+    def mask(self, scene: str, frame: int) -> np.ndarray | None:
+        """bool [H, W] or None when the scene has no masks."""
+        if not self.index["scenes"][scene].get("mask"):
+            return None
+        data = self._shard(scene).get_tensor(f"{scene}/mask/{frame}").tobytes()
+        with Image.open(io.BytesIO(data)) as img:
+            return np.asarray(img) > 127
+
+    def geometry(self, scene: str, key: str, frames: list[int]) -> np.ndarray | None:
+        """``depth`` [F, H, W] or ``point_map`` [F, H, W, 3] of some frames, None if absent."""
+        if key not in self.index["scenes"][scene].get("geometry", []):
+            return None
+        sl = self._shard(scene).get_slice(f"{scene}/{key}")
+        return np.stack([sl[f] for f in frames])

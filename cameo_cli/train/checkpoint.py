@@ -1,0 +1,251 @@
+"""Checkpoints: written to a staging folder and renamed, so a crash never leaves half of one.
+
+Layout of `RUN/checkpoints/step-000100/`:
+
+    backbone/                      `MultiViewBackbone.save_pretrained` (diffusers, safetensors)
+    alignment.safetensors          the CAMEO projection head (absent for `--align none`)
+    config.yaml                    the resolved recipe of the run
+    optimizer.{json,safetensors}   AdamW state (tensors in safetensors, the rest in JSON)
+    scheduler.json                 LR scheduler state
+    ema.safetensors                EMA shadow weights (when EMA is on)
+    rng-rank{r}.{json,safetensors} every process's RNG states
+    state.json                     step, data position, world size
+
+Nothing is pickled. `load_for_inference` reads a run folder (its latest checkpoint) or one
+checkpoint folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from cameo_cli.errors import CameoError
+from cameo_cli.train.ema import ExponentialMovingAverage
+from cameo_cli.train.rng import capture_rng_state, restore_rng_state
+from cameo_cli.train.state_io import load_state, save_state, write_json
+
+CHECKPOINTS = "checkpoints"
+_STEP_FOLDER = re.compile(r"^step-(\d+)$")
+_STAGING_PREFIX = ".staging-"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+class CheckpointManager:
+    """The `checkpoints/` folder of a run: list, stage, commit and prune checkpoints."""
+
+    def __init__(self, root: Path, keep: int) -> None:
+        self.root = Path(root)
+        self.keep = keep
+
+    def folders(self) -> list[Path]:
+        """Complete checkpoints, oldest first (staging folders are never listed)."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for child in self.root.iterdir():
+            match = _STEP_FOLDER.match(child.name)
+            if match and child.is_dir():
+                found.append((int(match.group(1)), child))
+        return [path for _, path in sorted(found)]
+
+    def latest(self) -> Path | None:
+        folders = self.folders()
+        return folders[-1] if folders else None
+
+    def staging_path(self, step: int) -> Path:
+        return self.root / f"{_STAGING_PREFIX}{checkpoint_name(step)}"
+
+    def stage(self, step: int) -> Path:
+        """A fresh, empty staging folder for `step` (leftovers of a killed write are removed)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for child in self.root.iterdir():
+            if child.name.startswith(_STAGING_PREFIX):
+                shutil.rmtree(child)
+        folder = self.staging_path(step)
+        folder.mkdir()
+        return folder
+
+    def commit(self, step: int) -> Path:
+        """Rename the staging folder of `step` into place, then keep only the last `keep`."""
+        staged = self.staging_path(step)
+        final = self.root / checkpoint_name(step)
+        if final.exists():
+            shutil.rmtree(final)
+        _fsync_tree(staged)
+        os.replace(staged, final)
+        _fsync_dir(self.root)
+        for old in self.folders()[: -self.keep] if self.keep > 0 else []:
+            shutil.rmtree(old)
+        return final
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- writing ------------------------------------------------------------------------------
+def save_model(folder: Path, backbone: nn.Module, alignment: nn.Module | None, layer: int) -> None:
+    """The parts inference needs: the backbone folder and the projection head."""
+    backbone.save_pretrained(folder / "backbone")
+    if alignment is not None:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in alignment.state_dict().items()}
+        save_file(tensors, str(folder / "alignment.safetensors"), metadata={"layer": str(layer)})
+
+
+def save_training_state(
+    folder: Path,
+    *,
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
+    ema: ExponentialMovingAverage | None,
+    step: int,
+    data_position: dict[str, int],
+    world_size: int,
+) -> None:
+    """Optimizer, LR scheduler, EMA and progress counters (written by the main process)."""
+    save_state(optimizer.state_dict(), folder, "optimizer")
+    write_json(folder / "scheduler.json", lr_scheduler.state_dict())
+    if ema is not None:
+        save_file(ema.state_dict(), str(folder / "ema.safetensors"))
+    write_json(
+        folder / "state.json",
+        {"step": step, "data_position": data_position, "world_size": world_size},
+    )
+
+
+def save_rng(folder: Path, rank: int, generators: dict[str, torch.Generator]) -> None:
+    """This process's RNG states (every rank writes its own)."""
+    save_state(capture_rng_state(generators), folder, f"rng-rank{rank}")
+
+
+# -- reading ------------------------------------------------------------------------------
+def read_progress(folder: Path) -> dict[str, Any]:
+    """`state.json` of a checkpoint: step, data position, world size."""
+    return json.loads((folder / "state.json").read_text())
+
+
+def restore_training_state(
+    folder: Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
+    ema: ExponentialMovingAverage | None,
+    generators: dict[str, torch.Generator],
+    rank: int,
+) -> dict[str, Any]:
+    """Load weights, optimizer, scheduler, EMA and this rank's RNG; return `state.json`."""
+    progress = read_progress(folder)
+    backbone = model.backbone
+    saved = type(backbone).from_pretrained(folder / "backbone")
+    backbone.load_state_dict(saved.state_dict())
+    if model.alignment is not None:
+        head_file = folder / "alignment.safetensors"
+        if not head_file.is_file():
+            raise CameoError(f"{folder}: no alignment.safetensors (trained with --align none?)")
+        model.alignment.load_state_dict(load_file(str(head_file)))
+    device = next(model.parameters()).device
+    optimizer.load_state_dict(load_state(folder, "optimizer", device=device))
+    lr_scheduler.load_state_dict(json.loads((folder / "scheduler.json").read_text()))
+    if ema is not None:
+        ema_file = folder / "ema.safetensors"
+        if not ema_file.is_file():
+            raise CameoError(f"{folder}: no ema.safetensors, but this run has EMA enabled")
+        ema.load_state_dict(load_file(str(ema_file), device=str(device)))
+    rng_stem = f"rng-rank{rank}"
+    if (folder / f"{rng_stem}.json").is_file():
+        restore_rng_state(load_state(folder, rng_stem), generators)
+    return progress
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder, or a run folder's latest checkpoint."""
+    path = Path(path)
+    if not path.exists():
+        raise CameoError(f"{path}: no such run or checkpoint folder")
+    if (path / "state.json").is_file() and (path / "backbone").is_dir():
+        return path
+    latest = CheckpointManager(path / CHECKPOINTS, keep=0).latest()
+    if latest is None:
+        raise CameoError(f"{path}: neither a checkpoint folder nor a run folder with checkpoints")
+    return latest
+
+
+@dataclass
+class LoadedModel:
+    """A trained model ready for sampling, evaluation or diagnosis."""
+
+    recipe: Any  # cameo_cli.config.Recipe
+    backbone: nn.Module  # MultiViewBackbone, eval mode
+    alignment: nn.Module | None  # CameoLoss with the trained head, or None (--align none)
+    step: int
+
+
+def load_for_inference(
+    path: str | Path, *, device: str | torch.device = "cpu", use_ema: bool = True
+) -> LoadedModel:
+    """Load a run folder (latest checkpoint) or a checkpoint folder.
+
+    With `use_ema` and an `ema.safetensors` present, the averaged weights are used.
+    """
+    from cameo_cli.alignment import CameoLoss
+    from cameo_cli.config import load_recipe
+    from cameo_cli.registry import load_backbone
+
+    folder = resolve_checkpoint(path)
+    recipe = load_recipe(str(folder / "config.yaml"))
+    backbone = load_backbone(folder / "backbone")
+    alignment = None
+    head_file = folder / "alignment.safetensors"
+    if recipe.alignment.method == "cameo" and head_file.is_file():
+        with safe_open(str(head_file), "pt") as handle:
+            layer = int(handle.metadata()["layer"])
+        heads = backbone.layers(recipe.data.resolution)[layer].heads
+        a = recipe.alignment
+        alignment = CameoLoss(heads, head=a.head, loss=a.loss, chunk_size=a.chunk_size)
+        alignment.load_state_dict(load_file(str(head_file)))
+    ema_file = folder / "ema.safetensors"
+    if use_ema and ema_file.is_file():
+        _apply_ema(load_file(str(ema_file)), backbone, alignment)
+    backbone.to(device).eval()
+    if alignment is not None:
+        alignment.to(device).eval()
+    return LoadedModel(recipe, backbone, alignment, read_progress(folder)["step"])
+
+
+@torch.no_grad()
+def _apply_ema(
+    shadow: dict[str, torch.Tensor], backbone: nn.Module, alignment: nn.Module | None
+) -> None:
+    for prefix, module in (("backbone.", backbone), ("alignment.", alignment)):
+        if module is None:
+            continue
+        for name, param in module.named_parameters():
+            if prefix + name in shadow:
+                param.copy_(shadow[prefix + name].to(param.dtype))

@@ -1,0 +1,83 @@
+"""A resumable, rank-aware stream of training batches.
+
+The stream is the concatenation of seeded permutations of the dataset (one per epoch);
+global batch k covers stream items [k·G, (k+1)·G) with G = per-process batch × processes,
+and each process takes its own contiguous slice. The position is the number of global
+batches consumed, so a resumed run reads exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+class ResumableBatchSampler(Sampler[list[int]]):
+    """Infinite batches of indices for one process, starting at global batch `start`."""
+
+    def __init__(
+        self,
+        dataset_size: int,
+        batch_size: int,
+        *,
+        world_size: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        start: int = 0,
+    ) -> None:
+        if dataset_size <= 0:
+            raise ValueError("the training dataset is empty")
+        self.dataset_size = dataset_size
+        self.batch_size = batch_size
+        self.world_size = world_size
+        self.rank = rank
+        self.seed = seed
+        self.start = start
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.dataset_size, generator=generator)
+
+    def _item(self, position: int, cache: dict[int, torch.Tensor]) -> int:
+        epoch, offset = divmod(position, self.dataset_size)
+        if epoch not in cache:
+            cache.clear()
+            cache[epoch] = self._permutation(epoch)
+        return int(cache[epoch][offset])
+
+    def __iter__(self) -> Iterator[list[int]]:
+        cache: dict[int, torch.Tensor] = {}
+        global_batch = self.batch_size * self.world_size
+        batch = self.start
+        while True:
+            first = batch * global_batch + self.rank * self.batch_size
+            yield [self._item(first + i, cache) for i in range(self.batch_size)]
+            batch += 1
+
+    def __len__(self) -> int:  # an infinite stream; DataLoader only needs this for len()
+        return 2**62
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    world_size: int,
+    rank: int,
+    seed: int,
+    start: int,
+    workers: int,
+) -> DataLoader:
+    """A DataLoader over the stream from global batch `start`, dict items collated."""
+    sampler = ResumableBatchSampler(
+        len(dataset), batch_size, world_size=world_size, rank=rank, seed=seed, start=start
+    )
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available(),
+    )

@@ -1,0 +1,351 @@
+"""The training loop on accelerate: one optimizer step = `_micro_step` × grad accumulation.
+
+`L = L_denoise + λ·L_cameo` at every timestep (`--align none`: `L_denoise` only). Single
+process, DDP over GPUs/nodes or two CPU processes (gloo, `torchrun`) run the same code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
+from torch.utils.data import default_collate
+
+from cameo_cli.backbone import ViewConditioning
+from cameo_cli.config import Recipe, dump_recipe
+from cameo_cli.errors import CameoError
+from cameo_cli.train import checkpoint as ckpt
+from cameo_cli.train import rundir
+from cameo_cli.train.data import make_loader
+from cameo_cli.train.ema import ExponentialMovingAverage
+from cameo_cli.train.metrics import MetricsLogger, truncate_metrics
+from cameo_cli.train.model import CameoTrainingModel
+from cameo_cli.train.objective import add_training_noise, denoising_loss
+from cameo_cli.train.progress import TrainingProgress
+from cameo_cli.train.setup import alignment_setup, build_training_backbone, open_dataset
+from cameo_cli.train.validation import save_grid, validate
+
+log = logging.getLogger(__name__)
+
+VALIDATION_SAMPLES = 4
+SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+class TrainingDiverged(CameoError):
+    """The loss became NaN or infinite; the run stopped before the optimizer step."""
+
+
+class WarmupConstant:
+    """LR factor: linear warm-up over `warmup` steps, then constant."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+
+    def __call__(self, step: int) -> float:
+        return min(1.0, (step + 1) / self.warmup) if self.warmup > 0 else 1.0
+
+
+def run_training(
+    recipe: Recipe,
+    output: str | Path,
+    *,
+    resume: str | None = None,
+    overwrite: bool = False,
+    command: list[str] | None = None,
+) -> Path:
+    """Train `recipe` into the run folder `output`; return the last checkpoint folder."""
+    output = Path(output)
+    resume_from = rundir.resolve_resume(output, overwrite=overwrite, resume=resume)
+    train = recipe.train
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=train.mixed_precision,
+        gradient_accumulation_steps=train.grad_accumulation,
+    )
+    try:
+        trainer = Trainer(recipe, output, accelerator)
+        return trainer.run(resume_from, overwrite=overwrite, command=command or [])
+    finally:
+        accelerator.end_training()
+
+
+class Trainer:
+    """Everything one training run holds; `run` builds it and steps until `train.steps`."""
+
+    def __init__(self, recipe: Recipe, output: Path, accelerator: Accelerator) -> None:
+        from cameo_cli.codec import load_codec
+        from cameo_cli.diffusion import make_train_scheduler
+
+        if accelerator.distributed_type in SHARDED:
+            raise CameoError(
+                f"{accelerator.distributed_type.value}: cameo's checkpoints need full (unsharded) "
+                "weights and optimizer state; train with DDP (multi-GPU accelerate config)"
+            )
+        self.recipe = recipe
+        self.output = output
+        self.accelerator = accelerator
+        self.device = accelerator.device
+        self.cameo = recipe.alignment.method == "cameo"
+        torch.manual_seed(recipe.train.seed)
+        self.codec = load_codec(recipe.codec).to(self.device)
+        self.scheduler = make_train_scheduler(recipe.diffusion)
+        backbone = build_training_backbone(recipe, self.codec.channels)
+        backbone.set_num_views(recipe.data.num_views)
+        alignment = None
+        layer, grid = backbone.default_layer, (0, 0)
+        if self.cameo:
+            from cameo_cli.alignment import CameoLoss
+
+            setup = alignment_setup(recipe, backbone)
+            layer, grid = setup.layer, setup.grid
+            a = recipe.alignment
+            alignment = CameoLoss(setup.heads, head=a.head, loss=a.loss, chunk_size=a.chunk_size)
+            self.recipe = dataclasses.replace(
+                recipe, alignment=dataclasses.replace(recipe.alignment, layer=layer)
+            )
+        self.dataset = open_dataset(recipe, needs_geometry=self.cameo, split="train")
+        self.validation_batch = self._validation_batch()
+        self.model = CameoTrainingModel(backbone, alignment, layer, grid).to(self.device)
+        self.ema = (
+            ExponentialMovingAverage(self.model, recipe.train.ema_decay)
+            if recipe.train.ema
+            else None
+        )
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=recipe.train.learning_rate,
+            weight_decay=recipe.train.weight_decay,
+        )
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, WarmupConstant(recipe.train.warmup_steps)
+        )
+        seed = recipe.train.seed * 1_000_003 + accelerator.process_index
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.checkpoints = ckpt.CheckpointManager(
+            output / ckpt.CHECKPOINTS, recipe.train.keep_checkpoints
+        )
+        self.step = 0
+        self.data_position = 0
+
+    # -- set-up -----------------------------------------------------------------------------
+    def _validation_batch(self) -> dict[str, torch.Tensor]:
+        """A fixed batch of held-out samples (the dataset's test split, else its first items)."""
+        try:
+            held_out = open_dataset(self.recipe, needs_geometry=False, split="test")
+        except CameoError:
+            held_out = self.dataset
+        count = min(VALIDATION_SAMPLES, len(held_out))
+        return default_collate([held_out[i] for i in range(count)])
+
+    def _prepare_run_dir(self, resume_from: Path | None, overwrite: bool, command: list[str]):
+        if self.accelerator.is_main_process:
+            if overwrite:
+                rundir.reset_run_dir(self.output)
+            rundir.create_run_dir(self.output)
+            dump_recipe(self.recipe, self.output / rundir.CONFIG)
+            extra = {"num_processes": self.accelerator.num_processes}
+            if resume_from is not None:
+                extra["resumed_from"] = str(resume_from)
+            rundir.write_meta(self.output, command, extra)
+        self.accelerator.wait_for_everyone()
+
+    def _restore(self, folder: Path) -> None:
+        progress = ckpt.restore_training_state(
+            folder,
+            model=self.model,
+            optimizer=self.optimizer,
+            lr_scheduler=self.lr_scheduler,
+            ema=self.ema,
+            generators={"train": self.generator},
+            rank=self.accelerator.process_index,
+        )
+        if progress["world_size"] != self.accelerator.num_processes:
+            log.warning(
+                "%s was written by %d processes, resuming with %d: the data order and noise "
+                "differ from an uninterrupted run",
+                folder,
+                progress["world_size"],
+                self.accelerator.num_processes,
+            )
+        self.step = progress["step"]
+        self.data_position = progress["data_position"]["global_batches"]
+
+    # -- one step ---------------------------------------------------------------------------
+    def _micro_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Forward one micro-batch; return the loss terms (`loss` is what is optimised)."""
+        device, train = self.device, self.recipe.train
+        images = batch["images"].to(device)
+        ref_mask = batch["ref_mask"].to(device)
+        b, f = images.shape[:2]
+        with torch.no_grad():
+            latents = self.codec.encode(images.flatten(0, 1)).unflatten(0, (b, f))
+        noised = add_training_noise(self.scheduler, latents, ref_mask, self.generator)
+        drop = torch.rand(b, generator=self.generator, device=device) < train.camera_drop
+        cond = ViewConditioning(
+            intrinsics=batch["intrinsics"].to(device),
+            world_to_camera=batch["world_to_camera"].to(device),
+            ref_mask=ref_mask,
+            image_size=tuple(images.shape[-2:]),
+            drop_camera=drop,
+            ref_images=images * ref_mask[:, :, None, None, None],
+        )
+        correspondence = None
+        if self.cameo:
+            from cameo_cli.geometry import correspondence_targets
+
+            correspondence = correspondence_targets(
+                batch["point_map"].to(device),
+                batch["point_valid"].to(device),
+                self.model.grid,
+                epsilon=self.recipe.alignment.epsilon,
+            )
+        prediction, cameo = self.prepared_model(
+            noised.noisy, noised.timesteps.float(), cond, correspondence
+        )
+        denoise = denoising_loss(
+            prediction, noised, ref_mask, self.scheduler, self.recipe.diffusion.snr_rescale
+        )
+        terms = {"denoise": denoise}
+        loss = denoise
+        if cameo is not None:
+            terms["cameo"] = cameo
+            loss = denoise + self.recipe.alignment.weight * cameo
+        terms["loss"] = loss
+        return terms
+
+    def _check_finite(self, terms: dict[str, torch.Tensor]) -> None:
+        finite = torch.isfinite(terms["loss"].detach()).float().reshape(1)
+        if bool(self.accelerator.gather(finite).min() < 1):
+            values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+            latest = self.checkpoints.latest()
+            kept = f"last good checkpoint: {latest}" if latest else "no checkpoint was written yet"
+            raise TrainingDiverged(
+                f"step {self.step + 1}: the loss is not finite ({values}); training stopped "
+                f"before the update. {kept} (lower train.learning_rate or use "
+                "train.mixed_precision=bf16/no, then --resume latest)"
+            )
+
+    # -- checkpoint, validation, logging ------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        accelerator = self.accelerator
+        if accelerator.is_main_process:
+            self.checkpoints.stage(self.step)
+        accelerator.wait_for_everyone()
+        folder = self.checkpoints.staging_path(self.step)
+        ckpt.save_rng(folder, accelerator.process_index, {"train": self.generator})
+        if accelerator.is_main_process:
+            model = accelerator.unwrap_model(self.prepared_model)
+            ckpt.save_model(folder, model.backbone, model.alignment, model.layer)
+            dump_recipe(self.recipe, folder / rundir.CONFIG)
+            ckpt.save_training_state(
+                folder,
+                optimizer=self.optimizer,
+                lr_scheduler=self.lr_scheduler,
+                ema=self.ema,
+                step=self.step,
+                data_position={"global_batches": self.data_position},
+                world_size=accelerator.num_processes,
+            )
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            self.checkpoints.commit(self.step)
+        accelerator.wait_for_everyone()
+        return self.checkpoints.root / ckpt.checkpoint_name(self.step)
+
+    def _validate(self, metrics: MetricsLogger | None) -> None:
+        if metrics is None:
+            return
+        model = self.accelerator.unwrap_model(self.prepared_model)
+        model.eval()
+        score, images = validate(
+            model.backbone,
+            self.codec,
+            self.scheduler,
+            self.validation_batch,
+            seed=self.recipe.train.seed,
+        )
+        model.train()
+        save_grid(images, self.output / rundir.SAMPLES / f"step-{self.step:06d}.png")
+        metrics.log(self.step, {"val/psnr": score})
+
+    # -- the run ------------------------------------------------------------------------------
+    def run(self, resume_from: Path | None, *, overwrite: bool, command: list[str]) -> Path:
+        accelerator, train = self.accelerator, self.recipe.train
+        self._prepare_run_dir(resume_from, overwrite, command)
+        if resume_from is not None:
+            self._restore(resume_from)
+        self.model.train()
+        self.prepared_model, self.optimizer = accelerator.prepare(self.model, self.optimizer)
+        loader = make_loader(
+            self.dataset,
+            train.batch_size,
+            world_size=accelerator.num_processes,
+            rank=accelerator.process_index,
+            seed=train.seed,
+            start=self.data_position,
+            workers=self.recipe.data.workers,
+        )
+        metrics = None
+        if accelerator.is_main_process:
+            metrics_file = self.output / rundir.METRICS
+            if resume_from is not None:
+                truncate_metrics(metrics_file, self.step)
+            metrics = MetricsLogger(metrics_file, self.output / rundir.TENSORBOARD)
+        sums: dict[str, float] = defaultdict(float)
+        count = 0
+        last_saved = None
+        params = list(self.model.parameters())
+        batches = iter(loader)
+        try:
+            with TrainingProgress(train.steps, self.step, accelerator.is_main_process) as bar:
+                while self.step < train.steps:
+                    batch = next(batches)
+                    self.data_position += 1
+                    with accelerator.accumulate(self.prepared_model):
+                        terms = self._micro_step(batch)
+                        self._check_finite(terms)
+                        accelerator.backward(terms["loss"])
+                        if accelerator.sync_gradients and train.grad_clip > 0:
+                            accelerator.clip_grad_norm_(params, train.grad_clip)
+                        self.optimizer.step()
+                        self.optimizer.zero_grad(set_to_none=True)
+                    for name, value in terms.items():
+                        sums[name] += value.detach().item()
+                    count += 1
+                    if not accelerator.sync_gradients:
+                        continue
+                    self.lr_scheduler.step()
+                    if self.ema is not None:
+                        self.ema.update(self.model)
+                    self.step += 1
+                    averages = self._reduce({k: v / count for k, v in sums.items()})
+                    bar.update(self.step, averages)
+                    if self.step % train.log_every == 0 or self.step == train.steps:
+                        if metrics is not None:
+                            averages["lr"] = self.lr_scheduler.get_last_lr()[0]
+                            averages["steps_per_s"] = bar.steps_per_second(self.step)
+                            metrics.log(self.step, averages)
+                        sums.clear()
+                        count = 0
+                    if self.step % train.validate_every == 0 or self.step == train.steps:
+                        self._validate(metrics)
+                    if self.step % train.checkpoint_every == 0 or self.step == train.steps:
+                        last_saved = self.save_checkpoint()
+        finally:
+            if metrics is not None:
+                metrics.close()
+        return last_saved or self.save_checkpoint()
+
+    def _reduce(self, values: dict[str, float]) -> dict[str, float]:
+        """Average loss terms over processes."""
+        if self.accelerator.num_processes == 1:
+            return values
+        keys = sorted(values)
+        tensor = torch.tensor([values[k] for k in keys], device=self.device)
+        tensor = self.accelerator.reduce(tensor, reduction="mean")
+        return {k: float(v) for k, v in zip(keys, tensor.tolist(), strict=True)}

@@ -1,0 +1,45 @@
+"""Training metrics: one JSON object per line in metrics.jsonl, mirrored to TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from torch.utils.tensorboard import SummaryWriter
+
+
+class MetricsLogger:
+    """Appends `{"step": n, name: value, ...}` lines; use on the main process only."""
+
+    def __init__(self, metrics_file: Path, tensorboard_dir: Path) -> None:
+        self.metrics_file = Path(metrics_file)
+        self.writer = SummaryWriter(str(tensorboard_dir))
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        clean = {k: (float(v) if math.isfinite(float(v)) else None) for k, v in values.items()}
+        with open(self.metrics_file, "a") as handle:
+            handle.write(json.dumps({"step": step, **clean}) + "\n")
+        for name, value in clean.items():
+            if value is not None:
+                self.writer.add_scalar(name, value, step)
+
+    def log_image(self, step: int, tag: str, image_chw) -> None:
+        self.writer.add_image(tag, image_chw, step)
+
+    def close(self) -> None:
+        self.writer.flush()
+        self.writer.close()
+
+
+def truncate_metrics(metrics_file: Path, after_step: int) -> None:
+    """Drop lines logged after `after_step` (a resumed run repeats those steps)."""
+    if not metrics_file.is_file():
+        return
+    kept = []
+    for line in metrics_file.read_text().splitlines():
+        if line.strip() and json.loads(line).get("step", 0) <= after_step:
+            kept.append(line)
+    tmp = metrics_file.with_name(metrics_file.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(metrics_file)

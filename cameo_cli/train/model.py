@@ -1,0 +1,44 @@
+"""The module the optimizer trains: the backbone plus the CAMEO projection head.
+
+Wrapping both in one `nn.Module` lets accelerate (DDP/FSDP/DeepSpeed) synchronise the
+head's gradients with the backbone's, and keeps the attention probe inside one forward.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cameo_cli.backbone import MultiViewBackbone, ViewConditioning
+
+
+class CameoTrainingModel(nn.Module):
+    """`forward` returns the backbone's prediction and the CAMEO term (None without it)."""
+
+    def __init__(
+        self,
+        backbone: MultiViewBackbone,
+        alignment: nn.Module | None,
+        layer: int,
+        grid: tuple[int, int],
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.alignment = alignment
+        self.layer = layer
+        self.grid = grid
+
+    def forward(
+        self,
+        noisy: torch.Tensor,
+        timesteps: torch.Tensor,
+        cond: ViewConditioning,
+        correspondence=None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.alignment is None:
+            return self.backbone(noisy, timesteps, cond), None
+        with self.backbone.probe(self.layer, self.grid) as handle:
+            prediction = self.backbone(noisy, timesteps, cond)
+        with torch.autocast(device_type=noisy.device.type, enabled=False):
+            cameo = self.alignment(handle.result, correspondence, cond.ref_mask)
+        return prediction, cameo

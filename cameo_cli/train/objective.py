@@ -1,0 +1,62 @@
+"""The denoising objective: noise the target views, keep the references clean.
+
+SD2.1's forward process (the recipe's DDPM scheduler): one timestep per sample, fresh
+noise on every target view, reference latents left clean (t = 0, no noise) and given to the
+model as they are. The loss is the mean squared error to the training target (v or epsilon)
+over target views only, optionally weighted per sample by Min-SNR-gamma (`snr_rescale`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import DDPMScheduler
+
+from cameo_cli.diffusion import snr_weights, training_target
+
+
+@dataclass
+class NoisedBatch:
+    noisy: torch.Tensor  # [B, F, C, h, w]: noisy targets, clean references
+    target: torch.Tensor  # [B, F, C, h, w]: v or epsilon (meaningful on target views)
+    timesteps: torch.Tensor  # [B] long
+
+
+def add_training_noise(
+    scheduler: DDPMScheduler,
+    latents: torch.Tensor,
+    ref_mask: torch.Tensor,
+    generator: torch.Generator,
+) -> NoisedBatch:
+    """Draw one timestep per sample and noise every target view; references stay clean."""
+    batch, views = latents.shape[:2]
+    device = latents.device
+    num_steps = scheduler.config.num_train_timesteps
+    timesteps = torch.randint(0, num_steps, (batch,), generator=generator, device=device)
+    noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
+    per_view_t = timesteps.repeat_interleave(views)
+    flat_x0, flat_noise = latents.flatten(0, 1), noise.flatten(0, 1)
+    noisy = scheduler.add_noise(flat_x0, flat_noise, per_view_t).unflatten(0, (batch, views))
+    target = training_target(scheduler, flat_x0, flat_noise, per_view_t).unflatten(
+        0, (batch, views)
+    )
+    keep_clean = ref_mask.to(device)[:, :, None, None, None]
+    noisy = torch.where(keep_clean, latents, noisy)
+    return NoisedBatch(noisy=noisy, target=target, timesteps=timesteps)
+
+
+def denoising_loss(
+    prediction: torch.Tensor,
+    noised: NoisedBatch,
+    ref_mask: torch.Tensor,
+    scheduler: DDPMScheduler,
+    snr_rescale: bool,
+) -> torch.Tensor:
+    """Mean squared error over target views only (fp32); Min-SNR weights if `snr_rescale`."""
+    error = (prediction.float() - noised.target.float()).pow(2).mean(dim=(2, 3, 4))  # [B, F]
+    is_target = (~ref_mask.to(error.device)).float()
+    per_sample = (error * is_target).sum(1) / is_target.sum(1).clamp(min=1.0)  # [B]
+    if snr_rescale:
+        per_sample = per_sample * snr_weights(scheduler, noised.timesteps)
+    return per_sample.mean()

@@ -1,0 +1,85 @@
+"""Validation during training: predicted target views saved as images, and their PSNR.
+
+The prediction is the model's one-step estimate of the clean target views, x̂0, from a
+fixed noise level (`VALIDATION_TIMESTEP`) and fixed noise, given the clean references:
+cheap enough to run often, deterministic, and it measures what the loss trains.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler
+from PIL import Image
+
+from cameo_cli.backbone import MultiViewBackbone, ViewConditioning
+
+VALIDATION_TIMESTEP = 500
+
+
+def predicted_x0(
+    scheduler: DDPMScheduler, noisy: torch.Tensor, prediction: torch.Tensor, timestep: int
+) -> torch.Tensor:
+    """x0 from the model output at integer `timestep` (v- or epsilon-prediction)."""
+    alpha_bar = scheduler.alphas_cumprod[timestep].to(noisy.device, torch.float32)
+    a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    noisy, prediction = noisy.float(), prediction.float()
+    if scheduler.config.prediction_type == "v_prediction":
+        return a * noisy - s * prediction
+    return (noisy - s * prediction) / a
+
+
+def psnr(prediction: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of images in [0, 1], `[N, 3, H, W]` -> `[N]`."""
+    mse = (prediction.clamp(0, 1) - reference).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1.0 / mse.clamp(min=1e-10))
+
+
+@torch.no_grad()
+def validate(
+    backbone: MultiViewBackbone,
+    codec,
+    scheduler: DDPMScheduler,
+    batch: dict[str, torch.Tensor],
+    *,
+    seed: int,
+) -> tuple[float, torch.Tensor]:
+    """Mean target-view PSNR and the images `[B, 2, F, 3, H, W]` (row 0 truth, row 1 x̂0)."""
+    device = next(backbone.parameters()).device
+    images = batch["images"].to(device)
+    ref_mask = batch["ref_mask"].to(device)
+    b, f = images.shape[:2]
+    latents = codec.encode(images.flatten(0, 1)).unflatten(0, (b, f))
+    generator = torch.Generator(device=device).manual_seed(seed)
+    noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
+    t = torch.full((b * f,), VALIDATION_TIMESTEP, device=device, dtype=torch.long)
+    noisy = scheduler.add_noise(latents.flatten(0, 1), noise.flatten(0, 1), t).unflatten(0, (b, f))
+    noisy = torch.where(ref_mask[:, :, None, None, None], latents, noisy)
+    cond = ViewConditioning(
+        intrinsics=batch["intrinsics"].to(device),
+        world_to_camera=batch["world_to_camera"].to(device),
+        ref_mask=ref_mask,
+        image_size=tuple(images.shape[-2:]),
+        ref_images=images * ref_mask[:, :, None, None, None],
+    )
+    timesteps = torch.full((b,), float(VALIDATION_TIMESTEP), device=device)
+    prediction = backbone(noisy, timesteps, cond)
+    x0 = predicted_x0(scheduler, noisy, prediction, VALIDATION_TIMESTEP)
+    decoded = codec.decode(x0.flatten(0, 1)).unflatten(0, (b, f))
+    decoded = torch.where(ref_mask[:, :, None, None, None], images, decoded.to(images.dtype))
+    truth01, pred01 = (images + 1) / 2, ((decoded + 1) / 2).clamp(0, 1)
+    targets = ~ref_mask
+    score = psnr(pred01[targets], truth01[targets]).mean().item()
+    return score, torch.stack([truth01, pred01], dim=1).cpu()
+
+
+def save_grid(images: torch.Tensor, path: Path) -> None:
+    """Write `[B, 2, F, 3, H, W]` as one PNG: per sample a row of truths over predictions."""
+    b, rows, f, c, h, w = images.shape
+    grid = images.permute(0, 1, 4, 2, 5, 3).reshape(b * rows * h, f * w, c)
+    array = (grid.numpy() * 255).round().astype(np.uint8)
+    tmp = path.with_name(path.name + ".tmp.png")
+    Image.fromarray(array).save(tmp)
+    tmp.replace(path)
