@@ -14,6 +14,7 @@ COMMANDS: dict[str, str] = {
     "backbones": "cameo_cli.commands.backbones:backbones",
     "recipes": "cameo_cli.commands.recipes:recipes",
     "prepare": "cameo_cli.commands.prepare:prepare",
+    "sample": "cameo_cli.commands.sample:sample",
 }
 
 # One-line summaries for `cameo --help`, so listing commands imports none of them.

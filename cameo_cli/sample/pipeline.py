@@ -64,6 +64,8 @@ class MultiViewPipeline:
         self.dtype = dtype if dtype is not None else default_dtype(self.device)
         self.backbone.to(self.device)
         self.codec.to(self.device)
+        self.recipe: Recipe | None = None  # set by `from_checkpoint`
+        self.step: int | None = None
 
     @classmethod
     def from_checkpoint(
@@ -84,7 +86,7 @@ class MultiViewPipeline:
                 f"{path}: the checkpoint holds a '{loaded.backbone.name}' backbone but its "
                 f"recipe names '{recipe.backbone.name}'"
             )
-        return cls(
+        pipeline = cls(
             loaded.backbone,
             load_codec(recipe.codec),
             recipe.diffusion,
@@ -92,6 +94,8 @@ class MultiViewPipeline:
             device=device,
             dtype=dtype,
         )
+        pipeline.recipe, pipeline.step = recipe, loaded.step
+        return pipeline
 
     @torch.no_grad()
     def __call__(

@@ -160,7 +160,8 @@ def orbit(
     """`count` cameras on a full circle around the references' look-at centre.
 
     The first reference camera is turned about `up_axis` through `look_at_center`, by
-    360°·k/count for k = 0 .. count - 1; intrinsics are the first reference's. Returns (K [count, 3, 3], w2c [count, 4, 4]).
+    360°·k/count for k = 0 .. count - 1; intrinsics are the first reference's.
+    Returns (K [count, 3, 3], w2c [count, 4, 4]).
     """
     if count < 1:
         raise CameoError(f"--orbit needs at least 1 camera, got {count}")
