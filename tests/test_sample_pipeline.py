@@ -33,7 +33,11 @@ class OracleBackbone(MultiViewBackbone):
     def layers(self, resolution):
         return []
 
+    def token_grid(self, layer, image_hw):
+        return image_hw
+
     def forward(self, latents, timesteps, cond):
+        cond.check(*latents.shape[:2])
         self.calls.append((latents.clone(), timesteps.clone(), cond))
         alpha_bar = self.alphas_cumprod[timesteps.long()].view(-1, 1, 1, 1, 1)
         clean = 0.4 * torch.tanh(cond.world_to_camera[:, :, 0, 3]).view(*latents.shape[:2], 1, 1, 1)

@@ -55,9 +55,7 @@ class GreedyCommand(click.Command):
     help="Target cameras, in any of the camera formats.",
 )
 @click.option("--orbit", type=click.IntRange(min=1), help="N targets on a circle around the scene.")
-@click.option(
-    "--interpolate", type=click.IntRange(min=1), help="N targets between the references."
-)
+@click.option("--interpolate", type=click.IntRange(min=1), help="N targets between the references.")
 @click.option(
     "--out", required=True, type=click.Path(path_type=Path), help="Output folder (created)."
 )
@@ -66,9 +64,7 @@ class GreedyCommand(click.Command):
 @click.option("--seed", type=int, help="Noise seed [recipe: 0].")
 @click.option("--resolution", type=click.IntRange(min=8), help="Square output size [recipe].")
 @click.option("--video", is_flag=True, help="Also write the targets as a video.")
-@click.option(
-    "--video-format", type=click.Choice(["mp4", "gif"]), default="mp4", show_default=True
-)
+@click.option("--video-format", type=click.Choice(["mp4", "gif"]), default="mp4", show_default=True)
 @click.option("--device", help="torch device [cuda if available, else cpu].")
 @click.option(
     "--precision",

@@ -185,4 +185,3 @@ def run_sample(request: SampleRequest, console: Console | None = None) -> Path:
             },
         )
     return request.out
-

@@ -38,6 +38,9 @@ def staged_folder(out: Path, overwrite: bool) -> Iterator[Path]:
     check_output_folder(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; give it a normal folder's mode
     try:
         yield staging
     except BaseException:
