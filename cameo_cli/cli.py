@@ -14,6 +14,7 @@ COMMANDS: dict[str, str] = {
     "backbones": "cameo_cli.commands.backbones:backbones",
     "recipes": "cameo_cli.commands.recipes:recipes",
     "prepare": "cameo_cli.commands.prepare:prepare",
+    "train": "cameo_cli.commands.train:train",
     "sample": "cameo_cli.commands.sample:sample",
     "evaluate": "cameo_cli.commands.evaluate:evaluate",
 }
