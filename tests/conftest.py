@@ -19,3 +19,30 @@ def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     source = SyntheticSource(scenes=3, resolution=32, frames=8, seed=0, geometry="depth")
     prepare_dataset(source, out, scenes_per_shard=2, console=Console(quiet=True))
     return out
+
+
+TINY_RUN_STEPS = 4
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder: 4 CPU steps of the quick-start recipe (tiny cat3d + CAMEO, 32 px pixel
+    space) on `synthetic_dataset`, with EMA; checkpoints at steps 2 and 4, samples at 4."""
+    from cameo_cli.config import load_recipe
+    from cameo_cli.train.loop import run_training
+
+    recipe = load_recipe(
+        "quickstart-cpu",
+        [
+            f"data.dataset={synthetic_dataset}",
+            f"train.steps={TINY_RUN_STEPS}",
+            "train.checkpoint_every=2",
+            "train.validate_every=4",
+            "train.log_every=1",
+            "train.ema=true",
+            "train.ema_decay=0.9",
+        ],
+    )
+    run = tmp_path_factory.mktemp("tiny_run") / "run"
+    run_training(recipe, run, command=["pytest", "tiny_run"])
+    return run

@@ -2,8 +2,10 @@
 
 The stream is the concatenation of seeded permutations of the dataset (one per epoch);
 global batch k covers stream items [k·G, (k+1)·G) with G = per-process batch × processes,
-and each process takes its own contiguous slice. The position is the number of global
-batches consumed, so a resumed run reads exactly the batches an uninterrupted one would.
+and each process takes its own contiguous slice. Items are addressed as (epoch, index), so
+a dataset with `set_epoch` draws its epoch's views even inside worker processes. The
+position is the number of global batches consumed, so a resumed run reads exactly the
+batches an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -14,8 +16,24 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 
-class ResumableBatchSampler(Sampler[list[int]]):
-    """Infinite batches of indices for one process, starting at global batch `start`."""
+class EpochItems(Dataset):
+    """Index a dataset by (epoch, item), calling its `set_epoch` (if any) before each read."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, item = key
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        return self.dataset[item]
+
+
+class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Infinite batches of (epoch, index) for one process, from global batch `start`."""
 
     def __init__(
         self,
@@ -40,14 +58,14 @@ class ResumableBatchSampler(Sampler[list[int]]):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(self.dataset_size, generator=generator)
 
-    def _item(self, position: int, cache: dict[int, torch.Tensor]) -> int:
+    def _item(self, position: int, cache: dict[int, torch.Tensor]) -> tuple[int, int]:
         epoch, offset = divmod(position, self.dataset_size)
         if epoch not in cache:
             cache.clear()
             cache[epoch] = self._permutation(epoch)
-        return int(cache[epoch][offset])
+        return epoch, int(cache[epoch][offset])
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         cache: dict[int, torch.Tensor] = {}
         global_batch = self.batch_size * self.world_size
         batch = self.start
@@ -75,9 +93,10 @@ def make_loader(
         len(dataset), batch_size, world_size=world_size, rank=rank, seed=seed, start=start
     )
     return DataLoader(
-        dataset,
+        EpochItems(dataset),
         batch_sampler=sampler,
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=torch.cuda.is_available(),
+        generator=torch.Generator().manual_seed(seed),  # worker seeds; leaves the global RNG
     )

@@ -91,6 +91,7 @@ class Trainer:
         self.accelerator = accelerator
         self.device = accelerator.device
         self.cameo = recipe.alignment.method == "cameo"
+        self.dataset = open_dataset(recipe, needs_geometry=self.cameo, split="train")
         torch.manual_seed(recipe.train.seed)
         self.codec = load_codec(recipe.codec).to(self.device)
         self.scheduler = make_train_scheduler(recipe.diffusion)
@@ -108,7 +109,6 @@ class Trainer:
             self.recipe = dataclasses.replace(
                 recipe, alignment=dataclasses.replace(recipe.alignment, layer=layer)
             )
-        self.dataset = open_dataset(recipe, needs_geometry=self.cameo, split="train")
         self.validation_batch = self._validation_batch()
         self.model = CameoTrainingModel(backbone, alignment, layer, grid).to(self.device)
         self.ema = (
@@ -319,6 +319,7 @@ class Trainer:
                     count += 1
                     if not accelerator.sync_gradients:
                         continue
+                    lr = self.optimizer.param_groups[0]["lr"]
                     self.lr_scheduler.step()
                     if self.ema is not None:
                         self.ema.update(self.model)
@@ -327,7 +328,7 @@ class Trainer:
                     bar.update(self.step, averages)
                     if self.step % train.log_every == 0 or self.step == train.steps:
                         if metrics is not None:
-                            averages["lr"] = self.lr_scheduler.get_last_lr()[0]
+                            averages["lr"] = lr
                             averages["steps_per_s"] = bar.steps_per_second(self.step)
                             metrics.log(self.step, averages)
                         sums.clear()

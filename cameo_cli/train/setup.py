@@ -15,10 +15,24 @@ from cameo_cli.config import Recipe
 from cameo_cli.errors import CameoError
 
 PREPARE_HINT = (
-    "prepare it with geometry, e.g. `cameo prepare synthetic --out DIR` (point maps are "
-    "rendered) or `cameo prepare re10k ... --geometry` (point maps from depth), "
-    "or train the baseline with --align none"
+    "prepare one with point maps: `cameo prepare synthetic --out DIR` (rendered depth), "
+    "`cameo prepare dtu ... --geometry depth` or `cameo prepare re10k ... --geometry vggt "
+    "--vggt-weights DIR`; or train the baseline with --align none"
 )
+
+
+def check_backbone_and_layer(recipe: Recipe) -> None:
+    """Fail fast, before building anything: unknown backbone, layer outside the full config."""
+    from cameo_cli.registry import get_spec
+
+    spec = get_spec(recipe.backbone.name)
+    layer = recipe.alignment.layer
+    count = len(spec.layer_paths)
+    if recipe.backbone.variant == "full" and isinstance(layer, int) and not 0 <= layer < count:
+        raise CameoError(
+            f"layer {layer} is outside backbone '{spec.name}' (valid: 0-{count - 1}, "
+            f"default {spec.default_layer})"
+        )
 
 
 def build_training_backbone(recipe: Recipe, in_channels: int) -> MultiViewBackbone:
@@ -68,7 +82,7 @@ def resolve_layer(recipe: Recipe, backbone: MultiViewBackbone) -> int:
 
 def open_dataset(recipe: Recipe, *, needs_geometry: bool, split: str | None) -> Dataset:
     """The recipe's prepared dataset; with CAMEO it must hold point maps."""
-    from cameo_cli.data import MultiViewDataset
+    from cameo_cli.data.dataset import MultiViewDataset
 
     data = recipe.data
     if not data.dataset:

@@ -1,0 +1,108 @@
+"""The training loop in one process: run folder, exact resume, NaN stop, inference loading."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cameo_cli.config import load_recipe
+from cameo_cli.train.checkpoint import load_for_inference
+from cameo_cli.train.loop import TrainingDiverged, run_training
+
+
+def _recipe(dataset: Path, *overrides: str):
+    return load_recipe(
+        "quickstart-cpu",
+        [f"data.dataset={dataset}", "train.log_every=1", "train.validate_every=1000", *overrides],
+    )
+
+
+def test_tiny_run_folder(tiny_run):
+    assert (tiny_run / "config.yaml").is_file()
+    meta = json.loads((tiny_run / "meta.json").read_text())
+    assert meta["cameo_version"] and meta["command"] == ["pytest", "tiny_run"]
+    lines = [json.loads(x) for x in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    steps = [x for x in lines if "loss" in x]
+    assert [x["step"] for x in steps] == [1, 2, 3, 4]
+    for x in steps:  # every term is logged, and L = L_denoise + 0.02 L_cameo
+        assert x["loss"] == pytest.approx(x["denoise"] + 0.02 * x["cameo"], rel=1e-5)
+    assert [x["step"] for x in lines if "val/psnr" in x] == [4]
+    assert (tiny_run / "samples" / "step-000004.png").is_file()
+    assert any((tiny_run / "tensorboard").iterdir())
+    names = sorted(p.name for p in (tiny_run / "checkpoints").iterdir())
+    assert names == ["step-000002", "step-000004"]
+    assert not list(tiny_run.rglob("*.pt")) and not list(tiny_run.rglob("*.pkl"))
+
+
+def test_load_for_inference_uses_the_ema_weights(tiny_run):
+    run_level = load_for_inference(tiny_run)
+    checkpoint = tiny_run / "checkpoints" / "step-000004"
+    assert run_level.step == 4 and run_level.recipe.alignment.layer == 10
+    assert run_level.alignment is not None and not run_level.backbone.training
+    ema = load_file(str(checkpoint / "ema.safetensors"))
+    for name, param in run_level.backbone.named_parameters():
+        assert torch.equal(param, ema[f"backbone.{name}"]), name
+    for name, param in run_level.alignment.named_parameters():
+        assert torch.equal(param, ema[f"alignment.{name}"]), name
+    raw = load_for_inference(checkpoint, use_ema=False)
+    head = load_file(str(checkpoint / "alignment.safetensors"))
+    for name, param in raw.alignment.state_dict().items():
+        assert torch.equal(param, head[name])
+    older = load_for_inference(tiny_run / "checkpoints" / "step-000002")
+    assert older.step == 2
+
+
+def _tensors(folder: Path, name: str) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / name))
+
+
+@pytest.mark.slow
+def test_resume_is_bit_exact(synthetic_dataset, tmp_path):
+    options = ("train.ema=true", "train.ema_decay=0.9", "train.checkpoint_every=2")
+    straight = run_training(_recipe(synthetic_dataset, "train.steps=4", *options), tmp_path / "a")
+    first = tmp_path / "b"
+    run_training(_recipe(synthetic_dataset, "train.steps=2", *options), first)
+    resumed = run_training(
+        _recipe(synthetic_dataset, "train.steps=4", *options), first, resume="latest"
+    )
+    assert straight.name == resumed.name == "step-000004"
+    for name in (
+        "backbone/diffusion_pytorch_model.safetensors",
+        "backbone/cameo_extra.safetensors",
+        "alignment.safetensors",
+        "optimizer.safetensors",
+        "ema.safetensors",
+        "rng-rank0.safetensors",
+    ):
+        a, b = _tensors(straight, name), _tensors(resumed, name)
+        assert a.keys() == b.keys(), name
+        for key in a:
+            assert torch.equal(a[key], b[key]), (name, key)
+    for name in ("optimizer.json", "scheduler.json", "state.json", "rng-rank0.json"):
+        assert (straight / name).read_text() == (resumed / name).read_text(), name
+    # The resumed run's metrics continue the first run's without duplicates.
+    lines = [json.loads(x) for x in (first / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "loss" in x] == [1, 2, 3, 4]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_dataset, tmp_path):
+    recipe = _recipe(
+        synthetic_dataset,
+        "train.steps=6",
+        "train.checkpoint_every=1",
+        "train.learning_rate=1e30",
+        "train.warmup_steps=0",
+        "train.grad_clip=0",
+    )
+    with pytest.raises(TrainingDiverged, match="not finite") as caught:
+        run_training(recipe, tmp_path / "run")
+    message = str(caught.value)
+    saved = sorted((tmp_path / "run" / "checkpoints").iterdir())
+    assert saved, "no checkpoint before the divergence"
+    assert f"last good checkpoint: {saved[-1]}" in message
+    loaded = load_for_inference(tmp_path / "run")
+    assert all(torch.isfinite(p).all() for p in loaded.backbone.parameters())
