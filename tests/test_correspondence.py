@@ -212,6 +212,15 @@ def test_diagonal_and_invalid_geometry_masked(box_scene: dict) -> None:
     assert not invalid_tokens.flatten()[keys].any()
 
 
+def test_single_view_and_bad_shapes() -> None:
+    single = correspondence_targets(torch.randn(2, 1, 3, 8, 8), None, (4, 4))
+    assert single.index.shape == (2, 1, 1, 16) and not single.mask.any()
+    with pytest.raises(ValueError, match=r"\[B, F, 3, H, W\]"):
+        correspondence_targets(torch.randn(2, 3, 8, 8), None, (4, 4))
+    with pytest.raises(ValueError, match=r"\[B, F, H, W\]"):
+        correspondence_targets(torch.randn(1, 2, 3, 8, 8), torch.ones(1, 2, 8, 7), (4, 4))
+
+
 def test_view_without_geometry_gives_no_rows(box_scene: dict) -> None:
     point_map = box_scene["points"].float()[None]
     valid = torch.ones(1, 2, IMAGE, IMAGE, dtype=torch.bool)
@@ -322,3 +331,47 @@ def test_vggt_frame_alignment_recovers_world_points(box_scene: dict) -> None:
     vggt_points = in_first.transpose(1, 2).reshape(points.shape)
     world = VGGTPointMaps._to_world(vggt_points, predicted, w2c)
     torch.testing.assert_close(world, points, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("i", "j"), [(0, 1), (0, 4), (2, 5)])
+def test_synthetic_dataset_views_match_reprojection(i: int, j: int) -> None:
+    """The same independent check on views rendered by cameo's procedural dataset."""
+    from cameo_cli.data.synthetic import render_scene
+
+    scene = render_scene(seed=0, index=0, resolution=IMAGE, num_frames=6)
+    point_map = torch.from_numpy(scene.point_map).permute(0, 3, 1, 2)[[i, j]]
+    depth = torch.from_numpy(scene.depth).double()
+    K_j = torch.from_numpy(scene.intrinsics[j])
+    w2c_j = torch.from_numpy(scene.world_to_camera[j])
+    targets = correspondence_targets(point_map[None], None, (GRID, GRID))
+    # expected: the token's point (torch's own bilinear resize) projected into view j, kept
+    # where view j's depth map agrees (visible) and the token's footprint is one surface
+    tokens = (
+        torch.nn.functional.interpolate(
+            point_map[:1].double(), size=(GRID, GRID), mode="bilinear", align_corners=False
+        )[0]
+        .flatten(1)
+        .T
+    )
+    uv, z = cameras.project_points(tokens, K_j, w2c_j)
+    in_frame = (z > 0) & (uv >= 0).all(-1) & (uv < IMAGE).all(-1)
+    pixel = uv.clamp(0, IMAGE - 1e-3).floor().long()
+    visible = in_frame & ((depth[j][pixel[:, 1], pixel[:, 0]] - z).abs() < 0.03 * z)
+    footprint = depth[i].reshape(GRID, SCALE, GRID, SCALE).permute(0, 2, 1, 3).flatten(2)
+    one_surface = (footprint.amax(-1) - footprint.amin(-1) < 0.1 * footprint.amin(-1)).flatten()
+    checked = visible & one_surface
+    assert checked.sum() > 120
+    expected = (uv / SCALE).floor().long()
+    index = targets.index[0, 0, 1]
+    d_row = (index // GRID - expected[:, 1])[checked]
+    d_col = (index % GRID - expected[:, 0])[checked]
+    assert (d_row.abs() <= 1).all() and (d_col.abs() <= 1).all()
+    assert ((d_row == 0) & (d_col == 0)).double().mean() > 0.85
+    assert targets.mask[0, 0, 1][checked].double().mean() > 0.95
+
+
+def test_targets_unchanged_under_bf16_autocast(box_scene: dict) -> None:
+    plain = targets_for(box_scene)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = targets_for(box_scene)
+    assert torch.equal(plain.mask, under.mask) and torch.equal(plain.index, under.index)

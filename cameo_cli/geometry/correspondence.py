@@ -48,14 +48,14 @@ def nearest_key_tokens(
     pair_keys = keys[:, pair_j].reshape(-1, tokens, 4).transpose(1, 2)  # [B * P, 4, N]
     if block_elements is None:
         block_elements = 2**27 if points.is_cuda else 2**20
-    rows = max(1, block_elements // (pair_queries.shape[0] * tokens))
+    rows = max(1, block_elements // max(1, pair_queries.shape[0] * tokens))
     nearest = torch.cat(
         [
             torch.bmm(pair_queries[:, start : start + rows], pair_keys).argmin(dim=-1)
             for start in range(0, tokens, rows)
         ],
         dim=1,
-    ).view(batch, -1, tokens)
+    ).view(batch, len(pair_i), tokens)
     index = torch.zeros(batch, views, views, tokens, dtype=torch.long, device=points.device)
     index[:, pair_i, pair_j] = nearest
     found = valid.any(dim=-1)[:, None, :, None].expand_as(index).clone()
@@ -82,7 +82,7 @@ def cycle_consistent(index: torch.Tensor, grid: tuple[int, int], epsilon: float)
         query, width, rounding_mode="floor"
     )
     d_col = back % width - query % width
-    return (d_row * d_row + d_col * d_col).to(torch.float64) <= epsilon * epsilon
+    return d_row * d_row + d_col * d_col <= epsilon * epsilon
 
 
 def correspondence_targets(
@@ -96,15 +96,18 @@ def correspondence_targets(
     point_map [B, F, 3, H, W] (one world frame per sample), valid [B, F, H, W] bool or None,
     grid (h, w) tokens per view. The point map is bilinearly resized to the grid (see
     `resize_point_map`: a token is valid only if all its interpolation sources are valid).
+    Computed in at least float32, with autocast off.
     """
-    batch, views = point_map.shape[:2]
+    if point_map.dim() != 5 or point_map.shape[2] != 3:
+        raise ValueError(f"point_map must be [B, F, 3, H, W], got {tuple(point_map.shape)}")
+    if valid is not None and valid.shape != point_map[:, :, 0].shape:
+        raise ValueError(f"valid must be [B, F, H, W], got {tuple(valid.shape)}")
     if point_map.dtype in (torch.float16, torch.bfloat16) or not point_map.is_floating_point():
         point_map = point_map.float()
-    tokens, token_valid = resize_point_map(point_map, valid, grid)
-    tokens = tokens.flatten(-2).transpose(-1, -2)  # [B, F, hw, 3]
-    token_valid = token_valid.flatten(-2)  # [B, F, hw]
-    index, found = nearest_key_tokens(tokens, token_valid)
+    with torch.autocast(device_type=point_map.device.type, enabled=False):
+        tokens, token_valid = resize_point_map(point_map, valid, grid)
+        tokens = tokens.flatten(-2).transpose(-1, -2)  # [B, F, hw, 3]
+        token_valid = token_valid.flatten(-2)  # [B, F, hw]
+        index, found = nearest_key_tokens(tokens, token_valid)
     mask = found & token_valid[:, :, None, :] & cycle_consistent(index, grid, epsilon)
-    off_diagonal = ~torch.eye(views, dtype=torch.bool, device=mask.device)
-    mask = mask & off_diagonal[None, :, :, None]
-    return CorrespondenceTargets(index=index, mask=mask.expand(batch, -1, -1, -1).contiguous())
+    return CorrespondenceTargets(index=index, mask=mask)
