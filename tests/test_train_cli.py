@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from click.testing import CliRunner
 
 from cameo_cli.cli import main
 
 
-def _train(*args: str, cwd: Path | None = None):
-    runner = CliRunner()
-    if cwd is None:
-        return runner.invoke(main, ["train", *args])
-    with runner.isolated_filesystem(temp_dir=cwd):
-        return runner.invoke(main, ["train", *args])
+def _train(*args: str):
+    return CliRunner().invoke(main, ["train", *args])
 
 
 def _assert_error(result, *fragments: str) -> None:
@@ -42,9 +36,10 @@ def test_layer_out_of_range_for_the_tiny_config(synthetic_dataset, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_paper_command_without_a_dataset_says_what_is_missing(tmp_path):
+def test_paper_command_without_a_dataset_says_what_is_missing(tmp_path, monkeypatch):
     # The user's brief: `cameo train --backbone hunyuan-dit --layer 32` (paper recipe).
-    result = _train("--backbone", "hunyuan-dit", "--layer", "32", cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    result = _train("--backbone", "hunyuan-dit", "--layer", "32")
     _assert_error(result, "data/re10k", "cameo prepare")
 
 

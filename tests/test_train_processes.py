@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 
 from cameo_cli.config import load_recipe
 from cameo_cli.train.loop import Trainer
+from cameo_cli.train.setup import open_dataset
 
 dataset, run = sys.argv[1], Path(sys.argv[2])
 recipe = load_recipe(
@@ -35,7 +36,8 @@ recipe = load_recipe(
 )
 accelerator = Accelerator(cpu=True)
 try:
-    trainer = Trainer(recipe, run, accelerator)
+    dataset = open_dataset(recipe, needs_geometry=True, split="train")
+    trainer = Trainer(recipe, run, accelerator, dataset)
     trainer.run(None, overwrite=False, command=sys.argv)
     weights = {k: v.detach().contiguous() for k, v in trainer.model.state_dict().items()}
     info = {"backend": dist.get_backend(), "world_size": str(dist.get_world_size())}
