@@ -65,7 +65,7 @@ def test_existing_output_needs_overwrite_or_resume(synthetic_dataset, tmp_path):
     result = _train(*args, "--output", str(run))
     _assert_error(result, "exists", "--overwrite", "--resume")
     assert (run / "config.yaml").read_text() == "keep me\n"
-    _assert_error(_train("--output", str(run), "--resume", "latest"), "no checkpoint")
+    _assert_error(_train("--output", str(run), "--resume", "latest"), "with checkpoints")
 
 
 @pytest.mark.parametrize("layer", ["x", "1.5"])
