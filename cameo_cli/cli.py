@@ -15,6 +15,8 @@ COMMANDS: dict[str, str] = {
     "recipes": "cameo_cli.commands.recipes:recipes",
     "prepare": "cameo_cli.commands.prepare:prepare",
     "train": "cameo_cli.commands.train:train",
+    "sample": "cameo_cli.commands.sample:sample",
+    "evaluate": "cameo_cli.commands.evaluate:evaluate",
 }
 
 # One-line summaries for `cameo --help`, so listing commands imports none of them.

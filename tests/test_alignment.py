@@ -73,9 +73,10 @@ def grads_of(value, tensors):
 @pytest.mark.parametrize("head", ["mlp", "none"])
 @pytest.mark.parametrize("loss", ["ce", "l1"])
 @pytest.mark.parametrize("chunk_size", [1, 3, 7, 64])
-def test_matches_reference_in_value_and_gradients(head, loss, chunk_size):
+@pytest.mark.parametrize("keep", [0.3, 1.0])  # rows gathered / every row of a view kept
+def test_matches_reference_in_value_and_gradients(head, loss, chunk_size, keep):
     torch.manual_seed(1)
-    probe, targets, ref_mask = make_case()
+    probe, targets, ref_mask = make_case(keep=keep)
     loss_fn = CameoLoss(4, head=head, loss=loss, chunk_size=chunk_size).double()
     params = list(loss_fn.parameters())
     inputs = [probe.q, probe.k, *params]

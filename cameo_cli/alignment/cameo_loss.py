@@ -39,9 +39,17 @@ class _QueryView:
 
     view: int
     others: list[int]  # key views j != i
-    rows: torch.Tensor  # [R] query tokens with at least one kept (b, j) row
+    rows: torch.Tensor | None  # [R] query tokens with a kept (b, j) row; None: all of them
     index: torch.Tensor  # [B, J, R] target key token per row (clamped to a valid token)
     weight: torch.Tensor  # [B, J, R] contribution of each row to the loss (0 = dropped)
+
+    @property
+    def count(self) -> int:
+        return self.index.shape[-1]
+
+    def queries(self, q: torch.Tensor) -> torch.Tensor:
+        """[B, heads, R, d]: this view's kept query rows."""
+        return q[:, self.view] if self.rows is None else q[:, self.view][:, :, self.rows]
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -70,15 +78,11 @@ def _plan(
         rows = kept.any(dim=1).any(dim=0).nonzero().squeeze(1)
         if rows.numel() == 0:
             continue
-        plan.append(
-            _QueryView(
-                view=i,
-                others=others,
-                rows=rows,
-                index=index[:, i, others][..., rows].clamp(0, hw - 1),
-                weight=weight[:, i, others][..., rows],
-            )
-        )
+        index_i, weight_i = index[:, i, others].clamp(0, hw - 1), weight[:, i, others]
+        if rows.numel() == hw:
+            plan.append(_QueryView(i, others, None, index_i, weight_i))
+        else:
+            plan.append(_QueryView(i, others, rows, index_i[..., rows], weight_i[..., rows]))
     return plan
 
 
@@ -134,11 +138,16 @@ def _total_loss(
     """The loss value only, chunk by chunk (no graph is kept between chunks)."""
     total = q.new_zeros(())
     for view in plan:
-        keys = k[:, view.others]
-        for part in _chunks(view.rows.numel(), chunk_size):
-            q_rows = q[:, view.view][:, :, view.rows[part]]
+        keys, queries = k[:, view.others], view.queries(q)
+        for part in _chunks(view.count, chunk_size):
             total = total + _chunk_loss(
-                q_rows, keys, scale, view.index[..., part], view.weight[..., part], params, loss
+                queries[:, :, part],
+                keys,
+                scale,
+                view.index[..., part],
+                view.weight[..., part],
+                params,
+                loss,
             )
     return total
 
@@ -158,9 +167,11 @@ class _ChunkedCameoLoss(torch.autograd.Function):
         total = q.new_zeros(())
         for view in plan:
             keys = k[:, view.others].detach().requires_grad_(wants[1])
-            for part in _chunks(view.rows.numel(), chunk_size):
-                rows = view.rows[part]
-                q_rows = q[:, view.view][:, :, rows].detach().requires_grad_(wants[0])
+            queries = view.queries(q).detach()
+            grad_keys = torch.zeros_like(keys) if wants[1] else None
+            grad_queries = torch.zeros_like(queries) if wants[0] else None
+            for part in _chunks(view.count, chunk_size):
+                q_rows = queries[:, :, part].requires_grad_(wants[0])
                 with torch.enable_grad():
                     value = _chunk_loss(
                         q_rows,
@@ -175,13 +186,19 @@ class _ChunkedCameoLoss(torch.autograd.Function):
                 needed = [t for t, w in zip(inputs, wants, strict=True) if w]
                 grads = iter(torch.autograd.grad(value, needed))
                 if wants[0]:
-                    grad_q[:, view.view].index_add_(2, rows, next(grads))
+                    grad_queries[:, :, part] = next(grads)
                 if wants[1]:
-                    grad_k[:, view.others] += next(grads)
+                    grad_keys += next(grads)
                 for slot, wanted in enumerate(wants[2:]):
                     if wanted:
                         grad_params[slot] += next(grads)
                 total += value.detach()
+            if wants[0] and view.rows is None:
+                grad_q[:, view.view] = grad_queries
+            elif wants[0]:
+                grad_q[:, view.view].index_add_(2, view.rows, grad_queries)
+            if wants[1]:
+                grad_k[:, view.others] += grad_keys
         ctx.save_for_backward(
             *(g if g is not None else q.new_zeros(()) for g in (grad_q, grad_k, *grad_params))
         )

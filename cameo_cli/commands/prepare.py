@@ -41,19 +41,13 @@ def _make_source(dataset: str, opts: dict) -> SceneSource:
 
         return RealEstate10KSource(
             root=root,
-            split=opts["split"] or "test",
+            split=opts["split"] or "train",
             videos=opts["videos"],
             geometry=opts["geometry"] or "none",
-            vggt_weights=opts["vggt_weights"],
         )
     from cameo_cli.data.dtu import DTUSource
 
-    return DTUSource(
-        root=root,
-        geometry=opts["geometry"] or "none",
-        resolution=opts["resolution"],
-        vggt_weights=opts["vggt_weights"],
-    )
+    return DTUSource(root=root, split=opts["split"] or "test", geometry=opts["geometry"] or "none")
 
 
 def print_report(report: PrepareReport, console: Console) -> None:
@@ -76,13 +70,14 @@ def print_report(report: PrepareReport, console: Console) -> None:
 @click.argument("dataset")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
 @click.option("--root", type=click.Path(), help="Raw dataset folder (re10k, dtu).")
-@click.option("--split", help="re10k: train|test (default test); synthetic: split label.")
+@click.option(
+    "--split",
+    help="re10k: train|test [default: train]; dtu: test (15 scans)|train|all [default: test].",
+)
 @click.option("--videos", type=click.Path(), help="re10k: folder of local videos <clip>.mp4.")
 @click.option("--scenes", type=int, default=32, help="synthetic: number of scenes.")
 @click.option("--frames", type=int, help="synthetic: frames per scene [default: 16].")
-@click.option(
-    "--resolution", type=int, help="synthetic: image size [default: 64]; dtu: resize width."
-)
+@click.option("--resolution", type=int, help="synthetic: image size [default: 64].")
 @click.option("--seed", type=int, default=0, help="Generator and evaluation-index seed.")
 @click.option(
     "--geometry",

@@ -1,0 +1,86 @@
+"""`cameo evaluate`: PSNR / SSIM / LPIPS of sampled views on a fixed evaluation index."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="A run folder (its latest checkpoint) or one checkpoint folder.",
+)
+@click.option(
+    "--dataset",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="A folder written by `cameo prepare`.",
+)
+@click.option(
+    "--index",
+    type=click.Path(path_type=Path),
+    help="Evaluation index JSON {scene: {context, target}} [DATASET/eval_index.json].",
+)
+@click.option("--metrics", help="Comma list of psnr, ssim, lpips [recipe: evaluate.metrics].")
+@click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="Results folder (resumable)."
+)
+@click.option("--steps", type=click.IntRange(min=1), help="DDIM steps [recipe].")
+@click.option("--guidance", type=float, help="Camera guidance scale [recipe].")
+@click.option("--seed", type=int, help="Noise seed [recipe].")
+@click.option("--lpips-net", type=click.Choice(["vgg", "alex"]), help="LPIPS backbone [vgg].")
+@click.option(
+    "--lpips-weights",
+    type=click.Path(path_type=Path),
+    help="torchvision ImageNet weights for LPIPS [$TORCH_HOME/hub/checkpoints/...].",
+)
+@click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N scenes.")
+@click.option("--save-images", is_flag=True, help="Also write the generated views.")
+@click.option("--device", help="torch device [cuda if available, else cpu].")
+@click.option("--overwrite", is_flag=True, help="Discard an existing evaluation in --out.")
+def evaluate(
+    checkpoint: Path,
+    dataset: Path,
+    index: Path | None,
+    metrics: str | None,
+    out: Path,
+    steps: int | None,
+    guidance: float | None,
+    seed: int | None,
+    lpips_net: str | None,
+    lpips_weights: Path | None,
+    limit: int | None,
+    save_images: bool,
+    device: str | None,
+    overwrite: bool,
+) -> None:
+    """Sample the target views of every scene in the evaluation index and score them.
+
+    Writes results.json and results.csv (per scene and mean, with the metric
+    configuration) and prints a table; rerunning resumes where it stopped.
+    """
+    from rich.console import Console
+
+    from cameo_cli.evaluate.job import EvaluateRequest, parse_metrics, run_evaluation
+
+    request = EvaluateRequest(
+        checkpoint=checkpoint,
+        dataset=dataset,
+        out=out,
+        index=index,
+        metrics=parse_metrics(metrics) if metrics is not None else None,
+        steps=steps,
+        guidance=guidance,
+        seed=seed,
+        lpips_net=lpips_net,
+        lpips_weights=lpips_weights,
+        limit=limit,
+        save_images=save_images,
+        overwrite=overwrite,
+        device=device,
+    )
+    run_evaluation(request, Console())

@@ -1,0 +1,356 @@
+"""`cameo evaluate` as a library call: sample every scene of a fixed evaluation index and
+score the target views against the ground truth.
+
+Layout of the output folder (resumable: finished scenes are skipped)::
+
+    config.json          the full metric configuration (checked on resume)
+    scenes/<scene>.json  one file per finished scene: per-view and mean metrics
+    results.json         configuration, per-scene and mean results
+    results.csv          one row per scene and a final "mean" row, with the configuration
+    images/<scene>/      the generated target views (--save-images)
+
+Means are over all evaluated target views. Each scene's noise comes from its own generator
+(seed + CRC32 of the scene name), so results do not depend on the order or on resuming.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+import shutil
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from cameo_cli.errors import CameoError
+from cameo_cli.evaluate.lpips import LPIPS, default_backbone_path
+from cameo_cli.evaluate.metrics import SSIM_CONFIG, psnr, ssim
+from cameo_cli.sample import outputs
+from cameo_cli.sample.pipeline import MultiViewPipeline
+
+METRICS = ("psnr", "ssim", "lpips")
+LPIPS_NETS = ("vgg", "alex")
+
+
+@dataclass
+class EvaluateRequest:
+    """What `cameo evaluate` was asked to do (None = the checkpoint recipe's value)."""
+
+    checkpoint: Path
+    dataset: Path
+    out: Path
+    index: Path | None = None
+    metrics: list[str] | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int | None = None
+    lpips_net: str | None = None
+    lpips_weights: Path | None = None
+    limit: int | None = None
+    save_images: bool = False
+    overwrite: bool = False
+    device: str | None = None
+
+
+def read_index(path: Path) -> dict[str, dict[str, list[int]]]:
+    """An evaluation index `{scene: {"context": [...], "target": [...]}}` from `path`."""
+    if not path.is_file():
+        raise CameoError(f"{path}: evaluation index not found")
+    try:
+        entries = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise CameoError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(entries, dict) or not entries:
+        raise CameoError(f"{path}: expected a non-empty {{scene: {{context, target}}}} object")
+    for scene, entry in entries.items():
+        lists = isinstance(entry, dict) and all(
+            isinstance(entry.get(key), list)
+            and entry[key]
+            and all(isinstance(f, int) and not isinstance(f, bool) for f in entry[key])
+            for key in ("context", "target")
+        )
+        if not lists:
+            raise CameoError(
+                f"{path}: scene {scene!r} needs non-empty integer lists 'context' and 'target'"
+            )
+    return entries
+
+
+def parse_metrics(text: str | list[str]) -> list[str]:
+    names = [m.strip().lower() for m in (text.split(",") if isinstance(text, str) else text)]
+    names = [m for m in names if m]
+    unknown = [m for m in names if m not in METRICS]
+    if unknown or not names:
+        raise CameoError(
+            f"unknown metrics {', '.join(unknown) or '(none given)'}: choose from "
+            f"{', '.join(METRICS)}"
+        )
+    return list(dict.fromkeys(names))
+
+
+def scene_seed(seed: int, scene: str) -> int:
+    return (seed + zlib.crc32(scene.encode())) % 2**63
+
+
+def _file_name(scene: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", scene)
+
+
+def _prepare_output(out: Path, config: dict, overwrite: bool) -> None:
+    """Create `out`, or resume it when its configuration is the same."""
+    config_file = out / "config.json"
+    if out.exists() and not out.is_dir():
+        raise CameoError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if overwrite:
+            shutil.rmtree(out)
+        elif not config_file.is_file():
+            raise CameoError(f"{out}: folder is not empty and holds no evaluation to resume")
+        elif json.loads(config_file.read_text()) != config:
+            raise CameoError(
+                f"{out}: holds an evaluation with another configuration "
+                "(other checkpoint, metrics, steps, guidance or seed); pass --overwrite "
+                "to start again, or choose another --out"
+            )
+    (out / "scenes").mkdir(parents=True, exist_ok=True)
+    outputs.write_json(config_file, config)
+
+
+def run_evaluation(request: EvaluateRequest, console: Console | None = None) -> dict:
+    """Evaluate; returns the content of results.json."""
+    from cameo_cli.data.dataset import MultiViewDataset
+
+    console = console or Console(stderr=True)
+    index_path = request.index or request.dataset / "eval_index.json"
+    index = read_index(index_path)
+    if request.limit is not None:
+        index = dict(list(index.items())[: request.limit])
+    pipeline = MultiViewPipeline.from_checkpoint(request.checkpoint, device=request.device)
+    recipe = pipeline.recipe
+    metrics = parse_metrics(request.metrics or recipe.evaluate.metrics)
+    lpips_net = request.lpips_net or recipe.evaluate.lpips_net
+    if lpips_net not in LPIPS_NETS:
+        raise CameoError(f"--lpips-net must be one of {', '.join(LPIPS_NETS)}, got {lpips_net!r}")
+    resolution = recipe.data.resolution
+    dataset = MultiViewDataset(
+        request.dataset, num_views=2, min_refs=1, max_refs=1, resolution=resolution
+    )
+    _check_index(index, index_path, dataset, pipeline.num_views)
+    lpips = None
+    if "lpips" in metrics:
+        lpips = LPIPS.load(lpips_net, backbone_path=request.lpips_weights).to(pipeline.device)
+
+    steps = request.steps or recipe.sample.steps
+    guidance = recipe.sample.guidance if request.guidance is None else request.guidance
+    seed = recipe.sample.seed if request.seed is None else request.seed
+    masked = dataset.has_masks
+    config = {
+        "checkpoint": str(Path(request.checkpoint).resolve()),
+        "step": pipeline.step,
+        "dataset": str(Path(request.dataset).resolve()),
+        "index": str(Path(index_path).resolve()),
+        "scenes": list(index),
+        "resolution": resolution,
+        "metrics": metrics,
+        "masked_metrics": masked,
+        "psnr": {"data_range": 1.0, "identical_images": recipe.evaluate.psnr_cap},
+        "ssim": SSIM_CONFIG,
+        "lpips": (
+            {
+                "net": lpips_net,
+                "backbone_weights": str(request.lpips_weights or default_backbone_path(lpips_net)),
+                "heads": "torchmetrics lpips_models",
+            }
+            if lpips is not None
+            else None
+        ),
+        "steps": steps,
+        "guidance": guidance,
+        "eta": recipe.sample.eta,
+        "seed": seed,
+        "noise": "per scene: seed + CRC32(scene name)",
+        "averaging": "mean over all target views",
+    }
+    _prepare_output(request.out, config, request.overwrite)
+
+    todo = [s for s in index if not (request.out / "scenes" / f"{_file_name(s)}.json").is_file()]
+    if len(todo) < len(index):
+        console.print(f"resuming: {len(index) - len(todo)} of {len(index)} scenes already done")
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("evaluating", total=len(todo))
+        for scene in todo:
+            progress.update(task, description=f"evaluating {scene}")
+            result = _evaluate_scene(
+                scene,
+                index[scene],
+                dataset,
+                pipeline,
+                lpips,
+                metrics,
+                masked,
+                config,
+                recipe.evaluate.psnr_cap,
+                request,
+            )
+            outputs.write_json(request.out / "scenes" / f"{_file_name(scene)}.json", result)
+            progress.advance(task)
+
+    results = _collect(request.out, index, config)
+    _write_csv(request.out / "results.csv", results, config)
+    outputs.write_json(request.out / "results.json", results)
+    console.print(_table(results))
+    return results
+
+
+def _check_index(index: dict, path: Path, dataset, num_views: int) -> None:
+    scenes = dataset.index["scenes"]
+    for scene, entry in index.items():
+        if scene not in scenes:
+            raise CameoError(f"{path}: scene {scene!r} is not in the dataset {dataset.root}")
+        frames = scenes[scene]["num_frames"]
+        bad = [f for f in entry["context"] + entry["target"] if not 0 <= f < frames]
+        if bad:
+            raise CameoError(f"{path}: scene {scene!r}: frames {bad} outside 0..{frames - 1}")
+        if len(entry["context"]) >= num_views:
+            raise CameoError(
+                f"{path}: scene {scene!r} has {len(entry['context'])} context views; this "
+                f"model sees {num_views} views at a time (at most {num_views - 1} references)"
+            )
+
+
+def _evaluate_scene(
+    scene: str,
+    entry: dict,
+    dataset,
+    pipeline: MultiViewPipeline,
+    lpips: LPIPS | None,
+    metrics: list[str],
+    masked: bool,
+    config: dict,
+    psnr_cap: float,
+    request: EvaluateRequest,
+) -> dict:
+    started = time.perf_counter()
+    context, target = entry["context"], entry["target"]
+    views = dataset.get_views(scene, context + target, len(context))
+    images = (views["images"] + 1) / 2
+    refs = len(context)
+    generated = pipeline(
+        images[:refs],
+        views["intrinsics"][:refs],
+        views["world_to_camera"][:refs],
+        views["intrinsics"][refs:],
+        views["world_to_camera"][refs:],
+        steps=config["steps"],
+        guidance=config["guidance"],
+        eta=config["eta"],
+        generator=torch.Generator().manual_seed(scene_seed(config["seed"], scene)),
+    ).images
+    truth = images[refs:]
+    mask = views["object_mask"][refs:] if masked else None
+    per_view: dict[str, list[float]] = {}
+    for name in metrics:
+        per_view[name] = _score(name, generated, truth, None, lpips, psnr_cap)
+        if mask is not None:
+            per_view[f"{name}_masked"] = _score(name, generated, truth, mask, lpips, psnr_cap)
+    if request.save_images:
+        folder = request.out / "images" / _file_name(scene)
+        folder.mkdir(parents=True, exist_ok=True)
+        for frame, image in zip(target, generated, strict=True):
+            outputs.save_png(image, folder / f"target_{frame:04d}.png")
+    return {
+        "scene": scene,
+        "context": context,
+        "target": target,
+        "per_view": per_view,
+        "mean": {name: sum(values) / len(values) for name, values in per_view.items()},
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def _score(
+    name: str,
+    generated: torch.Tensor,
+    truth: torch.Tensor,
+    mask: torch.Tensor | None,
+    lpips: LPIPS | None,
+    psnr_cap: float,
+) -> list[float]:
+    if name == "psnr":
+        values = psnr(generated, truth, mask=mask, cap=psnr_cap)
+    elif name == "ssim":
+        values = ssim(generated, truth, mask=mask)
+    else:
+        device = lpips.shift.device
+        pair = (generated.to(device), truth.to(device))
+        values = lpips(*pair) if mask is None else lpips.masked(*pair, mask.to(device))
+    return [float(v) for v in values]
+
+
+def _collect(out: Path, index: dict, config: dict) -> dict:
+    per_scene = [
+        json.loads((out / "scenes" / f"{_file_name(scene)}.json").read_text()) for scene in index
+    ]
+    names = list(per_scene[0]["per_view"]) if per_scene else []
+    mean = {}
+    for name in names:
+        values = [v for scene in per_scene for v in scene["per_view"][name]]
+        mean[name] = sum(values) / len(values)
+    views = sum(len(scene["target"]) for scene in per_scene)
+    return {"config": config, "per_scene": per_scene, "mean": mean, "views": views}
+
+
+def _csv_config(config: dict) -> dict[str, object]:
+    return {
+        "resolution": config["resolution"],
+        "steps": config["steps"],
+        "guidance": config["guidance"],
+        "seed": config["seed"],
+        "lpips_net": config["lpips"]["net"] if config["lpips"] else "",
+        "ssim_window": config["ssim"]["window"],
+        "ssim_sigma": config["ssim"]["sigma"],
+        "psnr_identical": config["psnr"]["identical_images"],
+        "step": config["step"],
+    }
+
+
+def _write_csv(path: Path, results: dict, config: dict) -> None:
+    names = list(results["mean"])
+    settings = _csv_config(config)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["scene", "views", *names, *settings])
+    for scene in results["per_scene"]:
+        values = [_format(scene["mean"][name]) for name in names]
+        writer.writerow([scene["scene"], len(scene["target"]), *values, *settings.values()])
+    means = [_format(results["mean"][name]) for name in names]
+    writer.writerow(["mean", results["views"], *means, *settings.values()])
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(buffer.getvalue())
+    os.replace(temporary, path)
+
+
+def _format(value: float) -> str:
+    return "inf" if math.isinf(value) else f"{value:.6f}"
+
+
+def _table(results: dict) -> Table:
+    names = list(results["mean"])
+    table = Table(title=f"evaluation ({results['views']} target views)")
+    table.add_column("scene")
+    for name in names:
+        table.add_column(name, justify="right")
+    for scene in results["per_scene"]:
+        table.add_row(scene["scene"], *(f"{scene['mean'][n]:.4f}" for n in names))
+    table.add_row("[bold]mean[/bold]", *(f"[bold]{results['mean'][n]:.4f}[/bold]" for n in names))
+    return table

@@ -1,0 +1,113 @@
+"""Token-level correspondence targets and the cycle-consistency mask (CAMEO's supervision).
+
+For every ordered pair of views (i, j), i != j, and every query token q of view i, the target
+is the key token of view j whose 3D point is nearest to q's 3D point. A row is kept only if
+the round trip i -> j -> i lands within `epsilon` token units of q (Euclidean distance in
+(row, col) token coordinates), and only if q has valid geometry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cameo_cli.geometry.pointmaps import resize_point_map
+
+
+@dataclass
+class CorrespondenceTargets:
+    """index[b, i, j, q]: key token of view j for query token q of view i (row-major tokens);
+    mask[b, i, j, q]: whether that row supervises (False on i == j, without geometry, or
+    failing the cycle test). `index` is meaningless where `mask` is False."""
+
+    index: torch.Tensor  # [B, F, F, hw] long
+    mask: torch.Tensor  # [B, F, F, hw] bool
+
+
+def nearest_key_tokens(
+    points: torch.Tensor, valid: torch.Tensor, block_elements: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest valid key token for every (query view i, key view j != i, query token).
+
+    points [B, F, N, 3], valid [B, F, N] -> (index [B, F, F, N] long, found [B, F, F, N] bool);
+    the diagonal i == j is left 0 and `found` is False there and where view j has no valid
+    token. Squared distances |q - k|² = |k|² - 2 q·k + |q|² come from one batched matmul of
+    4-vectors (-2q, 1)·(k, |k|²) over all ordered pairs (|q|² does not change the argmin;
+    points are centred per sample first so the expansion stays precise), in blocks of query
+    rows of about `block_elements` distances (default 2^20 on CPU, cache-sized; 2^27 on GPUs).
+    """
+    batch, views, tokens = points.shape[:3]
+    centred = points - _masked_mean(points, valid)
+    sq_norm = (centred * centred).sum(-1)
+    sq_norm = torch.where(valid, sq_norm, torch.full_like(sq_norm, float("inf")))
+    queries = torch.cat([-2.0 * centred, torch.ones_like(sq_norm)[..., None]], dim=-1)
+    keys = torch.cat([centred, sq_norm[..., None]], dim=-1)
+    pair_i, pair_j = torch.where(~torch.eye(views, dtype=torch.bool, device=points.device))
+    pair_queries = queries[:, pair_i].reshape(-1, tokens, 4)  # [B * P, N, 4]
+    pair_keys = keys[:, pair_j].reshape(-1, tokens, 4).transpose(1, 2)  # [B * P, 4, N]
+    if block_elements is None:
+        block_elements = 2**27 if points.is_cuda else 2**20
+    rows = max(1, block_elements // max(1, pair_queries.shape[0] * tokens))
+    nearest = torch.cat(
+        [
+            torch.bmm(pair_queries[:, start : start + rows], pair_keys).argmin(dim=-1)
+            for start in range(0, tokens, rows)
+        ],
+        dim=1,
+    ).view(batch, len(pair_i), tokens)
+    index = torch.zeros(batch, views, views, tokens, dtype=torch.long, device=points.device)
+    index[:, pair_i, pair_j] = nearest
+    found = valid.any(dim=-1)[:, None, :, None].expand_as(index).clone()
+    found[:, torch.arange(views), torch.arange(views)] = False
+    return index, found
+
+
+def _masked_mean(points: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    weights = valid.to(points.dtype)[..., None]
+    total = (points * weights).sum(dim=(1, 2), keepdim=True)
+    count = weights.sum(dim=(1, 2), keepdim=True).clamp_min(1.0)
+    return total / count
+
+
+def cycle_consistent(index: torch.Tensor, grid: tuple[int, int], epsilon: float) -> torch.Tensor:
+    """[B, F, F, N] bool: the round trip q -> index[i, j, q] -> index[j, i, .] lands within
+    `epsilon` token units of q (Euclidean in (row, col)); `epsilon = inf` keeps every row."""
+    if epsilon == float("inf"):
+        return torch.ones_like(index, dtype=torch.bool)
+    width = grid[1]
+    back = torch.gather(index.transpose(1, 2), -1, index)  # index[b, j, i, index[b, i, j, q]]
+    query = torch.arange(index.shape[-1], device=index.device)
+    d_row = torch.div(back, width, rounding_mode="floor") - torch.div(
+        query, width, rounding_mode="floor"
+    )
+    d_col = back % width - query % width
+    return d_row * d_row + d_col * d_col <= epsilon * epsilon
+
+
+def correspondence_targets(
+    point_map: torch.Tensor,
+    valid: torch.Tensor | None,
+    grid: tuple[int, int],
+    epsilon: float = 1.5,
+) -> CorrespondenceTargets:
+    """Correspondence targets for every ordered view pair on a token grid.
+
+    point_map [B, F, 3, H, W] (one world frame per sample), valid [B, F, H, W] bool or None,
+    grid (h, w) tokens per view. The point map is bilinearly resized to the grid (see
+    `resize_point_map`: a token is valid only if all its interpolation sources are valid).
+    Computed in at least float32, with autocast off.
+    """
+    if point_map.dim() != 5 or point_map.shape[2] != 3:
+        raise ValueError(f"point_map must be [B, F, 3, H, W], got {tuple(point_map.shape)}")
+    if valid is not None and valid.shape != point_map[:, :, 0].shape:
+        raise ValueError(f"valid must be [B, F, H, W], got {tuple(valid.shape)}")
+    if point_map.dtype in (torch.float16, torch.bfloat16) or not point_map.is_floating_point():
+        point_map = point_map.float()
+    with torch.autocast(device_type=point_map.device.type, enabled=False):
+        tokens, token_valid = resize_point_map(point_map, valid, grid)
+        tokens = tokens.flatten(-2).transpose(-1, -2)  # [B, F, hw, 3]
+        token_valid = token_valid.flatten(-2)  # [B, F, hw]
+        index, found = nearest_key_tokens(tokens, token_valid)
+    mask = found & token_valid[:, :, None, :] & cycle_consistent(index, grid, epsilon)
+    return CorrespondenceTargets(index=index, mask=mask)

@@ -1,0 +1,1 @@
+"""Novel-view sampling: the pipeline, camera files and target trajectories."""

@@ -1,0 +1,187 @@
+"""`cameo sample` as a library call: read the inputs, check them all, sample, write.
+
+Every input is read and checked before the model is loaded, and the outputs are written to
+a staging folder renamed into place at the end, so bad input leaves no partial output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from rich.console import Console
+from rich.progress import Progress
+
+from cameo_cli import cameras
+from cameo_cli.errors import CameoError
+from cameo_cli.sample import outputs, trajectories
+from cameo_cli.sample.camera_files import CameraSet, match_cameras, read_cameras, to_cameo_json
+from cameo_cli.sample.pipeline import MultiViewPipeline
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# An image may differ this much in aspect ratio from the size its camera file states.
+ASPECT_TOLERANCE = 0.01
+
+
+@dataclass
+class SampleRequest:
+    """What `cameo sample` was asked to do (None = the checkpoint recipe's value)."""
+
+    checkpoint: Path
+    views: list[Path]
+    cameras: Path
+    out: Path
+    targets: Path | None = None
+    orbit: int | None = None
+    interpolate: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int | None = None
+    resolution: int | None = None
+    video: str | None = None  # "mp4" or "gif"
+    overwrite: bool = False
+    device: str | None = None
+    precision: str = "auto"
+
+
+def load_image(path: Path) -> torch.Tensor:
+    """An RGB image file -> [3, H, W] float in [0, 1]."""
+    if not path.is_file():
+        raise CameoError(f"{path}: image not found")
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise CameoError(f"{path}: cannot read the image ({error})") from error
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
+
+
+def resize_center_crop(image: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Shorter side to `resolution` (bicubic, as `cameo prepare`), then a centre square."""
+    height, width = image.shape[-2:]
+    resized_h, resized_w, top, left = cameras.resize_center_crop_box((height, width), resolution)
+    picture = Image.fromarray(outputs.to_uint8(image))
+    if (resized_w, resized_h) != picture.size:
+        picture = picture.resize((resized_w, resized_h), Image.Resampling.BICUBIC)
+    array = np.asarray(picture)[top : top + resolution, left : left + resolution]
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
+
+
+def _check_sizes(camera_set: CameraSet, images: list[torch.Tensor], request: SampleRequest):
+    for i, image in enumerate(images):
+        stated = camera_set.image_sizes[i]
+        height, width = image.shape[-2:]
+        if stated is not None and abs(stated[1] / stated[0] - width / height) > ASPECT_TOLERANCE:
+            raise CameoError(
+                f"{request.cameras}: camera {camera_set.names[i]} is for a "
+                f"{stated[1]}x{stated[0]} image but {request.views[i]} is {width}x{height}"
+            )
+
+
+def _read_targets(request: SampleRequest) -> CameraSet | None:
+    """The target camera file (None for --orbit / --interpolate), checked early."""
+    chosen = (request.targets, request.orbit, request.interpolate)
+    if sum(choice is not None for choice in chosen) != 1:
+        raise CameoError("give exactly one of --targets FILE, --orbit N and --interpolate N")
+    return read_cameras(request.targets) if request.targets is not None else None
+
+
+def _targets(
+    request: SampleRequest,
+    target_set: CameraSet | None,
+    ref_K: torch.Tensor,
+    ref_w2c: torch.Tensor,
+    fallback_size: tuple[int, int],
+    resolution: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if request.orbit is not None:
+        return trajectories.orbit(ref_K, ref_w2c, request.orbit)
+    if request.interpolate is not None:
+        return trajectories.interpolate(ref_K, ref_w2c, request.interpolate)
+    sizes = [size or fallback_size for size in target_set.image_sizes]
+    return target_set.at_resolution(sizes, resolution)
+
+
+def run_sample(request: SampleRequest, console: Console | None = None) -> Path:
+    """Sample the target views; returns the output folder."""
+    console = console or Console(stderr=True)
+    outputs.check_output_folder(request.out, request.overwrite)
+    if not request.views:
+        raise CameoError("give at least one reference image with --views")
+    if request.video not in (None, "mp4", "gif"):
+        raise CameoError(f"--video-format must be mp4 or gif, got {request.video!r}")
+    if request.precision != "auto" and request.precision not in PRECISIONS:
+        raise CameoError(f"--precision must be auto, {', '.join(PRECISIONS)}")
+    images = [load_image(path) for path in request.views]
+    camera_set = match_cameras(read_cameras(request.cameras), request.views, request.cameras)
+    _check_sizes(camera_set, images, request)
+    sizes = [tuple(image.shape[-2:]) for image in images]
+    target_set = _read_targets(request)
+
+    pipeline = MultiViewPipeline.from_checkpoint(
+        request.checkpoint,
+        device=request.device,
+        dtype=None if request.precision == "auto" else PRECISIONS[request.precision],
+    )
+    recipe = pipeline.recipe
+    resolution = request.resolution or recipe.data.resolution
+    ref_K, ref_w2c = camera_set.at_resolution(sizes, resolution)
+    target_K, target_w2c = _targets(request, target_set, ref_K, ref_w2c, sizes[0], resolution)
+    references = torch.stack([resize_center_crop(image, resolution) for image in images])
+    steps = request.steps or recipe.sample.steps
+    guidance = recipe.sample.guidance if request.guidance is None else request.guidance
+    seed = recipe.sample.seed if request.seed is None else request.seed
+
+    slots = pipeline.num_views - len(images)
+    groups = -(-len(target_w2c) // max(slots, 1))
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"sampling {len(target_w2c)} views", total=groups * steps)
+        result = pipeline(
+            references,
+            ref_K.float(),
+            ref_w2c.float(),
+            target_K.float(),
+            target_w2c.float(),
+            steps=steps,
+            guidance=guidance,
+            eta=recipe.sample.eta,
+            seed=seed,
+            progress=lambda n: progress.advance(task, n),
+        )
+
+    with outputs.staged_folder(request.out, request.overwrite) as staging:
+        for i, image in enumerate(result.images):
+            outputs.save_png(image, staging / f"target_{i:03d}.png")
+        outputs.contact_sheet(references, result.images).save(staging / "contact_sheet.png")
+        if request.video:
+            outputs.write_video(list(result.images), staging / f"trajectory.{request.video}")
+        all_cameras = CameraSet.from_pixel(
+            torch.cat([ref_K, target_K]),
+            torch.cat([ref_w2c, target_w2c]),
+            (resolution, resolution),
+            names=[f"reference_{i:03d}" for i in range(len(images))]
+            + [f"target_{i:03d}" for i in range(len(target_w2c))],
+        )
+        outputs.write_json(
+            staging / "cameras.json",
+            to_cameo_json(all_cameras, image_size=(resolution, resolution)),
+        )
+        outputs.write_json(
+            staging / "sample.json",
+            {
+                "checkpoint": str(request.checkpoint),
+                "views": [str(path) for path in request.views],
+                "resolution": resolution,
+                "steps": steps,
+                "guidance": guidance,
+                "eta": recipe.sample.eta,
+                "seed": seed,
+                "targets": len(target_w2c),
+                "device": str(pipeline.device),
+                "precision": str(pipeline.dtype).removeprefix("torch."),
+            },
+        )
+    return request.out

@@ -1,0 +1,168 @@
+"""DTU: the real MVSNet camera file, projection-matrix decomposition, both folder layouts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from rich.console import Console
+
+from cameo_cli import cameras
+from cameo_cli.data.dataset import MultiViewDataset, load_eval_index
+from cameo_cli.data.dtu import (
+    TEST_VIEWS,
+    DTUSource,
+    decompose_projection,
+    parse_cam_file,
+    read_pfm,
+)
+from cameo_cli.data.shards import prepare_dataset
+
+SAMPLE = Path("/work/shared/data/dtu-cam-sample.txt")
+if not SAMPLE.is_file():
+    SAMPLE = Path(__file__).parent / "data" / "dtu-cam-sample.txt"
+QUIET = Console(quiet=True)
+
+
+def _rotation(rng: np.random.Generator) -> np.ndarray:
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q @ np.diag(np.sign(np.diag(r)))
+    return q if np.linalg.det(q) > 0 else -q
+
+
+def test_sample_camera_parses_and_projects_like_its_3x4_product():
+    w2c, K, depth_range = parse_cam_file(SAMPLE)
+    assert depth_range == (425.0, 2.5)
+    assert K[0, 0] == pytest.approx(2892.33) and K[1, 2] == pytest.approx(619.071)
+    assert np.allclose(w2c[:3, :3] @ w2c[:3, :3].T, np.eye(3), atol=1e-5)
+    P = K @ w2c[:3]
+    rng = np.random.default_rng(0)
+    centre = -w2c[:3, :3].T @ w2c[:3, 3]
+    forward = w2c[2, :3]
+    points = centre + forward * rng.uniform(450, 900, (100, 1)) + rng.normal(0, 60, (100, 3))
+    homogeneous = np.c_[points, np.ones(100)] @ P.T
+    expected = homogeneous[:, :2] / homogeneous[:, 2:]
+    pixels, depth = cameras.project_points(
+        torch.from_numpy(points), torch.from_numpy(K), torch.from_numpy(w2c)
+    )
+    assert np.allclose(pixels.numpy(), expected, atol=1e-6) and (depth > 0).all()
+    # inside the 1600 x 1200 image near the optical axis
+    on_axis = P @ np.r_[centre + 600 * forward, 1.0]
+    assert 0 < on_axis[0] / on_axis[2] < 1600 and 0 < on_axis[1] / on_axis[2] < 1200
+
+
+def test_projection_decomposition_recovers_K_R_t():
+    w2c, K, _ = parse_cam_file(SAMPLE)
+    P = K @ w2c[:3]
+    for scale in (1.0, -3.5, 1e-3):
+        K2, w2c2 = decompose_projection(scale * P)
+        # the file's rotation has 6 digits, so K and R are recovered to that precision ...
+        assert np.allclose(K2, K, rtol=1e-6, atol=1e-3)
+        assert np.allclose(w2c2, w2c, rtol=1e-5, atol=1e-4)
+        # ... while the product is reproduced exactly (up to the projective scale)
+        product = K2 @ w2c2[:3]
+        assert np.allclose(product * (P[2, 0] / product[2, 0]), P, rtol=1e-10)
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        K = np.array(
+            [
+                [rng.uniform(200, 900), rng.uniform(-2, 2), rng.uniform(100, 300)],
+                [0, rng.uniform(200, 900), rng.uniform(100, 300)],
+                [0, 0, 1],
+            ]
+        )
+        w2c = np.eye(4)
+        w2c[:3, :3], w2c[:3, 3] = _rotation(rng), rng.normal(size=3)
+        K2, w2c2 = decompose_projection(np.r_[K @ w2c[:3], [[0, 0, 0, 1]]])
+        assert np.allclose(K2, K) and np.allclose(w2c2, w2c)
+
+
+def _image(path: Path, size=(160, 120), value=0) -> None:
+    rng = np.random.default_rng(value)
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+
+
+def _write_pfm(path: Path, depth: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        f.write(b"Pf\n%d %d\n-1.0\n" % (depth.shape[1], depth.shape[0]))
+        f.write(np.ascontiguousarray(depth[::-1], dtype="<f4").tobytes())
+
+
+def test_mvsnet_layout_with_masks_depth_and_a_bad_image(tmp_path):
+    root = tmp_path / "dtu"
+    scan = root / "scan8"
+    for sub in ("cams", "images", "depths", "mask"):
+        (scan / sub).mkdir(parents=True)
+    text = SAMPLE.read_text()
+    for view in (22, 25, 28, 1, 2, 9):
+        (scan / "cams" / f"{view:08d}_cam.txt").write_text(text)
+        _image(scan / "images" / f"{view:08d}.png", value=view)
+        Image.fromarray(np.full((120, 160), 255, np.uint8)).save(scan / "mask" / f"{view:03d}.png")
+        _write_pfm(scan / "depths" / f"{view:08d}.pfm", np.full((60, 80), 500.0 + view))
+    bad = scan / "images" / "00000009.png"
+    bad.write_bytes(bad.read_bytes()[:150])
+    source = DTUSource(root, split="test", geometry="depth")
+    out = tmp_path / "out"
+    report = prepare_dataset(source, out, console=QUIET)
+    assert report.scenes == 1 and report.frames == 5
+    reasons = {s.item: s.reason for s in report.skipped}
+    assert "unreadable image" in reasons["scan8/9"]
+    assert reasons["scan21"] == "test scan not found under --root"
+    assert len(reasons) == 1 + 14
+    ds = MultiViewDataset(out, num_views=3)
+    assert ds.has_geometry and ds.has_masks
+    views = load_eval_index(out)["scan8"]
+    frames = ds.index["scenes"]["scan8"]["frames"]
+    assert [frames[i] for i in views["context"]] == ["25", "22", "28"]
+    assert [int(frames[i]) for i in views["target"]] == [v for v in TEST_VIEWS if v in (1, 2)]
+    item = ds.get_views("scan8", views["context"], num_refs=3)
+    _, K, _ = parse_cam_file(SAMPLE)
+    assert np.allclose(item["intrinsics"][0].numpy(), K * [[0.1], [0.1], [1]], rtol=1e-6)
+    assert item["object_mask"].shape == (3, 120, 160) and item["object_mask"].all()
+    assert item["point_valid"].all()
+    depth = cameras.transform_points(
+        item["world_to_camera"][0].double(), item["point_map"][0].double().reshape(3, -1).T
+    )[:, 2]
+    assert torch.allclose(depth, torch.full_like(depth, 525.0), rtol=1e-5)
+
+
+def test_pixelnerf_layout(tmp_path):
+    scan = tmp_path / "rs_dtu_4" / "scan114"
+    (scan / "image").mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    K = np.array([[290.0, 0, 200.0], [0, 290.0, 150.0], [0, 0, 1]])
+    scale_mat = np.diag([200.0, 200.0, 200.0, 1.0])
+    scale_mat[:3, 3] = [10.0, -5.0, 600.0]
+    arrays, expected = {}, {}
+    for view in (22, 25, 28, 30):
+        w2c = np.eye(4)
+        w2c[:3, :3], w2c[:3, 3] = _rotation(rng), rng.normal(0, 50, 3)
+        arrays[f"world_mat_{view}"] = np.r_[K @ w2c[:3], [[0, 0, 0, 1]]]
+        arrays[f"scale_mat_{view}"] = scale_mat
+        expected[view] = w2c @ scale_mat  # cameras of the normalised world, up to scale
+        _image(scan / "image" / f"{view:06d}.png", size=(400, 300), value=view)
+    np.savez(scan / "cameras.npz", **arrays)
+    data = DTUSource(tmp_path / "rs_dtu_4", split="all").load_scene("scan114")
+    assert [f.name for f in data.frames] == ["22", "25", "28", "30"]
+    for frame in data.frames:
+        assert np.allclose(frame.intrinsics, K)
+        target = expected[int(frame.name)]
+        s = np.cbrt(np.linalg.det(target[:3, :3]))
+        assert np.allclose(frame.world_to_camera[:3], target[:3] / s)
+
+
+def test_pfm_reader_orientation(tmp_path):
+    depth = np.arange(12, dtype=np.float32).reshape(3, 4)
+    _write_pfm(tmp_path / "d.pfm", depth)
+    assert np.array_equal(read_pfm(tmp_path / "d.pfm"), depth)
+
+
+def test_eval_index_names_views(tmp_path):
+    source = DTUSource(tmp_path)
+    views = source.eval_views("scan8", [str(v) for v in range(49)], np.random.default_rng(0))
+    assert views["context"] == [25, 22, 28] and len(views["target"]) == 25
+    assert json.dumps(views)
