@@ -5,8 +5,9 @@
   by block index (sorted module names would put `blocks.32` 26th).
 - Cameras: a 6-channel Plücker raymap (relative to view 0, translations normalised) and a
   1-channel reference mask at the latent resolution, patch-embedded by a zero-initialised
-  conv and added to the patch tokens (a forward hook on `pos_embed`, so the diffusers model
-  and its state dict stay stock). `drop_camera` zeroes the raymap of a sample (CFG).
+  conv and added to the patch tokens (a forward hook on `pos_embed` during our forward, so
+  the diffusers model and its state dict stay stock). `drop_camera` zeroes the raymap of a
+  sample (CFG); the reference mask stays.
 - Text: there is none. The cross-attention (`attn2`) sees the DiT's own learned padding
   embedding `text_embedding_padding` at every text position (all text masks are False, as
   for padding tokens of an empty prompt); the T5 sequence that the pooler summarises into
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,7 +37,12 @@ from torch.utils.checkpoint import checkpoint
 
 from cameo_cli.attention.hooks import LayerHook
 from cameo_cli.attention.hunyuan import HunyuanMultiViewProcessor
-from cameo_cli.backbone import LayerInfo, MultiViewBackbone, ViewConditioning
+from cameo_cli.backbone import (
+    MultiViewBackbone,
+    ViewConditioning,
+    load_diffusers_model,
+    resolve_diffusers_folder,
+)
 from cameo_cli.cameras import plucker_raymap
 from cameo_cli.errors import CameoError
 
@@ -105,25 +110,22 @@ class HunyuanDiT(MultiViewBackbone):
     """Hunyuan-DiT with 3D self-attention in every block and Plücker-raymap conditioning."""
 
     name = "hunyuan-dit"
+    default_layer = VARIANTS["full"].default_layer
+    option_defaults: dict[str, object] = {"qk_norm": True, "downsample": None}
 
     def __init__(
         self,
         transformer: HunyuanDiT2DModel,
         *,
         variant: str,
-        in_channels: int,
-        options: dict[str, Any],
+        downsample: int,
     ) -> None:
         super().__init__()
         config = transformer.config
-        self.transformer = transformer
-        self.variant = variant
-        self.in_channels = in_channels
-        self.options = options
+        self.model = transformer
         self.default_layer = VARIANTS[variant].default_layer
         self.rope_base = VARIANTS[variant].rope_base
-        # SD latents (4 channels) are 8x smaller than the image; pixel space is 1x.
-        self.downsample = 8 if in_channels == 4 else 1
+        self.downsample = downsample
         self.camera_encoder = nn.Conv2d(
             CAMERA_CHANNELS, config.hidden_size, config.patch_size, stride=config.patch_size
         )
@@ -132,17 +134,22 @@ class HunyuanDiT(MultiViewBackbone):
         self.null_text_t5 = nn.Parameter(
             torch.zeros(config.text_len_t5, config.cross_attention_dim_t5)
         )
-        self._camera_tokens: torch.Tensor | None = None
-        transformer.pos_embed.register_forward_hook(self._add_camera_tokens)
         self.hooks = [
             LayerHook(index=i, path=f"blocks.{i}.attn1", multiview=True)
             for i in range(config.num_layers)
         ]
-        for hook, block in zip(self.hooks, transformer.blocks, strict=True):
-            block.attn1.set_processor(HunyuanMultiViewProcessor(hook))
-        if options.get("gradient_checkpointing"):
-            for block in transformer.blocks:
-                block.forward = partial(checkpoint, block.forward, use_reentrant=False)
+        for hook in self.hooks:
+            transformer.get_submodule(hook.path).set_processor(HunyuanMultiViewProcessor(hook))
+        self._checkpointing = False
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each block's activations in backward (diffusers' Hunyuan-DiT has no
+        checkpointing of its own). Exit a `probe` before calling backward."""
+        if self._checkpointing:
+            return
+        for block in self.model.blocks:
+            block.forward = partial(checkpoint, block.forward, use_reentrant=False)
+        self._checkpointing = True
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -152,58 +159,72 @@ class HunyuanDiT(MultiViewBackbone):
         *,
         in_channels: int = 4,
         pretrained: str | None = None,
-        **options: Any,
+        **options: object,
     ) -> HunyuanDiT:
-        """Build `tiny` or `full`; `pretrained` is a local diffusers Hunyuan-DiT folder."""
+        """`tiny` or `full`; `pretrained` is a local diffusers folder holding a Hunyuan-DiT
+        transformer (itself or in its `transformer/` subfolder)."""
         if variant not in VARIANTS:
-            raise CameoError(f"unknown Hunyuan-DiT variant '{variant}' (known: tiny, full)")
-        unknown = set(options) - {"qk_norm", "gradient_checkpointing"}
+            raise CameoError(f"backbone '{cls.name}': unknown config '{variant}' (tiny, full)")
+        unknown = sorted(set(options) - set(cls.option_defaults))
         if unknown:
             raise CameoError(
-                f"unknown Hunyuan-DiT option(s) {sorted(unknown)} "
-                "(known: qk_norm, gradient_checkpointing)"
+                f"backbone '{cls.name}': unknown options {unknown} "
+                f"(valid: {sorted(cls.option_defaults)})"
             )
-        if not options.get("qk_norm", True):
-            raise CameoError("Hunyuan-DiT always normalises q and k: qk_norm must be true")
+        settings = {**cls.option_defaults, **options}
+        if not settings["qk_norm"]:
+            raise CameoError(f"backbone '{cls.name}': Hunyuan-DiT always normalises q and k")
+        if settings["downsample"] is None:  # SD latents are 8x smaller; pixels are 1x
+            settings["downsample"] = 8 if in_channels == 4 else 1
         if pretrained is not None:
             transformer = _load_pretrained(pretrained, variant, in_channels)
         else:
             transformer = HunyuanDiT2DModel(in_channels=in_channels, **VARIANTS[variant].config)
-        return cls(transformer, variant=variant, in_channels=in_channels, options=dict(options))
+        backbone = cls(transformer, variant=variant, downsample=int(settings["downsample"]))
+        backbone.record_build(variant, in_channels, settings)
+        return backbone
 
     # -- forward --------------------------------------------------------------------------
     def forward(
         self, latents: torch.Tensor, timesteps: torch.Tensor, cond: ViewConditioning
     ) -> torch.Tensor:
+        """[B, F, C, h, w] noisy latents, [B] timesteps -> [B, F, C, h, w] prediction."""
         batch, views, channels, height, width = latents.shape
-        patch = self.transformer.config.patch_size
-        if channels != self.in_channels or height % patch or width % patch:
+        patch = self.model.config.patch_size
+        if tuple(timesteps.shape) != (batch,) or height % patch or width % patch:
             raise ValueError(
-                f"hunyuan-dit expects [B, F, {self.in_channels}, h, w] with h, w multiples of "
-                f"{patch}, got {list(latents.shape)}"
+                f"{self.name}: expected latents [B, F, C, h, w] with h, w multiples of {patch} "
+                f"and timesteps [B], got {tuple(latents.shape)} and {tuple(timesteps.shape)}"
             )
+        cond.check(batch, views)
         self.set_num_views(views)
         items = batch * views
         dtype, device = latents.dtype, latents.device
-        camera = self._camera_channels(cond, height, width).to(dtype)
+        camera = self.camera_channels(cond, height, width)
+        camera_tokens = self.camera_encoder(camera.to(self.camera_encoder.weight.dtype))
+        camera_tokens = camera_tokens.flatten(2).transpose(1, 2)  # [B·F, tokens, hidden]
+
+        def add_camera(_module: nn.Module, _inputs: object, tokens: torch.Tensor):
+            return tokens + camera_tokens.to(tokens.dtype)
+
         # Hunyuan's time embedding runs in the timestep's dtype (its pipeline casts to the
         # latents' dtype); an integer timestep fails inside diffusers.
         timestep = timesteps.to(dtype).repeat_interleave(views)
-        self._camera_tokens = self.camera_encoder(camera).flatten(2).transpose(1, 2)
+        handle = self.model.pos_embed.register_forward_hook(add_camera)
         try:
-            output = self.transformer(
-                latents.reshape(items, channels, height, width),
+            output = self.model(
+                latents.flatten(0, 1),
                 timestep,
                 image_rotary_emb=self.rotary_embedding(height // patch, width // patch, device),
                 return_dict=False,
-                **self._null_conditions(items, cond.image_size, dtype, device),
+                **self.null_conditions(items, cond.image_size, dtype, device),
             )[0]
         finally:
-            self._camera_tokens = None
-        return output[:, :channels].reshape(batch, views, channels, height, width)
+            handle.remove()
+        return output[:, :channels].unflatten(0, (batch, views))
 
-    def _camera_channels(self, cond: ViewConditioning, height: int, width: int) -> torch.Tensor:
-        """[B·F, 7, h, w]: Plücker raymap (zeroed where `drop_camera`) + reference mask."""
+    def camera_channels(self, cond: ViewConditioning, height: int, width: int) -> torch.Tensor:
+        """[B·F, 7, h, w]: Plücker raymap (zero where `drop_camera`) + reference mask."""
         raymap = plucker_raymap(
             cond.intrinsics.float(),
             cond.world_to_camera.float(),
@@ -212,26 +233,18 @@ class HunyuanDiT(MultiViewBackbone):
             image_size=tuple(cond.image_size),
         )
         if cond.drop_camera is not None:
-            keep = ~cond.drop_camera.to(device=raymap.device, dtype=torch.bool)
-            raymap = torch.where(keep[:, None, None, None, None], raymap, 0.0)
+            keep = (~cond.drop_camera.bool()).to(raymap.dtype)
+            raymap = raymap * keep[:, None, None, None, None]
         batch, views = raymap.shape[:2]
         mask = cond.ref_mask.to(raymap.dtype)[:, :, None, None, None]
         mask = mask.expand(batch, views, 1, height, width)
         return torch.cat([raymap, mask], dim=2).flatten(0, 1)
 
-    def _add_camera_tokens(
-        self, module: nn.Module, inputs: tuple[torch.Tensor, ...], tokens: torch.Tensor
-    ) -> torch.Tensor:
-        """Forward hook of `transformer.pos_embed`: patch tokens + camera tokens."""
-        if self._camera_tokens is None:
-            return tokens
-        return tokens + self._camera_tokens.to(tokens.dtype)
-
-    def _null_conditions(
+    def null_conditions(
         self, items: int, image_size: tuple[int, int], dtype: torch.dtype, device: torch.device
     ) -> dict[str, torch.Tensor]:
         """The text/size/style inputs of an unprompted Hunyuan-DiT, for `items` images."""
-        config = self.transformer.config
+        config = self.model.config
         height, width = image_size
         # diffusers reshapes these with `view`: they must be real copies, not expansions.
         null_t5 = self.null_text_t5.to(dtype).repeat(items, 1, 1)
@@ -258,52 +271,28 @@ class HunyuanDiT(MultiViewBackbone):
         fitted_h, fitted_w = round(grid_h * scale), round(grid_w * scale)
         top = round((self.rope_base - fitted_h) / 2)
         left = round((self.rope_base - fitted_w) / 2)
-        head_dim = self.transformer.config.attention_head_dim
+        head_dim = self.model.config.attention_head_dim
         region = ((top, left), (top + fitted_h, left + fitted_w))
         return get_2d_rotary_pos_embed(head_dim, region, (grid_h, grid_w), device=device)
 
     # -- layers ---------------------------------------------------------------------------
     def token_grid(self, layer: int, image_hw: tuple[int, int]) -> tuple[int, int]:
-        """Tokens per view (h, w) of `layer` for an image of `image_hw` pixels."""
+        """Tokens per view: the latent grid divided by the patch size (every layer alike)."""
         self.check_layer(layer)
-        stride = self.downsample * self.transformer.config.patch_size
+        stride = self.downsample * self.model.config.patch_size
         return image_hw[0] // stride, image_hw[1] // stride
-
-    def layers(self, resolution: int) -> list[LayerInfo]:
-        config = self.transformer.config
-        return [
-            LayerInfo(
-                index=hook.index,
-                path=hook.path,
-                grid=self.token_grid(hook.index, (resolution, resolution)),
-                heads=config.num_attention_heads,
-                head_dim=config.attention_head_dim,
-                multiview=hook.multiview,
-                default=hook.index == self.default_layer,
-            )
-            for hook in self.hooks
-        ]
 
 
 def _load_pretrained(folder: str, variant: str, in_channels: int) -> HunyuanDiT2DModel:
-    """A `HunyuanDiT2DModel` of `variant`'s shape from a local diffusers folder (a pipeline
-    folder with `transformer/`, or the transformer folder itself)."""
-    path = Path(folder)
-    if not path.is_dir():
-        raise CameoError(f"{folder}: pretrained Hunyuan-DiT folder does not exist")
-    if (path / "transformer" / "config.json").is_file():
-        path = path / "transformer"
-    elif not (path / "config.json").is_file():
-        raise CameoError(
-            f"{folder}: not a diffusers Hunyuan-DiT folder (no config.json, no transformer/)"
-        )
-    transformer = HunyuanDiT2DModel.from_pretrained(path, local_files_only=True)
+    """A `HunyuanDiT2DModel` of `variant`'s shape from a local diffusers folder."""
+    path = resolve_diffusers_folder(folder, "transformer")
+    transformer = load_diffusers_model(HunyuanDiT2DModel, path)
     expected = VARIANTS[variant].config
     shape = ("num_layers", "num_attention_heads", "attention_head_dim", "patch_size")
     found = {key: transformer.config[key] for key in shape}
     if found != {key: expected[key] for key in shape}:
         raise CameoError(
-            f"{folder}: a Hunyuan-DiT with {found['num_layers']} blocks, "
+            f"{path}: a Hunyuan-DiT with {found['num_layers']} blocks, "
             f"{found['num_attention_heads']} heads of {found['attention_head_dim']}, patch "
             f"{found['patch_size']} is not the '{variant}' variant ({expected['num_layers']} "
             f"blocks, {expected['num_attention_heads']} heads of "
@@ -311,7 +300,7 @@ def _load_pretrained(folder: str, variant: str, in_channels: int) -> HunyuanDiT2
         )
     if transformer.config.in_channels != in_channels:
         raise CameoError(
-            f"{folder}: the pretrained Hunyuan-DiT takes {transformer.config.in_channels} "
-            f"input channels, the codec gives {in_channels}"
+            f"{path}: Hunyuan-DiT has {transformer.config.in_channels} input channels, "
+            f"the image codec needs {in_channels}"
         )
     return transformer

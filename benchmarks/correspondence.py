@@ -13,7 +13,7 @@ import torch
 
 from cameo_cli.geometry import correspondence_targets
 
-VIEWS, GRID, BATCH, REPEATS = 4, (32, 32), 6, 5
+VIEWS, GRID, BATCH, REPEATS = 4, (32, 32), 6, 15
 
 
 def per_pair_cdist(tokens: torch.Tensor) -> torch.Tensor:

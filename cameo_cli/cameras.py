@@ -14,14 +14,34 @@ Conventions used everywhere in cameo (every function here keeps to them):
 - **Depth**: z-depth in the camera frame (not the distance along the ray).
 
 All functions are batched over leading dimensions, keep the input's dtype and device
-(float64 works), and never copy to the CPU.
+(float64 works), never copy to the CPU, and run outside autocast (a bf16 matmul would move a
+512-pixel projection by pixels), so they give the same result inside a mixed-precision forward.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
+
+_Function = TypeVar("_Function", bound=Callable)
+
+
+def _full_precision(function: _Function) -> _Function:
+    """Run `function` with autocast disabled on the device of its first tensor argument."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        tensor = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+        device_type = tensor.device.type if tensor is not None else "cpu"
+        with torch.autocast(device_type=device_type, enabled=False):
+            return function(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
 
 _FLIP_YZ = (1.0, -1.0, -1.0, 1.0)
 
@@ -33,26 +53,31 @@ def _flip_yz(like: torch.Tensor) -> torch.Tensor:
 # -- axes and poses ---------------------------------------------------------------------------
 
 
+@_full_precision
 def w2c_opencv_to_opengl(w2c: torch.Tensor) -> torch.Tensor:
     """World-to-camera [..., 4, 4]: OpenCV camera axes -> OpenGL camera axes (world unchanged)."""
     return _flip_yz(w2c) @ w2c
 
 
+@_full_precision
 def w2c_opengl_to_opencv(w2c: torch.Tensor) -> torch.Tensor:
     """World-to-camera [..., 4, 4]: OpenGL camera axes -> OpenCV camera axes (self-inverse)."""
     return _flip_yz(w2c) @ w2c
 
 
+@_full_precision
 def c2w_opencv_to_opengl(c2w: torch.Tensor) -> torch.Tensor:
     """Camera-to-world [..., 4, 4]: OpenCV camera axes -> OpenGL camera axes."""
     return c2w @ _flip_yz(c2w)
 
 
+@_full_precision
 def c2w_opengl_to_opencv(c2w: torch.Tensor) -> torch.Tensor:
     """Camera-to-world [..., 4, 4]: OpenGL camera axes -> OpenCV camera axes."""
     return c2w @ _flip_yz(c2w)
 
 
+@_full_precision
 def rigid_inverse(pose: torch.Tensor) -> torch.Tensor:
     """Inverse of rigid 4x4 transforms [..., 4, 4] as ``[Rᵀ, -Rᵀ t]`` (exact, no solve)."""
     rotation = pose[..., :3, :3]
@@ -83,12 +108,14 @@ def pose_from_3x4(matrix: torch.Tensor) -> torch.Tensor:
     return torch.cat([matrix, bottom], dim=-2)
 
 
+@_full_precision
 def camera_centers(w2c: torch.Tensor) -> torch.Tensor:
     """Camera centres in world coordinates [..., 3] from world-to-camera [..., 4, 4]: -Rᵀ t."""
     rotation = w2c[..., :3, :3]
     return -(rotation.transpose(-1, -2) @ w2c[..., :3, 3:]).squeeze(-1)
 
 
+@_full_precision
 def relative_rotation_angle(w2c_a: torch.Tensor, w2c_b: torch.Tensor) -> torch.Tensor:
     """Angle in degrees [...] of the rotation between two cameras (robust near 0° and 180°)."""
     relative = w2c_a[..., :3, :3] @ w2c_b[..., :3, :3].transpose(-1, -2)
@@ -174,11 +201,13 @@ def resize_center_crop_intrinsics(
 # -- projection -------------------------------------------------------------------------------
 
 
+@_full_precision
 def transform_points(transform: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Apply 4x4 transforms [..., 4, 4] to points [..., N, 3]."""
     return points @ transform[..., :3, :3].transpose(-1, -2) + transform[..., None, :3, 3]
 
 
+@_full_precision
 def project_points(
     points: torch.Tensor, K: torch.Tensor, w2c: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,6 +235,7 @@ def pixel_centers(
     return torch.stack([u, v, torch.ones_like(u)], dim=-1)
 
 
+@_full_precision
 def camera_rays(
     K: torch.Tensor, height: int, width: int, image_size: tuple[int, int] | None = None
 ) -> torch.Tensor:
@@ -218,6 +248,7 @@ def camera_rays(
     return torch.einsum("...ij,hwj->...hwi", K_inv, pixels)
 
 
+@_full_precision
 def unproject_depth(depth: torch.Tensor, K: torch.Tensor, w2c: torch.Tensor) -> torch.Tensor:
     """z-depth [..., H, W] + K [..., 3, 3] + w2c [..., 4, 4] -> world points [..., 3, H, W]."""
     height, width = depth.shape[-2:]
@@ -230,6 +261,7 @@ def unproject_depth(depth: torch.Tensor, K: torch.Tensor, w2c: torch.Tensor) -> 
 # -- Plücker raymaps --------------------------------------------------------------------------
 
 
+@_full_precision
 def relative_poses(
     w2c: torch.Tensor, reference_view: int = 0, eps: float = 1e-8
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -250,6 +282,7 @@ def relative_poses(
     return relative, scale
 
 
+@_full_precision
 def plucker_raymap(
     K: torch.Tensor,
     w2c: torch.Tensor,

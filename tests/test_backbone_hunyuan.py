@@ -51,15 +51,15 @@ def randomize_camera_encoder(backbone: HunyuanDiT) -> None:
 
 def stock_copy(backbone: HunyuanDiT) -> HunyuanDiT2DModel:
     """An independent diffusers model with the same weights and stock processors."""
-    stock = HunyuanDiT2DModel(**backbone.transformer.config)
-    stock.load_state_dict(backbone.transformer.state_dict())
+    stock = HunyuanDiT2DModel(**backbone.model.config)
+    stock.load_state_dict(backbone.model.state_dict())
     return stock.eval()
 
 
 def stock_forward(backbone: HunyuanDiT, stock: HunyuanDiT2DModel, latents, timesteps):
     """The unconditioned DiT per image, with the adapter's null text/size/style inputs."""
     items, channels, height, width = latents.shape
-    nulls = backbone._null_conditions(items, (SIZE, SIZE), latents.dtype, latents.device)
+    nulls = backbone.null_conditions(items, (SIZE, SIZE), latents.dtype, latents.device)
     rope = backbone.rotary_embedding(height // 2, width // 2, latents.device)
     out = stock(latents, timesteps, image_rotary_emb=rope, return_dict=False, **nulls)[0]
     return out[:, :channels]
@@ -113,7 +113,7 @@ def reference_qkv(attn, hidden: torch.Tensor, grid: tuple[int, int]):
 def capture_layer_input(backbone: HunyuanDiT, layer: int) -> dict:
     """Record the hidden states entering `blocks.{layer}.attn1` and the attention result
     entering its output projection."""
-    attn = backbone.transformer.blocks[layer].attn1
+    attn = backbone.model.blocks[layer].attn1
     seen: dict = {}
     attn.register_forward_pre_hook(
         lambda module, args, kwargs: seen.__setitem__("hidden", args[0].detach()),
@@ -149,7 +149,7 @@ def test_single_view_processor_is_bit_identical_with_cameras():
     cond = make_cond(2, 1)
     with torch.no_grad():
         ours = backbone(latents, timesteps, cond)
-        for block in backbone.transformer.blocks:
+        for block in backbone.model.blocks:
             block.attn1.set_processor(HunyuanAttnProcessor2_0())
         theirs = backbone(latents, timesteps, cond)
     assert torch.equal(ours, theirs)
@@ -160,7 +160,7 @@ def test_single_view_processor_is_bit_identical_with_cameras():
 
 def test_multiview_layer_matches_float64_attention():
     backbone = make_backbone()
-    attn = backbone.transformer.blocks[3].attn1
+    attn = backbone.model.blocks[3].attn1
     batch, views, grid = 2, 4, (8, 6)  # a non-square grid checks the row-major RoPE layout
     tokens = grid[0] * grid[1]
     hook = LayerHook(index=3, path="blocks.3.attn1", multiview=True, num_views=views)
@@ -212,7 +212,7 @@ def test_views_influence_their_own_sample_only():
 def test_per_view_hook_keeps_views_apart():
     """A layer whose hook is per-view gives each view the stock single-image result."""
     backbone = make_backbone()
-    attn = backbone.transformer.blocks[1].attn1
+    attn = backbone.model.blocks[1].attn1
     hook = LayerHook(index=1, path="blocks.1.attn1", multiview=False, num_views=4)
     hidden = torch.randn(8, 64, attn.to_q.in_features)
     rope = backbone.rotary_embedding(8, 8, hidden.device)
@@ -237,7 +237,7 @@ def test_probe_logits_match_recomputed_attention():
     assert probe.q.shape == (batch, views, 4, 256, 16)
     assert probe.scale == pytest.approx(16**-0.5)
 
-    q, k, v = reference_qkv(backbone.transformer.blocks[layer].attn1, seen["hidden"], grid)
+    q, k, v = reference_qkv(backbone.model.blocks[layer].attn1, seen["hidden"], grid)
     q, k, v = (t.unflatten(0, (batch, views)) for t in (q, k, v))  # [B, F, heads, hw, d]
     # float32 probe vs float64 recomputation: within 1e-6 of the logits' magnitude
     for i, j, rows in [(0, 1, slice(None)), (2, 0, slice(None)), (3, 3, torch.tensor([0, 255]))]:
@@ -267,16 +267,16 @@ def test_probe_gradient_reaches_earlier_layers_only():
         grads = [p.grad.abs().sum() for p in module.parameters() if p.grad is not None]
         return float(sum(grads)) if grads else 0.0
 
-    blocks = backbone.transformer.blocks
+    blocks = backbone.model.blocks
     attn = blocks[layer].attn1
     assert grad_norm(attn.to_q) > 0 and grad_norm(attn.to_k) > 0
     assert grad_norm(attn.to_v) == 0 and grad_norm(attn.to_out) == 0
     assert grad_norm(blocks[0]) > 0 and grad_norm(blocks[layer - 1]) > 0
-    assert grad_norm(backbone.transformer.pos_embed) > 0
+    assert grad_norm(backbone.model.pos_embed) > 0
     assert grad_norm(backbone.camera_encoder) > 0  # the zero-initialised branch can learn
     for later in blocks[layer + 1 :]:
         assert grad_norm(later) == 0
-    assert grad_norm(backbone.transformer.proj_out) == 0
+    assert grad_norm(backbone.model.proj_out) == 0
 
 
 def test_perturb_replaces_attention_by_values():
@@ -285,7 +285,7 @@ def test_perturb_replaces_attention_by_values():
     seen = capture_layer_input(backbone, layer)
     latents = torch.randn(1, 4, 4, SIZE, SIZE)
     timesteps, cond = torch.tensor([200.0]), make_cond(1, 4)
-    attn = backbone.transformer.blocks[layer].attn1
+    attn = backbone.model.blocks[layer].attn1
     with torch.no_grad():
         plain = backbone(latents, timesteps, cond)
         with backbone.perturb([layer]):
@@ -335,7 +335,7 @@ def test_drop_camera_zeroes_the_raymap_per_sample():
         other_cameras = backbone(latents, timesteps, make_cond(2, 4, seed=2, drop=drop))
     assert torch.equal(first[0], other_cameras[0])  # dropped: the cameras do not matter
     assert (first[1] - other_cameras[1]).abs().max() > 1e-3
-    channels = backbone._camera_channels(make_cond(2, 4, drop=drop), 8, 8).unflatten(0, (2, 4))
+    channels = backbone.camera_channels(make_cond(2, 4, drop=drop), 8, 8).unflatten(0, (2, 4))
     assert channels[0, :, :6].abs().max() == 0 and channels[1, :, :6].abs().max() > 0
     assert torch.equal(channels[:, 0, 6], torch.ones(2, 8, 8))  # reference mask is kept
 
@@ -356,7 +356,7 @@ def test_full_layer_table_at_512px_on_meta_device():
     assert default.grid == (32, 32) and (default.heads, default.head_dim) == (16, 88)
     assert all(info.multiview for info in table)
     assert sum(info.default for info in table) == 1
-    assert backbone.transformer.config.hidden_size == 1408
+    assert backbone.model.config.hidden_size == 1408
 
 
 def test_tiny_default_layer_at_the_full_models_relative_depth():
@@ -377,23 +377,42 @@ def test_tiny_builds_fast_and_trains(in_channels):
     prediction.square().mean().backward()
     grads = [p.grad for p in backbone.parameters() if p.grad is not None]
     assert len(grads) > 0 and all(torch.isfinite(g).all() for g in grads)
+    # the learned nulls of the text conditioning are trained too
     assert backbone.null_text_t5.grad is not None and backbone.null_text_t5.grad.abs().sum() > 0
+    assert backbone.model.text_embedding_padding.grad.abs().sum() > 0
     grid = backbone.token_grid(backbone.default_layer, (SIZE, SIZE))
     assert grid == ((16, 16) if in_channels == 3 else (2, 2))
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+def test_bfloat16_forward_follows_float32():
+    backbone = make_backbone()
+    latents, timesteps, cond = (
+        torch.randn(1, 4, 4, SIZE, SIZE),
+        torch.tensor([500.0]),
+        make_cond(1, 4),
+    )
+    with torch.no_grad():
+        reference = backbone(latents, timesteps, cond)
+        half = backbone.to(torch.bfloat16)(latents.bfloat16(), timesteps, cond)
+    assert half.dtype == torch.bfloat16
+    assert (half.float() - reference).abs().max() <= 0.05 * reference.abs().max()
+
+
+def test_gradient_checkpointing_gives_the_same_gradients_with_a_probe():
     plain = make_backbone()
-    torch.manual_seed(0)
-    checkpointed = HunyuanDiT.build("tiny", in_channels=4, gradient_checkpointing=True)
+    checkpointed = make_backbone()
+    checkpointed.enable_gradient_checkpointing()
     latents, timesteps, cond = (
         torch.randn(1, 2, 4, SIZE, SIZE),
         torch.tensor([77.0]),
         make_cond(1, 2),
     )
-    for model in (plain, checkpointed):
+    for model in (plain, checkpointed):  # a denoising loss plus a loss on the probe
         model.train()
-        model(latents, timesteps, cond).square().mean().backward()
+        with model.probe(model.default_layer, (16, 16)) as handle:
+            prediction = model(latents, timesteps, cond)
+        loss = prediction.square().mean() + handle.result.logits(0, 1).square().mean()
+        loss.backward()
     for (name, a), (_, b) in zip(
         plain.named_parameters(), checkpointed.named_parameters(), strict=True
     ):
@@ -417,3 +436,19 @@ def test_pretrained_folder_loads_offline(tmp_path, monkeypatch):
         HunyuanDiT.build("tiny", in_channels=3, pretrained=str(tmp_path / "pipeline"))
     with pytest.raises(CameoError, match="blocks"):
         HunyuanDiT.build("full", in_channels=4, pretrained=str(tmp_path / "pipeline"))
+
+
+def test_save_and_load_offline_give_identical_outputs(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    backbone = make_backbone(seed=4)
+    randomize_camera_encoder(backbone)
+    with torch.no_grad():
+        backbone.null_text_t5.normal_()
+    backbone.save_pretrained(tmp_path / "saved")
+    loaded = HunyuanDiT.from_pretrained(tmp_path / "saved").eval()
+    assert isinstance(loaded.model.blocks[0].attn1.processor, HunyuanMultiViewProcessor)
+    assert torch.equal(loaded.null_text_t5, backbone.null_text_t5)
+    latents, timesteps = torch.randn(1, 4, 4, SIZE, SIZE), torch.tensor([321.0])
+    cond = make_cond(1, 4)
+    with torch.no_grad():
+        assert torch.equal(loaded(latents, timesteps, cond), backbone(latents, timesteps, cond))

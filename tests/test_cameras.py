@@ -331,3 +331,17 @@ def test_dtu_camera_projects_like_its_3x4_product() -> None:
     torch.testing.assert_close(cameras.project_points(on_axis, K, w2c)[0], principal)
     rotation = w2c[:3, :3]
     torch.testing.assert_close(rotation @ rotation.T, torch.eye(3, dtype=f64), atol=1e-5, rtol=0)
+
+
+def test_results_unchanged_under_bf16_autocast() -> None:
+    w2c = random_w2c((2, 3), seed=13).float()
+    K = torch.tensor([[300.0, 0, 256.0], [0, 300.0, 256.0], [0, 0, 1]])
+    points = torch.randn(2, 3, 50, 3) + torch.tensor([0.0, 0.0, 6.0])
+    plain = cameras.plucker_raymap(K, w2c, 8, 8, image_size=(512, 512))
+    uv, depth = cameras.project_points(points, K, w2c)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = cameras.plucker_raymap(K, w2c, 8, 8, image_size=(512, 512))
+        uv_under, depth_under = cameras.project_points(points, K, w2c)
+    assert under.dtype == torch.float32 and uv_under.dtype == torch.float32
+    assert torch.equal(plain, under) and torch.equal(uv, uv_under)
+    assert torch.equal(depth, depth_under)

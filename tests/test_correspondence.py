@@ -368,3 +368,10 @@ def test_synthetic_dataset_views_match_reprojection(i: int, j: int) -> None:
     assert (d_row.abs() <= 1).all() and (d_col.abs() <= 1).all()
     assert ((d_row == 0) & (d_col == 0)).double().mean() > 0.85
     assert targets.mask[0, 0, 1][checked].double().mean() > 0.95
+
+
+def test_targets_unchanged_under_bf16_autocast(box_scene: dict) -> None:
+    plain = targets_for(box_scene)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = targets_for(box_scene)
+    assert torch.equal(plain.mask, under.mask) and torch.equal(plain.index, under.index)

@@ -159,7 +159,8 @@ def build_shard(
     if tensors:
         path = shard_dir / f"{name}.safetensors"
         tmp = shard_dir / f"{name}.safetensors.tmp-{os.getpid()}"
-        save_file(tensors, str(tmp), metadata={"format": FORMAT, "shard": str(index)})
+        # one metadata key: safetensors writes a map in random order, and shards must be byte-stable
+        save_file(tensors, str(tmp), metadata={"format": FORMAT})
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)

@@ -96,6 +96,7 @@ def correspondence_targets(
     point_map [B, F, 3, H, W] (one world frame per sample), valid [B, F, H, W] bool or None,
     grid (h, w) tokens per view. The point map is bilinearly resized to the grid (see
     `resize_point_map`: a token is valid only if all its interpolation sources are valid).
+    Computed in at least float32, with autocast off.
     """
     if point_map.dim() != 5 or point_map.shape[2] != 3:
         raise ValueError(f"point_map must be [B, F, 3, H, W], got {tuple(point_map.shape)}")
@@ -103,9 +104,10 @@ def correspondence_targets(
         raise ValueError(f"valid must be [B, F, H, W], got {tuple(valid.shape)}")
     if point_map.dtype in (torch.float16, torch.bfloat16) or not point_map.is_floating_point():
         point_map = point_map.float()
-    tokens, token_valid = resize_point_map(point_map, valid, grid)
-    tokens = tokens.flatten(-2).transpose(-1, -2)  # [B, F, hw, 3]
-    token_valid = token_valid.flatten(-2)  # [B, F, hw]
-    index, found = nearest_key_tokens(tokens, token_valid)
+    with torch.autocast(device_type=point_map.device.type, enabled=False):
+        tokens, token_valid = resize_point_map(point_map, valid, grid)
+        tokens = tokens.flatten(-2).transpose(-1, -2)  # [B, F, hw, 3]
+        token_valid = token_valid.flatten(-2)  # [B, F, hw]
+        index, found = nearest_key_tokens(tokens, token_valid)
     mask = found & token_valid[:, :, None, :] & cycle_consistent(index, grid, epsilon)
     return CorrespondenceTargets(index=index, mask=mask)
