@@ -354,7 +354,9 @@ class SyntheticSource(SceneSource):
         geometry: str = "depth",
     ) -> None:
         if geometry not in ("depth", "none"):
-            raise CameoError(f"synthetic: --geometry must be depth or none, got {geometry!r}")
+            raise CameoError(
+                f"synthetic: --geometry must be depth (exact) or none, got {geometry!r}"
+            )
         if not 16 <= resolution <= 1024:
             raise CameoError(f"synthetic: --resolution must be within 16..1024, got {resolution}")
         if frames < 2 or scenes < 1:
