@@ -245,3 +245,24 @@ def test_options_of_other_datasets_are_refused(tmp_path):
         main, ["prepare", "synthetic", "--videos", str(tmp_path), "--out", str(tmp_path / "o")]
     )
     assert result.exit_code == 2 and "--videos does not apply to synthetic" in result.output
+
+
+def test_rerun_after_the_raw_dataset_lost_a_clip(tmp_path):
+    root = _raw_root(tmp_path)
+    split = root / "test"
+    (split / "zzclip.txt").write_text((split / f"{CLIP}.txt").read_text())
+    (split / "zzclip").symlink_to(split / CLIP)
+    out = tmp_path / "out"
+    report = prepare_dataset(
+        RealEstate10KSource(root, split="test"), out, scenes_per_shard=1, console=QUIET
+    )
+    assert report.scenes == 2 and (out / "shards" / "shard-00001.safetensors").exists()
+    (split / "zzclip.txt").unlink()
+    report = prepare_dataset(
+        RealEstate10KSource(root, split="test"), out, scenes_per_shard=1, console=QUIET
+    )
+    assert report.scenes == 1 and report.shards_reused == 1
+    assert sorted(p.name for p in (out / "shards").iterdir()) == [
+        "shard-00000.json",
+        "shard-00000.safetensors",
+    ]
