@@ -136,6 +136,12 @@ class MultiViewBackbone(nn.Module, ABC):
         self.in_channels = in_channels
         self.options = dict(options)
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the wrapped model's block activations in backward (diffusers' own
+        checkpointing, non-reentrant, so probe tensors keep their gradients). Leave the
+        `probe` context before calling backward; adapters without diffusers support override."""
+        self.model.enable_gradient_checkpointing()
+
     @abstractmethod
     def forward(
         self, latents: torch.Tensor, timesteps: torch.Tensor, cond: ViewConditioning

@@ -415,3 +415,28 @@ def test_fourier_features_values():
     encoded = fourier_features(coords, 2).flatten()
     angles = torch.tensor([0.25, -0.5, 1.0, 0.5, -1.0, 2.0]) * math.pi
     assert torch.allclose(encoded, torch.cat([coords.flatten(), angles.sin(), angles.cos()]))
+
+
+def test_probe_gradients_survive_gradient_checkpointing():
+    model = build("cat3d").train()
+    checkpointed = copy.deepcopy(model)
+    checkpointed.enable_gradient_checkpointing()
+    latents, timesteps = inputs(1, 2)
+    grads = []
+    for backbone in (model, checkpointed):
+        with backbone.probe(10, (16, 16)) as handle:
+            out = backbone(latents, timesteps, make_cond(1, 2))
+        (handle.result.logits(0, 1).square().mean() + out.square().mean()).backward()
+        grads.append({n: p.grad for n, p in backbone.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
+
+
+def test_bad_conditioning_shapes_are_reported():
+    model = build("cat3d")
+    latents, timesteps = inputs(1, 2)
+    cond = make_cond(1, 3)
+    with pytest.raises(ValueError, match="cond.intrinsics"):
+        model(latents, timesteps, cond)
+    with pytest.raises(ValueError, match="timesteps"):
+        model(latents, timesteps.repeat(2), make_cond(1, 2))
