@@ -95,6 +95,8 @@ def prepare(dataset: str, out: str, **opts: object) -> None:
         raise CameoError(f"unknown dataset {dataset!r}; known datasets: {known}")
     if opts["workers"] < 1 or opts["scenes_per_shard"] < 1:
         raise CameoError("--workers and --scenes-per-shard must be at least 1")
+    if opts["geometry"] == "vggt" and not opts["vggt_weights"]:
+        raise CameoError("--geometry vggt needs --vggt-weights FILE|DIR (local VGGT-1B weights)")
     source = _make_source(dataset, opts)
     console = Console(stderr=True)
     report = prepare_dataset(
@@ -104,6 +106,7 @@ def prepare(dataset: str, out: str, **opts: object) -> None:
         workers=opts["workers"],
         overwrite=opts["overwrite"],
         eval_seed=opts["seed"],
+        vggt_weights=Path(opts["vggt_weights"]) if opts["geometry"] == "vggt" else None,
         console=console,
     )
     print_report(report, console)

@@ -125,8 +125,8 @@ class DTUSource(SceneSource):
     def __init__(self, root: Path, split: str = "test", geometry: str = "none") -> None:
         if split not in ("test", "train", "all"):
             raise CameoError(f"dtu: --split must be test, train or all, got {split!r}")
-        if geometry not in ("depth", "none"):
-            raise CameoError(f"dtu: --geometry must be depth or none here, got {geometry!r}")
+        if geometry not in ("depth", "vggt", "none"):
+            raise CameoError(f"dtu: --geometry must be depth, vggt or none, got {geometry!r}")
         self.root, self.split, self.geometry = Path(root), split, geometry
 
     def options(self) -> dict:

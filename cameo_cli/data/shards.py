@@ -83,8 +83,10 @@ class PrepareReport:
     skipped: list[Skip] = field(default_factory=list)
 
 
-def _scene_tensors(data: SceneData) -> tuple[dict[str, np.ndarray], dict[str, Any], list[Skip]]:
-    """Validate a scene's frames and turn them into shard tensors + index metadata."""
+def _scene_tensors(
+    data: SceneData, vggt_weights: Path | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, Any], list[Skip]]:
+    """Validate a scene's frames (add VGGT point maps) and make shard tensors + metadata."""
     skipped = list(data.skipped)
     frames = []
     for frame in data.frames:
@@ -97,6 +99,10 @@ def _scene_tensors(data: SceneData) -> tuple[dict[str, np.ndarray], dict[str, An
             frames.append(frame)
     if len(frames) < MIN_FRAMES:
         raise SkipScene(f"only {len(frames)} usable frame(s), need at least {MIN_FRAMES}")
+    if vggt_weights is not None:
+        from cameo_cli.data.vggt_scenes import add_vggt_point_maps
+
+        add_vggt_point_maps(frames, vggt_weights)
     height, width = frames[0].image.shape[:2]
     s = data.scene
     tensors: dict[str, np.ndarray] = {
@@ -133,7 +139,12 @@ def _shard_name(index: int) -> str:
 
 
 def build_shard(
-    source: SceneSource, index: int, scenes: list[str], out: Path, progress: Any = None
+    source: SceneSource,
+    index: int,
+    scenes: list[str],
+    out: Path,
+    progress: Any = None,
+    vggt_weights: Path | None = None,
 ) -> dict:
     """Read ``scenes``, write ``shards/shard-{index}.safetensors`` and its manifest atomically."""
     from safetensors.numpy import save_file
@@ -144,7 +155,9 @@ def build_shard(
     skipped: list[Skip] = []
     for scene in scenes:
         try:
-            scene_tensors, meta, scene_skips = _scene_tensors(source.load_scene(scene))
+            scene_tensors, meta, scene_skips = _scene_tensors(
+                source.load_scene(scene), vggt_weights
+            )
             tensors.update(scene_tensors)
             metas[scene] = meta
             skipped.extend(scene_skips)
@@ -199,8 +212,10 @@ def _init_worker(progress: Any) -> None:
     _progress_queue = progress
 
 
-def _build_shard_in_worker(source: SceneSource, index: int, scenes: list[str], out: Path) -> dict:
-    return build_shard(source, index, scenes, out, _progress_queue)
+def _build_shard_in_worker(
+    source: SceneSource, index: int, scenes: list[str], out: Path, vggt_weights: Path | None
+) -> dict:
+    return build_shard(source, index, scenes, out, _progress_queue, vggt_weights)
 
 
 class _InlineProgress:
@@ -248,12 +263,21 @@ def prepare_dataset(
     workers: int = 1,
     overwrite: bool = False,
     eval_seed: int = 0,
+    vggt_weights: Path | None = None,
     console: Console | None = None,
 ) -> PrepareReport:
-    """Write ``source`` as shards + index.json + eval_index.json into ``out`` (resumable)."""
+    """Write ``source`` as shards + index.json + eval_index.json into ``out`` (resumable).
+
+    With ``vggt_weights`` every kept scene gets VGGT point maps (`cameo_cli.data.vggt_scenes`).
+    """
     console = console or Console(stderr=True)
     out = Path(out)
     options = source.options()
+    if vggt_weights is not None:
+        from cameo_cli.data.vggt_scenes import check_vggt
+
+        check_vggt(vggt_weights)
+        options = {**options, "vggt_weights": str(vggt_weights)}
     signature_data = {"dataset": source.dataset, "options": options, "per_shard": scenes_per_shard}
     signature = hashlib.sha256(json.dumps(signature_data, sort_keys=True).encode()).hexdigest()
     _check_out_folder(out, signature, overwrite)
@@ -292,10 +316,12 @@ def prepare_dataset(
         if workers <= 1 or len(todo) <= 1:
             for index in todo:
                 manifests[index] = build_shard(
-                    source, index, plan[index], out, _InlineProgress(progress, task)
+                    source, index, plan[index], out, _InlineProgress(progress, task), vggt_weights
                 )
         else:
-            manifests.update(_run_parallel(source, plan, todo, out, workers, progress, task))
+            manifests.update(
+                _run_parallel(source, plan, todo, out, workers, progress, task, vggt_weights)
+            )
     report.shards_written = len(todo)
 
     index = _assemble_index(source, out, plan, manifests, listing_skips, options)
@@ -315,6 +341,7 @@ def _run_parallel(
     workers: int,
     progress: Progress,
     task: Any,
+    vggt_weights: Path | None,
 ) -> dict[int, dict]:
     ctx = multiprocessing.get_context("spawn")
     updates = ctx.Queue()
@@ -326,7 +353,8 @@ def _run_parallel(
         initargs=(updates,),
     ) as pool:
         pending: dict[Future, int] = {
-            pool.submit(_build_shard_in_worker, source, i, plan[i], out): i for i in todo
+            pool.submit(_build_shard_in_worker, source, i, plan[i], out, vggt_weights): i
+            for i in todo
         }
         while pending:
             done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
