@@ -163,6 +163,11 @@ def test_pfm_reader_orientation(tmp_path):
 
 def test_eval_index_names_views(tmp_path):
     source = DTUSource(tmp_path)
-    views = source.eval_views("scan8", [str(v) for v in range(49)], np.random.default_rng(0))
+    meta = {"frames": [str(v) for v in range(49)]}
+    views = source.eval_views("scan8", meta, np.random.default_rng(0))
     assert views["context"] == [25, 22, 28] and len(views["target"]) == 25
     assert json.dumps(views)
+    meta = {"frames": [str(v) for v in range(49) if v != 22]}
+    assert source.eval_views("scan8", meta, np.random.default_rng(0)) == (
+        "input view(s) [22] missing"
+    )

@@ -128,6 +128,11 @@ def _scene_tensors(
         "height": int(height),
         "width": int(width),
         "frames": [f.name for f in frames],
+        **(
+            {"source_index": [f.source_index for f in frames]}
+            if all(f.source_index is not None for f in frames)
+            else {}
+        ),
         "geometry": geometry,
         "mask": has_mask,
     }
@@ -325,8 +330,10 @@ def prepare_dataset(
     report.shards_written = len(todo)
 
     index = _assemble_index(source, out, plan, manifests, listing_skips, options)
+    views, no_views = _eval_index(source, index, eval_seed)
+    index["skipped"].extend({"item": s.item, "reason": s.reason} for s in no_views)
     write_json_atomic(out / "index.json", index)
-    write_json_atomic(out / "eval_index.json", _eval_index(source, index, eval_seed))
+    write_json_atomic(out / "eval_index.json", views)
     report.scenes = len(index["scenes"])
     report.frames = index["num_frames"]
     report.skipped = [Skip(s["item"], s["reason"]) for s in index["skipped"]]
@@ -411,13 +418,18 @@ def _assemble_index(
     }
 
 
-def _eval_index(source: SceneSource, index: dict, seed: int) -> dict:
-    """Fixed context/target frames per scene, from a generator seeded by (seed, scene)."""
-    views = {}
+def _eval_index(source: SceneSource, index: dict, seed: int) -> tuple[dict, list[Skip]]:
+    """Fixed context/target frames per scene (a generator seeded by (seed, scene) where the
+    source draws them), and the scenes left out of the evaluation with the reason."""
+    views, left_out = {}, []
     for scene, meta in index["scenes"].items():
         rng = np.random.default_rng([seed, zlib.crc32(scene.encode())])
-        views[scene] = source.eval_views(scene, meta["frames"], rng)
-    return views
+        entry = source.eval_views(scene, meta, rng)
+        if isinstance(entry, str):
+            left_out.append(Skip(f"{scene} (evaluation)", entry))
+        else:
+            views[scene] = entry
+    return views, left_out
 
 
 # --------------------------------------------------------------------------- reading

@@ -387,6 +387,7 @@ class SyntheticSource(SceneSource):
                 intrinsics=render.intrinsics[k],
                 world_to_camera=render.world_to_camera[k],
                 depth=render.depth[k] if self.geometry == "depth" else None,
+                source_index=k,
             )
             for k in range(self.frames)
         ]
