@@ -33,7 +33,7 @@ from cameo_cli.train.setup import (
     check_backbone_and_layer,
     open_dataset,
 )
-from cameo_cli.train.validation import save_grid, validate
+from cameo_cli.train.validation import one_step_views, sampled_views, save_grid, target_psnr
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ VALIDATION_SAMPLES = 4
 TRAIN_SPLIT = "train"
 HELD_OUT_SPLIT = "test"
 SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)
+PRECISION_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TrainingDiverged(CameoError):
@@ -271,20 +272,37 @@ class Trainer:
         return self.checkpoints.root / ckpt.checkpoint_name(self.step)
 
     def _validate(self, metrics: MetricsLogger | None) -> None:
+        """Main process: sampled and one-step target views of the validation batch."""
         if metrics is None:
             return
+        from cameo_cli.sample.pipeline import MultiViewPipeline
+
+        recipe, batch = self.recipe, self.validation_batch
         model = self.accelerator.unwrap_model(self.prepared_model)
         model.eval()
-        score, images = validate(
+        pipeline = MultiViewPipeline(
             model.backbone,
             self.codec,
-            self.scheduler,
-            self.validation_batch,
-            seed=self.recipe.train.seed,
+            recipe.diffusion,
+            recipe.data.num_views,
+            device=self.device,
+            dtype=PRECISION_DTYPES[recipe.train.mixed_precision],
+        )
+        sample = recipe.sample
+        sampled = sampled_views(
+            pipeline, batch, steps=sample.steps, guidance=sample.guidance, seed=sample.seed
+        )
+        one_step = one_step_views(
+            model.backbone, self.codec, self.scheduler, batch, seed=recipe.train.seed
         )
         model.train()
-        save_grid(images, self.output / rundir.SAMPLES / f"step-{self.step:06d}.png")
-        metrics.log(self.step, {"val/psnr": score})
+        truth = (batch["images"] + 1) / 2
+        grid = torch.stack([truth, sampled, one_step], dim=1)
+        save_grid(grid, self.output / rundir.SAMPLES / f"step-{self.step:06d}.png")
+        metrics.log(
+            self.step,
+            {"val/psnr": target_psnr(sampled, batch), "val/psnr_x0": target_psnr(one_step, batch)},
+        )
 
     # -- the run ------------------------------------------------------------------------------
     def run(self, resume_from: Path | None, *, overwrite: bool, command: list[str]) -> Path:
