@@ -377,9 +377,25 @@ def test_tiny_builds_fast_and_trains(in_channels):
     prediction.square().mean().backward()
     grads = [p.grad for p in backbone.parameters() if p.grad is not None]
     assert len(grads) > 0 and all(torch.isfinite(g).all() for g in grads)
+    # the learned nulls of the text conditioning are trained too
     assert backbone.null_text_t5.grad is not None and backbone.null_text_t5.grad.abs().sum() > 0
+    assert backbone.model.text_embedding_padding.grad.abs().sum() > 0
     grid = backbone.token_grid(backbone.default_layer, (SIZE, SIZE))
     assert grid == ((16, 16) if in_channels == 3 else (2, 2))
+
+
+def test_bfloat16_forward_follows_float32():
+    backbone = make_backbone()
+    latents, timesteps, cond = (
+        torch.randn(1, 4, 4, SIZE, SIZE),
+        torch.tensor([500.0]),
+        make_cond(1, 4),
+    )
+    with torch.no_grad():
+        reference = backbone(latents, timesteps, cond)
+        half = backbone.to(torch.bfloat16)(latents.bfloat16(), timesteps, cond)
+    assert half.dtype == torch.bfloat16
+    assert (half.float() - reference).abs().max() <= 0.05 * reference.abs().max()
 
 
 def test_gradient_checkpointing_gives_the_same_gradients_with_a_probe():

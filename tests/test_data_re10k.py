@@ -15,7 +15,7 @@ from PIL import Image
 from rich.console import Console
 
 from cameo_cli.cli import main
-from cameo_cli.data.dataset import MultiViewDataset
+from cameo_cli.data.dataset import MultiViewDataset, load_eval_index
 from cameo_cli.data.re10k import RealEstate10KSource, extract_video_frames, parse_pose_file
 from cameo_cli.data.shards import prepare_dataset
 
@@ -215,3 +215,78 @@ def test_pixelsplat_chunks(tmp_path):
     K, w2c = ds.reader.cameras(CLIP)
     assert K[0, 0, 0] == pytest.approx(0.474812461 * 64, rel=1e-6)
     assert np.allclose(w2c[0], poses[0].world_to_camera, atol=1e-6)
+
+
+def test_evaluation_index_file_maps_to_kept_frames(tmp_path):
+    root = _raw_root(tmp_path)
+    stamps = [line.split()[0] for line in SAMPLE.read_text().splitlines()[1:]]
+    bad = root / "test" / CLIP / f"{stamps[1]}.png"
+    bad.write_bytes(bad.read_bytes()[:100])  # position 1 is lost: later ones shift by one
+    views = tmp_path / "evaluation_index_re10k.json"
+    views.write_text(json.dumps({CLIP: {"context": [0, 15], "target": [3, 7]}, "other": None}))
+    source = RealEstate10KSource(root, split="test", eval_index=views)
+    prepare_dataset(source, tmp_path / "out", console=QUIET)
+    evaluation = load_eval_index(tmp_path / "out")
+    assert evaluation == {CLIP: {"context": [0, 14], "target": [2, 6]}}
+    frames = json.loads((tmp_path / "out" / "index.json").read_text())["scenes"][CLIP]["frames"]
+    assert [frames[i] for i in (0, 14, 2, 6)] == [stamps[i] for i in (0, 15, 3, 7)]
+    # a view that was skipped removes the scene from the evaluation, with the reason
+    views.write_text(json.dumps({CLIP: {"context": [0, 1], "target": [3]}}))
+    out = tmp_path / "out2"
+    report = prepare_dataset(
+        RealEstate10KSource(root, split="test", eval_index=views), out, console=QUIET
+    )
+    assert load_eval_index(out) == {}
+    assert any("context frame(s) [1]" in s.reason for s in report.skipped)
+
+
+def test_options_of_other_datasets_are_refused(tmp_path):
+    result = CliRunner().invoke(
+        main, ["prepare", "synthetic", "--videos", str(tmp_path), "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 2 and "--videos does not apply to synthetic" in result.output
+
+
+def test_rerun_after_the_raw_dataset_lost_a_clip(tmp_path):
+    root = _raw_root(tmp_path)
+    split = root / "test"
+    (split / "zzclip.txt").write_text((split / f"{CLIP}.txt").read_text())
+    (split / "zzclip").symlink_to(split / CLIP)
+    out = tmp_path / "out"
+    report = prepare_dataset(
+        RealEstate10KSource(root, split="test"), out, scenes_per_shard=1, console=QUIET
+    )
+    assert report.scenes == 2 and (out / "shards" / "shard-00001.safetensors").exists()
+    (split / "zzclip.txt").unlink()
+    report = prepare_dataset(
+        RealEstate10KSource(root, split="test"), out, scenes_per_shard=1, console=QUIET
+    )
+    assert report.scenes == 1 and report.shards_reused == 1
+    assert sorted(p.name for p in (out / "shards").iterdir()) == [
+        "shard-00000.json",
+        "shard-00000.safetensors",
+    ]
+
+
+def test_pixelsplat_chunks_without_index_and_with_broken_examples(tmp_path):
+    split = tmp_path / "chunks" / "train"
+    split.mkdir(parents=True)
+    good = {
+        "url": "u",
+        "key": "good",
+        "timestamps": torch.tensor([0, 1]),
+        "cameras": torch.tensor(
+            [[0.5, 0.5, 0.5, 0.5, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0]] * 2
+        ),
+        "images": [torch.frombuffer(bytearray(_png(value=k)), dtype=torch.uint8) for k in range(2)],
+    }
+    torch.save([good, {"key": "nocams", "url": "u"}, {"url": "nokey"}], split / "000000.torch")
+    (split / "000001.torch").write_bytes(b"not a torch file")
+    report = prepare_dataset(
+        RealEstate10KSource(tmp_path / "chunks"), tmp_path / "o", console=QUIET
+    )
+    reasons = {s.item: s.reason for s in report.skipped}
+    assert report.scenes == 1 and report.frames == 2
+    assert "lacks timestamps, cameras, images" in reasons["nocams"]
+    assert reasons["000000.torch[2]"] == "example has no key"
+    assert "cannot load chunk" in reasons["000001.torch"]

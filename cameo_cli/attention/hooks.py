@@ -5,6 +5,10 @@ Every attention processor that cameo installs holds one `LayerHook`. The process
 q/k norm and RoPE), and replaces the attention by the identity (output = V) when
 `hook.identity` is set. Capturing stores differentiable tensors, so a loss on them trains
 the layer's `to_q`/`to_k` and everything before it.
+
+q and k are always reported per view, `[B, F, heads, hw, d]`, also on per-view layers
+(where the forward pass attends within each view): the probe can read cross-view logits
+`q_i·k_jᵀ` at any layer.
 """
 
 from __future__ import annotations

@@ -12,6 +12,16 @@ from cameo_cli.data.records import SceneSource
 from cameo_cli.data.shards import PrepareReport, prepare_dataset
 from cameo_cli.errors import CameoError
 
+# options that only some datasets read: giving one to another dataset is a mistake
+APPLIES_TO = {
+    "root": ("re10k", "dtu"),
+    "videos": ("re10k",),
+    "eval_index": ("re10k",),
+    "scenes": ("synthetic",),
+    "frames": ("synthetic",),
+    "resolution": ("synthetic",),
+}
+
 DATASETS = {
     "re10k": "RealEstate10K: pose .txt files + frames, local videos, or pixelSplat .torch chunks",
     "dtu": "DTU: MVSNet (Cameras/*_cam.txt) or pixelNeRF (cameras.npz) layout",
@@ -24,7 +34,7 @@ def _make_source(dataset: str, opts: dict) -> SceneSource:
         from cameo_cli.data.synthetic import SyntheticSource
 
         return SyntheticSource(
-            scenes=opts["scenes"],
+            scenes=opts["scenes"] or 32,
             resolution=opts["resolution"] or 64,
             frames=opts["frames"] or 16,
             seed=opts["seed"],
@@ -44,6 +54,7 @@ def _make_source(dataset: str, opts: dict) -> SceneSource:
             split=opts["split"] or "train",
             videos=opts["videos"],
             geometry=opts["geometry"] or "none",
+            eval_index=opts["eval_index"],
         )
     from cameo_cli.data.dtu import DTUSource
 
@@ -72,10 +83,16 @@ def print_report(report: PrepareReport, console: Console) -> None:
 @click.option("--root", type=click.Path(), help="Raw dataset folder (re10k, dtu).")
 @click.option(
     "--split",
-    help="re10k: train|test [default: train]; dtu: test (15 scans)|train|all [default: test].",
+    help="re10k: train|test [default: train]; dtu: test (15 scans)|train|all [default: test]; "
+    "synthetic: a label [default: train].",
 )
 @click.option("--videos", type=click.Path(), help="re10k: folder of local videos <clip>.mp4.")
-@click.option("--scenes", type=int, default=32, help="synthetic: number of scenes.")
+@click.option(
+    "--eval-index",
+    type=click.Path(dir_okay=False),
+    help="re10k: pixelSplat-style evaluation index {clip: {context, target}} to use.",
+)
+@click.option("--scenes", type=int, help="synthetic: number of scenes [default: 32].")
 @click.option("--frames", type=int, help="synthetic: frames per scene [default: 16].")
 @click.option("--resolution", type=int, help="synthetic: image size [default: 64].")
 @click.option("--seed", type=int, default=0, help="Generator and evaluation-index seed.")
@@ -93,8 +110,14 @@ def prepare(dataset: str, out: str, **opts: object) -> None:
     if dataset not in DATASETS:
         known = ", ".join(f"{name} ({desc})" for name, desc in DATASETS.items())
         raise CameoError(f"unknown dataset {dataset!r}; known datasets: {known}")
+    for name, datasets in APPLIES_TO.items():
+        if opts[name] is not None and dataset not in datasets:
+            flag = "--" + name.replace("_", "-")
+            raise CameoError(f"{flag} does not apply to {dataset} (only to {', '.join(datasets)})")
     if opts["workers"] < 1 or opts["scenes_per_shard"] < 1:
         raise CameoError("--workers and --scenes-per-shard must be at least 1")
+    if opts["geometry"] == "vggt" and not opts["vggt_weights"]:
+        raise CameoError("--geometry vggt needs --vggt-weights FILE|DIR (local VGGT-1B weights)")
     source = _make_source(dataset, opts)
     console = Console(stderr=True)
     report = prepare_dataset(
@@ -104,6 +127,7 @@ def prepare(dataset: str, out: str, **opts: object) -> None:
         workers=opts["workers"],
         overwrite=opts["overwrite"],
         eval_seed=opts["seed"],
+        vggt_weights=Path(opts["vggt_weights"]) if opts["geometry"] == "vggt" else None,
         console=console,
     )
     print_report(report, console)

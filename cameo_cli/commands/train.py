@@ -79,10 +79,13 @@ def train(
     """
     from cameo_cli.config import load_recipe
     from cameo_cli.errors import CameoError
+    from cameo_cli.registry import get_spec
     from cameo_cli.train.checkpoint import resolve_checkpoint
     from cameo_cli.train.loop import run_training
     from cameo_cli.train.setup import check_backbone_and_layer
 
+    if backbone is not None:
+        get_spec(backbone)  # an unknown name is reported before any recipe is read
     flags = list(overrides)
     for key, value in (
         ("backbone.name", backbone),

@@ -29,6 +29,7 @@ from PIL import Image
 from cameo_cli import cameras
 from cameo_cli.data.shards import ShardReader, load_index
 from cameo_cli.errors import CameoError
+from cameo_cli.geometry.pointmaps import point_map_from_depth
 
 POLICIES = ("random", "even")
 
@@ -215,9 +216,7 @@ class MultiViewDataset(torch.utils.data.Dataset):
             valid = torch.isfinite(points).all(1)
             return torch.nan_to_num(points, nan=0.0, posinf=0.0, neginf=0.0), valid
         depth = torch.from_numpy(self.reader.geometry(scene, "depth", frames)).double()
-        valid = torch.isfinite(depth) & (depth > 0)
-        depth = torch.where(valid, depth, torch.zeros_like(depth))
-        return cameras.unproject_depth(depth, K, w2c), valid
+        return point_map_from_depth(depth, K, w2c)
 
     @staticmethod
     def _resize_crop(

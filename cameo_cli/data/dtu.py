@@ -125,8 +125,8 @@ class DTUSource(SceneSource):
     def __init__(self, root: Path, split: str = "test", geometry: str = "none") -> None:
         if split not in ("test", "train", "all"):
             raise CameoError(f"dtu: --split must be test, train or all, got {split!r}")
-        if geometry not in ("depth", "none"):
-            raise CameoError(f"dtu: --geometry must be depth or none here, got {geometry!r}")
+        if geometry not in ("depth", "vggt", "none"):
+            raise CameoError(f"dtu: --geometry must be depth, vggt or none, got {geometry!r}")
         self.root, self.split, self.geometry = Path(root), split, geometry
 
     def options(self) -> dict:
@@ -159,9 +159,12 @@ class DTUSource(SceneSource):
             ]
         return [f"scan{n}" for n in numbers if n in found], skipped
 
-    def eval_views(self, scene: str, frames: list[str], rng: np.random.Generator) -> dict:
+    def eval_views(self, scene: str, meta: dict, rng: np.random.Generator) -> dict | str:
         """The standard protocol: inputs 25, 22, 28; targets the RegNeRF/pixelNeRF test views."""
-        position = {int(name): k for k, name in enumerate(frames)}
+        position = {int(name): k for k, name in enumerate(meta["frames"])}
+        missing = [v for v in INPUT_VIEWS if v not in position]
+        if missing:
+            return f"input view(s) {missing} missing"
         return {
             "context": [position[v] for v in INPUT_VIEWS if v in position],
             "target": [position[v] for v in TEST_VIEWS if v in position],
@@ -188,7 +191,7 @@ class DTUSource(SceneSource):
             if fitted is None:
                 skipped.append(Skip(where, f"intrinsics do not fit a {width}x{height} image"))
                 continue
-            frame = FrameData(str(view), image, fitted, w2c)
+            frame = FrameData(str(view), image, fitted, w2c, source_index=view)
             try:
                 if self.geometry == "depth":
                     frame.depth = self._depth(depth_path, height, width)

@@ -48,6 +48,7 @@ RESEEK_US = 5_000_000  # jump (seek) instead of decoding through gaps longer tha
 @dataclass(frozen=True)
 class PoseLine:
     timestamp_us: int
+    position: int  # index among the file's pose lines (what evaluation indices count)
     intrinsics_normalized: np.ndarray  # [3, 3], x row / W, y row / H
     world_to_camera: np.ndarray  # [4, 4]
 
@@ -70,9 +71,11 @@ def parse_pose_file(path: Path) -> tuple[str, list[PoseLine], list[Skip]]:
     if not lines or not lines[0].strip():
         raise SkipScene(f"{path.name}: empty camera file (expected a URL line, then poses)")
     url, poses, skipped = lines[0].strip(), [], []
+    position = -1
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
+        position += 1
         fields = line.split()
         where = f"{path.stem}/line {number}"
         if len(fields) != 19:
@@ -85,7 +88,7 @@ def parse_pose_file(path: Path) -> tuple[str, list[PoseLine], list[Skip]]:
             skipped.append(Skip(where, "not a number"))
             continue
         K, w2c = camera_from_values(values)
-        poses.append(PoseLine(timestamp, K, w2c))
+        poses.append(PoseLine(timestamp, position, K, w2c))
     return url, poses, skipped
 
 
@@ -171,6 +174,7 @@ class RealEstate10KSource(SceneSource):
         split: str = "train",
         videos: Path | None = None,
         geometry: str = "none",
+        eval_index: Path | None = None,
     ) -> None:
         if geometry == "depth":
             raise CameoError("re10k: the release has no depth; use --geometry vggt or none")
@@ -181,6 +185,8 @@ class RealEstate10KSource(SceneSource):
         self.chunked = any(self.folder.glob("*.torch"))
         if self.videos is not None and not self.videos.is_dir():
             raise CameoError(f"{self.videos}: --videos is not a folder")
+        self.eval_index = Path(eval_index) if eval_index else None
+        self._eval_entries = _read_eval_index(self.eval_index) if self.eval_index else None
 
     def options(self) -> dict:
         return {
@@ -189,7 +195,25 @@ class RealEstate10KSource(SceneSource):
             "videos": str(self.videos) if self.videos else None,
             "geometry": self.geometry,
             "layout": "pixelsplat" if self.chunked else "raw",
+            "eval_index": str(self.eval_index) if self.eval_index else None,
         }
+
+    def eval_views(self, scene: str, meta: dict, rng: np.random.Generator) -> dict | str:
+        """With ``--eval-index`` (pixelSplat's evaluation_index_re10k.json: indices into the
+        clip's pose lines), that file's views; otherwise the seeded default."""
+        if self._eval_entries is None:
+            return super().eval_views(scene, meta, rng)
+        entry = self._eval_entries.get(scene)
+        if entry is None:
+            return "not in --eval-index (or listed there as null)"
+        position = {p: k for k, p in enumerate(meta.get("source_index", []))}
+        views = {}
+        for role in ("context", "target"):
+            lost = [i for i in entry[role] if i not in position]
+            if lost:
+                return f"{role} frame(s) {lost} of --eval-index were skipped"
+            views[role] = [position[i] for i in entry[role]]
+        return views
 
     def list_scenes(self) -> tuple[list[str], list[Skip]]:
         if self.chunked:
@@ -218,6 +242,7 @@ class RealEstate10KSource(SceneSource):
                     image=image,
                     intrinsics=pixel_intrinsics(pose.intrinsics_normalized, height, width),
                     world_to_camera=pose.world_to_camera,
+                    source_index=pose.position,
                 )
             )
         return SceneData(scene, frames, split=self.split, skipped=skipped)
@@ -284,7 +309,9 @@ class RealEstate10KSource(SceneSource):
                 index = json.loads(index_path.read_text())
             except ValueError as exc:
                 raise CameoError(f"{index_path}: not valid JSON ({exc})") from None
-            self._chunk_of = {k: v for k, v in index.items()}
+            if not isinstance(index, dict) or not all(isinstance(v, str) for v in index.values()):
+                raise CameoError(f"{index_path}: expected {{clip key: chunk file name}}")
+            self._chunk_of = dict(index)
         else:
             self._chunk_of = {}
             unreadable = []
@@ -294,8 +321,11 @@ class RealEstate10KSource(SceneSource):
                 except SkipScene as exc:
                     unreadable.append(Skip(chunk.name, str(exc)))
                     continue
-                for example in examples:
-                    self._chunk_of[str(example.get("key"))] = chunk.name
+                for position, example in enumerate(examples):
+                    if isinstance(example, dict) and isinstance(example.get("key"), str):
+                        self._chunk_of[example["key"]] = chunk.name
+                    else:
+                        unreadable.append(Skip(f"{chunk.name}[{position}]", "example has no key"))
             _chunk_cache.clear()
             return sorted(self._chunk_of, key=lambda k: (self._chunk_of[k], k)), unreadable
         skipped = [
@@ -313,9 +343,13 @@ class RealEstate10KSource(SceneSource):
         if not hasattr(self, "_chunk_of"):
             self._list_chunk_scenes()
         chunk = self.folder / self._chunk_of[scene]
-        example = next((e for e in _load_chunk(chunk) if e.get("key") == scene), None)
+        examples = _load_chunk(chunk)
+        example = next((e for e in examples if isinstance(e, dict) and e.get("key") == scene), None)
         if example is None:
             raise SkipScene(f"not found in {chunk.name}")
+        missing = [k for k in ("timestamps", "cameras", "images") if k not in example]
+        if missing:
+            raise SkipScene(f"example in {chunk.name} lacks {', '.join(missing)}")
         cameras = np.asarray(example["cameras"], dtype=np.float64)
         timestamps = [int(t) for t in example["timestamps"]]
         if cameras.ndim != 2 or cameras.shape[1] != 18:
@@ -326,7 +360,9 @@ class RealEstate10KSource(SceneSource):
                 f"{len(example['images'])} images differ"
             )
         frames, skipped = [], []
-        for values, t, encoded in zip(cameras, timestamps, example["images"], strict=True):
+        for position, (values, t, encoded) in enumerate(
+            zip(cameras, timestamps, example["images"], strict=True)
+        ):
             try:
                 image = decode_image(encoded.numpy().tobytes(), f"{scene}/{t}")
             except SkipScene as exc:
@@ -334,8 +370,29 @@ class RealEstate10KSource(SceneSource):
                 continue
             K, w2c = camera_from_values(values)
             height, width = image.shape[:2]
-            frames.append(FrameData(str(t), image, pixel_intrinsics(K, height, width), w2c))
+            K = pixel_intrinsics(K, height, width)
+            frames.append(FrameData(str(t), image, K, w2c, source_index=position))
         return SceneData(scene, frames, split=self.split, skipped=skipped)
+
+
+def _read_eval_index(path: Path) -> dict[str, dict | None]:
+    """{clip: {"context": [int], "target": [int]} | null}, checked."""
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CameoError(f"{path}: cannot read the evaluation index ({exc})") from None
+    if not isinstance(entries, dict):
+        raise CameoError(f"{path}: expected {{clip: {{context, target}} | null}}")
+    for clip, entry in entries.items():
+        if entry is None:
+            continue
+        ok = isinstance(entry, dict) and all(
+            isinstance(entry.get(k), list) and all(isinstance(i, int) for i in entry[k])
+            for k in ("context", "target")
+        )
+        if not ok:
+            raise CameoError(f"{path}: entry {clip!r} needs integer lists context and target")
+    return entries
 
 
 _chunk_cache: dict[Path, list] = {}

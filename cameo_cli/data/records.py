@@ -36,6 +36,7 @@ class FrameData:
     depth: np.ndarray | None = None  # float32 [H, W] z-depth, 0 where unknown
     point_map: np.ndarray | None = None  # float32 [H, W, 3] world points, NaN where unknown
     mask: np.ndarray | None = None  # bool [H, W] object mask
+    source_index: int | None = None  # position in the source's own frame list (eval indices)
 
 
 @dataclass
@@ -63,9 +64,10 @@ class SceneSource(ABC):
     def load_scene(self, scene: str) -> SceneData:
         """Read one scene; raise `SkipScene` with the reason when it cannot be used."""
 
-    def eval_views(self, scene: str, frames: list[str], rng: np.random.Generator) -> dict:
-        """Default evaluation views of a scene: two context frames and two targets between."""
-        return interpolation_views(len(frames), rng)
+    def eval_views(self, scene: str, meta: dict, rng: np.random.Generator) -> dict | str:
+        """Evaluation views of a prepared scene (``meta`` from index.json), as frame indices,
+        or the reason the scene has none. Default: two context frames, two targets between."""
+        return interpolation_views(meta["num_frames"], rng)
 
 
 def interpolation_views(num_frames: int, rng: np.random.Generator, max_gap: int = 48) -> dict:

@@ -30,6 +30,7 @@ import multiprocessing
 import os
 import queue
 import zlib
+from collections import OrderedDict
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,8 +84,10 @@ class PrepareReport:
     skipped: list[Skip] = field(default_factory=list)
 
 
-def _scene_tensors(data: SceneData) -> tuple[dict[str, np.ndarray], dict[str, Any], list[Skip]]:
-    """Validate a scene's frames and turn them into shard tensors + index metadata."""
+def _scene_tensors(
+    data: SceneData, vggt_weights: Path | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, Any], list[Skip]]:
+    """Validate a scene's frames (add VGGT point maps) and make shard tensors + metadata."""
     skipped = list(data.skipped)
     frames = []
     for frame in data.frames:
@@ -97,6 +100,10 @@ def _scene_tensors(data: SceneData) -> tuple[dict[str, np.ndarray], dict[str, An
             frames.append(frame)
     if len(frames) < MIN_FRAMES:
         raise SkipScene(f"only {len(frames)} usable frame(s), need at least {MIN_FRAMES}")
+    if vggt_weights is not None:
+        from cameo_cli.data.vggt_scenes import add_vggt_point_maps
+
+        add_vggt_point_maps(frames, vggt_weights)
     height, width = frames[0].image.shape[:2]
     s = data.scene
     tensors: dict[str, np.ndarray] = {
@@ -122,6 +129,11 @@ def _scene_tensors(data: SceneData) -> tuple[dict[str, np.ndarray], dict[str, An
         "height": int(height),
         "width": int(width),
         "frames": [f.name for f in frames],
+        **(
+            {"source_index": [f.source_index for f in frames]}
+            if all(f.source_index is not None for f in frames)
+            else {}
+        ),
         "geometry": geometry,
         "mask": has_mask,
     }
@@ -133,7 +145,12 @@ def _shard_name(index: int) -> str:
 
 
 def build_shard(
-    source: SceneSource, index: int, scenes: list[str], out: Path, progress: Any = None
+    source: SceneSource,
+    index: int,
+    scenes: list[str],
+    out: Path,
+    progress: Any = None,
+    vggt_weights: Path | None = None,
 ) -> dict:
     """Read ``scenes``, write ``shards/shard-{index}.safetensors`` and its manifest atomically."""
     from safetensors.numpy import save_file
@@ -144,7 +161,9 @@ def build_shard(
     skipped: list[Skip] = []
     for scene in scenes:
         try:
-            scene_tensors, meta, scene_skips = _scene_tensors(source.load_scene(scene))
+            scene_tensors, meta, scene_skips = _scene_tensors(
+                source.load_scene(scene), vggt_weights
+            )
             tensors.update(scene_tensors)
             metas[scene] = meta
             skipped.extend(scene_skips)
@@ -199,8 +218,10 @@ def _init_worker(progress: Any) -> None:
     _progress_queue = progress
 
 
-def _build_shard_in_worker(source: SceneSource, index: int, scenes: list[str], out: Path) -> dict:
-    return build_shard(source, index, scenes, out, _progress_queue)
+def _build_shard_in_worker(
+    source: SceneSource, index: int, scenes: list[str], out: Path, vggt_weights: Path | None
+) -> dict:
+    return build_shard(source, index, scenes, out, _progress_queue, vggt_weights)
 
 
 class _InlineProgress:
@@ -248,12 +269,21 @@ def prepare_dataset(
     workers: int = 1,
     overwrite: bool = False,
     eval_seed: int = 0,
+    vggt_weights: Path | None = None,
     console: Console | None = None,
 ) -> PrepareReport:
-    """Write ``source`` as shards + index.json + eval_index.json into ``out`` (resumable)."""
+    """Write ``source`` as shards + index.json + eval_index.json into ``out`` (resumable).
+
+    With ``vggt_weights`` every kept scene gets VGGT point maps (`cameo_cli.data.vggt_scenes`).
+    """
     console = console or Console(stderr=True)
     out = Path(out)
     options = source.options()
+    if vggt_weights is not None:
+        from cameo_cli.data.vggt_scenes import check_vggt
+
+        check_vggt(vggt_weights)
+        options = {**options, "vggt_weights": str(vggt_weights)}
     signature_data = {"dataset": source.dataset, "options": options, "per_shard": scenes_per_shard}
     signature = hashlib.sha256(json.dumps(signature_data, sort_keys=True).encode()).hexdigest()
     _check_out_folder(out, signature, overwrite)
@@ -268,6 +298,10 @@ def prepare_dataset(
     (out / "shards").mkdir(parents=True, exist_ok=True)
     for stale in (out / "shards").glob("*.tmp-*"):
         stale.unlink()  # left by an interrupted run; finished files are never temporary
+    for path in (out / "shards").glob("shard-*"):
+        number = path.name.split(".")[0].removeprefix("shard-")
+        if number.isdigit() and int(number) >= len(plan):
+            path.unlink()  # beyond the plan (the raw dataset lost scenes since the last run)
     write_json_atomic(out / PLAN_FILE, {"signature": signature, **signature_data, "plan": plan})
 
     manifests: dict[int, dict] = {}
@@ -292,15 +326,19 @@ def prepare_dataset(
         if workers <= 1 or len(todo) <= 1:
             for index in todo:
                 manifests[index] = build_shard(
-                    source, index, plan[index], out, _InlineProgress(progress, task)
+                    source, index, plan[index], out, _InlineProgress(progress, task), vggt_weights
                 )
         else:
-            manifests.update(_run_parallel(source, plan, todo, out, workers, progress, task))
+            manifests.update(
+                _run_parallel(source, plan, todo, out, workers, progress, task, vggt_weights)
+            )
     report.shards_written = len(todo)
 
     index = _assemble_index(source, out, plan, manifests, listing_skips, options)
+    views, no_views = _eval_index(source, index, eval_seed)
+    index["skipped"].extend({"item": s.item, "reason": s.reason} for s in no_views)
     write_json_atomic(out / "index.json", index)
-    write_json_atomic(out / "eval_index.json", _eval_index(source, index, eval_seed))
+    write_json_atomic(out / "eval_index.json", views)
     report.scenes = len(index["scenes"])
     report.frames = index["num_frames"]
     report.skipped = [Skip(s["item"], s["reason"]) for s in index["skipped"]]
@@ -315,6 +353,7 @@ def _run_parallel(
     workers: int,
     progress: Progress,
     task: Any,
+    vggt_weights: Path | None,
 ) -> dict[int, dict]:
     ctx = multiprocessing.get_context("spawn")
     updates = ctx.Queue()
@@ -326,7 +365,8 @@ def _run_parallel(
         initargs=(updates,),
     ) as pool:
         pending: dict[Future, int] = {
-            pool.submit(_build_shard_in_worker, source, i, plan[i], out): i for i in todo
+            pool.submit(_build_shard_in_worker, source, i, plan[i], out, vggt_weights): i
+            for i in todo
         }
         while pending:
             done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
@@ -383,13 +423,18 @@ def _assemble_index(
     }
 
 
-def _eval_index(source: SceneSource, index: dict, seed: int) -> dict:
-    """Fixed context/target frames per scene, from a generator seeded by (seed, scene)."""
-    views = {}
+def _eval_index(source: SceneSource, index: dict, seed: int) -> tuple[dict, list[Skip]]:
+    """Fixed context/target frames per scene (a generator seeded by (seed, scene) where the
+    source draws them), and the scenes left out of the evaluation with the reason."""
+    views, left_out = {}, []
     for scene, meta in index["scenes"].items():
         rng = np.random.default_rng([seed, zlib.crc32(scene.encode())])
-        views[scene] = source.eval_views(scene, meta["frames"], rng)
-    return views
+        entry = source.eval_views(scene, meta, rng)
+        if isinstance(entry, str):
+            left_out.append(Skip(f"{scene} (evaluation)", entry))
+        else:
+            views[scene] = entry
+    return views, left_out
 
 
 # --------------------------------------------------------------------------- reading
@@ -423,12 +468,14 @@ def verify_shards(root: str | os.PathLike, index: dict) -> list[str]:
 
 
 class ShardReader:
-    """Lazy access to the tensors of prepared scenes (memory-mapped safetensors)."""
+    """Lazy access to the tensors of prepared scenes (memory-mapped safetensors); at most
+    ``max_open`` shards are kept open (least recently used closed first)."""
 
-    def __init__(self, root: str | os.PathLike, index: dict) -> None:
+    def __init__(self, root: str | os.PathLike, index: dict, max_open: int = 32) -> None:
         self.root = Path(root)
         self.index = index
-        self._open: dict[int, Any] = {}
+        self.max_open = max_open
+        self._open: OrderedDict[int, Any] = OrderedDict()
 
     def _shard(self, scene: str) -> Any:
         from safetensors import safe_open
@@ -438,11 +485,14 @@ class ShardReader:
             path = self.root / self.index["shards"][shard_id]["file"]
             if not path.is_file():
                 raise CameoError(f"{path}: shard listed in index.json is missing")
+            if len(self._open) >= self.max_open:
+                self._open.popitem(last=False)
             self._open[shard_id] = safe_open(str(path), framework="numpy")
+        self._open.move_to_end(shard_id)
         return self._open[shard_id]
 
     def __getstate__(self) -> dict:  # open handles stay in the process that opened them
-        return {"root": self.root, "index": self.index, "_open": {}}
+        return {**self.__dict__, "_open": OrderedDict()}
 
     def cameras(self, scene: str) -> tuple[np.ndarray, np.ndarray]:
         shard = self._shard(scene)

@@ -133,39 +133,41 @@ def camera_trajectory(rng: np.random.Generator, room: np.ndarray, num_frames: in
 
 
 def _rotate_y(v: np.ndarray, yaw: float) -> np.ndarray:
-    """Rotate world vectors into a frame turned by ``yaw`` about y (world -> local)."""
+    """Rotate world vectors [3, R] into a frame turned by ``yaw`` about y (world -> local)."""
     c, s = np.cos(yaw), np.sin(yaw)
-    x, y, z = v[..., 0], v[..., 1], v[..., 2]
-    return np.stack([c * x - s * z, y, s * x + c * z], axis=-1)
+    return np.stack([c * v[0] - s * v[2], v[1], s * v[0] + c * v[2]])
 
 
 def _intersect(prim: Primitive, o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distance to the first hit (inf if none) and the local hit coordinates [R, 3]."""
-    lo = _rotate_y(o - prim.center, prim.yaw)
+    """Distance along rays o + t d ([3, R] each) to the first hit (inf if none), and the local
+    hit coordinates [3, R]. Components are rows, so reductions run over 3 long rows."""
+    lo = _rotate_y(o - prim.center[:, None], prim.yaw)
     ld = _rotate_y(d, prim.yaw)
-    inv = 1.0 / np.where(np.abs(ld) < EPS, EPS, ld)
     if prim.kind == "sphere":
-        b = np.sum(lo * ld, axis=-1)
-        c = np.sum(lo * lo, axis=-1) - prim.half[0] ** 2
+        b = lo[0] * ld[0] + lo[1] * ld[1] + lo[2] * ld[2]
+        c = lo[0] ** 2 + lo[1] ** 2 + lo[2] ** 2 - prim.half[0] ** 2
         disc = b * b - c
         root = np.sqrt(np.maximum(disc, 0.0))
         t = np.where(-b - root > EPS, -b - root, -b + root)
         t = np.where((disc >= 0) & (t > EPS), t, np.inf)
     elif prim.kind == "panel":
-        t = -lo[:, 2] * inv[:, 2]
-        hit = lo + t[:, None] * ld
-        inside = (np.abs(hit[:, 0]) <= prim.half[0]) & (np.abs(hit[:, 1]) <= prim.half[1])
+        t = -lo[2] / np.where(np.abs(ld[2]) < EPS, EPS, ld[2])
+        inside = (np.abs(lo[0] + t * ld[0]) <= prim.half[0]) & (
+            np.abs(lo[1] + t * ld[1]) <= prim.half[1]
+        )
         t = np.where(inside & (t > EPS), t, np.inf)
     else:
-        t0 = (-prim.half - lo) * inv
-        t1 = (prim.half - lo) * inv
-        near = np.minimum(t0, t1).max(axis=-1)
-        far = np.maximum(t0, t1).min(axis=-1)
+        inv = 1.0 / np.where(np.abs(ld) < EPS, EPS, ld)
+        t0 = (-prim.half[:, None] - lo) * inv
+        t1 = (prim.half[:, None] - lo) * inv
+        lo_t, hi_t = np.minimum(t0, t1), np.maximum(t0, t1)
+        near = np.maximum(np.maximum(lo_t[0], lo_t[1]), lo_t[2])
+        far = np.minimum(np.minimum(hi_t[0], hi_t[1]), hi_t[2])
         if prim.kind == "room":  # rays start inside: the exit distance
             t = np.where(far > EPS, far, np.inf)
         else:
             t = np.where((near <= far) & (near > EPS), near, np.inf)
-    return t, lo + np.where(np.isfinite(t), t, 0.0)[:, None] * ld
+    return t, lo + np.where(np.isfinite(t), t, 0.0) * ld
 
 
 def _surface(prim: Primitive, local: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -244,31 +246,40 @@ def _shade_texture(tex: Texture, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def cast(
-    prims: list[Primitive], light: np.ndarray, origins: np.ndarray, dirs: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Cast rays (unit directions) [R, 3]: colour [R, 3] in [0, 1] and world hit points [R, 3]."""
+    prims: list[Primitive],
+    light: np.ndarray,
+    origins: np.ndarray,
+    dirs: np.ndarray,
+    shade: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """Cast rays (unit directions) [R, 3]: colour [R, 3] in [0, 1] (None unless ``shade``)
+    and world hit points [R, 3]."""
+    o, d = np.ascontiguousarray(origins.T), np.ascontiguousarray(dirs.T)
     best = np.full(len(dirs), np.inf)
     owner = np.full(len(dirs), -1)
     locals_ = []
     for k, prim in enumerate(prims):
-        t, local = _intersect(prim, origins, dirs)
+        t, local = _intersect(prim, o, d)
         closer = t < best
         best = np.where(closer, t, best)
         owner = np.where(closer, k, owner)
         locals_.append(local)
+    points = origins + np.where(np.isfinite(best), best, 0.0)[:, None] * dirs
+    if not shade:
+        return None, points
     color = np.zeros((len(dirs), 3))
     for k, prim in enumerate(prims):
         sel = owner == k
         if not sel.any():
             continue
-        u, v, normal = _surface(prim, locals_[k][sel])
+        local = locals_[k][:, sel].T
+        u, v, normal = _surface(prim, local)
         lambert = np.abs(normal @ light) if prim.kind == "panel" else np.maximum(normal @ light, 0)
         albedo = np.empty((len(u), 3))
-        face = _face(prim, locals_[k][sel]) if len(prim.textures) > 1 else np.zeros(len(u), int)
+        face = _face(prim, local) if len(prim.textures) > 1 else np.zeros(len(u), int)
         for f, tex in enumerate(prim.textures):
             albedo[face == f] = _shade_texture(tex, u[face == f], v[face == f])
         color[sel] = albedo * (0.5 + 0.5 * lambert)[:, None]
-    points = origins + np.where(np.isfinite(best), best, 0.0)[:, None] * dirs
     return np.clip(color, 0.0, 1.0), points
 
 
@@ -312,7 +323,7 @@ def render_scene(
     images, depths, points = [], [], []
     for w2c in w2cs:
         o, d = _camera_rays(K, w2c, resolution, np.array([[0.5, 0.5]]))
-        _, hit = cast(prims, light, o, d)
+        _, hit = cast(prims, light, o, d, shade=False)
         o, d = _camera_rays(K, w2c, resolution, sub)
         color, _ = cast(prims, light, o, d)
         color = color.reshape(len(sub), resolution, resolution, 3).mean(0)
@@ -343,7 +354,9 @@ class SyntheticSource(SceneSource):
         geometry: str = "depth",
     ) -> None:
         if geometry not in ("depth", "none"):
-            raise CameoError(f"synthetic: --geometry must be depth or none, got {geometry!r}")
+            raise CameoError(
+                f"synthetic: --geometry must be depth (exact) or none, got {geometry!r}"
+            )
         if not 16 <= resolution <= 1024:
             raise CameoError(f"synthetic: --resolution must be within 16..1024, got {resolution}")
         if frames < 2 or scenes < 1:
@@ -374,6 +387,7 @@ class SyntheticSource(SceneSource):
                 intrinsics=render.intrinsics[k],
                 world_to_camera=render.world_to_camera[k],
                 depth=render.depth[k] if self.geometry == "depth" else None,
+                source_index=k,
             )
             for k in range(self.frames)
         ]

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
-from torch.utils.data import default_collate
+from torch.utils.data import Dataset, default_collate
 
 from cameo_cli.backbone import ViewConditioning
 from cameo_cli.config import Recipe, dump_recipe
@@ -27,13 +27,21 @@ from cameo_cli.train.metrics import MetricsLogger, truncate_metrics
 from cameo_cli.train.model import CameoTrainingModel
 from cameo_cli.train.objective import add_training_noise, denoising_loss
 from cameo_cli.train.progress import TrainingProgress
-from cameo_cli.train.setup import alignment_setup, build_training_backbone, open_dataset
-from cameo_cli.train.validation import save_grid, validate
+from cameo_cli.train.setup import (
+    alignment_setup,
+    build_training_backbone,
+    check_backbone_and_layer,
+    open_dataset,
+)
+from cameo_cli.train.validation import one_step_views, sampled_views, save_grid, target_psnr
 
 log = logging.getLogger(__name__)
 
 VALIDATION_SAMPLES = 4
+TRAIN_SPLIT = "train"
+HELD_OUT_SPLIT = "test"
 SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)
+PRECISION_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TrainingDiverged(CameoError):
@@ -61,6 +69,10 @@ def run_training(
     """Train `recipe` into the run folder `output`; return the last checkpoint folder."""
     output = Path(output)
     resume_from = rundir.resolve_resume(output, overwrite=overwrite, resume=resume)
+    check_backbone_and_layer(recipe)
+    dataset = open_dataset(
+        recipe, needs_geometry=recipe.alignment.method == "cameo", split=TRAIN_SPLIT
+    )
     train = recipe.train
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
@@ -68,7 +80,7 @@ def run_training(
         gradient_accumulation_steps=train.grad_accumulation,
     )
     try:
-        trainer = Trainer(recipe, output, accelerator)
+        trainer = Trainer(recipe, output, accelerator, dataset)
         return trainer.run(resume_from, overwrite=overwrite, command=command or [])
     finally:
         accelerator.end_training()
@@ -77,7 +89,9 @@ def run_training(
 class Trainer:
     """Everything one training run holds; `run` builds it and steps until `train.steps`."""
 
-    def __init__(self, recipe: Recipe, output: Path, accelerator: Accelerator) -> None:
+    def __init__(
+        self, recipe: Recipe, output: Path, accelerator: Accelerator, dataset: Dataset
+    ) -> None:
         from cameo_cli.codec import load_codec
         from cameo_cli.diffusion import make_train_scheduler
 
@@ -91,7 +105,7 @@ class Trainer:
         self.accelerator = accelerator
         self.device = accelerator.device
         self.cameo = recipe.alignment.method == "cameo"
-        self.dataset = open_dataset(recipe, needs_geometry=self.cameo, split="train")
+        self.dataset = dataset
         torch.manual_seed(recipe.train.seed)
         self.codec = load_codec(recipe.codec).to(self.device)
         self.scheduler = make_train_scheduler(recipe.diffusion)
@@ -136,7 +150,7 @@ class Trainer:
     def _validation_batch(self) -> dict[str, torch.Tensor]:
         """A fixed batch of held-out samples (the dataset's test split, else its first items)."""
         try:
-            held_out = open_dataset(self.recipe, needs_geometry=False, split="test")
+            held_out = open_dataset(self.recipe, needs_geometry=False, split=HELD_OUT_SPLIT)
         except CameoError:
             held_out = self.dataset
         count = min(VALIDATION_SAMPLES, len(held_out))
@@ -258,20 +272,37 @@ class Trainer:
         return self.checkpoints.root / ckpt.checkpoint_name(self.step)
 
     def _validate(self, metrics: MetricsLogger | None) -> None:
+        """Main process: sampled and one-step target views of the validation batch."""
         if metrics is None:
             return
+        from cameo_cli.sample.pipeline import MultiViewPipeline
+
+        recipe, batch = self.recipe, self.validation_batch
         model = self.accelerator.unwrap_model(self.prepared_model)
         model.eval()
-        score, images = validate(
+        pipeline = MultiViewPipeline(
             model.backbone,
             self.codec,
-            self.scheduler,
-            self.validation_batch,
-            seed=self.recipe.train.seed,
+            recipe.diffusion,
+            recipe.data.num_views,
+            device=self.device,
+            dtype=PRECISION_DTYPES[recipe.train.mixed_precision],
+        )
+        sample = recipe.sample
+        sampled = sampled_views(
+            pipeline, batch, steps=sample.steps, guidance=sample.guidance, seed=sample.seed
+        )
+        one_step = one_step_views(
+            model.backbone, self.codec, self.scheduler, batch, seed=recipe.train.seed
         )
         model.train()
-        save_grid(images, self.output / rundir.SAMPLES / f"step-{self.step:06d}.png")
-        metrics.log(self.step, {"val/psnr": score})
+        truth = (batch["images"] + 1) / 2
+        grid = torch.stack([truth, sampled, one_step], dim=1)
+        save_grid(grid, self.output / rundir.SAMPLES / f"step-{self.step:06d}.png")
+        metrics.log(
+            self.step,
+            {"val/psnr": target_psnr(sampled, batch), "val/psnr_x0": target_psnr(one_step, batch)},
+        )
 
     # -- the run ------------------------------------------------------------------------------
     def run(self, resume_from: Path | None, *, overwrite: bool, command: list[str]) -> Path:

@@ -1,0 +1,193 @@
+"""`cameo evaluate` end to end on held-out synthetic scenes (with object masks), resuming,
+LPIPS through local weights, and its errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cameo_cli.cli import main
+from cameo_cli.data.records import SceneData
+from cameo_cli.data.synthetic import SyntheticSource
+
+pytestmark = pytest.mark.slow
+
+
+class MaskedSynthetic(SyntheticSource):
+    """Synthetic scenes with an object mask (the central square), like DTU's."""
+
+    def load_scene(self, scene: str) -> SceneData:
+        data = super().load_scene(scene)
+        for frame in data.frames:
+            mask = np.zeros(frame.image.shape[:2], dtype=bool)
+            mask[8:24, 8:24] = True
+            frame.mask = mask
+        return data
+
+
+@pytest.fixture(scope="module")
+def eval_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 scenes the tiny run never saw (another generator seed), 8 frames at 32 px."""
+    from rich.console import Console
+
+    from cameo_cli.data.shards import prepare_dataset
+
+    out = tmp_path_factory.mktemp("eval") / "dataset"
+    source = MaskedSynthetic(scenes=4, resolution=32, frames=8, seed=1, split="test")
+    prepare_dataset(source, out, console=Console(quiet=True))
+    return out
+
+
+def evaluate(*args: object) -> object:
+    return CliRunner().invoke(main, ["evaluate", *map(str, args)])
+
+
+def test_evaluate_end_to_end_and_resume(tiny_run: Path, eval_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    args = [
+        "--checkpoint",
+        tiny_run,
+        "--dataset",
+        eval_dataset,
+        "--out",
+        out,
+        "--metrics",
+        "psnr,ssim",
+        "--steps",
+        3,
+        "--seed",
+        5,
+        "--save-images",
+    ]
+    started = time.perf_counter()
+    result = evaluate(*args)
+    assert result.exit_code == 0, result.output
+    assert time.perf_counter() - started < 120
+    index = json.loads((eval_dataset / "eval_index.json").read_text())
+    results = json.loads((out / "results.json").read_text())
+    assert [s["scene"] for s in results["per_scene"]] == list(index)
+    names = ["psnr", "psnr_masked", "ssim", "ssim_masked"]
+    assert sorted(results["mean"]) == names
+    views = sum(len(entry["target"]) for entry in index.values())
+    assert results["views"] == views
+    all_psnr = [v for s in results["per_scene"] for v in s["per_view"]["psnr"]]
+    assert results["mean"]["psnr"] == pytest.approx(np.mean(all_psnr))
+    config = results["config"]
+    assert config["resolution"] == 32 and config["steps"] == 3 and config["seed"] == 5
+    assert config["guidance"] == 2.0 and config["ssim"]["window"] == 11
+    assert config["ssim"]["sigma"] == 1.5 and config["psnr"]["identical_images"] == 100.0
+    assert config["masked_metrics"] is True and config["lpips"] is None
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["scene"] for r in rows] == [*index, "mean"]
+    assert float(rows[-1]["ssim"]) == pytest.approx(results["mean"]["ssim"], abs=1e-6)
+    assert rows[0]["steps"] == "3" and rows[0]["ssim_sigma"] == "1.5"
+    first_scene = next(iter(index))
+    images = sorted((out / "images" / first_scene).glob("*.png"))
+    assert len(images) == len(index[first_scene]["target"])
+    assert "mean" in result.output and "psnr" in result.output
+
+    # resume: one scene lost -> only that one is recomputed, to the same numbers
+    scene_files = sorted((out / "scenes").glob("*.json"))
+    lost = scene_files[1]
+    before = json.loads(lost.read_text())
+    lost.unlink()
+    stamps = {p: p.stat().st_mtime_ns for p in scene_files if p != lost}
+    result = evaluate(*args)
+    assert result.exit_code == 0, result.output
+    assert "resuming: 3 of 4" in result.output
+    assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())
+    assert json.loads(lost.read_text())["per_view"] == before["per_view"]
+
+    # another configuration refuses to mix into this folder
+    result = evaluate(*[a if a != 3 else 4 for a in args])
+    assert result.exit_code == 2 and "another configuration" in result.output
+
+
+def random_lpips_weights(path: Path) -> Path:
+    import torchvision
+
+    torch.manual_seed(0)
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), path)
+    return path
+
+
+def test_evaluate_lpips_from_local_weights(
+    tiny_run: Path, eval_dataset: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "eval"
+    weights = random_lpips_weights(tmp_path / "alexnet.pth")
+    result = evaluate(
+        "--checkpoint",
+        tiny_run,
+        "--dataset",
+        eval_dataset,
+        "--out",
+        out,
+        "--metrics",
+        "lpips",
+        "--lpips-net",
+        "alex",
+        "--lpips-weights",
+        weights,
+        "--steps",
+        2,
+        "--limit",
+        1,
+    )
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert sorted(results["mean"]) == ["lpips", "lpips_masked"]
+    assert results["mean"]["lpips"] > 0
+    assert results["config"]["lpips"]["net"] == "alex"
+
+
+@pytest.mark.parametrize(
+    ("index", "message"),
+    [
+        ({"synth-00000": {"context": [0, 1, 2, 3], "target": [5]}}, "at most 3 references"),
+        ({"synth-00000": {"context": [0], "target": [8]}}, "outside 0..7"),
+        ({"nowhere": {"context": [0], "target": [1]}}, "is not in the dataset"),
+        ({"synth-00000": {"context": [], "target": [1]}}, "non-empty integer lists"),
+    ],
+)
+def test_bad_index_is_a_clear_error(
+    index: dict, message: str, tiny_run: Path, eval_dataset: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "index.json"
+    path.write_text(json.dumps(index))
+    out = tmp_path / "eval"
+    result = evaluate(
+        "--checkpoint",
+        tiny_run,
+        "--dataset",
+        eval_dataset,
+        "--index",
+        path,
+        "--out",
+        out,
+        "--metrics",
+        "psnr",
+    )
+    assert result.exit_code == 2, result.output
+    assert message in result.output and not out.exists()
+
+
+def test_missing_lpips_weights_and_unknown_metric(
+    tiny_run: Path, eval_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    out = tmp_path / "eval"
+    common = ["--checkpoint", tiny_run, "--dataset", eval_dataset, "--out", out]
+    result = evaluate(*common, "--metrics", "psnr,lpips")
+    assert result.exit_code == 2
+    assert "vgg16-397923af.pth" in result.output and "--metrics psnr,ssim" in result.output
+    assert not out.exists()
+    result = evaluate(*common, "--metrics", "psnr,fid")
+    assert result.exit_code == 2 and "unknown metrics fid" in result.output
