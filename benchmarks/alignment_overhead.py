@@ -222,6 +222,15 @@ def unet_step_flops() -> tuple[int, str]:
     meta = torch.device("meta")
     with meta:
         backbone, step = full_unet_step(meta)
+
+    def meta_condition_maps(latents: torch.Tensor, cond: object) -> torch.Tensor:
+        # The Plücker raymap is elementwise camera arithmetic (no matmul FLOPs) that autocast
+        # guards cannot run on the meta device: stand in a tensor of its shape.
+        batch, views, _, height, width = latents.shape
+        channels = backbone.condition_channels()
+        return torch.zeros(batch, views, channels, height, width, device=meta)
+
+    backbone.condition_maps = meta_condition_maps
     with FlopCounterMode(display=False) as counter:
         step()
     params = sum(p.numel() for p in backbone.parameters())
