@@ -269,7 +269,8 @@ def quickstart_step_seconds(steps: int) -> dict[str, float]:
     from cameo_cli.data.shards import prepare_dataset
     from cameo_cli.data.synthetic import SyntheticSource
     from cameo_cli.train.data import make_loader
-    from cameo_cli.train.loop import Trainer
+    from cameo_cli.train.loop import TRAIN_SPLIT, Trainer
+    from cameo_cli.train.setup import open_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "synthetic"
@@ -281,7 +282,8 @@ def quickstart_step_seconds(steps: int) -> dict[str, float]:
             recipe = load_recipe(
                 "quickstart-cpu", [f"alignment.method={method}", f"data.dataset={data}"]
             )
-            trainer = Trainer(recipe, Path(tmp) / method, accelerator)
+            dataset = open_dataset(recipe, needs_geometry=method == "cameo", split=TRAIN_SPLIT)
+            trainer = Trainer(recipe, Path(tmp) / method, accelerator, dataset)
             trainer.prepared_model, optimizer = accelerator.prepare(
                 trainer.model, trainer.optimizer
             )
