@@ -46,7 +46,7 @@ from cameo_cli.backbone import (
 from cameo_cli.conditioning import (
     CAMERA_CONDITION_CHANNELS,
     added_to_output,
-    camera_condition_maps,
+    camera_patch_tokens,
     zero_conv,
 )
 from cameo_cli.errors import CameoError
@@ -194,9 +194,7 @@ class HunyuanDiT(MultiViewBackbone):
         self.set_num_views(views)
         items = batch * views
         dtype, device = latents.dtype, latents.device
-        camera = camera_condition_maps(cond, height, width).flatten(0, 1)
-        camera_tokens = self.camera_encoder(camera.to(self.camera_encoder.weight.dtype))
-        camera_tokens = camera_tokens.flatten(2).transpose(1, 2)  # [B·F, tokens, hidden]
+        camera_tokens = camera_patch_tokens(self.camera_encoder, cond, height, width)
         # Hunyuan's time embedding runs in the timestep's dtype (its pipeline casts to the
         # latents' dtype); an integer timestep fails inside diffusers.
         timestep = timesteps.to(dtype).repeat_interleave(views)

@@ -56,6 +56,15 @@ def zero_conv(
     return conv
 
 
+def camera_patch_tokens(
+    encoder: nn.Conv2d, cond: ViewConditioning, height: int, width: int
+) -> torch.Tensor:
+    """[B·F, tokens, hidden]: `camera_condition_maps` at the latent size (height x width)
+    through a patch-embedding conv (kernel = stride = patch), in a DiT's patch-token order."""
+    maps = camera_condition_maps(cond, height, width).flatten(0, 1)
+    return encoder(maps.to(encoder.weight.dtype)).flatten(2).transpose(1, 2)
+
+
 @contextmanager
 def added_to_output(module: nn.Module, addition: torch.Tensor) -> Iterator[None]:
     """Inside the block, `module`'s output gets `addition` (cast to the output's dtype) added:

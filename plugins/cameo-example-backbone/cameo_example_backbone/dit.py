@@ -8,8 +8,8 @@ What a plugin adapter does, in order:
    because diffusers' config does not record them;
 4. add the camera input: `cameo_cli.conditioning.camera_condition_maps` (Plücker raymap +
    reference mask) through a zero-initialised module (`zero_conv`; here a patch-embedding
-   conv whose tokens `added_to_output` adds to the DiT's patch tokens), so the camera input
-   changes nothing at initialisation;
+   conv, `camera_patch_tokens`, whose tokens `added_to_output` adds to the DiT's patch
+   tokens), so the camera input changes nothing at initialisation;
 5. implement `forward` with cameo's signature and `token_grid` for the layer table.
 
 The DiT is class-conditional; cameo has no classes, so every image gets the DiT's own
@@ -33,7 +33,7 @@ from cameo_cli.backbone import (
 from cameo_cli.conditioning import (
     CAMERA_CONDITION_CHANNELS,
     added_to_output,
-    camera_condition_maps,
+    camera_patch_tokens,
     zero_conv,
 )
 from cameo_cli.errors import CameoError
@@ -138,9 +138,7 @@ class ExampleDiT(MultiViewBackbone):
             )
         cond.check(batch, views)
         self.set_num_views(views)
-        maps = camera_condition_maps(cond, height, width).flatten(0, 1)  # [B·F, 7, h, w]
-        camera_tokens = self.camera_encoder(maps.to(self.camera_encoder.weight.dtype))
-        camera_tokens = camera_tokens.flatten(2).transpose(1, 2)  # [B·F, tokens, dim]
+        camera_tokens = camera_patch_tokens(self.camera_encoder, cond, height, width)
         null_class = self.model.config.num_embeds_ada_norm  # the guidance-dropped label
         labels = torch.full((batch * views,), null_class, dtype=torch.long, device=latents.device)
         with added_to_output(self.model.pos_embed, camera_tokens):  # patch tokens + cameras
