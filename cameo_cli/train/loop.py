@@ -145,6 +145,7 @@ class Trainer:
         )
         self.step = 0
         self.data_position = 0
+        self.last_lr = recipe.train.learning_rate
 
     # -- set-up -----------------------------------------------------------------------------
     def _validation_batch(self) -> dict[str, torch.Tensor]:
@@ -305,7 +306,8 @@ class Trainer:
         )
 
     # -- the run ------------------------------------------------------------------------------
-    def run(self, resume_from: Path | None, *, overwrite: bool, command: list[str]) -> Path:
+    def start(self, resume_from: Path | None, *, overwrite: bool, command: list[str]) -> None:
+        """Write the run folder, restore a checkpoint, wrap the model for accelerate."""
         accelerator, train = self.accelerator, self.recipe.train
         self._prepare_run_dir(resume_from, overwrite, command)
         if resume_from is not None:
@@ -321,6 +323,39 @@ class Trainer:
             start=self.data_position,
             workers=self.recipe.data.workers,
         )
+        self._batches = iter(loader)
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        """This process's next micro-batch of the resumable stream."""
+        self.data_position += 1
+        return next(self._batches)
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Forward + backward of one micro-batch; at the end of a gradient accumulation the
+        optimizer, LR scheduler and EMA step and `self.step` advances. Returns the terms."""
+        accelerator, train = self.accelerator, self.recipe.train
+        with accelerator.accumulate(self.prepared_model):
+            terms = self._micro_step(batch)
+            self._check_finite(terms)
+            accelerator.backward(terms["loss"])
+            if accelerator.sync_gradients and train.grad_clip > 0:
+                accelerator.clip_grad_norm_(self.model.parameters(), train.grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        if accelerator.sync_gradients:
+            self.last_lr = self.optimizer.param_groups[0]["lr"]
+            self.lr_scheduler.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
+            self.step += 1
+        return {name: value.detach().item() for name, value in terms.items()}
+
+    def run(self, resume_from: Path | None, *, overwrite: bool, command: list[str]) -> Path:
+        """Train until `train.steps`; log, validate and checkpoint on the way."""
+        accelerator, train = self.accelerator, self.recipe.train
+        self.start(resume_from, overwrite=overwrite, command=command)
+        if self.step >= train.steps and resume_from is not None:
+            return resume_from
         metrics = None
         if accelerator.is_main_process:
             metrics_file = self.output / rundir.METRICS
@@ -330,36 +365,20 @@ class Trainer:
         sums: dict[str, float] = defaultdict(float)
         count = 0
         last_saved = None
-        params = list(self.model.parameters())
-        batches = iter(loader)
         try:
             with TrainingProgress(train.steps, self.step, accelerator.is_main_process) as bar:
                 while self.step < train.steps:
-                    batch = next(batches)
-                    self.data_position += 1
-                    with accelerator.accumulate(self.prepared_model):
-                        terms = self._micro_step(batch)
-                        self._check_finite(terms)
-                        accelerator.backward(terms["loss"])
-                        if accelerator.sync_gradients and train.grad_clip > 0:
-                            accelerator.clip_grad_norm_(params, train.grad_clip)
-                        self.optimizer.step()
-                        self.optimizer.zero_grad(set_to_none=True)
-                    for name, value in terms.items():
-                        sums[name] += value.detach().item()
+                    before = self.step
+                    for name, value in self.train_step(self.next_batch()).items():
+                        sums[name] += value
                     count += 1
-                    if not accelerator.sync_gradients:
+                    if self.step == before:  # inside a gradient accumulation
                         continue
-                    lr = self.optimizer.param_groups[0]["lr"]
-                    self.lr_scheduler.step()
-                    if self.ema is not None:
-                        self.ema.update(self.model)
-                    self.step += 1
                     averages = self._reduce({k: v / count for k, v in sums.items()})
                     bar.update(self.step, averages)
                     if self.step % train.log_every == 0 or self.step == train.steps:
                         if metrics is not None:
-                            averages["lr"] = lr
+                            averages["lr"] = self.last_lr
                             averages["steps_per_s"] = bar.steps_per_second(self.step)
                             metrics.log(self.step, averages)
                         sums.clear()
