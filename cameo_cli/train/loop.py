@@ -16,7 +16,6 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from torch.utils.data import Dataset, default_collate
 
-from cameo_cli.backbone import ViewConditioning
 from cameo_cli.config import Recipe, dump_recipe
 from cameo_cli.errors import CameoError
 from cameo_cli.train import checkpoint as ckpt
@@ -33,7 +32,13 @@ from cameo_cli.train.setup import (
     check_backbone_and_layer,
     open_dataset,
 )
-from cameo_cli.train.validation import one_step_views, sampled_views, save_grid, target_psnr
+from cameo_cli.train.validation import (
+    conditioning,
+    one_step_views,
+    sampled_views,
+    save_grid,
+    target_psnr,
+)
 
 log = logging.getLogger(__name__)
 
@@ -201,14 +206,7 @@ class Trainer:
             latents = self.codec.encode(images.flatten(0, 1)).unflatten(0, (b, f))
         noised = add_training_noise(self.scheduler, latents, ref_mask, self.generator)
         drop = torch.rand(b, generator=self.generator, device=device) < train.camera_drop
-        cond = ViewConditioning(
-            intrinsics=batch["intrinsics"].to(device),
-            world_to_camera=batch["world_to_camera"].to(device),
-            ref_mask=ref_mask,
-            image_size=tuple(images.shape[-2:]),
-            drop_camera=drop,
-            ref_images=images * ref_mask[:, :, None, None, None],
-        )
+        cond = conditioning(batch, device, drop_camera=drop)
         correspondence = None
         if self.cameo:
             from cameo_cli.geometry import correspondence_targets
