@@ -171,3 +171,28 @@ def test_eval_index_names_views(tmp_path):
     assert source.eval_views("scan8", meta, np.random.default_rng(0)) == (
         "input view(s) [22] missing"
     )
+
+
+def test_mvsnet_shared_cameras_and_rectified_images(tmp_path):
+    root = tmp_path / "mvs_training"
+    (root / "Cameras").mkdir(parents=True)
+    (root / "Rectified" / "scan3_train").mkdir(parents=True)
+    (root / "Depths" / "scan3_train").mkdir(parents=True)
+    for view in (0, 1, 2):
+        (root / "Cameras" / f"{view:08d}_cam.txt").write_text(SAMPLE.read_text())
+        for light in (0, 3):  # lighting 3 is preferred
+            _image(
+                root / "Rectified" / "scan3_train" / f"rect_{view + 1:03d}_{light}_r5000.png",
+                value=10 * view + light,
+            )
+        _write_pfm(
+            root / "Depths" / "scan3_train" / f"depth_map_{view:04d}.pfm", np.full((30, 40), 700.0)
+        )
+    assert DTUSource(root, split="test").list_scenes()[0] == []
+    data = DTUSource(root, split="train", geometry="depth").load_scene("scan3")
+    assert [f.name for f in data.frames] == ["0", "1", "2"]
+    expected = np.asarray(Image.open(root / "Rectified" / "scan3_train" / "rect_002_3_r5000.png"))
+    assert np.array_equal(data.frames[1].image, expected)
+    assert data.frames[0].depth.shape == (120, 160) and (data.frames[0].depth == 700).all()
+    _, K, _ = parse_cam_file(SAMPLE)
+    assert np.allclose(data.frames[0].intrinsics, K * [[0.1], [0.1], [1]])

@@ -83,7 +83,8 @@ def print_report(report: PrepareReport, console: Console) -> None:
 @click.option("--root", type=click.Path(), help="Raw dataset folder (re10k, dtu).")
 @click.option(
     "--split",
-    help="re10k: train|test [default: train]; dtu: test (15 scans)|train|all [default: test].",
+    help="re10k: train|test [default: train]; dtu: test (15 scans)|train|all [default: test]; "
+    "synthetic: a label [default: train].",
 )
 @click.option("--videos", type=click.Path(), help="re10k: folder of local videos <clip>.mp4.")
 @click.option(

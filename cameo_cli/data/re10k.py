@@ -309,7 +309,9 @@ class RealEstate10KSource(SceneSource):
                 index = json.loads(index_path.read_text())
             except ValueError as exc:
                 raise CameoError(f"{index_path}: not valid JSON ({exc})") from None
-            self._chunk_of = {k: v for k, v in index.items()}
+            if not isinstance(index, dict) or not all(isinstance(v, str) for v in index.values()):
+                raise CameoError(f"{index_path}: expected {{clip key: chunk file name}}")
+            self._chunk_of = dict(index)
         else:
             self._chunk_of = {}
             unreadable = []
@@ -319,8 +321,11 @@ class RealEstate10KSource(SceneSource):
                 except SkipScene as exc:
                     unreadable.append(Skip(chunk.name, str(exc)))
                     continue
-                for example in examples:
-                    self._chunk_of[str(example.get("key"))] = chunk.name
+                for position, example in enumerate(examples):
+                    if isinstance(example, dict) and isinstance(example.get("key"), str):
+                        self._chunk_of[example["key"]] = chunk.name
+                    else:
+                        unreadable.append(Skip(f"{chunk.name}[{position}]", "example has no key"))
             _chunk_cache.clear()
             return sorted(self._chunk_of, key=lambda k: (self._chunk_of[k], k)), unreadable
         skipped = [
@@ -338,9 +343,13 @@ class RealEstate10KSource(SceneSource):
         if not hasattr(self, "_chunk_of"):
             self._list_chunk_scenes()
         chunk = self.folder / self._chunk_of[scene]
-        example = next((e for e in _load_chunk(chunk) if e.get("key") == scene), None)
+        examples = _load_chunk(chunk)
+        example = next((e for e in examples if isinstance(e, dict) and e.get("key") == scene), None)
         if example is None:
             raise SkipScene(f"not found in {chunk.name}")
+        missing = [k for k in ("timestamps", "cameras", "images") if k not in example]
+        if missing:
+            raise SkipScene(f"example in {chunk.name} lacks {', '.join(missing)}")
         cameras = np.asarray(example["cameras"], dtype=np.float64)
         timestamps = [int(t) for t in example["timestamps"]]
         if cameras.ndim != 2 or cameras.shape[1] != 18:

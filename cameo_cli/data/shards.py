@@ -30,6 +30,7 @@ import multiprocessing
 import os
 import queue
 import zlib
+from collections import OrderedDict
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -297,6 +298,10 @@ def prepare_dataset(
     (out / "shards").mkdir(parents=True, exist_ok=True)
     for stale in (out / "shards").glob("*.tmp-*"):
         stale.unlink()  # left by an interrupted run; finished files are never temporary
+    for path in (out / "shards").glob("shard-*"):
+        number = path.name.split(".")[0].removeprefix("shard-")
+        if number.isdigit() and int(number) >= len(plan):
+            path.unlink()  # beyond the plan (the raw dataset lost scenes since the last run)
     write_json_atomic(out / PLAN_FILE, {"signature": signature, **signature_data, "plan": plan})
 
     manifests: dict[int, dict] = {}
@@ -463,12 +468,14 @@ def verify_shards(root: str | os.PathLike, index: dict) -> list[str]:
 
 
 class ShardReader:
-    """Lazy access to the tensors of prepared scenes (memory-mapped safetensors)."""
+    """Lazy access to the tensors of prepared scenes (memory-mapped safetensors); at most
+    ``max_open`` shards are kept open (least recently used closed first)."""
 
-    def __init__(self, root: str | os.PathLike, index: dict) -> None:
+    def __init__(self, root: str | os.PathLike, index: dict, max_open: int = 32) -> None:
         self.root = Path(root)
         self.index = index
-        self._open: dict[int, Any] = {}
+        self.max_open = max_open
+        self._open: OrderedDict[int, Any] = OrderedDict()
 
     def _shard(self, scene: str) -> Any:
         from safetensors import safe_open
@@ -478,11 +485,14 @@ class ShardReader:
             path = self.root / self.index["shards"][shard_id]["file"]
             if not path.is_file():
                 raise CameoError(f"{path}: shard listed in index.json is missing")
+            if len(self._open) >= self.max_open:
+                self._open.popitem(last=False)
             self._open[shard_id] = safe_open(str(path), framework="numpy")
+        self._open.move_to_end(shard_id)
         return self._open[shard_id]
 
     def __getstate__(self) -> dict:  # open handles stay in the process that opened them
-        return {"root": self.root, "index": self.index, "_open": {}}
+        return {**self.__dict__, "_open": OrderedDict()}
 
     def cameras(self, scene: str) -> tuple[np.ndarray, np.ndarray]:
         shard = self._shard(scene)
