@@ -42,7 +42,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cameo_cli import __version__
-from cameo_cli.data.records import SceneData, SceneSource, Skip, SkipScene, check_camera, encode_png
+from cameo_cli.data.records import (
+    FrameData,
+    SceneData,
+    SceneSource,
+    Skip,
+    SkipScene,
+    check_camera,
+    encode_png,
+)
 from cameo_cli.errors import CameoError
 
 FORMAT = "cameo-multiview"
@@ -84,16 +92,34 @@ class PrepareReport:
     skipped: list[Skip] = field(default_factory=list)
 
 
+def _frame_problem(frame: FrameData, size: tuple[int, int], extras: list[str]) -> str | None:
+    """What makes a frame unlike the rest of its scene (size, missing geometry or mask)."""
+    if frame.image.shape[:2] != size:
+        return f"image size {frame.image.shape[:2]} differs from the scene's first frame {size}"
+    for key in extras:
+        value = getattr(frame, key)
+        if value is None:
+            return f"no {key} while other frames of the scene have one"
+        if value.shape[:2] != size:
+            return f"{key} of size {value.shape[:2]} for an image of {size}"
+    return None
+
+
 def _scene_tensors(
     data: SceneData, vggt_weights: Path | None = None
 ) -> tuple[dict[str, np.ndarray], dict[str, Any], list[Skip]]:
     """Validate a scene's frames (add VGGT point maps) and make shard tensors + metadata."""
     skipped = list(data.skipped)
     frames = []
+    extras = [
+        k
+        for k in ("depth", "point_map", "mask")
+        if any(getattr(f, k) is not None for f in data.frames)
+    ]
     for frame in data.frames:
-        problem = check_camera(frame.intrinsics, frame.world_to_camera)
-        if problem is None and frame.image.shape[:2] != data.frames[0].image.shape[:2]:
-            problem = f"image size {frame.image.shape[:2]} differs from the scene's first frame"
+        problem = check_camera(frame.intrinsics, frame.world_to_camera) or _frame_problem(
+            frame, data.frames[0].image.shape[:2], extras
+        )
         if problem is not None:
             skipped.append(Skip(f"{data.scene}/{frame.name}", problem))
         else:
