@@ -177,7 +177,7 @@ class MultiViewDataset(torch.utils.data.Dataset):
         images = [self.reader.image(scene, f) for f in frames]
         masks = [self.reader.mask(scene, f) for f in frames] if self.has_masks else None
         points = valid = None
-        if meta.get("geometry"):
+        if self.has_geometry:
             points, valid = self._point_map(scene, frames, K, w2c)
         if self.resolution is not None:
             rh, rw, top, left = cameras.resize_center_crop_box(size, self.resolution)
@@ -215,7 +215,10 @@ class MultiViewDataset(torch.utils.data.Dataset):
             points = torch.from_numpy(stored).double().permute(0, 3, 1, 2)
             valid = torch.isfinite(points).all(1)
             return torch.nan_to_num(points, nan=0.0, posinf=0.0, neginf=0.0), valid
-        depth = torch.from_numpy(self.reader.geometry(scene, "depth", frames)).double()
+        depth = self.reader.geometry(scene, "depth", frames)
+        if depth is None:
+            raise CameoError(f"{self.root}: scene {scene!r} has no depth or point maps")
+        depth = torch.from_numpy(depth).double()
         return point_map_from_depth(depth, K, w2c)
 
     @staticmethod
