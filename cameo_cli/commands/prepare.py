@@ -17,6 +17,7 @@ APPLIES_TO = {
     "root": ("re10k", "dtu"),
     "videos": ("re10k",),
     "eval_index": ("re10k",),
+    "short_side": ("re10k", "dtu"),
     "scenes": ("synthetic",),
     "frames": ("synthetic",),
     "resolution": ("synthetic",),
@@ -95,6 +96,11 @@ def print_report(report: PrepareReport, console: Console) -> None:
 @click.option("--scenes", type=int, help="synthetic: number of scenes [default: 32].")
 @click.option("--frames", type=int, help="synthetic: frames per scene [default: 16].")
 @click.option("--resolution", type=int, help="synthetic: image size [default: 64].")
+@click.option(
+    "--short-side",
+    type=int,
+    help="re10k, dtu: store frames with the shorter side at most PX (e.g. 360); K follows.",
+)
 @click.option("--seed", type=int, default=0, help="Generator and evaluation-index seed.")
 @click.option(
     "--geometry",
@@ -128,6 +134,7 @@ def prepare(dataset: str, out: str, **opts: object) -> None:
         overwrite=opts["overwrite"],
         eval_seed=opts["seed"],
         vggt_weights=Path(opts["vggt_weights"]) if opts["geometry"] == "vggt" else None,
+        short_side=opts["short_side"],
         console=console,
     )
     print_report(report, console)

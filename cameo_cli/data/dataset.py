@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from cameo_cli import cameras
+from cameo_cli.data.records import nearest_indices
 from cameo_cli.data.shards import ShardReader, load_index
 from cameo_cli.errors import CameoError
 from cameo_cli.geometry.pointmaps import point_map_from_depth
@@ -78,12 +79,6 @@ def order_views(
         rest = [f for i, f in enumerate(frames) if i not in positions]
         return [frames[i] for i in positions] + rest
     raise CameoError(f"unknown sampling policy {policy!r}; choose one of {', '.join(POLICIES)}")
-
-
-def _nearest_rows(size: int, resized: int, offset: int, target: int) -> np.ndarray:
-    """Source index (size) under each output pixel centre after resize (resized) + crop."""
-    centres = (np.arange(target) + 0.5 + offset) * size / resized
-    return np.clip(np.floor(centres).astype(np.int64), 0, size - 1)
 
 
 class MultiViewDataset(torch.utils.data.Dataset):
@@ -184,8 +179,8 @@ class MultiViewDataset(torch.utils.data.Dataset):
             res = self.resolution
             images = [self._resize_crop(im, rh, rw, top, left, res) for im in images]
             K = cameras.resize_center_crop_intrinsics(K, size, res)
-            rows = torch.from_numpy(_nearest_rows(size[0], rh, top, res))
-            cols = torch.from_numpy(_nearest_rows(size[1], rw, left, res))
+            rows = torch.from_numpy(nearest_indices(size[0], rh, top, res))
+            cols = torch.from_numpy(nearest_indices(size[1], rw, left, res))
             if points is not None:
                 points = points[:, :, rows][:, :, :, cols]
                 valid = valid[:, rows][:, :, cols]

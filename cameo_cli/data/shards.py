@@ -49,6 +49,7 @@ from cameo_cli.data.records import (
     Skip,
     SkipScene,
     check_camera,
+    downscale_frame,
     encode_png,
 )
 from cameo_cli.errors import CameoError
@@ -106,9 +107,9 @@ def _frame_problem(frame: FrameData, size: tuple[int, int], extras: list[str]) -
 
 
 def _scene_tensors(
-    data: SceneData, vggt_weights: Path | None = None
+    data: SceneData, vggt_weights: Path | None = None, short_side: int | None = None
 ) -> tuple[dict[str, np.ndarray], dict[str, Any], list[Skip]]:
-    """Validate a scene's frames (add VGGT point maps) and make shard tensors + metadata."""
+    """Validate a scene's frames (downscale, add VGGT point maps), make tensors + metadata."""
     skipped = list(data.skipped)
     frames = []
     extras = [
@@ -126,6 +127,8 @@ def _scene_tensors(
             frames.append(frame)
     if len(frames) < MIN_FRAMES:
         raise SkipScene(f"only {len(frames)} usable frame(s), need at least {MIN_FRAMES}")
+    if short_side is not None:
+        frames = [downscale_frame(f, short_side) for f in frames]
     if vggt_weights is not None:
         from cameo_cli.data.vggt_scenes import add_vggt_point_maps
 
@@ -177,6 +180,7 @@ def build_shard(
     out: Path,
     progress: Any = None,
     vggt_weights: Path | None = None,
+    short_side: int | None = None,
 ) -> dict:
     """Read ``scenes``, write ``shards/shard-{index}.safetensors`` and its manifest atomically."""
     from safetensors.numpy import save_file
@@ -188,7 +192,7 @@ def build_shard(
     for scene in scenes:
         try:
             scene_tensors, meta, scene_skips = _scene_tensors(
-                source.load_scene(scene), vggt_weights
+                source.load_scene(scene), vggt_weights, short_side
             )
             tensors.update(scene_tensors)
             metas[scene] = meta
@@ -245,9 +249,9 @@ def _init_worker(progress: Any) -> None:
 
 
 def _build_shard_in_worker(
-    source: SceneSource, index: int, scenes: list[str], out: Path, vggt_weights: Path | None
+    source: SceneSource, index: int, scenes: list[str], out: Path, extra: dict
 ) -> dict:
-    return build_shard(source, index, scenes, out, _progress_queue, vggt_weights)
+    return build_shard(source, index, scenes, out, _progress_queue, **extra)
 
 
 class _InlineProgress:
@@ -296,11 +300,13 @@ def prepare_dataset(
     overwrite: bool = False,
     eval_seed: int = 0,
     vggt_weights: Path | None = None,
+    short_side: int | None = None,
     console: Console | None = None,
 ) -> PrepareReport:
     """Write ``source`` as shards + index.json + eval_index.json into ``out`` (resumable).
 
-    With ``vggt_weights`` every kept scene gets VGGT point maps (`cameo_cli.data.vggt_scenes`).
+    With ``vggt_weights`` every kept scene gets VGGT point maps (`cameo_cli.data.vggt_scenes`);
+    with ``short_side`` frames are stored with their shorter side at most that many pixels.
     """
     console = console or Console(stderr=True)
     out = Path(out)
@@ -310,6 +316,11 @@ def prepare_dataset(
 
         check_vggt(vggt_weights)
         options = {**options, "vggt_weights": str(vggt_weights)}
+    if short_side is not None:
+        if short_side < 8:
+            raise CameoError(f"--short-side must be at least 8 pixels, got {short_side}")
+        options = {**options, "short_side": short_side}
+    extra = {"vggt_weights": vggt_weights, "short_side": short_side}
     signature_data = {"dataset": source.dataset, "options": options, "per_shard": scenes_per_shard}
     signature = hashlib.sha256(json.dumps(signature_data, sort_keys=True).encode()).hexdigest()
     _check_out_folder(out, signature, overwrite)
@@ -352,12 +363,10 @@ def prepare_dataset(
         if workers <= 1 or len(todo) <= 1:
             for index in todo:
                 manifests[index] = build_shard(
-                    source, index, plan[index], out, _InlineProgress(progress, task), vggt_weights
+                    source, index, plan[index], out, _InlineProgress(progress, task), **extra
                 )
         else:
-            manifests.update(
-                _run_parallel(source, plan, todo, out, workers, progress, task, vggt_weights)
-            )
+            manifests.update(_run_parallel(source, plan, todo, out, workers, progress, task, extra))
     report.shards_written = len(todo)
 
     index = _assemble_index(source, out, plan, manifests, listing_skips, options)
@@ -379,7 +388,7 @@ def _run_parallel(
     workers: int,
     progress: Progress,
     task: Any,
-    vggt_weights: Path | None,
+    extra: dict,
 ) -> dict[int, dict]:
     ctx = multiprocessing.get_context("spawn")
     updates = ctx.Queue()
@@ -391,8 +400,7 @@ def _run_parallel(
         initargs=(updates,),
     ) as pool:
         pending: dict[Future, int] = {
-            pool.submit(_build_shard_in_worker, source, i, plan[i], out, vggt_weights): i
-            for i in todo
+            pool.submit(_build_shard_in_worker, source, i, plan[i], out, extra): i for i in todo
         }
         while pending:
             done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
