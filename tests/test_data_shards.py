@@ -201,3 +201,28 @@ def test_frames_unlike_their_scene_are_skipped_with_the_reason(tmp_path):
     assert "differs from the scene's first frame" in reasons["s/c"]
     assert reasons["s/d"] == "depth of size (4, 4) for an image of (8, 8)"
     assert reasons["s/e"] == "no depth while other frames of the scene have one"
+
+
+def test_two_preparations_never_write_one_folder(tmp_path):
+    import fcntl
+
+    from rich.console import Console
+
+    from cameo_cli.data.shards import LOCK_FILE, prepare_dataset
+    from cameo_cli.data.synthetic import SyntheticSource
+    from cameo_cli.errors import CameoError
+
+    out = tmp_path / "ds"
+    out.mkdir()
+    with open(out / LOCK_FILE, "a") as held:  # what a running preparation holds
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(CameoError, match="another `cameo prepare`"):
+            prepare_dataset(SyntheticSource(scenes=1, resolution=16, frames=2), out)
+    report = prepare_dataset(
+        SyntheticSource(scenes=1, resolution=16, frames=2), out, console=Console(quiet=True)
+    )
+    assert report.scenes == 1
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(CameoError, match="not a cameo dataset"):
+        prepare_dataset(SyntheticSource(scenes=1, resolution=16, frames=2), tmp_path / "other")

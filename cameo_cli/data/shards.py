@@ -23,6 +23,7 @@ Preparing is resumable (a finished shard whose checksum matches its manifest is 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -31,7 +32,9 @@ import os
 import queue
 import zlib
 from collections import OrderedDict
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +60,7 @@ from cameo_cli.errors import CameoError
 FORMAT = "cameo-multiview"
 FORMAT_VERSION = 1
 PLAN_FILE = ".cameo-prepare.json"
+LOCK_FILE = ".cameo-prepare.lock"
 MIN_FRAMES = 2
 
 
@@ -264,7 +268,7 @@ class _InlineProgress:
 
 def _check_out_folder(out: Path, signature: str, overwrite: bool) -> None:
     """Refuse to mix preparations; with ``overwrite`` remove an earlier cameo preparation."""
-    if not out.exists() or not any(out.iterdir()):
+    if not out.exists() or not any(p.name != LOCK_FILE for p in out.iterdir()):
         return
     plan_path = out / PLAN_FILE
     ours = plan_path.is_file() or (out / "index.json").is_file()
@@ -321,6 +325,38 @@ def prepare_dataset(
             raise CameoError(f"--short-side must be at least 8 pixels, got {short_side}")
         options = {**options, "short_side": short_side}
     extra = {"vggt_weights": vggt_weights, "short_side": short_side}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise CameoError(f"{out}: --out is a file, not a folder")
+    with _exclusive(out):
+        return _prepare(
+            source, out, options, extra, scenes_per_shard, workers, overwrite, eval_seed, console
+        )
+
+
+@contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """Hold ``out/.cameo-prepare.lock`` so that two preparations never write one folder."""
+    out.mkdir(exist_ok=True)
+    with open(out / LOCK_FILE, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CameoError(f"{out}: another `cameo prepare` is writing there") from None
+        yield
+
+
+def _prepare(
+    source: SceneSource,
+    out: Path,
+    options: dict,
+    extra: dict,
+    scenes_per_shard: int,
+    workers: int,
+    overwrite: bool,
+    eval_seed: int,
+    console: Console,
+) -> PrepareReport:
     signature_data = {"dataset": source.dataset, "options": options, "per_shard": scenes_per_shard}
     signature = hashlib.sha256(json.dumps(signature_data, sort_keys=True).encode()).hexdigest()
     _check_out_folder(out, signature, overwrite)
