@@ -23,6 +23,8 @@ APPLIES_TO = {
     "resolution": ("synthetic",),
 }
 
+MAX_LISTED = 50  # skipped items printed; index.json lists them all
+
 DATASETS = {
     "re10k": "RealEstate10K: pose .txt files + frames, local videos, or pixelSplat .torch chunks",
     "dtu": "DTU: MVSNet (Cameras/*_cam.txt) or pixelNeRF (cameras.npz) layout",
@@ -35,9 +37,9 @@ def _make_source(dataset: str, opts: dict) -> SceneSource:
         from cameo_cli.data.synthetic import SyntheticSource
 
         return SyntheticSource(
-            scenes=opts["scenes"] or 32,
-            resolution=opts["resolution"] or 64,
-            frames=opts["frames"] or 16,
+            scenes=32 if opts["scenes"] is None else opts["scenes"],
+            resolution=64 if opts["resolution"] is None else opts["resolution"],
+            frames=16 if opts["frames"] is None else opts["frames"],
             seed=opts["seed"],
             split=opts["split"] or "train",
             geometry=opts["geometry"] or "depth",
@@ -71,8 +73,12 @@ def print_report(report: PrepareReport, console: Console) -> None:
         table = Table(title=f"skipped ({len(report.skipped)})", show_lines=False)
         table.add_column("item")
         table.add_column("reason")
-        for skip in report.skipped:
+        for skip in report.skipped[:MAX_LISTED]:
             table.add_row(skip.item, skip.reason)
+        if len(report.skipped) > MAX_LISTED:
+            table.add_row(
+                "...", f"{len(report.skipped) - MAX_LISTED} more: see 'skipped' in index.json"
+            )
         console.print(table)
     else:
         console.print("nothing skipped")
