@@ -22,7 +22,7 @@ from cameo_cli.train import checkpoint as ckpt
 from cameo_cli.train import rundir
 from cameo_cli.train.data import make_loader
 from cameo_cli.train.ema import ExponentialMovingAverage
-from cameo_cli.train.metrics import MetricsLogger, truncate_metrics
+from cameo_cli.train.metrics import MetricsLogger
 from cameo_cli.train.model import CameoTrainingModel
 from cameo_cli.train.objective import add_training_noise, denoising_loss
 from cameo_cli.train.progress import TrainingProgress
@@ -356,10 +356,11 @@ class Trainer:
             return resume_from
         metrics = None
         if accelerator.is_main_process:
-            metrics_file = self.output / rundir.METRICS
-            if resume_from is not None:
-                truncate_metrics(metrics_file, self.step)
-            metrics = MetricsLogger(metrics_file, self.output / rundir.TENSORBOARD)
+            metrics = MetricsLogger(
+                self.output / rundir.METRICS,
+                self.output / rundir.TENSORBOARD,
+                resumed_at=None if resume_from is None else self.step,
+            )
         sums: dict[str, float] = defaultdict(float)
         count = 0
         last_saved = None
