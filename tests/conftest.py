@@ -27,7 +27,8 @@ TINY_RUN_STEPS = 4
 @pytest.fixture(scope="session")
 def tiny_run(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run folder: 4 CPU steps of the quick-start recipe (tiny cat3d + CAMEO, 32 px pixel
-    space) on `synthetic_dataset`, with EMA; checkpoints at steps 2 and 4, samples at 4."""
+    space) on `synthetic_dataset`, with EMA and 5 sampling steps; checkpoints at steps 2 and
+    4, validation samples at 4."""
     from cameo_cli.config import load_recipe
     from cameo_cli.train.loop import run_training
 
@@ -41,6 +42,7 @@ def tiny_run(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) 
             "train.log_every=1",
             "train.ema=true",
             "train.ema_decay=0.9",
+            "sample.steps=5",
         ],
     )
     run = tmp_path_factory.mktemp("tiny_run") / "run"

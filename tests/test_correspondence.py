@@ -17,6 +17,7 @@ from cameo_cli.geometry import (
     point_map_from_depth,
     resize_point_map,
 )
+from cameo_cli.geometry.correspondence import GROUP, _first_argmin, nearest_key_tokens
 from cameo_cli.geometry.vggt import VGGTPointMaps, _weights_file
 
 f64 = torch.float64
@@ -238,6 +239,31 @@ def test_batch_items_are_independent_and_match_single() -> None:
         torch.testing.assert_close(batched.mask[b], single.mask[0])
         kept = single.mask[0]
         torch.testing.assert_close(batched.index[b][kept], single.index[0][kept])
+
+
+@pytest.mark.parametrize("tokens", [77, 64])
+def test_nearest_key_tokens_match_cdist_brute_force(tokens: int) -> None:
+    generator = torch.Generator().manual_seed(2)
+    points = torch.randn(2, 3, tokens, 3, generator=generator, dtype=f64) * 5 + 100.0
+    valid = torch.rand(2, 3, tokens, generator=generator) > 0.2
+    index, found = nearest_key_tokens(points.float(), valid, block_elements=4096)
+    for b in range(2):
+        for i in range(3):
+            for j in range(3):
+                if i == j:
+                    assert not found[b, i, j].any()
+                    continue
+                distance = torch.cdist(points[b, i], points[b, j])
+                distance[:, ~valid[b, j]] = float("inf")
+                assert found[b, i, j].all()
+                torch.testing.assert_close(index[b, i, j], distance.argmin(-1))
+
+
+def test_first_argmin_equals_argmin_with_ties() -> None:
+    values = torch.randint(0, 3, (5, 7, 4 * GROUP), generator=torch.Generator().manual_seed(0))
+    values = values.float()
+    values[0, 0] = float("inf")
+    torch.testing.assert_close(_first_argmin(values), values.argmin(-1))
 
 
 def test_cycle_epsilon_semantics() -> None:

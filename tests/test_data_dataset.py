@@ -145,3 +145,17 @@ def test_bad_requests_are_clear_errors(synthetic_dataset, tmp_path):
     (tmp_path / "eval_index.json").write_text(json.dumps({"s": {"context": []}}))
     with pytest.raises(CameoError, match="context"):
         load_eval_index(tmp_path)
+
+
+def test_reader_keeps_few_shards_open_and_pickles(synthetic_dataset):
+    import pickle
+
+    ds = MultiViewDataset(synthetic_dataset)
+    ds.reader.max_open = 1
+    first = ds.get_views("synth-00000", [0, 1], 1)  # shard 0
+    ds.get_views("synth-00002", [0, 1], 1)  # shard 1 replaces it
+    assert list(ds.reader._open) == [1]
+    again = ds.get_views("synth-00000", [0, 1], 1)
+    assert torch.equal(first["images"], again["images"])
+    clone = pickle.loads(pickle.dumps(ds))  # what DataLoader workers receive under spawn
+    assert torch.equal(clone.get_views("synth-00000", [0, 1], 1)["images"], first["images"])

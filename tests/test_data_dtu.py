@@ -171,3 +171,57 @@ def test_eval_index_names_views(tmp_path):
     assert source.eval_views("scan8", meta, np.random.default_rng(0)) == (
         "input view(s) [22] missing"
     )
+
+
+def test_mvsnet_shared_cameras_and_rectified_images(tmp_path):
+    root = tmp_path / "mvs_training"
+    (root / "Cameras").mkdir(parents=True)
+    (root / "Rectified" / "scan3_train").mkdir(parents=True)
+    (root / "Depths" / "scan3_train").mkdir(parents=True)
+    for view in (0, 1, 2):
+        (root / "Cameras" / f"{view:08d}_cam.txt").write_text(SAMPLE.read_text())
+        for light in (0, 3):  # lighting 3 is preferred
+            _image(
+                root / "Rectified" / "scan3_train" / f"rect_{view + 1:03d}_{light}_r5000.png",
+                value=10 * view + light,
+            )
+        _write_pfm(
+            root / "Depths" / "scan3_train" / f"depth_map_{view:04d}.pfm", np.full((30, 40), 700.0)
+        )
+    assert DTUSource(root, split="test").list_scenes()[0] == []
+    data = DTUSource(root, split="train", geometry="depth").load_scene("scan3")
+    assert [f.name for f in data.frames] == ["0", "1", "2"]
+    expected = np.asarray(Image.open(root / "Rectified" / "scan3_train" / "rect_002_3_r5000.png"))
+    assert np.array_equal(data.frames[1].image, expected)
+    assert data.frames[0].depth.shape == (120, 160) and (data.frames[0].depth == 700).all()
+    _, K, _ = parse_cam_file(SAMPLE)
+    assert np.allclose(data.frames[0].intrinsics, K * [[0.1], [0.1], [1]])
+
+
+def test_short_side_downscales_images_cameras_depth_and_masks(tmp_path):
+    scan = tmp_path / "dtu" / "scan21"
+    for sub in ("cams", "images", "depths", "mask"):
+        (scan / sub).mkdir(parents=True)
+    for view in (22, 25, 28):
+        (scan / "cams" / f"{view:08d}_cam.txt").write_text(SAMPLE.read_text())
+        _image(scan / "images" / f"{view:08d}.png", value=view)
+        mask = np.zeros((120, 160), np.uint8)
+        mask[:, :80] = 255
+        Image.fromarray(mask).save(scan / "mask" / f"{view:03d}.png")
+        _write_pfm(scan / "depths" / f"{view:08d}.pfm", np.full((120, 160), 600.0))
+    out = tmp_path / "out"
+    source = DTUSource(tmp_path / "dtu", geometry="depth")
+    prepare_dataset(source, out, short_side=60, console=QUIET)
+    ds = MultiViewDataset(out, num_views=3)
+    item = ds.get_views("scan21", [0, 1, 2], num_refs=3)
+    assert item["images"].shape == (3, 3, 60, 80)
+    _, K, _ = parse_cam_file(SAMPLE)
+    assert np.allclose(item["intrinsics"][0].numpy(), K * [[0.05], [0.05], [1]], rtol=1e-6)
+    assert item["object_mask"][:, :, :40].all() and not item["object_mask"][:, :, 40:].any()
+    points = item["point_map"].double().permute(0, 2, 3, 1).reshape(3, -1, 3)
+    pixels, depth = cameras.project_points(
+        points, item["intrinsics"].double(), item["world_to_camera"].double()
+    )
+    centres = cameras.pixel_centers(60, 80, dtype=torch.float64)[..., :2].reshape(-1, 2)
+    assert torch.allclose(pixels, centres.expand_as(pixels), atol=1e-3)
+    assert torch.allclose(depth, torch.full_like(depth, 600.0), rtol=1e-5)

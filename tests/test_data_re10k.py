@@ -245,3 +245,48 @@ def test_options_of_other_datasets_are_refused(tmp_path):
         main, ["prepare", "synthetic", "--videos", str(tmp_path), "--out", str(tmp_path / "o")]
     )
     assert result.exit_code == 2 and "--videos does not apply to synthetic" in result.output
+
+
+def test_rerun_after_the_raw_dataset_lost_a_clip(tmp_path):
+    root = _raw_root(tmp_path)
+    split = root / "test"
+    (split / "zzclip.txt").write_text((split / f"{CLIP}.txt").read_text())
+    (split / "zzclip").symlink_to(split / CLIP)
+    out = tmp_path / "out"
+    report = prepare_dataset(
+        RealEstate10KSource(root, split="test"), out, scenes_per_shard=1, console=QUIET
+    )
+    assert report.scenes == 2 and (out / "shards" / "shard-00001.safetensors").exists()
+    (split / "zzclip.txt").unlink()
+    report = prepare_dataset(
+        RealEstate10KSource(root, split="test"), out, scenes_per_shard=1, console=QUIET
+    )
+    assert report.scenes == 1 and report.shards_reused == 1
+    assert sorted(p.name for p in (out / "shards").iterdir()) == [
+        "shard-00000.json",
+        "shard-00000.safetensors",
+    ]
+
+
+def test_pixelsplat_chunks_without_index_and_with_broken_examples(tmp_path):
+    split = tmp_path / "chunks" / "train"
+    split.mkdir(parents=True)
+    good = {
+        "url": "u",
+        "key": "good",
+        "timestamps": torch.tensor([0, 1]),
+        "cameras": torch.tensor(
+            [[0.5, 0.5, 0.5, 0.5, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0]] * 2
+        ),
+        "images": [torch.frombuffer(bytearray(_png(value=k)), dtype=torch.uint8) for k in range(2)],
+    }
+    torch.save([good, {"key": "nocams", "url": "u"}, {"url": "nokey"}], split / "000000.torch")
+    (split / "000001.torch").write_bytes(b"not a torch file")
+    report = prepare_dataset(
+        RealEstate10KSource(tmp_path / "chunks"), tmp_path / "o", console=QUIET
+    )
+    reasons = {s.item: s.reason for s in report.skipped}
+    assert report.scenes == 1 and report.frames == 2
+    assert "lacks timestamps, cameras, images" in reasons["nocams"]
+    assert reasons["000000.torch[2]"] == "example has no key"
+    assert "cannot load chunk" in reasons["000001.torch"]

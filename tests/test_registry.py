@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -184,7 +185,8 @@ def test_installed_plugins_real_and_broken(tmp_path):
             """
         )
     )
-    example = REPO / "plugins" / "cameo-example-backbone"
+    # install from a copy, so pip's build folders never land in the source tree
+    example = shutil.copytree(REPO / "plugins" / "cameo-example-backbone", tmp_path / "example")
     flags = ("--no-deps", "--no-build-isolation", "--no-index")
     _pip("install", *flags, str(example), str(broken))
     try:

@@ -99,3 +99,55 @@ def test_too_many_references_is_a_user_error() -> None:
     K, w2c = cameras(4, 0.0)
     with pytest.raises(CameoError, match="at most 3 references"):
         pipeline(torch.rand(4, 3, 8, 8), K, w2c, K[:1], w2c[:1], steps=2)
+
+
+def tiny_scene(views: int) -> tuple[torch.Tensor, torch.Tensor]:
+    K = torch.tensor([[30.0, 0, 16], [0, 30.0, 16], [0, 0, 1]]).repeat(views, 1, 1)
+    w2c = torch.eye(4).repeat(views, 1, 1)
+    w2c[:, 0, 3] = torch.arange(views) * 0.2
+    return K, w2c
+
+
+def test_cat3d_in_reduced_precision_follows_fp32() -> None:
+    """The autocast path (bf16 / fp16, as on a GPU) runs and stays near fp32."""
+    from backbones.cat3d import Cat3D
+
+    torch.manual_seed(0)
+    backbone = Cat3D.build("tiny", in_channels=3)
+    images = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    K, w2c = tiny_scene(3)
+    results = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        pipeline = MultiViewPipeline(
+            backbone, PixelCodec(), DiffusionConfig(), 3, device="cpu", dtype=dtype
+        )
+        results[dtype] = pipeline(images, K[:1], w2c[:1], K[1:], w2c[1:], steps=2, seed=1).images
+    assert results[torch.bfloat16].dtype == torch.float32
+    assert (results[torch.bfloat16] - results[torch.float32]).abs().max() < 0.05
+
+
+def test_latent_pipeline_with_a_vae(tmp_path) -> None:
+    """Four-channel latents through a (tiny, random) AutoencoderKL: images come back whole."""
+    from diffusers import AutoencoderKL
+
+    from backbones.cat3d import Cat3D
+    from cameo_cli.codec import load_codec
+    from cameo_cli.config import CodecConfig
+
+    torch.manual_seed(0)
+    AutoencoderKL(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
+    ).save_pretrained(tmp_path / "vae")
+    codec = load_codec(CodecConfig(kind="vae", path=str(tmp_path / "vae")))
+    backbone = Cat3D.build("tiny", in_channels=4, downsample=2)
+    pipeline = MultiViewPipeline(backbone, codec, DiffusionConfig(), 4, device="cpu")
+    K, w2c = tiny_scene(4)
+    out = pipeline(torch.rand(1, 3, 32, 32), K[:1], w2c[:1], K[1:], w2c[1:], steps=2, seed=0)
+    assert out.images.shape == (3, 3, 32, 32)
+    assert torch.isfinite(out.images).all()
+    assert 0 <= out.images.min() and out.images.max() <= 1

@@ -17,7 +17,14 @@ from cameo_cli.train.loop import TrainingDiverged, run_training
 def _recipe(dataset: Path, *overrides: str):
     return load_recipe(
         "quickstart-cpu",
-        [f"data.dataset={dataset}", "train.log_every=1", "train.validate_every=1000", *overrides],
+        [
+            f"data.dataset={dataset}",
+            "train.log_every=1",
+            "train.validate_every=1000",
+            "sample.steps=2",
+            "train.batch_size=1",
+            *overrides,
+        ],
     )
 
 
@@ -30,7 +37,9 @@ def test_tiny_run_folder(tiny_run):
     assert [x["step"] for x in steps] == [1, 2, 3, 4]
     for x in steps:  # every term is logged, and L = L_denoise + 0.02 L_cameo
         assert x["loss"] == pytest.approx(x["denoise"] + 0.02 * x["cameo"], rel=1e-5)
-    assert [x["step"] for x in lines if "val/psnr" in x] == [4]
+    validation = [x for x in lines if "val/psnr" in x]
+    assert [x["step"] for x in validation] == [4]
+    assert 0 < validation[0]["val/psnr"] < 100 and 0 < validation[0]["val/psnr_x0"] < 100
     assert (tiny_run / "samples" / "step-000004.png").is_file()
     assert any((tiny_run / "tensorboard").iterdir())
     names = sorted(p.name for p in (tiny_run / "checkpoints").iterdir())

@@ -276,8 +276,9 @@ class RealEstate10KSource(SceneSource):
             raise SkipScene(f"no frame folder {folder}")
         files = _frames_in_folder(folder)
         by_time = {int(k): v for k, v in files.items() if re.fullmatch(r"\d+", k)}
-        if not set(timestamps) & set(by_time):
-            # frames numbered in order (0.png, 1.png, ...): only usable one-to-one
+        if 2 * len(set(timestamps) & set(by_time)) < len(timestamps):
+            # most names are not pose timestamps: frames numbered in order (0.png, 1.png, ...),
+            # usable only one-to-one
             if len(files) != len(poses):
                 raise SkipScene(
                     f"{len(poses)} pose lines but {len(files)} frames, and the frame names "
@@ -309,7 +310,9 @@ class RealEstate10KSource(SceneSource):
                 index = json.loads(index_path.read_text())
             except ValueError as exc:
                 raise CameoError(f"{index_path}: not valid JSON ({exc})") from None
-            self._chunk_of = {k: v for k, v in index.items()}
+            if not isinstance(index, dict) or not all(isinstance(v, str) for v in index.values()):
+                raise CameoError(f"{index_path}: expected {{clip key: chunk file name}}")
+            self._chunk_of = dict(index)
         else:
             self._chunk_of = {}
             unreadable = []
@@ -319,8 +322,11 @@ class RealEstate10KSource(SceneSource):
                 except SkipScene as exc:
                     unreadable.append(Skip(chunk.name, str(exc)))
                     continue
-                for example in examples:
-                    self._chunk_of[str(example.get("key"))] = chunk.name
+                for position, example in enumerate(examples):
+                    if isinstance(example, dict) and isinstance(example.get("key"), str):
+                        self._chunk_of[example["key"]] = chunk.name
+                    else:
+                        unreadable.append(Skip(f"{chunk.name}[{position}]", "example has no key"))
             _chunk_cache.clear()
             return sorted(self._chunk_of, key=lambda k: (self._chunk_of[k], k)), unreadable
         skipped = [
@@ -338,9 +344,13 @@ class RealEstate10KSource(SceneSource):
         if not hasattr(self, "_chunk_of"):
             self._list_chunk_scenes()
         chunk = self.folder / self._chunk_of[scene]
-        example = next((e for e in _load_chunk(chunk) if e.get("key") == scene), None)
+        examples = _load_chunk(chunk)
+        example = next((e for e in examples if isinstance(e, dict) and e.get("key") == scene), None)
         if example is None:
             raise SkipScene(f"not found in {chunk.name}")
+        missing = [k for k in ("timestamps", "cameras", "images") if k not in example]
+        if missing:
+            raise SkipScene(f"example in {chunk.name} lacks {', '.join(missing)}")
         cameras = np.asarray(example["cameras"], dtype=np.float64)
         timestamps = [int(t) for t in example["timestamps"]]
         if cameras.ndim != 2 or cameras.shape[1] != 18:

@@ -1,8 +1,12 @@
-"""Validation during training: predicted target views saved as images, and their PSNR.
+"""Validation during training: generated target views saved as images, and their PSNR.
 
-The prediction is the model's one-step estimate of the clean target views, x̂0, from a
-fixed noise level (`VALIDATION_TIMESTEP`) and fixed noise, given the clean references:
-cheap enough to run often, deterministic, and it measures what the loss trains.
+Two estimates of the target views of a fixed held-out batch, given its clean references:
+
+- `val/psnr`: views sampled with the sampling pipeline (`cameo_cli.sample.pipeline`, DDIM
+  with camera CFG, the recipe's `sample` steps and guidance, fixed seed): what the paper
+  reports;
+- `val/psnr_x0`: the model's one-step estimate x̂0 from a fixed noise level
+  (`VALIDATION_TIMESTEP`) and fixed noise: cheap, smooth, and what the loss trains.
 """
 
 from __future__ import annotations
@@ -17,6 +21,29 @@ from PIL import Image
 from cameo_cli.backbone import MultiViewBackbone, ViewConditioning
 
 VALIDATION_TIMESTEP = 500
+
+
+def conditioning(
+    batch: dict[str, torch.Tensor],
+    device: torch.device,
+    drop_camera: torch.Tensor | None = None,
+) -> ViewConditioning:
+    """The batch's cameras and reference mask; the references' images and point maps (for
+    backbones with geometric priors; target views are blanked so nothing of them leaks)."""
+    ref_mask = batch["ref_mask"].to(device)
+    refs = ref_mask[:, :, None, None]
+    cond = ViewConditioning(
+        intrinsics=batch["intrinsics"].to(device),
+        world_to_camera=batch["world_to_camera"].to(device),
+        ref_mask=ref_mask,
+        image_size=tuple(batch["images"].shape[-2:]),
+        drop_camera=drop_camera,
+        ref_images=batch["images"].to(device) * refs[:, :, None],
+    )
+    if "point_map" in batch:
+        cond.point_map = batch["point_map"].to(device) * refs[:, :, None]
+        cond.point_valid = batch["point_valid"].to(device) & refs
+    return cond
 
 
 def predicted_x0(
@@ -38,15 +65,46 @@ def psnr(prediction: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def validate(
+def sampled_views(
+    pipeline, batch: dict[str, torch.Tensor], *, steps: int, guidance: float, seed: int
+) -> torch.Tensor:
+    """`[B, F, 3, H, W]` in [0, 1]: references as given, targets sampled by `pipeline`."""
+    images = (batch["images"] + 1) / 2
+    out = images.clone()
+    for b in range(images.shape[0]):
+        refs = batch["ref_mask"][b]
+        k, w2c = batch["intrinsics"][b], batch["world_to_camera"][b]
+        generated = pipeline(
+            images[b][refs],
+            k[refs],
+            w2c[refs],
+            k[~refs],
+            w2c[~refs],
+            steps=steps,
+            guidance=guidance,
+            seed=seed,
+        ).images
+        out[b][~refs] = generated.to(out.dtype)
+    return out
+
+
+def target_psnr(views: torch.Tensor, batch: dict[str, torch.Tensor]) -> float:
+    """Mean PSNR over the target views of `views` [B, F, 3, H, W] in [0, 1]."""
+    targets = ~batch["ref_mask"]
+    truth = ((batch["images"] + 1) / 2)[targets]
+    return psnr(views[targets].cpu(), truth).mean().item()
+
+
+@torch.no_grad()
+def one_step_views(
     backbone: MultiViewBackbone,
     codec,
     scheduler: DDPMScheduler,
     batch: dict[str, torch.Tensor],
     *,
     seed: int,
-) -> tuple[float, torch.Tensor]:
-    """Mean target-view PSNR and the images `[B, 2, F, 3, H, W]` (row 0 truth, row 1 x̂0)."""
+) -> torch.Tensor:
+    """`[B, F, 3, H, W]` in [0, 1]: references as given, targets as x̂0 at t = 500."""
     device = next(backbone.parameters()).device
     images = batch["images"].to(device)
     ref_mask = batch["ref_mask"].to(device)
@@ -57,26 +115,17 @@ def validate(
     t = torch.full((b * f,), VALIDATION_TIMESTEP, device=device, dtype=torch.long)
     noisy = scheduler.add_noise(latents.flatten(0, 1), noise.flatten(0, 1), t).unflatten(0, (b, f))
     noisy = torch.where(ref_mask[:, :, None, None, None], latents, noisy)
-    cond = ViewConditioning(
-        intrinsics=batch["intrinsics"].to(device),
-        world_to_camera=batch["world_to_camera"].to(device),
-        ref_mask=ref_mask,
-        image_size=tuple(images.shape[-2:]),
-        ref_images=images * ref_mask[:, :, None, None, None],
-    )
+    cond = conditioning(batch, device)
     timesteps = torch.full((b,), float(VALIDATION_TIMESTEP), device=device)
     prediction = backbone(noisy, timesteps, cond)
     x0 = predicted_x0(scheduler, noisy, prediction, VALIDATION_TIMESTEP)
     decoded = codec.decode(x0.flatten(0, 1)).unflatten(0, (b, f))
     decoded = torch.where(ref_mask[:, :, None, None, None], images, decoded.to(images.dtype))
-    truth01, pred01 = (images + 1) / 2, ((decoded + 1) / 2).clamp(0, 1)
-    targets = ~ref_mask
-    score = psnr(pred01[targets], truth01[targets]).mean().item()
-    return score, torch.stack([truth01, pred01], dim=1).cpu()
+    return ((decoded.float() + 1) / 2).clamp(0, 1).cpu()
 
 
 def save_grid(images: torch.Tensor, path: Path) -> None:
-    """Write `[B, 2, F, 3, H, W]` as one PNG: per sample a row of truths over predictions."""
+    """Write `[B, R, F, 3, H, W]` as one PNG: per sample R rows of F views."""
     b, rows, f, c, h, w = images.shape
     grid = images.permute(0, 1, 4, 2, 5, 3).reshape(b * rows * h, f * w, c)
     array = (grid.numpy() * 255).round().astype(np.uint8)
