@@ -134,3 +134,9 @@ def test_layer_out_of_range_names_the_valid_range(name: str):
     assert resolve_layer(load_recipe("quickstart-cpu", [f"backbone.name={name}"]), backbone) == (
         backbone.default_layer
     )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unknown_option_is_refused_before_building(name: str):
+    with pytest.raises(CameoError, match=rf"backbone '{name}': unknown options \['no_such'\]"):
+        registry.build_backbone(name, "tiny", in_channels=4, no_such=1)
