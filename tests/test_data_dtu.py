@@ -196,3 +196,32 @@ def test_mvsnet_shared_cameras_and_rectified_images(tmp_path):
     assert data.frames[0].depth.shape == (120, 160) and (data.frames[0].depth == 700).all()
     _, K, _ = parse_cam_file(SAMPLE)
     assert np.allclose(data.frames[0].intrinsics, K * [[0.1], [0.1], [1]])
+
+
+def test_short_side_downscales_images_cameras_depth_and_masks(tmp_path):
+    scan = tmp_path / "dtu" / "scan21"
+    for sub in ("cams", "images", "depths", "mask"):
+        (scan / sub).mkdir(parents=True)
+    for view in (22, 25, 28):
+        (scan / "cams" / f"{view:08d}_cam.txt").write_text(SAMPLE.read_text())
+        _image(scan / "images" / f"{view:08d}.png", value=view)
+        mask = np.zeros((120, 160), np.uint8)
+        mask[:, :80] = 255
+        Image.fromarray(mask).save(scan / "mask" / f"{view:03d}.png")
+        _write_pfm(scan / "depths" / f"{view:08d}.pfm", np.full((120, 160), 600.0))
+    out = tmp_path / "out"
+    source = DTUSource(tmp_path / "dtu", geometry="depth")
+    prepare_dataset(source, out, short_side=60, console=QUIET)
+    ds = MultiViewDataset(out, num_views=3)
+    item = ds.get_views("scan21", [0, 1, 2], num_refs=3)
+    assert item["images"].shape == (3, 3, 60, 80)
+    _, K, _ = parse_cam_file(SAMPLE)
+    assert np.allclose(item["intrinsics"][0].numpy(), K * [[0.05], [0.05], [1]], rtol=1e-6)
+    assert item["object_mask"][:, :, :40].all() and not item["object_mask"][:, :, 40:].any()
+    points = item["point_map"].double().permute(0, 2, 3, 1).reshape(3, -1, 3)
+    pixels, depth = cameras.project_points(
+        points, item["intrinsics"].double(), item["world_to_camera"].double()
+    )
+    centres = cameras.pixel_centers(60, 80, dtype=torch.float64)[..., :2].reshape(-1, 2)
+    assert torch.allclose(pixels, centres.expand_as(pixels), atol=1e-3)
+    assert torch.allclose(depth, torch.full_like(depth, 600.0), rtol=1e-5)

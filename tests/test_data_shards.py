@@ -11,6 +11,7 @@ import time
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -163,3 +164,65 @@ def test_vggt_without_the_package_is_a_clear_error(tmp_path):
         main, [*args, "--geometry", "vggt", "--vggt-weights", str(tmp_path)]
     )
     assert result.exit_code == 2 and "vggt" in result.output and "pip install" in result.output
+
+
+def test_frames_unlike_their_scene_are_skipped_with_the_reason(tmp_path):
+    from rich.console import Console
+
+    from cameo_cli.data.records import FrameData, SceneData, SceneSource
+    from cameo_cli.data.shards import prepare_dataset
+
+    class Uneven(SceneSource):
+        dataset = "uneven"
+
+        def options(self):
+            return {}
+
+        def list_scenes(self):
+            return ["s"], []
+
+        def load_scene(self, scene):
+            def frame(name, image_hw=(8, 8), depth_hw=(8, 8)):
+                return FrameData(
+                    name,
+                    np.zeros((*image_hw, 3), np.uint8),
+                    np.array([[8.0, 0, 4], [0, 8, 4], [0, 0, 1]]),
+                    np.eye(4),
+                    depth=None if depth_hw is None else np.ones(depth_hw, np.float32),
+                )
+
+            frames = [frame("a"), frame("b"), frame("c", image_hw=(8, 9), depth_hw=(8, 9))]
+            frames += [frame("d", depth_hw=(4, 4)), frame("e", depth_hw=None)]
+            return SceneData(scene, frames)
+
+    report = prepare_dataset(Uneven(), tmp_path / "o", console=Console(quiet=True))
+    reasons = {s.item: s.reason for s in report.skipped}
+    assert report.frames == 2 and set(reasons) == {"s/c", "s/d", "s/e"}
+    assert "differs from the scene's first frame" in reasons["s/c"]
+    assert reasons["s/d"] == "depth of size (4, 4) for an image of (8, 8)"
+    assert reasons["s/e"] == "no depth while other frames of the scene have one"
+
+
+def test_two_preparations_never_write_one_folder(tmp_path):
+    import fcntl
+
+    from rich.console import Console
+
+    from cameo_cli.data.shards import LOCK_FILE, prepare_dataset
+    from cameo_cli.data.synthetic import SyntheticSource
+    from cameo_cli.errors import CameoError
+
+    out = tmp_path / "ds"
+    out.mkdir()
+    with open(out / LOCK_FILE, "a") as held:  # what a running preparation holds
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(CameoError, match="another `cameo prepare`"):
+            prepare_dataset(SyntheticSource(scenes=1, resolution=16, frames=2), out)
+    report = prepare_dataset(
+        SyntheticSource(scenes=1, resolution=16, frames=2), out, console=Console(quiet=True)
+    )
+    assert report.scenes == 1
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(CameoError, match="not a cameo dataset"):
+        prepare_dataset(SyntheticSource(scenes=1, resolution=16, frames=2), tmp_path / "other")

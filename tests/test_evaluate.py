@@ -89,8 +89,35 @@ def test_evaluate_end_to_end_and_resume(tiny_run: Path, eval_dataset: Path, tmp_
     assert float(rows[-1]["ssim"]) == pytest.approx(results["mean"]["ssim"], abs=1e-6)
     assert rows[0]["steps"] == "3" and rows[0]["ssim_sigma"] == "1.5"
     first_scene = next(iter(index))
-    images = sorted((out / "images" / first_scene).glob("*.png"))
-    assert len(images) == len(index[first_scene]["target"])
+    saved = out / "images" / first_scene
+    targets = len(index[first_scene]["target"])
+    assert len(list(saved.glob("target_*.png"))) == len(list(saved.glob("truth_*.png"))) == targets
+    refs = sorted(saved.glob("reference_*.png"))
+    assert len(refs) == len(index[first_scene]["context"])
+    # the saved scene is ready for `cameo sample`
+    sampled = tmp_path / "sampled"
+    sample_result = CliRunner().invoke(
+        main,
+        [
+            "sample",
+            "--checkpoint",
+            str(tiny_run),
+            "--views",
+            *map(str, refs),
+            "--cameras",
+            str(saved / "references.json"),
+            "--targets",
+            str(saved / "targets.json"),
+            "--steps",
+            "3",
+            "--seed",
+            "5",
+            "--out",
+            str(sampled),
+        ],
+    )
+    assert sample_result.exit_code == 0, sample_result.output
+    assert len(list(sampled.glob("target_*.png"))) == targets
     assert "mean" in result.output and "psnr" in result.output
 
     # resume: one scene lost -> only that one is recomputed, to the same numbers

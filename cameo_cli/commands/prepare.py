@@ -17,10 +17,13 @@ APPLIES_TO = {
     "root": ("re10k", "dtu"),
     "videos": ("re10k",),
     "eval_index": ("re10k",),
+    "short_side": ("re10k", "dtu"),
     "scenes": ("synthetic",),
     "frames": ("synthetic",),
     "resolution": ("synthetic",),
 }
+
+MAX_LISTED = 50  # skipped items printed; index.json lists them all
 
 DATASETS = {
     "re10k": "RealEstate10K: pose .txt files + frames, local videos, or pixelSplat .torch chunks",
@@ -34,9 +37,9 @@ def _make_source(dataset: str, opts: dict) -> SceneSource:
         from cameo_cli.data.synthetic import SyntheticSource
 
         return SyntheticSource(
-            scenes=opts["scenes"] or 32,
-            resolution=opts["resolution"] or 64,
-            frames=opts["frames"] or 16,
+            scenes=32 if opts["scenes"] is None else opts["scenes"],
+            resolution=64 if opts["resolution"] is None else opts["resolution"],
+            frames=16 if opts["frames"] is None else opts["frames"],
             seed=opts["seed"],
             split=opts["split"] or "train",
             geometry=opts["geometry"] or "depth",
@@ -70,8 +73,12 @@ def print_report(report: PrepareReport, console: Console) -> None:
         table = Table(title=f"skipped ({len(report.skipped)})", show_lines=False)
         table.add_column("item")
         table.add_column("reason")
-        for skip in report.skipped:
+        for skip in report.skipped[:MAX_LISTED]:
             table.add_row(skip.item, skip.reason)
+        if len(report.skipped) > MAX_LISTED:
+            table.add_row(
+                "...", f"{len(report.skipped) - MAX_LISTED} more: see 'skipped' in index.json"
+            )
         console.print(table)
     else:
         console.print("nothing skipped")
@@ -95,6 +102,11 @@ def print_report(report: PrepareReport, console: Console) -> None:
 @click.option("--scenes", type=int, help="synthetic: number of scenes [default: 32].")
 @click.option("--frames", type=int, help="synthetic: frames per scene [default: 16].")
 @click.option("--resolution", type=int, help="synthetic: image size [default: 64].")
+@click.option(
+    "--short-side",
+    type=int,
+    help="re10k, dtu: store frames with the shorter side at most PX (e.g. 360); K follows.",
+)
 @click.option("--seed", type=int, default=0, help="Generator and evaluation-index seed.")
 @click.option(
     "--geometry",
@@ -128,6 +140,7 @@ def prepare(dataset: str, out: str, **opts: object) -> None:
         overwrite=opts["overwrite"],
         eval_seed=opts["seed"],
         vggt_weights=Path(opts["vggt_weights"]) if opts["geometry"] == "vggt" else None,
+        short_side=opts["short_side"],
         console=console,
     )
     print_report(report, console)

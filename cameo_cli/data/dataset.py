@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from cameo_cli import cameras
+from cameo_cli.data.records import nearest_indices
 from cameo_cli.data.shards import ShardReader, load_index
 from cameo_cli.errors import CameoError
 from cameo_cli.geometry.pointmaps import point_map_from_depth
@@ -78,12 +79,6 @@ def order_views(
         rest = [f for i, f in enumerate(frames) if i not in positions]
         return [frames[i] for i in positions] + rest
     raise CameoError(f"unknown sampling policy {policy!r}; choose one of {', '.join(POLICIES)}")
-
-
-def _nearest_rows(size: int, resized: int, offset: int, target: int) -> np.ndarray:
-    """Source index (size) under each output pixel centre after resize (resized) + crop."""
-    centres = (np.arange(target) + 0.5 + offset) * size / resized
-    return np.clip(np.floor(centres).astype(np.int64), 0, size - 1)
 
 
 class MultiViewDataset(torch.utils.data.Dataset):
@@ -177,15 +172,15 @@ class MultiViewDataset(torch.utils.data.Dataset):
         images = [self.reader.image(scene, f) for f in frames]
         masks = [self.reader.mask(scene, f) for f in frames] if self.has_masks else None
         points = valid = None
-        if meta.get("geometry"):
+        if self.has_geometry:
             points, valid = self._point_map(scene, frames, K, w2c)
         if self.resolution is not None:
             rh, rw, top, left = cameras.resize_center_crop_box(size, self.resolution)
             res = self.resolution
             images = [self._resize_crop(im, rh, rw, top, left, res) for im in images]
             K = cameras.resize_center_crop_intrinsics(K, size, res)
-            rows = torch.from_numpy(_nearest_rows(size[0], rh, top, res))
-            cols = torch.from_numpy(_nearest_rows(size[1], rw, left, res))
+            rows = torch.from_numpy(nearest_indices(size[0], rh, top, res))
+            cols = torch.from_numpy(nearest_indices(size[1], rw, left, res))
             if points is not None:
                 points = points[:, :, rows][:, :, :, cols]
                 valid = valid[:, rows][:, :, cols]
@@ -215,7 +210,10 @@ class MultiViewDataset(torch.utils.data.Dataset):
             points = torch.from_numpy(stored).double().permute(0, 3, 1, 2)
             valid = torch.isfinite(points).all(1)
             return torch.nan_to_num(points, nan=0.0, posinf=0.0, neginf=0.0), valid
-        depth = torch.from_numpy(self.reader.geometry(scene, "depth", frames)).double()
+        depth = self.reader.geometry(scene, "depth", frames)
+        if depth is None:
+            raise CameoError(f"{self.root}: scene {scene!r} has no depth or point maps")
+        depth = torch.from_numpy(depth).double()
         return point_map_from_depth(depth, K, w2c)
 
     @staticmethod

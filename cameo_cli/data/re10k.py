@@ -276,8 +276,9 @@ class RealEstate10KSource(SceneSource):
             raise SkipScene(f"no frame folder {folder}")
         files = _frames_in_folder(folder)
         by_time = {int(k): v for k, v in files.items() if re.fullmatch(r"\d+", k)}
-        if not set(timestamps) & set(by_time):
-            # frames numbered in order (0.png, 1.png, ...): only usable one-to-one
+        if 2 * len(set(timestamps) & set(by_time)) < len(timestamps):
+            # most names are not pose timestamps: frames numbered in order (0.png, 1.png, ...),
+            # usable only one-to-one
             if len(files) != len(poses):
                 raise SkipScene(
                     f"{len(poses)} pose lines but {len(files)} frames, and the frame names "

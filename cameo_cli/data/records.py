@@ -108,6 +108,51 @@ def decode_image(data: bytes, what: str) -> np.ndarray:
         raise SkipScene(f"{what}: unreadable image ({exc})") from None
 
 
+def nearest_indices(size: int, resized: int, offset: int, target: int) -> np.ndarray:
+    """For each of ``target`` output pixels after resizing ``size`` -> ``resized`` pixels and
+    cropping from ``offset``: the source pixel whose area holds the output pixel's centre."""
+    centres = (np.arange(target) + 0.5 + offset) * size / resized
+    return np.clip(np.floor(centres).astype(np.int64), 0, size - 1)
+
+
+def downscale_frame(frame: FrameData, short_side: int) -> FrameData:
+    """The frame with its shorter side at most ``short_side``: image resampled (antialiased),
+    K through `cameo_cli.cameras`, depth / point map / mask by nearest pixel."""
+    import torch
+
+    from cameo_cli import cameras
+
+    height, width = frame.image.shape[:2]
+    if min(height, width) <= short_side:
+        return frame
+    scale = short_side / min(height, width)
+    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    image = np.asarray(
+        Image.fromarray(frame.image).resize((new_w, new_h), Image.Resampling.BICUBIC)
+    )
+    K = cameras.resize_intrinsics(
+        torch.from_numpy(np.asarray(frame.intrinsics, dtype=np.float64)),
+        (height, width),
+        (new_h, new_w),
+    ).numpy()
+    rows = nearest_indices(height, new_h, 0, new_h)
+    cols = nearest_indices(width, new_w, 0, new_w)
+
+    def pick(values: np.ndarray | None) -> np.ndarray | None:
+        return None if values is None else np.ascontiguousarray(values[rows][:, cols])
+
+    return FrameData(
+        name=frame.name,
+        image=image,
+        intrinsics=K,
+        world_to_camera=frame.world_to_camera,
+        depth=pick(frame.depth),
+        point_map=pick(frame.point_map),
+        mask=pick(frame.mask),
+        source_index=frame.source_index,
+    )
+
+
 def encode_png(image: np.ndarray) -> bytes:
     """Deterministic PNG bytes of a uint8 [H, W] or [H, W, 3] array."""
     buf = io.BytesIO()

@@ -23,6 +23,7 @@ Preparing is resumable (a finished shard whose checksum matches its manifest is 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -31,7 +32,9 @@ import os
 import queue
 import zlib
 from collections import OrderedDict
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,12 +45,22 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cameo_cli import __version__
-from cameo_cli.data.records import SceneData, SceneSource, Skip, SkipScene, check_camera, encode_png
+from cameo_cli.data.records import (
+    FrameData,
+    SceneData,
+    SceneSource,
+    Skip,
+    SkipScene,
+    check_camera,
+    downscale_frame,
+    encode_png,
+)
 from cameo_cli.errors import CameoError
 
 FORMAT = "cameo-multiview"
 FORMAT_VERSION = 1
 PLAN_FILE = ".cameo-prepare.json"
+LOCK_FILE = ".cameo-prepare.lock"
 MIN_FRAMES = 2
 
 
@@ -84,22 +97,42 @@ class PrepareReport:
     skipped: list[Skip] = field(default_factory=list)
 
 
+def _frame_problem(frame: FrameData, size: tuple[int, int], extras: list[str]) -> str | None:
+    """What makes a frame unlike the rest of its scene (size, missing geometry or mask)."""
+    if frame.image.shape[:2] != size:
+        return f"image size {frame.image.shape[:2]} differs from the scene's first frame {size}"
+    for key in extras:
+        value = getattr(frame, key)
+        if value is None:
+            return f"no {key} while other frames of the scene have one"
+        if value.shape[:2] != size:
+            return f"{key} of size {value.shape[:2]} for an image of {size}"
+    return None
+
+
 def _scene_tensors(
-    data: SceneData, vggt_weights: Path | None = None
+    data: SceneData, vggt_weights: Path | None = None, short_side: int | None = None
 ) -> tuple[dict[str, np.ndarray], dict[str, Any], list[Skip]]:
-    """Validate a scene's frames (add VGGT point maps) and make shard tensors + metadata."""
+    """Validate a scene's frames (downscale, add VGGT point maps), make tensors + metadata."""
     skipped = list(data.skipped)
     frames = []
+    extras = [
+        k
+        for k in ("depth", "point_map", "mask")
+        if any(getattr(f, k) is not None for f in data.frames)
+    ]
     for frame in data.frames:
-        problem = check_camera(frame.intrinsics, frame.world_to_camera)
-        if problem is None and frame.image.shape[:2] != data.frames[0].image.shape[:2]:
-            problem = f"image size {frame.image.shape[:2]} differs from the scene's first frame"
+        problem = check_camera(frame.intrinsics, frame.world_to_camera) or _frame_problem(
+            frame, data.frames[0].image.shape[:2], extras
+        )
         if problem is not None:
             skipped.append(Skip(f"{data.scene}/{frame.name}", problem))
         else:
             frames.append(frame)
     if len(frames) < MIN_FRAMES:
         raise SkipScene(f"only {len(frames)} usable frame(s), need at least {MIN_FRAMES}")
+    if short_side is not None:
+        frames = [downscale_frame(f, short_side) for f in frames]
     if vggt_weights is not None:
         from cameo_cli.data.vggt_scenes import add_vggt_point_maps
 
@@ -151,6 +184,7 @@ def build_shard(
     out: Path,
     progress: Any = None,
     vggt_weights: Path | None = None,
+    short_side: int | None = None,
 ) -> dict:
     """Read ``scenes``, write ``shards/shard-{index}.safetensors`` and its manifest atomically."""
     from safetensors.numpy import save_file
@@ -162,7 +196,7 @@ def build_shard(
     for scene in scenes:
         try:
             scene_tensors, meta, scene_skips = _scene_tensors(
-                source.load_scene(scene), vggt_weights
+                source.load_scene(scene), vggt_weights, short_side
             )
             tensors.update(scene_tensors)
             metas[scene] = meta
@@ -219,9 +253,9 @@ def _init_worker(progress: Any) -> None:
 
 
 def _build_shard_in_worker(
-    source: SceneSource, index: int, scenes: list[str], out: Path, vggt_weights: Path | None
+    source: SceneSource, index: int, scenes: list[str], out: Path, extra: dict
 ) -> dict:
-    return build_shard(source, index, scenes, out, _progress_queue, vggt_weights)
+    return build_shard(source, index, scenes, out, _progress_queue, **extra)
 
 
 class _InlineProgress:
@@ -234,7 +268,7 @@ class _InlineProgress:
 
 def _check_out_folder(out: Path, signature: str, overwrite: bool) -> None:
     """Refuse to mix preparations; with ``overwrite`` remove an earlier cameo preparation."""
-    if not out.exists() or not any(out.iterdir()):
+    if not out.exists() or not any(p.name != LOCK_FILE for p in out.iterdir()):
         return
     plan_path = out / PLAN_FILE
     ours = plan_path.is_file() or (out / "index.json").is_file()
@@ -270,11 +304,13 @@ def prepare_dataset(
     overwrite: bool = False,
     eval_seed: int = 0,
     vggt_weights: Path | None = None,
+    short_side: int | None = None,
     console: Console | None = None,
 ) -> PrepareReport:
     """Write ``source`` as shards + index.json + eval_index.json into ``out`` (resumable).
 
-    With ``vggt_weights`` every kept scene gets VGGT point maps (`cameo_cli.data.vggt_scenes`).
+    With ``vggt_weights`` every kept scene gets VGGT point maps (`cameo_cli.data.vggt_scenes`);
+    with ``short_side`` frames are stored with their shorter side at most that many pixels.
     """
     console = console or Console(stderr=True)
     out = Path(out)
@@ -284,6 +320,43 @@ def prepare_dataset(
 
         check_vggt(vggt_weights)
         options = {**options, "vggt_weights": str(vggt_weights)}
+    if short_side is not None:
+        if short_side < 8:
+            raise CameoError(f"--short-side must be at least 8 pixels, got {short_side}")
+        options = {**options, "short_side": short_side}
+    extra = {"vggt_weights": vggt_weights, "short_side": short_side}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise CameoError(f"{out}: --out is a file, not a folder")
+    with _exclusive(out):
+        return _prepare(
+            source, out, options, extra, scenes_per_shard, workers, overwrite, eval_seed, console
+        )
+
+
+@contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """Hold ``out/.cameo-prepare.lock`` so that two preparations never write one folder."""
+    out.mkdir(exist_ok=True)
+    with open(out / LOCK_FILE, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CameoError(f"{out}: another `cameo prepare` is writing there") from None
+        yield
+
+
+def _prepare(
+    source: SceneSource,
+    out: Path,
+    options: dict,
+    extra: dict,
+    scenes_per_shard: int,
+    workers: int,
+    overwrite: bool,
+    eval_seed: int,
+    console: Console,
+) -> PrepareReport:
     signature_data = {"dataset": source.dataset, "options": options, "per_shard": scenes_per_shard}
     signature = hashlib.sha256(json.dumps(signature_data, sort_keys=True).encode()).hexdigest()
     _check_out_folder(out, signature, overwrite)
@@ -326,12 +399,10 @@ def prepare_dataset(
         if workers <= 1 or len(todo) <= 1:
             for index in todo:
                 manifests[index] = build_shard(
-                    source, index, plan[index], out, _InlineProgress(progress, task), vggt_weights
+                    source, index, plan[index], out, _InlineProgress(progress, task), **extra
                 )
         else:
-            manifests.update(
-                _run_parallel(source, plan, todo, out, workers, progress, task, vggt_weights)
-            )
+            manifests.update(_run_parallel(source, plan, todo, out, workers, progress, task, extra))
     report.shards_written = len(todo)
 
     index = _assemble_index(source, out, plan, manifests, listing_skips, options)
@@ -353,7 +424,7 @@ def _run_parallel(
     workers: int,
     progress: Progress,
     task: Any,
-    vggt_weights: Path | None,
+    extra: dict,
 ) -> dict[int, dict]:
     ctx = multiprocessing.get_context("spawn")
     updates = ctx.Queue()
@@ -365,8 +436,7 @@ def _run_parallel(
         initargs=(updates,),
     ) as pool:
         pending: dict[Future, int] = {
-            pool.submit(_build_shard_in_worker, source, i, plan[i], out, vggt_weights): i
-            for i in todo
+            pool.submit(_build_shard_in_worker, source, i, plan[i], out, extra): i for i in todo
         }
         while pending:
             done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)

@@ -7,7 +7,9 @@ Layout of the output folder (resumable: finished scenes are skipped)::
     scenes/<scene>.json  one file per finished scene: per-view and mean metrics
     results.json         configuration, per-scene and mean results
     results.csv          one row per scene and a final "mean" row, with the configuration
-    images/<scene>/      the generated target views (--save-images)
+    images/<scene>/      with --save-images: reference_K.png, target_K.png (generated),
+                         truth_K.png, references.json and targets.json (cameo camera
+                         files at the evaluation size: ready for `cameo sample`)
 
 Means are over all evaluated target views. Each scene's noise comes from its own generator
 (seed + CRC32 of the scene name), so results do not depend on the order or on resuming.
@@ -36,6 +38,7 @@ from cameo_cli.errors import CameoError
 from cameo_cli.evaluate.lpips import LPIPS, default_backbone_path
 from cameo_cli.evaluate.metrics import SSIM_CONFIG, psnr, ssim
 from cameo_cli.sample import outputs
+from cameo_cli.sample.camera_files import CameraSet, to_cameo_json
 from cameo_cli.sample.pipeline import MultiViewPipeline
 
 METRICS = ("psnr", "ssim", "lpips")
@@ -264,10 +267,7 @@ def _evaluate_scene(
         if mask is not None:
             per_view[f"{name}_masked"] = _score(name, generated, truth, mask, lpips, psnr_cap)
     if request.save_images:
-        folder = request.out / "images" / _file_name(scene)
-        folder.mkdir(parents=True, exist_ok=True)
-        for frame, image in zip(target, generated, strict=True):
-            outputs.save_png(image, folder / f"target_{frame:04d}.png")
+        _save_scene_images(request.out / "images" / _file_name(scene), views, generated, refs)
     return {
         "scene": scene,
         "context": context,
@@ -276,6 +276,28 @@ def _evaluate_scene(
         "mean": {name: sum(values) / len(values) for name, values in per_view.items()},
         "seconds": round(time.perf_counter() - started, 3),
     }
+
+
+def _save_scene_images(folder: Path, views: dict, generated: torch.Tensor, refs: int) -> None:
+    """reference_K.png, target_K.png (generated), truth_K.png, and the cameras at the
+    evaluation size: references.json (named after the PNGs) and targets.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    images = (views["images"] + 1) / 2
+    for k in range(refs):
+        outputs.save_png(images[k], folder / f"reference_{k}.png")
+    for k, image in enumerate(generated):
+        outputs.save_png(image, folder / f"target_{k}.png")
+        outputs.save_png(images[refs + k], folder / f"truth_{k}.png")
+    size = tuple(images.shape[-2:])
+    K, w2c = views["intrinsics"].double(), views["world_to_camera"].double()
+    references = CameraSet.from_pixel(
+        K[:refs], w2c[:refs], size, names=[f"reference_{k}.png" for k in range(refs)]
+    )
+    targets = CameraSet.from_pixel(
+        K[refs:], w2c[refs:], size, names=[f"target_{k}.png" for k in range(len(generated))]
+    )
+    outputs.write_json(folder / "references.json", to_cameo_json(references, image_size=size))
+    outputs.write_json(folder / "targets.json", to_cameo_json(targets, image_size=size))
 
 
 def _score(
