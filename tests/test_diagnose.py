@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from cameo_cli.diagnose.job import DiagnoseRequest, collate, evaluation_views, layer_precision
+from cameo_cli.diagnose.job import (
+    DiagnoseRequest,
+    collate,
+    default_recipe,
+    evaluation_views,
+    layer_precision,
+)
 from cameo_cli.diagnose.job import load_model as load_diagnosed_model
 from cameo_cli.diagnose.job import open_dataset as open_diagnose_dataset
 from cameo_cli.diagnose.precision import (
@@ -16,6 +22,7 @@ from cameo_cli.diagnose.precision import (
     rotation_bins,
     score_matches,
 )
+from cameo_cli.errors import CameoError
 from cameo_cli.geometry import correspondence_targets, resize_point_map
 
 
@@ -184,3 +191,10 @@ def test_perturbation_cross_view_effects():
     for layer in (multiview[0], multiview[-1]):
         reopened, _ = view_change([m for m in multiview if m != layer])
         assert reopened > 1e-6, layer  # one multi-view layer suffices to couple the views
+
+
+def test_models_without_checkpoint_take_the_matching_recipe():
+    assert default_recipe("cat3d", "tiny") == "quickstart-cpu"
+    assert default_recipe("cat3d", "full") == "cat3d-re10k"
+    with pytest.raises(CameoError, match="pass --recipe"):
+        default_recipe("my-plugin", "full")

@@ -60,6 +60,7 @@ def test_whole_diagnose_on_synthetic_writes_json_plots_and_recommendation(
     assert result.exit_code == 0, result.output
     report = json.loads((out / "diagnose.json").read_text())
     assert [s["layer"] for s in report["layers"]] == list(range(16))
+    assert report["radii"] == {"tokens": 1.0, "pixels": 4.0, "world": 0.02}  # 32 px / 8
     assert len(report["scenes"]) == 4
     for summary in report["layers"]:
         assert summary["attention"]["rows"] > 0

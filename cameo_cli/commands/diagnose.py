@@ -58,7 +58,7 @@ def parse_timesteps(text: str) -> tuple[int, ...]:
     "--sample-steps", type=click.IntRange(min=1), help="DDIM steps for --perturb [recipe]."
 )
 @click.option("--radius-tokens", type=float, default=1.0, help="Token-grid radius.")
-@click.option("--radius-px", type=float, default=4.0, help="Pixel radius.")
+@click.option("--radius-px", type=float, help="Pixel radius [1/8 of the image width].")
 @click.option(
     "--radius-3d", type=float, default=0.02, help="3D radius in world units (0.02 m = 2 cm)."
 )
@@ -91,7 +91,7 @@ def diagnose(
     scenes: int,
     sample_steps: int | None,
     radius_tokens: float,
-    radius_px: float,
+    radius_px: float | None,
     radius_3d: float,
     epsilon: float,
     seed: int,
@@ -140,6 +140,6 @@ def diagnose(
     if recommended is not None:
         console.print(
             f"recommended layer: {recommended['layer']} ({recommended['path']}, precision "
-            f"{recommended['precision']:.3f} within {request.radii.pixels:g} px)"
+            f"{recommended['precision']:.3f} within {result['radii']['pixels']:g} px)"
         )
     console.print(f"wrote {out}/diagnose.json and plots")

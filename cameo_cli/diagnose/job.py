@@ -10,6 +10,7 @@ drawn with each layer's attention replaced by the identity (fixed seed and noise
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,22 @@ def parse_layers(text: str, backbone: MultiViewBackbone) -> list[int]:
     return layers
 
 
+def default_recipe(backbone: str, variant: str) -> str:
+    """The recipe a model without checkpoint is diagnosed with: the CPU quick start for the
+    tiny configs, the backbone's paper recipe (`<backbone>-re10k`) for the full ones."""
+    from cameo_cli.config import list_recipes
+
+    if variant == "tiny":
+        return DEFAULT_RECIPE
+    name = f"{backbone}-re10k"
+    if name not in {recipe for recipe, _ in list_recipes()}:
+        raise CameoError(
+            f"no shipped recipe '{name}' for a {variant} '{backbone}': pass --recipe with the "
+            "codec, views and resolution to diagnose it at"
+        )
+    return name
+
+
 def load_model(request: DiagnoseRequest, checkpoint: Path | None, device: torch.device):
     """The backbone of `checkpoint`, or a fresh/pretrained one of `request.backbone`."""
     from cameo_cli.codec import load_codec
@@ -122,7 +139,7 @@ def load_model(request: DiagnoseRequest, checkpoint: Path | None, device: torch.
         )
     from cameo_cli.registry import build_backbone
 
-    recipe = load_recipe(request.recipe or DEFAULT_RECIPE)
+    recipe = load_recipe(request.recipe or default_recipe(request.backbone, request.variant))
     codec = load_codec(recipe.codec).to(device).eval()
     torch.manual_seed(request.seed)
     backbone = build_backbone(
@@ -251,6 +268,7 @@ def score_probe(
     token_valid = token_valid.flatten(-2)
     height, width = batch["images"].shape[-2:]
     stride = (height / grid[0], width / grid[1])
+    radii = radii.resolved(width)
     bins = rotation_bins(batch["world_to_camera"].to(device))
 
     def score(predicted: torch.Tensor) -> PrecisionCounts:
@@ -378,6 +396,8 @@ def run_diagnose(request: DiagnoseRequest, console: Console | None = None) -> di
     layers = parse_layers(request.layers, model.backbone)
     dataset = open_dataset(Path(request.dataset), model.recipe)
     views = evaluation_views(dataset, request.scenes)
+    width = dataset.get_views(*views[0])["images"].shape[-1]
+    request = dataclasses.replace(request, radii=request.radii.resolved(width))
     result = {
         "backbone": request.backbone,
         "variant": model.variant,
@@ -425,7 +445,12 @@ def run_diagnose(request: DiagnoseRequest, console: Console | None = None) -> di
             plots.perturbation_samples(samples, folder / "perturbation_samples.png")
         write_json(folder / "diagnose.json", result)
     if request.save_recommendation and result["recommended_layer"] is not None:
-        entry = dict(result["recommended_layer"], dataset=str(request.dataset), model=model.source)
+        entry = dict(
+            result["recommended_layer"],
+            radius_px=request.radii.pixels,
+            dataset=str(request.dataset),
+            model=model.source,
+        )
         result["recommendation_file"] = str(
             write_recommended_layer(request.backbone, model.variant, entry)
         )

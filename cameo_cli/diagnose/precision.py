@@ -9,7 +9,7 @@ head's map. A prediction counts as correct:
 - `exact`: it is the ground-truth token;
 - `tokens`: within `radius_tokens` of it on the token grid (Euclidean, token units);
 - `pixels`: within `radius_px` of it in image pixels (token distance times the layer's
-  stride, so layers of different resolution are comparable);
+  stride, so layers of different resolution are comparable; by default 1/8 of the width);
 - `3d`: the predicted token's 3D point lies within `radius_3d` (world units; 0.02 = 2 cm
   on metric data, the paper's Precision@2cm) of the query token's 3D point.
 
@@ -29,6 +29,7 @@ from cameo_cli.cameras import relative_rotation_angle
 ROTATION_EDGES = (30.0, 60.0, 90.0)
 ROTATION_BINS = ("0-30", "30-60", "60-90", ">90")
 METRICS = ("exact", "tokens", "pixels", "3d")
+PIXEL_RADIUS_DIVISOR = 8  # default pixel radius: 4 px at 32 px, 64 px at 512 px
 
 
 def rotation_bins(world_to_camera: torch.Tensor) -> torch.Tensor:
@@ -64,9 +65,16 @@ def predicted_matches(
 
 @dataclass
 class Radii:
+    """Radii of the `tokens`, `pixels` and `3d` metrics (pixels None: 1/8 of the image width)."""
+
     tokens: float = 1.0
-    pixels: float = 4.0
+    pixels: float | None = None
     world: float = 0.02
+
+    def resolved(self, image_width: int) -> Radii:
+        if self.pixels is not None:
+            return self
+        return Radii(self.tokens, image_width / PIXEL_RADIUS_DIVISOR, self.world)
 
 
 @dataclass
@@ -123,6 +131,8 @@ def score_matches(
     score; stride (pixels per token down, across); token_points [B, F, hw, 3] and
     token_valid [B, F, hw] the point map on the token grid; bins [B, F, F] rotation bins.
     """
+    if radii.pixels is None:
+        raise ValueError("resolve the pixel radius first (Radii.resolved)")
     width = grid[1]
     rows = target_mask.clone()
     views = rows.shape[1]
