@@ -9,9 +9,9 @@ summed. Everything runs in (at least) fp32, whatever autocast says.
 
 Memory: the official code holds all `rows × keys × 4H` activations at once (many GB at
 512 px). Here the kept query rows are processed in chunks of `chunk_size`; when a gradient
-is needed, each chunk's gradient is computed right away (the loss is a scalar, so the
-backward pass only has to scale it), which bounds the extra memory by one chunk and costs
-no recomputation.
+is needed, each chunk's gradient is computed right away, by hand (the loss is a scalar, so
+the backward pass only has to scale it), which bounds the extra memory by one chunk and
+costs no recomputation.
 """
 
 from __future__ import annotations
@@ -152,8 +152,75 @@ def _total_loss(
     return total
 
 
+@dataclass
+class _ChunkGradients:
+    value: torch.Tensor
+    q_rows: torch.Tensor | None
+    keys: torch.Tensor | None
+    params: list[torch.Tensor]
+
+
+def _chunk_loss_and_gradients(
+    q_rows: torch.Tensor,
+    keys: torch.Tensor,
+    scale: float,
+    index: torch.Tensor,
+    weight: torch.Tensor,
+    params: Sequence[torch.Tensor],
+    loss: str,
+    wants: Sequence[bool],
+) -> _ChunkGradients:
+    """`_chunk_loss` and its gradients, written out by hand (no autograd graph, fewer kernels
+    and buffers: the hidden activations are reused for their own gradients).
+
+    wants: whether the gradient of q_rows, keys and each parameter is needed.
+    """
+    logits = torch.einsum("bhcd,bjhkd->bjckh", q_rows, keys) * scale  # [B, J, c, hw, H]
+    if params:
+        w1, b1, w2, b2 = params
+        before = F.linear(logits, w1, b1)
+        hidden = F.gelu(before)
+        scores = F.linear(hidden, w2, b2).squeeze(-1)
+    else:
+        scores = logits.mean(dim=-1)
+    log_norm = torch.logsumexp(scores, dim=-1)
+    picked = scores.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+    log_p_target = picked - log_norm
+    if loss == "ce":
+        value = -(weight * log_p_target).sum()
+        coefficient = weight  # d(-log p_t)/ds = p - onehot
+    else:
+        p_target = log_p_target.exp()
+        value = (weight * 2.0 * (1.0 - p_target)).sum()
+        coefficient = weight * 2.0 * p_target  # d(2 (1 - p_t))/ds = 2 p_t (p - onehot)
+    grad_scores = torch.exp(scores - log_norm.unsqueeze(-1)).mul_(coefficient.unsqueeze(-1))
+    grad_scores.scatter_add_(-1, index.unsqueeze(-1), -coefficient.unsqueeze(-1))
+    grad_params: list[torch.Tensor] = []
+    if params:
+        flat_scores = grad_scores.reshape(-1)
+        grad_w2 = (flat_scores @ hidden.reshape(-1, hidden.shape[-1]))[None]
+        grad_b2 = flat_scores.sum().reshape(1)
+        grad_hidden = torch.mul(grad_scores.unsqueeze(-1), w2[0], out=hidden)  # reuse buffer
+        grad_before = torch.ops.aten.gelu_backward(grad_hidden, before)
+        del before, hidden, grad_hidden
+        flat_before = grad_before.reshape(-1, grad_before.shape[-1])
+        grad_w1 = flat_before.T @ logits.reshape(-1, logits.shape[-1])
+        grad_b1 = flat_before.sum(dim=0)
+        grad_logits = grad_before @ w1
+        grad_params = [grad_w1, grad_b1, grad_w2, grad_b2]
+    else:
+        grad_logits = (grad_scores / logits.shape[-1]).unsqueeze(-1).expand_as(logits)
+    grad_logits = grad_logits * scale
+    grad_q = torch.einsum("bjckh,bjhkd->bhcd", grad_logits, keys) if wants[0] else None
+    grad_k = torch.einsum("bjckh,bhcd->bjhkd", grad_logits, q_rows) if wants[1] else None
+    return _ChunkGradients(value, grad_q, grad_k, grad_params)
+
+
 class _ChunkedCameoLoss(torch.autograd.Function):
-    """Loss forward with each chunk's gradient taken at once; backward only scales it."""
+    """Loss forward with each chunk's gradient taken at once; backward only scales it.
+
+    Runs with autograd off (inside `Function.forward`), so nothing but the gradient buffers
+    outlives a chunk."""
 
     @staticmethod
     def forward(ctx, plan, scale, loss, chunk_size, q, k, *params):
@@ -163,36 +230,31 @@ class _ChunkedCameoLoss(torch.autograd.Function):
         grad_params = [
             torch.zeros_like(p) if w else None for p, w in zip(params, wants[2:], strict=True)
         ]
-        leaf_params = [p.detach().requires_grad_(w) for p, w in zip(params, wants[2:], strict=True)]
         total = q.new_zeros(())
         for view in plan:
-            keys = k[:, view.others].detach().requires_grad_(wants[1])
-            queries = view.queries(q).detach()
+            keys = k[:, view.others]
+            queries = view.queries(q)
             grad_keys = torch.zeros_like(keys) if wants[1] else None
             grad_queries = torch.zeros_like(queries) if wants[0] else None
             for part in _chunks(view.count, chunk_size):
-                q_rows = queries[:, :, part].requires_grad_(wants[0])
-                with torch.enable_grad():
-                    value = _chunk_loss(
-                        q_rows,
-                        keys,
-                        scale,
-                        view.index[..., part],
-                        view.weight[..., part],
-                        leaf_params,
-                        loss,
-                    )
-                inputs = [q_rows, keys, *leaf_params]
-                needed = [t for t, w in zip(inputs, wants, strict=True) if w]
-                grads = iter(torch.autograd.grad(value, needed))
+                chunk = _chunk_loss_and_gradients(
+                    queries[:, :, part],
+                    keys,
+                    scale,
+                    view.index[..., part],
+                    view.weight[..., part],
+                    params,
+                    loss,
+                    wants,
+                )
                 if wants[0]:
-                    grad_queries[:, :, part] = next(grads)
+                    grad_queries[:, :, part] = chunk.q_rows
                 if wants[1]:
-                    grad_keys += next(grads)
-                for slot, wanted in enumerate(wants[2:]):
-                    if wanted:
-                        grad_params[slot] += next(grads)
-                total += value.detach()
+                    grad_keys += chunk.keys
+                for slot, grad in enumerate(chunk.params):
+                    if wants[2 + slot]:
+                        grad_params[slot] += grad
+                total += chunk.value
             if wants[0] and view.rows is None:
                 grad_q[:, view.view] = grad_queries
             elif wants[0]:
