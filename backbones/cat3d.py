@@ -28,14 +28,19 @@ import torch
 from diffusers import UNet2DConditionModel
 from torch import nn
 
-from cameo_cli.attention import LayerHook, install_processors
+from cameo_cli.attention import LayerHook, add_qk_norm, install_processors
 from cameo_cli.backbone import (
     MultiViewBackbone,
     ViewConditioning,
     load_diffusers_model,
     resolve_diffusers_folder,
 )
-from cameo_cli.cameras import plucker_raymap
+from cameo_cli.conditioning import (
+    CAMERA_CONDITION_CHANNELS,
+    added_to_output,
+    camera_condition_maps,
+    zero_conv,
+)
 from cameo_cli.errors import CameoError
 
 # Stable Diffusion 2.1's U-Net. `attention_head_dim` is the NUMBER of heads in diffusers.
@@ -55,7 +60,6 @@ TINY_UNET["attention_head_dim"] = (2, 4, 4, 4)
 TINY_UNET["cross_attention_dim"] = 32
 UNET_CONFIGS = {"tiny": TINY_UNET, "full": SD21_UNET}
 
-RAYMAP_CHANNELS = 6
 _BLOCK_PATH = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.|^mid_block\.")
 
 
@@ -81,26 +85,6 @@ def unet_hooks(unet: UNet2DConditionModel) -> list[LayerHook]:
     ]
 
 
-def add_qk_norm(unet: nn.Module, hooks: list[LayerHook], eps: float = 1e-6) -> list[str]:
-    """Give every hooked attention a q/k LayerNorm over the head dim; returns their paths."""
-    paths = []
-    for hook in hooks:
-        attn = unet.get_submodule(hook.path)
-        head_dim = attn.inner_dim // attn.heads
-        attn.norm_q = nn.LayerNorm(head_dim, eps=eps)
-        attn.norm_k = nn.LayerNorm(head_dim, eps=eps)
-        paths += [f"{hook.path}.norm_q", f"{hook.path}.norm_k"]
-    return paths
-
-
-def zero_conv(in_channels: int, like: nn.Conv2d) -> nn.Conv2d:
-    """A conv with `like`'s output width and kernel, all weights zero."""
-    conv = nn.Conv2d(in_channels, like.out_channels, like.kernel_size, padding=like.padding)
-    nn.init.zeros_(conv.weight)
-    nn.init.zeros_(conv.bias)
-    return conv
-
-
 class Cat3D(MultiViewBackbone):
     """CAT3D multi-view U-Net (see the module docstring)."""
 
@@ -116,7 +100,13 @@ class Cat3D(MultiViewBackbone):
         self._added = add_qk_norm(unet, self.hooks) if qk_norm else []
         install_processors(unet, self.hooks)
         self.downsample = downsample
-        self.condition_encoder = zero_conv(self.condition_channels(), unet.conv_in)
+        conv_in = unet.conv_in
+        self.condition_encoder = zero_conv(
+            self.condition_channels(),
+            conv_in.out_channels,
+            conv_in.kernel_size,
+            padding=conv_in.padding,
+        )
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -130,17 +120,7 @@ class Cat3D(MultiViewBackbone):
     ) -> Cat3D:
         """`tiny` (3.2 M parameters) or `full` (SD2.1 shapes); `pretrained`: a local folder
         holding a diffusers U-Net (itself or its `unet/` subfolder)."""
-        if variant not in UNET_CONFIGS:
-            raise CameoError(f"backbone '{cls.name}': unknown config '{variant}' (tiny, full)")
-        unknown = sorted(set(options) - set(cls.option_defaults))
-        if unknown:
-            raise CameoError(
-                f"backbone '{cls.name}': unknown options {unknown} "
-                f"(valid: {sorted(cls.option_defaults)})"
-            )
-        settings = {**cls.option_defaults, **options}
-        if settings["downsample"] is None:
-            settings["downsample"] = 8 if in_channels == 4 else 1
+        settings = cls.resolve_options(variant, in_channels, options)
         if pretrained is not None:
             folder = resolve_diffusers_folder(pretrained, "unet")
             unet = load_diffusers_model(UNet2DConditionModel, folder, remove_cross_attention)
@@ -167,23 +147,11 @@ class Cat3D(MultiViewBackbone):
     # -- conditioning -------------------------------------------------------------------
     def condition_channels(self) -> int:
         """Input channels of the zero-initialised condition encoder."""
-        return RAYMAP_CHANNELS + 1
+        return CAMERA_CONDITION_CHANNELS
 
     def condition_maps(self, latents: torch.Tensor, cond: ViewConditioning) -> torch.Tensor:
-        """[B, F, 7, h, w]: Plücker raymap (zero where `drop_camera`) + reference mask."""
-        batch, views, _, height, width = latents.shape
-        raymap = plucker_raymap(
-            cond.intrinsics.float(),
-            cond.world_to_camera.float(),
-            height,
-            width,
-            image_size=tuple(cond.image_size),
-        )
-        if cond.drop_camera is not None:
-            keep = (~cond.drop_camera.bool()).to(raymap.dtype)
-            raymap = raymap * keep[:, None, None, None, None]
-        mask = cond.ref_mask.to(raymap.dtype)[:, :, None, None, None]
-        return torch.cat([raymap, mask.expand(batch, views, 1, height, width)], dim=2)
+        """[B, F, 7, h, w]: `camera_condition_maps` at the latent resolution."""
+        return camera_condition_maps(cond, *latents.shape[-2:])
 
     # -- forward ------------------------------------------------------------------------
     def forward(
@@ -200,19 +168,12 @@ class Cat3D(MultiViewBackbone):
         self.set_num_views(views)
         maps = self.condition_maps(latents, cond).flatten(0, 1)
         added = self.condition_encoder(maps.to(self.condition_encoder.weight.dtype))
-
-        def add_condition(_module: nn.Module, _inputs: object, output: torch.Tensor):
-            return output + added.to(output.dtype)
-
-        handle = self.model.conv_in.register_forward_hook(add_condition)
-        try:
+        with added_to_output(self.model.conv_in, added):
             out = self.model(
                 latents.flatten(0, 1),
                 timesteps.repeat_interleave(views),
                 encoder_hidden_states=None,
             ).sample
-        finally:
-            handle.remove()
         return out.unflatten(0, (batch, views))
 
     # -- layers ---------------------------------------------------------------------------

@@ -43,10 +43,13 @@ from cameo_cli.backbone import (
     load_diffusers_model,
     resolve_diffusers_folder,
 )
-from cameo_cli.cameras import plucker_raymap
+from cameo_cli.conditioning import (
+    CAMERA_CONDITION_CHANNELS,
+    added_to_output,
+    camera_patch_tokens,
+    zero_conv,
+)
 from cameo_cli.errors import CameoError
-
-CAMERA_CHANNELS = 7  # Plücker direction (3) + moment (3) + reference mask (1)
 
 
 @dataclass(frozen=True)
@@ -126,11 +129,12 @@ class HunyuanDiT(MultiViewBackbone):
         self.default_layer = VARIANTS[variant].default_layer
         self.rope_base = VARIANTS[variant].rope_base
         self.downsample = downsample
-        self.camera_encoder = nn.Conv2d(
-            CAMERA_CHANNELS, config.hidden_size, config.patch_size, stride=config.patch_size
+        self.camera_encoder = zero_conv(
+            CAMERA_CONDITION_CHANNELS,
+            config.hidden_size,
+            config.patch_size,
+            stride=config.patch_size,
         )
-        nn.init.zeros_(self.camera_encoder.weight)
-        nn.init.zeros_(self.camera_encoder.bias)
         self.null_text_t5 = nn.Parameter(
             torch.zeros(config.text_len_t5, config.cross_attention_dim_t5)
         )
@@ -163,19 +167,9 @@ class HunyuanDiT(MultiViewBackbone):
     ) -> HunyuanDiT:
         """`tiny` or `full`; `pretrained` is a local diffusers folder holding a Hunyuan-DiT
         transformer (itself or in its `transformer/` subfolder)."""
-        if variant not in VARIANTS:
-            raise CameoError(f"backbone '{cls.name}': unknown config '{variant}' (tiny, full)")
-        unknown = sorted(set(options) - set(cls.option_defaults))
-        if unknown:
-            raise CameoError(
-                f"backbone '{cls.name}': unknown options {unknown} "
-                f"(valid: {sorted(cls.option_defaults)})"
-            )
-        settings = {**cls.option_defaults, **options}
+        settings = cls.resolve_options(variant, in_channels, options)
         if not settings["qk_norm"]:
             raise CameoError(f"backbone '{cls.name}': Hunyuan-DiT always normalises q and k")
-        if settings["downsample"] is None:  # SD latents are 8x smaller; pixels are 1x
-            settings["downsample"] = 8 if in_channels == 4 else 1
         if pretrained is not None:
             transformer = _load_pretrained(pretrained, variant, in_channels)
         else:
@@ -200,18 +194,11 @@ class HunyuanDiT(MultiViewBackbone):
         self.set_num_views(views)
         items = batch * views
         dtype, device = latents.dtype, latents.device
-        camera = self.camera_channels(cond, height, width)
-        camera_tokens = self.camera_encoder(camera.to(self.camera_encoder.weight.dtype))
-        camera_tokens = camera_tokens.flatten(2).transpose(1, 2)  # [B·F, tokens, hidden]
-
-        def add_camera(_module: nn.Module, _inputs: object, tokens: torch.Tensor):
-            return tokens + camera_tokens.to(tokens.dtype)
-
+        camera_tokens = camera_patch_tokens(self.camera_encoder, cond, height, width)
         # Hunyuan's time embedding runs in the timestep's dtype (its pipeline casts to the
         # latents' dtype); an integer timestep fails inside diffusers.
         timestep = timesteps.to(dtype).repeat_interleave(views)
-        handle = self.model.pos_embed.register_forward_hook(add_camera)
-        try:
+        with added_to_output(self.model.pos_embed, camera_tokens):
             output = self.model(
                 latents.flatten(0, 1),
                 timestep,
@@ -219,26 +206,7 @@ class HunyuanDiT(MultiViewBackbone):
                 return_dict=False,
                 **self.null_conditions(items, cond.image_size, dtype, device),
             )[0]
-        finally:
-            handle.remove()
         return output[:, :channels].unflatten(0, (batch, views))
-
-    def camera_channels(self, cond: ViewConditioning, height: int, width: int) -> torch.Tensor:
-        """[B·F, 7, h, w]: Plücker raymap (zero where `drop_camera`) + reference mask."""
-        raymap = plucker_raymap(
-            cond.intrinsics.float(),
-            cond.world_to_camera.float(),
-            height,
-            width,
-            image_size=tuple(cond.image_size),
-        )
-        if cond.drop_camera is not None:
-            keep = (~cond.drop_camera.bool()).to(raymap.dtype)
-            raymap = raymap * keep[:, None, None, None, None]
-        batch, views = raymap.shape[:2]
-        mask = cond.ref_mask.to(raymap.dtype)[:, :, None, None, None]
-        mask = mask.expand(batch, views, 1, height, width)
-        return torch.cat([raymap, mask], dim=2).flatten(0, 1)
 
     def null_conditions(
         self, items: int, image_size: tuple[int, int], dtype: torch.dtype, device: torch.device

@@ -9,10 +9,14 @@ view, 10 heads of 64, all 12 ordered pairs, MLP head 10 -> 40 -> 1, batch 1):
 2. the CAMEO term's FLOPs as a fraction of one plain training step (forward + backward) of
    the full SD2.1-shaped CAT3D U-Net at 512 px, F = 4 (torch.utils.flop_counter on the meta
    device, so no weights are allocated);
-3. the measured step-time ratio CAMEO / plain of the quick-start recipe, when `cameo train`
-   provides its step function.
+3. the measured step-time ratio CAMEO / plain of the quick-start recipe on CPU (the
+   training loop's own micro-step, backward and AdamW step; both variants in one process,
+   stepping in turns).
 
-    python benchmarks/alignment_overhead.py [--device cuda] [--chunk-size 64] [--repeats 2]
+    OMP_NUM_THREADS=1 python benchmarks/alignment_overhead.py [--device cuda] [--chunk-size 64]
+
+On a CPU shared with other work, keep OMP_NUM_THREADS=1: with more threads than free cores
+every small op waits on its slowest thread and the timings say little.
 
 The naive variant needs about 8.5 GB on CPU; pass --skip-naive on a small machine.
 """
@@ -24,6 +28,7 @@ import contextlib
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -33,16 +38,10 @@ import torch
 
 from cameo_cli.alignment import CameoLoss
 from cameo_cli.attention.hooks import ProbeResult
+from cameo_cli.geometry import CorrespondenceTargets as Targets
 
 VIEWS, GRID, HEADS, HEAD_DIM, BATCH = 4, (32, 32), 10, 64, 1
 NUM_REFS = 2
-
-
-class Targets:
-    """index/mask [B, F, F, hw], the fields of geometry's CorrespondenceTargets."""
-
-    def __init__(self, index: torch.Tensor, mask: torch.Tensor) -> None:
-        self.index, self.mask = index, mask
 
 
 def make_inputs(device: torch.device) -> tuple[ProbeResult, Targets, torch.Tensor]:
@@ -150,6 +149,19 @@ def run_child(variant: str, args: argparse.Namespace) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def run_quickstart(steps: int) -> dict:
+    command = [
+        sys.executable,
+        __file__,
+        "--measure-quickstart",
+        "--quickstart-steps",
+        str(steps),
+    ]
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    out = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def cameo_term_flops(chunk_size: int) -> int:
     """FLOPs of the CAMEO term's forward + backward (matmuls, as the counter counts them)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -210,6 +222,15 @@ def unet_step_flops() -> tuple[int, str]:
     meta = torch.device("meta")
     with meta:
         backbone, step = full_unet_step(meta)
+
+    def meta_condition_maps(latents: torch.Tensor, cond: object) -> torch.Tensor:
+        # The Plücker raymap is elementwise camera arithmetic (no matmul FLOPs) that autocast
+        # guards cannot run on the meta device: stand in a tensor of its shape.
+        batch, views, _, height, width = latents.shape
+        channels = backbone.condition_channels()
+        return torch.zeros(batch, views, channels, height, width, device=meta)
+
+    backbone.condition_maps = meta_condition_maps
     with FlopCounterMode(display=False) as counter:
         step()
     params = sum(p.numel() for p in backbone.parameters())
@@ -235,13 +256,59 @@ def unet_step_times(chunk_size: int, repeats: int) -> tuple[float, float]:
     return times["plain"], times["cameo"]
 
 
-def quickstart_step_ratio() -> str:
-    """Step time CAMEO / plain of the quick-start recipe, when `cameo train` exposes steps."""
-    try:
-        from cameo_cli.train import loop  # noqa: F401
-    except ImportError:
-        return "not measured: cameo_cli.train does not exist in this checkout yet"
-    return "not measured: cameo_cli.train.loop has no step function this script knows"
+def quickstart_step_seconds(steps: int) -> dict[str, float]:
+    """Run in a child process: median seconds of one training step (forward, backward,
+    AdamW) of the quick-start recipe, plain and with CAMEO, on CPU. The two trainers step
+    in turns so that a change in the machine's load hits both alike."""
+    import tempfile
+
+    from accelerate import Accelerator
+    from rich.console import Console
+
+    from cameo_cli.config import load_recipe
+    from cameo_cli.data.shards import prepare_dataset
+    from cameo_cli.data.synthetic import SyntheticSource
+    from cameo_cli.train.data import make_loader
+    from cameo_cli.train.loop import TRAIN_SPLIT, Trainer
+    from cameo_cli.train.setup import open_dataset
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "synthetic"
+        source = SyntheticSource(scenes=4, resolution=64, frames=16, seed=0, geometry="depth")
+        prepare_dataset(source, data, console=Console(quiet=True))
+        accelerator = Accelerator(cpu=True)
+        runs = {}
+        for method in ("none", "cameo"):
+            recipe = load_recipe(
+                "quickstart-cpu", [f"alignment.method={method}", f"data.dataset={data}"]
+            )
+            dataset = open_dataset(recipe, needs_geometry=method == "cameo", split=TRAIN_SPLIT)
+            trainer = Trainer(recipe, Path(tmp) / method, accelerator, dataset)
+            trainer.prepared_model, optimizer = accelerator.prepare(
+                trainer.model, trainer.optimizer
+            )
+            loader = make_loader(
+                trainer.dataset,
+                recipe.train.batch_size,
+                world_size=1,
+                rank=0,
+                seed=0,
+                start=0,
+                workers=0,
+            )
+            runs[method] = (trainer, optimizer, iter(loader))
+        times: dict[str, list[float]] = {method: [] for method in runs}
+        for _ in range(steps + 1):  # the first step of each warms up
+            for method, (trainer, optimizer, batches) in runs.items():
+                batch = next(batches)
+                start = time.perf_counter()
+                terms = trainer._micro_step(batch)
+                accelerator.backward(terms["loss"])
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                times[method].append(time.perf_counter() - start)
+        accelerator.end_training()
+    return {method: statistics.median(values[1:]) for method, values in times.items()}
 
 
 def main() -> None:
@@ -250,8 +317,13 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--quickstart-steps", type=int, default=6)
     parser.add_argument("--measure", choices=["cameo", "naive"], help=argparse.SUPPRESS)
+    parser.add_argument("--measure-quickstart", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.measure_quickstart:
+        print(json.dumps(quickstart_step_seconds(args.quickstart_steps)))
+        return
     if args.measure:
         print(
             json.dumps(
@@ -293,7 +365,12 @@ def main() -> None:
             f"  measured bf16 step: plain {seconds_plain * 1e3:.1f} ms, with CAMEO "
             f"{seconds_cameo * 1e3:.1f} ms, ratio {seconds_cameo / seconds_plain:.3f}x"
         )
-    print(f"quick-start step time CAMEO/plain: {quickstart_step_ratio()}")
+    step = run_quickstart(args.quickstart_steps)
+    print(
+        f"quick-start recipe (tiny cat3d, 32 px, batch 2 x F 4) on CPU, median of "
+        f"{args.quickstart_steps} steps: plain {step['none']:.3f} s, CAMEO {step['cameo']:.3f} s, "
+        f"ratio CAMEO/plain {step['cameo'] / step['none']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -103,12 +103,15 @@ class MultiViewBackbone(nn.Module, ABC):
     """Base class of every adapter.
 
     Subclasses set `model` (the wrapped diffusers model), `hooks` (one per layer, in order)
-    and call `record_build(variant, in_channels, options)` in `build`, so that
-    `save_pretrained` can write what `from_pretrained` needs to rebuild them.
+    and, in `build`, check their options with `resolve_options` and end with
+    `record_build(variant, in_channels, settings)`, so that `save_pretrained` can write what
+    `from_pretrained` needs to rebuild them.
     """
 
     name: str = ""
     default_layer: int = 0
+    variants: tuple[str, ...] = ("tiny", "full")
+    option_defaults: dict[str, object] = {}  # every option `build` accepts, with its default
 
     def __init__(self) -> None:
         super().__init__()
@@ -129,6 +132,27 @@ class MultiViewBackbone(nn.Module, ABC):
         **options: object,
     ) -> MultiViewBackbone:
         """Build the `tiny` or `full` config; `pretrained` is a local diffusers folder."""
+
+    @classmethod
+    def resolve_options(
+        cls, variant: str, in_channels: int, options: dict[str, object]
+    ) -> dict[str, object]:
+        """`option_defaults` updated by `options`, after checking `variant` and the option
+        names (CameoError otherwise). An option `downsample` (image pixels per latent cell)
+        left None follows the codec: 8 for 4-channel SD latents, 1 for pixels."""
+        if variant not in cls.variants:
+            known = ", ".join(cls.variants)
+            raise CameoError(f"backbone '{cls.name}': unknown config '{variant}' ({known})")
+        unknown = sorted(set(options) - set(cls.option_defaults))
+        if unknown:
+            raise CameoError(
+                f"backbone '{cls.name}': unknown options {unknown} "
+                f"(valid: {sorted(cls.option_defaults)})"
+            )
+        settings = {**cls.option_defaults, **options}
+        if "downsample" in settings and settings["downsample"] is None:
+            settings["downsample"] = 8 if in_channels == 4 else 1
+        return settings
 
     def record_build(self, variant: str, in_channels: int, options: dict[str, object]) -> None:
         """Remember how this backbone was built (written to `cameo_backbone.json`)."""

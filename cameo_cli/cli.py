@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "train": "cameo_cli.commands.train:train",
     "sample": "cameo_cli.commands.sample:sample",
     "evaluate": "cameo_cli.commands.evaluate:evaluate",
+    "diagnose": "cameo_cli.commands.diagnose:diagnose",
 }
 
 # One-line summaries for `cameo --help`, so listing commands imports none of them.

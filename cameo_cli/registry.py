@@ -69,9 +69,7 @@ def _entry_points() -> list[tuple[EntryPoint, str, str]]:
     for item in filter(None, (s.strip() for s in os.environ.get(ENV_VARIABLE, "").split(","))):
         name, sep, value = item.partition("=")
         if not sep or ":" not in value:
-            raise CameoError(
-                f"{ENV_VARIABLE}: '{item}' is not of the form name=module:attribute"
-            )
+            raise CameoError(f"{ENV_VARIABLE}: '{item}' is not of the form name=module:attribute")
         ep = EntryPoint(name=name.strip(), value=value.strip(), group=ENTRY_POINT_GROUP)
         found.append((ep, ENV_VARIABLE, ""))
     return found

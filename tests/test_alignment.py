@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 import torch
 
 from cameo_cli.alignment import CameoLoss
 from cameo_cli.attention.hooks import ProbeResult
-
-
-@dataclass
-class Targets:
-    """Same fields as geometry's CorrespondenceTargets: index/mask [B, F, F, hw]."""
-
-    index: torch.Tensor
-    mask: torch.Tensor
+from cameo_cli.geometry import CorrespondenceTargets as Targets
 
 
 def reference_loss(

@@ -14,6 +14,7 @@ from backbones.hunyuan_dit import VARIANTS, HunyuanDiT
 from cameo_cli.attention.hooks import LayerHook
 from cameo_cli.attention.hunyuan import HunyuanMultiViewProcessor
 from cameo_cli.backbone import ViewConditioning
+from cameo_cli.conditioning import camera_condition_maps
 from cameo_cli.errors import CameoError
 
 SIZE = 32  # latents of 32 x 32 -> 16 x 16 tokens per view (patch 2)
@@ -335,7 +336,7 @@ def test_drop_camera_zeroes_the_raymap_per_sample():
         other_cameras = backbone(latents, timesteps, make_cond(2, 4, seed=2, drop=drop))
     assert torch.equal(first[0], other_cameras[0])  # dropped: the cameras do not matter
     assert (first[1] - other_cameras[1]).abs().max() > 1e-3
-    channels = backbone.camera_channels(make_cond(2, 4, drop=drop), 8, 8).unflatten(0, (2, 4))
+    channels = camera_condition_maps(make_cond(2, 4, drop=drop), 8, 8)
     assert channels[0, :, :6].abs().max() == 0 and channels[1, :, :6].abs().max() > 0
     assert torch.equal(channels[:, 0, 6], torch.ones(2, 8, 8))  # reference mask is kept
 

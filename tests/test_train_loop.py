@@ -22,6 +22,7 @@ def _recipe(dataset: Path, *overrides: str):
             "train.log_every=1",
             "train.validate_every=1000",
             "sample.steps=2",
+            "train.batch_size=1",
             *overrides,
         ],
     )

@@ -32,7 +32,13 @@ from cameo_cli.train.setup import open_dataset
 dataset, run = sys.argv[1], Path(sys.argv[2])
 recipe = load_recipe(
     "quickstart-cpu",
-    [f"data.dataset={dataset}", "train.steps=3", "train.checkpoint_every=3", "train.log_every=1"],
+    [
+        f"data.dataset={dataset}",
+        "train.steps=3",
+        "train.checkpoint_every=3",
+        "train.batch_size=1",
+        "sample.steps=2",
+    ],
 )
 accelerator = Accelerator(cpu=True)
 try:
@@ -93,7 +99,8 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(synthetic_dat
     run = tmp_path / "run"
     checkpoints = run / "checkpoints"
     args = ["--recipe", "quickstart-cpu", "--dataset", str(synthetic_dataset), "--output", str(run)]
-    args += ["--steps", "40", "--set", "train.checkpoint_every=1", "--set", "train.log_every=1"]
+    args += ["--steps", "40", "--set", "train.checkpoint_every=1", "--set", "sample.steps=2"]
+    args += ["--set", "train.batch_size=1"]
     process = subprocess.Popen(
         _train_command(*args), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )

@@ -3,6 +3,7 @@
 from cameo_cli.attention.hooks import LayerHook, ProbeResult
 from cameo_cli.attention.processor import (
     MultiViewAttnProcessor,
+    add_qk_norm,
     install_processors,
     multiview_attention,
 )
@@ -11,6 +12,7 @@ __all__ = [
     "LayerHook",
     "MultiViewAttnProcessor",
     "ProbeResult",
+    "add_qk_norm",
     "install_processors",
     "multiview_attention",
 ]

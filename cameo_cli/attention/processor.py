@@ -138,3 +138,18 @@ def install_processors(
             raise ValueError(f"model has no attention layer '{hook.path}'")
         processors[key] = make_processor(hook)
     model.set_attn_processor(processors)
+
+
+def add_qk_norm(model: nn.Module, hooks: list[LayerHook], eps: float = 1e-6) -> list[str]:
+    """Give every hooked attention of `model` a q/k LayerNorm over the head dim (the official
+    CAMEO default; `MultiViewAttnProcessor` applies `norm_q`/`norm_k`). Returns the new
+    modules' paths, which adapters declare in `model_additions` (diffusers does not record
+    them)."""
+    paths = []
+    for hook in hooks:
+        attn = model.get_submodule(hook.path)
+        head_dim = attn.inner_dim // attn.heads
+        attn.norm_q = nn.LayerNorm(head_dim, eps=eps)
+        attn.norm_k = nn.LayerNorm(head_dim, eps=eps)
+        paths += [f"{hook.path}.norm_q", f"{hook.path}.norm_k"]
+    return paths

@@ -16,14 +16,13 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from torch.utils.data import Dataset, default_collate
 
-from cameo_cli.backbone import ViewConditioning
 from cameo_cli.config import Recipe, dump_recipe
 from cameo_cli.errors import CameoError
 from cameo_cli.train import checkpoint as ckpt
 from cameo_cli.train import rundir
 from cameo_cli.train.data import make_loader
 from cameo_cli.train.ema import ExponentialMovingAverage
-from cameo_cli.train.metrics import MetricsLogger, truncate_metrics
+from cameo_cli.train.metrics import MetricsLogger
 from cameo_cli.train.model import CameoTrainingModel
 from cameo_cli.train.objective import add_training_noise, denoising_loss
 from cameo_cli.train.progress import TrainingProgress
@@ -33,7 +32,13 @@ from cameo_cli.train.setup import (
     check_backbone_and_layer,
     open_dataset,
 )
-from cameo_cli.train.validation import one_step_views, sampled_views, save_grid, target_psnr
+from cameo_cli.train.validation import (
+    conditioning,
+    one_step_views,
+    sampled_views,
+    save_grid,
+    target_psnr,
+)
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +150,7 @@ class Trainer:
         )
         self.step = 0
         self.data_position = 0
+        self.last_lr = recipe.train.learning_rate
 
     # -- set-up -----------------------------------------------------------------------------
     def _validation_batch(self) -> dict[str, torch.Tensor]:
@@ -200,14 +206,7 @@ class Trainer:
             latents = self.codec.encode(images.flatten(0, 1)).unflatten(0, (b, f))
         noised = add_training_noise(self.scheduler, latents, ref_mask, self.generator)
         drop = torch.rand(b, generator=self.generator, device=device) < train.camera_drop
-        cond = ViewConditioning(
-            intrinsics=batch["intrinsics"].to(device),
-            world_to_camera=batch["world_to_camera"].to(device),
-            ref_mask=ref_mask,
-            image_size=tuple(images.shape[-2:]),
-            drop_camera=drop,
-            ref_images=images * ref_mask[:, :, None, None, None],
-        )
+        cond = conditioning(batch, device, drop_camera=drop)
         correspondence = None
         if self.cameo:
             from cameo_cli.geometry import correspondence_targets
@@ -305,7 +304,8 @@ class Trainer:
         )
 
     # -- the run ------------------------------------------------------------------------------
-    def run(self, resume_from: Path | None, *, overwrite: bool, command: list[str]) -> Path:
+    def start(self, resume_from: Path | None, *, overwrite: bool, command: list[str]) -> None:
+        """Write the run folder, restore a checkpoint, wrap the model for accelerate."""
         accelerator, train = self.accelerator, self.recipe.train
         self._prepare_run_dir(resume_from, overwrite, command)
         if resume_from is not None:
@@ -321,45 +321,63 @@ class Trainer:
             start=self.data_position,
             workers=self.recipe.data.workers,
         )
+        self._batches = iter(loader)
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        """This process's next micro-batch of the resumable stream."""
+        self.data_position += 1
+        return next(self._batches)
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Forward + backward of one micro-batch; at the end of a gradient accumulation the
+        optimizer, LR scheduler and EMA step and `self.step` advances. Returns the terms."""
+        accelerator, train = self.accelerator, self.recipe.train
+        with accelerator.accumulate(self.prepared_model):
+            terms = self._micro_step(batch)
+            self._check_finite(terms)
+            accelerator.backward(terms["loss"])
+            if accelerator.sync_gradients and train.grad_clip > 0:
+                accelerator.clip_grad_norm_(self.model.parameters(), train.grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        if accelerator.sync_gradients:
+            self.last_lr = self.optimizer.param_groups[0]["lr"]
+            self.lr_scheduler.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
+            self.step += 1
+        return {name: value.detach().item() for name, value in terms.items()}
+
+    def run(self, resume_from: Path | None, *, overwrite: bool, command: list[str]) -> Path:
+        """Train until `train.steps`; log, validate and checkpoint on the way."""
+        accelerator, train = self.accelerator, self.recipe.train
+        self.start(resume_from, overwrite=overwrite, command=command)
+        if self.step >= train.steps and resume_from is not None:
+            return resume_from
         metrics = None
         if accelerator.is_main_process:
-            metrics_file = self.output / rundir.METRICS
-            if resume_from is not None:
-                truncate_metrics(metrics_file, self.step)
-            metrics = MetricsLogger(metrics_file, self.output / rundir.TENSORBOARD)
+            metrics = MetricsLogger(
+                self.output / rundir.METRICS,
+                self.output / rundir.TENSORBOARD,
+                resumed_at=None if resume_from is None else self.step,
+            )
         sums: dict[str, float] = defaultdict(float)
         count = 0
         last_saved = None
-        params = list(self.model.parameters())
-        batches = iter(loader)
         try:
             with TrainingProgress(train.steps, self.step, accelerator.is_main_process) as bar:
                 while self.step < train.steps:
-                    batch = next(batches)
-                    self.data_position += 1
-                    with accelerator.accumulate(self.prepared_model):
-                        terms = self._micro_step(batch)
-                        self._check_finite(terms)
-                        accelerator.backward(terms["loss"])
-                        if accelerator.sync_gradients and train.grad_clip > 0:
-                            accelerator.clip_grad_norm_(params, train.grad_clip)
-                        self.optimizer.step()
-                        self.optimizer.zero_grad(set_to_none=True)
-                    for name, value in terms.items():
-                        sums[name] += value.detach().item()
+                    before = self.step
+                    for name, value in self.train_step(self.next_batch()).items():
+                        sums[name] += value
                     count += 1
-                    if not accelerator.sync_gradients:
+                    if self.step == before:  # inside a gradient accumulation
                         continue
-                    lr = self.optimizer.param_groups[0]["lr"]
-                    self.lr_scheduler.step()
-                    if self.ema is not None:
-                        self.ema.update(self.model)
-                    self.step += 1
                     averages = self._reduce({k: v / count for k, v in sums.items()})
                     bar.update(self.step, averages)
                     if self.step % train.log_every == 0 or self.step == train.steps:
                         if metrics is not None:
-                            averages["lr"] = lr
+                            averages["lr"] = self.last_lr
                             averages["steps_per_s"] = bar.steps_per_second(self.step)
                             metrics.log(self.step, averages)
                         sums.clear()

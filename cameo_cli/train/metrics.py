@@ -12,9 +12,15 @@ from torch.utils.tensorboard import SummaryWriter
 class MetricsLogger:
     """Appends `{"step": n, name: value, ...}` lines; use on the main process only."""
 
-    def __init__(self, metrics_file: Path, tensorboard_dir: Path) -> None:
+    def __init__(
+        self, metrics_file: Path, tensorboard_dir: Path, resumed_at: int | None = None
+    ) -> None:
+        """`resumed_at`: the step a resumed run restarts from; later events are discarded."""
         self.metrics_file = Path(metrics_file)
-        self.writer = SummaryWriter(str(tensorboard_dir))
+        if resumed_at is not None:
+            truncate_metrics(self.metrics_file, resumed_at)
+        purge = None if resumed_at is None else resumed_at + 1
+        self.writer = SummaryWriter(str(tensorboard_dir), purge_step=purge)
 
     def log(self, step: int, values: dict[str, float]) -> None:
         clean = {k: (float(v) if math.isfinite(float(v)) else None) for k, v in values.items()}
@@ -23,9 +29,6 @@ class MetricsLogger:
         for name, value in clean.items():
             if value is not None:
                 self.writer.add_scalar(name, value, step)
-
-    def log_image(self, step: int, tag: str, image_chw) -> None:
-        self.writer.add_image(tag, image_chw, step)
 
     def close(self) -> None:
         self.writer.flush()

@@ -58,8 +58,13 @@ def resolve_layer(recipe: Recipe, backbone: MultiViewBackbone) -> int:
     if layer is None:
         return backbone.default_layer
     if layer == "auto":
-        from cameo_cli.diagnose import read_recommended_layer
-
+        try:
+            from cameo_cli.diagnose import read_recommended_layer
+        except ImportError:
+            raise CameoError(
+                "alignment.layer=auto needs `cameo diagnose`, which this installation lacks; "
+                "give the layer number"
+            ) from None
         recommended = read_recommended_layer(recipe.backbone.name, recipe.backbone.variant)
         if recommended is None:
             raise CameoError(

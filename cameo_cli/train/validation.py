@@ -23,6 +23,29 @@ from cameo_cli.backbone import MultiViewBackbone, ViewConditioning
 VALIDATION_TIMESTEP = 500
 
 
+def conditioning(
+    batch: dict[str, torch.Tensor],
+    device: torch.device,
+    drop_camera: torch.Tensor | None = None,
+) -> ViewConditioning:
+    """The batch's cameras and reference mask; the references' images and point maps (for
+    backbones with geometric priors; target views are blanked so nothing of them leaks)."""
+    ref_mask = batch["ref_mask"].to(device)
+    refs = ref_mask[:, :, None, None]
+    cond = ViewConditioning(
+        intrinsics=batch["intrinsics"].to(device),
+        world_to_camera=batch["world_to_camera"].to(device),
+        ref_mask=ref_mask,
+        image_size=tuple(batch["images"].shape[-2:]),
+        drop_camera=drop_camera,
+        ref_images=batch["images"].to(device) * refs[:, :, None],
+    )
+    if "point_map" in batch:
+        cond.point_map = batch["point_map"].to(device) * refs[:, :, None]
+        cond.point_valid = batch["point_valid"].to(device) & refs
+    return cond
+
+
 def predicted_x0(
     scheduler: DDPMScheduler, noisy: torch.Tensor, prediction: torch.Tensor, timestep: int
 ) -> torch.Tensor:
@@ -92,13 +115,7 @@ def one_step_views(
     t = torch.full((b * f,), VALIDATION_TIMESTEP, device=device, dtype=torch.long)
     noisy = scheduler.add_noise(latents.flatten(0, 1), noise.flatten(0, 1), t).unflatten(0, (b, f))
     noisy = torch.where(ref_mask[:, :, None, None, None], latents, noisy)
-    cond = ViewConditioning(
-        intrinsics=batch["intrinsics"].to(device),
-        world_to_camera=batch["world_to_camera"].to(device),
-        ref_mask=ref_mask,
-        image_size=tuple(images.shape[-2:]),
-        ref_images=images * ref_mask[:, :, None, None, None],
-    )
+    cond = conditioning(batch, device)
     timesteps = torch.full((b,), float(VALIDATION_TIMESTEP), device=device)
     prediction = backbone(noisy, timesteps, cond)
     x0 = predicted_x0(scheduler, noisy, prediction, VALIDATION_TIMESTEP)

@@ -6,9 +6,10 @@ What a plugin adapter does, in order:
    give those layers cameo's multi-view processor (`MultiViewAttnProcessor`);
 3. optionally add q/k LayerNorms (the official CAMEO default), declared in `model_additions`
    because diffusers' config does not record them;
-4. add the camera input: Plücker raymap + reference mask through a zero-initialised module
-   (here a patch-embedding conv whose tokens are added to the DiT's patch tokens), so the
-   camera input changes nothing at initialisation;
+4. add the camera input: `cameo_cli.conditioning.camera_condition_maps` (Plücker raymap +
+   reference mask) through a zero-initialised module (`zero_conv`; here a patch-embedding
+   conv, `camera_patch_tokens`, whose tokens `added_to_output` adds to the DiT's patch
+   tokens), so the camera input changes nothing at initialisation;
 5. implement `forward` with cameo's signature and `token_grid` for the layer table.
 
 The DiT is class-conditional; cameo has no classes, so every image gets the DiT's own
@@ -21,19 +22,21 @@ from __future__ import annotations
 
 import torch
 from diffusers import DiTTransformer2DModel
-from torch import nn
 
-from cameo_cli.attention import LayerHook, MultiViewAttnProcessor
+from cameo_cli.attention import LayerHook, MultiViewAttnProcessor, add_qk_norm
 from cameo_cli.backbone import (
     MultiViewBackbone,
     ViewConditioning,
     load_diffusers_model,
     resolve_diffusers_folder,
 )
-from cameo_cli.cameras import plucker_raymap
+from cameo_cli.conditioning import (
+    CAMERA_CONDITION_CHANNELS,
+    added_to_output,
+    camera_patch_tokens,
+    zero_conv,
+)
 from cameo_cli.errors import CameoError
-
-CONDITION_CHANNELS = 7  # Plücker direction (3) + moment (3) + reference mask (1)
 
 CONFIGS = {
     # DiT-XL/2 (facebook/DiT-XL-2-256): 28 blocks, 16 heads of 72, patch 2 (750 M parameters
@@ -78,19 +81,14 @@ class ExampleDiT(MultiViewBackbone):
             LayerHook(index=i, path=f"transformer_blocks.{i}.attn1", multiview=True)
             for i in range(dit.config.num_layers)
         ]
-        self._added: list[str] = []
+        # New modules inside the diffusers model: declared in `model_additions`.
+        self._added = add_qk_norm(dit, self.hooks) if qk_norm else []
         for hook in self.hooks:  # (models with `attn_processors` can use install_processors)
-            attn = dit.get_submodule(hook.path)
-            if qk_norm:  # new modules inside the diffusers model: declared in model_additions
-                head_dim = attn.inner_dim // attn.heads
-                attn.norm_q = nn.LayerNorm(head_dim, eps=1e-6)
-                attn.norm_k = nn.LayerNorm(head_dim, eps=1e-6)
-                self._added += [f"{hook.path}.norm_q", f"{hook.path}.norm_k"]
-            attn.set_processor(MultiViewAttnProcessor(hook))
+            dit.get_submodule(hook.path).set_processor(MultiViewAttnProcessor(hook))
         patch = dit.config.patch_size
-        self.camera_encoder = nn.Conv2d(CONDITION_CHANNELS, dit.inner_dim, patch, stride=patch)
-        nn.init.zeros_(self.camera_encoder.weight)
-        nn.init.zeros_(self.camera_encoder.bias)
+        self.camera_encoder = zero_conv(
+            CAMERA_CONDITION_CHANNELS, dit.inner_dim, patch, stride=patch
+        )
 
     @classmethod
     def build(
@@ -103,17 +101,7 @@ class ExampleDiT(MultiViewBackbone):
     ) -> ExampleDiT:
         """`tiny` or `full` (DiT-XL/2); `pretrained`: a local diffusers DiT folder (the
         transformer itself or a pipeline folder with `transformer/`)."""
-        if variant not in CONFIGS:
-            raise CameoError(f"backbone '{cls.name}': unknown config '{variant}' (tiny, full)")
-        unknown = sorted(set(options) - set(cls.option_defaults))
-        if unknown:
-            raise CameoError(
-                f"backbone '{cls.name}': unknown options {unknown} "
-                f"(valid: {sorted(cls.option_defaults)})"
-            )
-        settings = {**cls.option_defaults, **options}
-        if settings["downsample"] is None:  # SD latents are 8x smaller; pixels are 1x
-            settings["downsample"] = 8 if in_channels == 4 else 1
+        settings = cls.resolve_options(variant, in_channels, options)  # checks both
         if pretrained is not None:
             folder = resolve_diffusers_folder(pretrained, "transformer")
             dit = load_diffusers_model(DiTTransformer2DModel, folder)
@@ -139,27 +127,6 @@ class ExampleDiT(MultiViewBackbone):
         """Modules added inside `model` (saved with cameo's extra weights, not diffusers')."""
         return self._added
 
-    def enable_gradient_checkpointing(self) -> None:
-        """Recompute block activations in backward (`backbone.gradient_checkpointing`)."""
-        self.model.enable_gradient_checkpointing()
-
-    def condition_maps(self, latents: torch.Tensor, cond: ViewConditioning) -> torch.Tensor:
-        """[B·F, 7, h, w]: Plücker raymap (zero where `drop_camera`) + reference mask."""
-        batch, views, _, height, width = latents.shape
-        raymap = plucker_raymap(
-            cond.intrinsics.float(),
-            cond.world_to_camera.float(),
-            height,
-            width,
-            image_size=tuple(cond.image_size),
-        )
-        if cond.drop_camera is not None:
-            keep = (~cond.drop_camera.bool()).to(raymap.dtype)
-            raymap = raymap * keep[:, None, None, None, None]
-        mask = cond.ref_mask.to(raymap.dtype)[:, :, None, None, None]
-        maps = torch.cat([raymap, mask.expand(batch, views, 1, height, width)], dim=2)
-        return maps.flatten(0, 1)
-
     def forward(
         self, latents: torch.Tensor, timesteps: torch.Tensor, cond: ViewConditioning
     ) -> torch.Tensor:
@@ -171,25 +138,16 @@ class ExampleDiT(MultiViewBackbone):
             )
         cond.check(batch, views)
         self.set_num_views(views)
-        maps = self.condition_maps(latents, cond)
-        camera_tokens = self.camera_encoder(maps.to(self.camera_encoder.weight.dtype))
-        camera_tokens = camera_tokens.flatten(2).transpose(1, 2)  # [B·F, tokens, dim]
-
-        def add_camera(_module: nn.Module, _inputs: object, tokens: torch.Tensor):
-            return tokens + camera_tokens.to(tokens.dtype)
-
+        camera_tokens = camera_patch_tokens(self.camera_encoder, cond, height, width)
         null_class = self.model.config.num_embeds_ada_norm  # the guidance-dropped label
         labels = torch.full((batch * views,), null_class, dtype=torch.long, device=latents.device)
-        handle = self.model.pos_embed.register_forward_hook(add_camera)
-        try:
+        with added_to_output(self.model.pos_embed, camera_tokens):  # patch tokens + cameras
             out = self.model(
                 latents.flatten(0, 1),
                 timestep=timesteps.repeat_interleave(views),
                 class_labels=labels,
                 return_dict=False,
             )[0]
-        finally:
-            handle.remove()
         return out[:, :channels].unflatten(0, (batch, views))
 
     def token_grid(self, layer: int, image_hw: tuple[int, int]) -> tuple[int, int]:

@@ -1,0 +1,145 @@
+"""`cameo diagnose`: per-layer attention-correspondence precision, over rotation bins and
+training, the identity-attention perturbation test and the recommended layer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cameo_cli.errors import CameoError
+
+
+def parse_timesteps(text: str) -> tuple[int, ...]:
+    """ "250,500,750" -> (250, 500, 750); each in [0, 999]."""
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise CameoError(f"--timesteps: '{text}' is not a comma list of integers") from None
+    if not values or any(not 0 <= value < 1000 for value in values):
+        raise CameoError(f"--timesteps: '{text}': give timesteps between 0 and 999")
+    return values
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("--backbone", required=True, help="Backbone name (see `cameo backbones`).")
+@click.option(
+    "--checkpoint",
+    type=click.Path(path_type=Path),
+    help="A run folder (latest checkpoint) or one checkpoint folder [a fresh model].",
+)
+@click.option(
+    "--run",
+    type=click.Path(path_type=Path),
+    help="A run folder: score every checkpoint and plot precision against step.",
+)
+@click.option(
+    "--dataset",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="A folder written by `cameo prepare` with geometry (point maps).",
+)
+@click.option("--layers", default="all", help="'all' or a list such as 3,8-10.")
+@click.option("--timesteps", default="500", help="Comma list of diffusion timesteps (0-999).")
+@click.option("--perturb", is_flag=True, help="Also run the identity-attention perturbation.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--variant", default="tiny", help="Config of a fresh model (tiny, full).")
+@click.option(
+    "--pretrained",
+    type=click.Path(path_type=Path),
+    help="Local diffusers folder for a model without --checkpoint.",
+)
+@click.option(
+    "--recipe",
+    help="Recipe giving codec, views and resolution without --checkpoint [quickstart-cpu].",
+)
+@click.option("--scenes", type=click.IntRange(min=1), default=4, help="Scenes to score.")
+@click.option(
+    "--sample-steps", type=click.IntRange(min=1), help="DDIM steps for --perturb [recipe]."
+)
+@click.option("--radius-tokens", type=float, default=1.0, help="Token-grid radius.")
+@click.option("--radius-px", type=float, help="Pixel radius [1/8 of the image width].")
+@click.option(
+    "--radius-3d", type=float, default=0.02, help="3D radius in world units (0.02 m = 2 cm)."
+)
+@click.option("--epsilon", type=float, default=1.5, help="Cycle-consistency threshold (tokens).")
+@click.option("--seed", type=int, default=0, help="Noise seed.")
+@click.option(
+    "--lpips-weights",
+    type=click.Path(path_type=Path),
+    help="torchvision VGG16 ImageNet weights for LPIPS [$TORCH_HOME/hub/checkpoints/...].",
+)
+@click.option("--device", help="torch device [cuda if available, else cpu].")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
+@click.option(
+    "--no-recommend",
+    is_flag=True,
+    help="Do not store the recommended layer in $CAMEO_HOME/recommended_layers.json.",
+)
+def diagnose(
+    backbone: str,
+    checkpoint: Path | None,
+    run: Path | None,
+    dataset: Path,
+    layers: str,
+    timesteps: str,
+    perturb: bool,
+    out: Path,
+    variant: str,
+    pretrained: Path | None,
+    recipe: str | None,
+    scenes: int,
+    sample_steps: int | None,
+    radius_tokens: float,
+    radius_px: float | None,
+    radius_3d: float,
+    epsilon: float,
+    seed: int,
+    lpips_weights: Path | None,
+    device: str | None,
+    overwrite: bool,
+    no_recommend: bool,
+) -> None:
+    """Where does the backbone's attention follow geometric correspondence?
+
+    Scores each layer's argmax attention against the dataset's geometry, by rotation bin;
+    with --run, over the run's checkpoints; with --perturb, the drop in sample quality
+    when a layer's attention is replaced by the identity. Writes diagnose.json and PNG
+    plots to --out and stores the most precise multi-view layer for
+    `cameo train --layer auto`.
+    """
+    from rich.console import Console
+
+    from cameo_cli.diagnose import DiagnoseRequest, Radii, run_diagnose
+
+    request = DiagnoseRequest(
+        backbone=backbone,
+        dataset=dataset,
+        out=out,
+        checkpoint=checkpoint,
+        run=run,
+        variant=variant,
+        pretrained=pretrained,
+        recipe=recipe,
+        layers=layers,
+        timesteps=parse_timesteps(timesteps),
+        scenes=scenes,
+        perturb=perturb,
+        sample_steps=sample_steps,
+        radii=Radii(tokens=radius_tokens, pixels=radius_px, world=radius_3d),
+        epsilon=epsilon,
+        seed=seed,
+        lpips_weights=lpips_weights,
+        device=device,
+        overwrite=overwrite,
+        save_recommendation=not no_recommend,
+    )
+    console = Console()
+    result = run_diagnose(request, console)
+    recommended = result.get("recommended_layer")
+    if recommended is not None:
+        console.print(
+            f"recommended layer: {recommended['layer']} ({recommended['path']}, precision "
+            f"{recommended['precision']:.3f} within {result['radii']['pixels']:g} px)"
+        )
+    console.print(f"wrote {out}/diagnose.json and plots")

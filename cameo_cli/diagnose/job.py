@@ -1,0 +1,512 @@
+"""`cameo diagnose`: which layers carry correspondence, how it depends on the viewpoint
+change and on training, and what happens to samples when a layer's attention is removed.
+
+One forward pass per timestep probes every chosen layer at once (references clean, targets
+noised to the timestep with a fixed seed); each layer is scored with `precision`. With
+`--run`, every checkpoint of the run is scored the same way; with `--perturb`, samples are
+drawn with each layer's attention replaced by the identity (fixed seed and noise).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from cameo_cli.backbone import MultiViewBackbone, ViewConditioning
+from cameo_cli.diagnose.precision import (
+    PrecisionCounts,
+    Radii,
+    head_averaged_argmax,
+    predicted_matches,
+    rotation_bins,
+    score_matches,
+)
+from cameo_cli.errors import CameoError
+
+DEFAULT_RECIPE = "quickstart-cpu"
+
+
+@dataclass
+class DiagnoseRequest:
+    """Everything `cameo diagnose` needs; see the CLI for the meaning of each field."""
+
+    backbone: str
+    dataset: Path
+    out: Path
+    checkpoint: Path | None = None
+    run: Path | None = None
+    variant: str = "tiny"
+    pretrained: Path | None = None
+    recipe: str | None = None
+    layers: str = "all"
+    timesteps: tuple[int, ...] = (500,)
+    scenes: int = 4
+    perturb: bool = False
+    sample_steps: int | None = None
+    radii: Radii = field(default_factory=Radii)
+    epsilon: float = 1.5
+    seed: int = 0
+    lpips_weights: Path | None = None
+    device: str | None = None
+    overwrite: bool = False
+    save_recommendation: bool = True
+
+
+@dataclass
+class DiagnosedModel:
+    """A backbone to diagnose with what it was trained with."""
+
+    backbone: MultiViewBackbone
+    codec: torch.nn.Module
+    recipe: object  # cameo_cli.config.Recipe
+    variant: str
+    alignment: torch.nn.Module | None = None  # CameoLoss with a trained head
+    supervised_layer: int | None = None
+    step: int | None = None
+    source: str = "fresh"
+
+
+# -- inputs ------------------------------------------------------------------------------------
+
+
+def parse_layers(text: str, backbone: MultiViewBackbone) -> list[int]:
+    """ "all" or a comma list of layer indices / ranges ("3,8-10"), each checked."""
+    if text.strip() == "all":
+        return list(range(len(backbone.hooks)))
+    layers: list[int] = []
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if match is None:
+            raise CameoError(f"--layers: '{part}' is not a layer index or range (e.g. 3,8-10)")
+        first, last = int(match.group(1)), int(match.group(2) or match.group(1))
+        for layer in range(first, last + 1):
+            backbone.check_layer(layer)
+            if layer not in layers:
+                layers.append(layer)
+    return layers
+
+
+def default_recipe(backbone: str, variant: str) -> str:
+    """The recipe a model without checkpoint is diagnosed with: the CPU quick start for the
+    tiny configs, the backbone's paper recipe (`<backbone>-re10k`) for the full ones."""
+    from cameo_cli.config import list_recipes
+
+    if variant == "tiny":
+        return DEFAULT_RECIPE
+    name = f"{backbone}-re10k"
+    if name not in {recipe for recipe, _ in list_recipes()}:
+        raise CameoError(
+            f"no shipped recipe '{name}' for a {variant} '{backbone}': pass --recipe with the "
+            "codec, views and resolution to diagnose it at"
+        )
+    return name
+
+
+def load_model(request: DiagnoseRequest, checkpoint: Path | None, device: torch.device):
+    """The backbone of `checkpoint`, or a fresh/pretrained one of `request.backbone`."""
+    from cameo_cli.codec import load_codec
+    from cameo_cli.config import load_recipe
+
+    if checkpoint is not None:
+        from cameo_cli.train.checkpoint import load_for_inference
+
+        loaded = load_for_inference(checkpoint, device=device)
+        name = loaded.backbone.name
+        if name != request.backbone:
+            raise CameoError(
+                f"{checkpoint}: the checkpoint holds a '{name}' backbone, not "
+                f"'{request.backbone}' (pass --backbone {name})"
+            )
+        recipe = loaded.recipe
+        layer = recipe.alignment.layer if loaded.alignment is not None else None
+        return DiagnosedModel(
+            backbone=loaded.backbone,
+            codec=load_codec(recipe.codec).to(device).eval(),
+            recipe=recipe,
+            variant=recipe.backbone.variant,
+            alignment=loaded.alignment,
+            supervised_layer=layer if isinstance(layer, int) else None,
+            step=loaded.step,
+            source=str(checkpoint),
+        )
+    from cameo_cli.registry import build_backbone
+
+    recipe = load_recipe(request.recipe or default_recipe(request.backbone, request.variant))
+    codec = load_codec(recipe.codec).to(device).eval()
+    torch.manual_seed(request.seed)
+    backbone = build_backbone(
+        request.backbone,
+        variant=request.variant,
+        in_channels=codec.channels,
+        pretrained=str(request.pretrained) if request.pretrained else None,
+    )
+    source = f"pretrained {request.pretrained}" if request.pretrained else "fresh (random init)"
+    return DiagnosedModel(backbone.to(device).eval(), codec, recipe, request.variant, source=source)
+
+
+def open_dataset(root: Path, recipe: object):
+    """The prepared dataset at the recipe's views and resolution; it must hold geometry."""
+    from cameo_cli.data.dataset import MultiViewDataset
+
+    if not (root / "index.json").is_file():
+        raise CameoError(
+            f"{root}: not a prepared dataset (no index.json); prepare it with "
+            "`cameo prepare synthetic|re10k|dtu --out DIR`"
+        )
+    data = recipe.data
+    dataset = MultiViewDataset(
+        root, num_views=data.num_views, min_refs=1, max_refs=1, resolution=data.resolution
+    )
+    if not dataset.has_geometry:
+        raise CameoError(
+            f"{root}: the dataset has no geometry (point maps), which diagnose needs for its "
+            "ground truth: prepare it again with `cameo prepare ... --geometry depth` "
+            "(or `--geometry vggt --vggt-weights DIR` for datasets without depth)"
+        )
+    return dataset
+
+
+def evaluation_views(dataset, count: int) -> list[tuple[str, list[int], int]]:
+    """(scene, frames, number of references) for the first `count` scenes: the context and
+    target frames of `eval_index.json` when there is one, else evenly spaced frames."""
+    from cameo_cli.data.dataset import load_eval_index
+
+    views = dataset.num_views
+    index = (
+        load_eval_index(dataset.root) if (Path(dataset.root) / "eval_index.json").is_file() else {}
+    )
+    chosen = []
+    for scene in dataset.scenes[:count]:
+        entry = index.get(scene)
+        if entry is not None:
+            refs = list(entry["context"])[: views - 1]
+            frames = refs + [f for f in entry["target"] if f not in refs][: views - len(refs)]
+        else:
+            refs, frames = [], []
+        if len(frames) < views:
+            total = dataset.index["scenes"][scene]["num_frames"]
+            spaced = torch.linspace(0, total - 1, views).round().long().tolist()
+            refs = refs or spaced[:1]
+            frames = frames + [f for f in spaced if f not in frames][: views - len(frames)]
+        chosen.append((scene, frames, max(1, len(refs))))
+    return chosen
+
+
+def collate(dataset, views: list[tuple[str, list[int], int]]) -> dict:
+    """Items of `views` stacked into one batch (all with the same number of references)."""
+    items = [dataset.get_views(scene, frames, refs) for scene, frames, refs in views]
+    batch = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+    return batch
+
+
+# -- precision ---------------------------------------------------------------------------------
+
+
+def probe_all(
+    model: DiagnosedModel, batch: dict, layers: list[int], timestep: int, seed: int
+) -> dict[int, object]:
+    """One forward pass at `timestep` with every layer in `layers` probed: {layer: ProbeResult}."""
+    from cameo_cli.diffusion import make_train_scheduler
+
+    backbone, device = model.backbone, next(model.backbone.parameters()).device
+    images = batch["images"].to(device)
+    ref_mask = batch["ref_mask"].to(device)
+    b, f = images.shape[:2]
+    image_size = tuple(images.shape[-2:])
+    latents = model.codec.encode(images.flatten(0, 1)).unflatten(0, (b, f)).float()
+    generator = torch.Generator().manual_seed(seed * 1000 + timestep)
+    noise = torch.randn(latents.shape, generator=generator).to(device)
+    scheduler = make_train_scheduler(model.recipe.diffusion)
+    steps = torch.full((b * f,), timestep, dtype=torch.long, device=device)
+    noisy = scheduler.add_noise(latents.flatten(0, 1), noise.flatten(0, 1), steps)
+    noisy = torch.where(ref_mask[:, :, None, None, None], latents, noisy.unflatten(0, (b, f)))
+    cond = ViewConditioning(
+        intrinsics=batch["intrinsics"].to(device),
+        world_to_camera=batch["world_to_camera"].to(device),
+        ref_mask=ref_mask,
+        image_size=image_size,
+        ref_images=images * ref_mask[:, :, None, None, None],
+        point_map=batch["point_map"].to(device),
+        point_valid=batch["point_valid"].to(device),
+    )
+    backbone.set_num_views(f)
+    with contextlib.ExitStack() as stack:
+        handles = {
+            layer: stack.enter_context(
+                backbone.probe(layer, backbone.token_grid(layer, image_size))
+            )
+            for layer in layers
+        }
+        backbone(noisy, torch.full((b,), float(timestep), device=device), cond)
+    return {layer: handle.result for layer, handle in handles.items()}
+
+
+def score_probe(
+    probe, batch: dict, radii: Radii, epsilon: float, alignment=None
+) -> tuple[PrecisionCounts, PrecisionCounts | None]:
+    """Counts of the head-averaged attention (and of the projection head's map if given)."""
+    from cameo_cli.geometry import correspondence_targets, resize_point_map
+
+    device = probe.q.device
+    points = batch["point_map"].to(device)
+    valid = batch["point_valid"].to(device)
+    grid = probe.grid
+    targets = correspondence_targets(points, valid, grid, epsilon=epsilon)
+    token_points, token_valid = resize_point_map(points, valid, grid)
+    token_points = token_points.flatten(-2).transpose(-1, -2)
+    token_valid = token_valid.flatten(-2)
+    height, width = batch["images"].shape[-2:]
+    stride = (height / grid[0], width / grid[1])
+    radii = radii.resolved(width)
+    bins = rotation_bins(batch["world_to_camera"].to(device))
+
+    def score(predicted: torch.Tensor) -> PrecisionCounts:
+        return score_matches(
+            predicted,
+            targets.index,
+            targets.mask,
+            grid,
+            stride,
+            token_points,
+            token_valid,
+            bins,
+            radii,
+        )
+
+    attention = score(predicted_matches(probe, head_averaged_argmax))
+    projected = None
+    if alignment is not None:
+
+        def head_argmax(p, i: int, j: int) -> torch.Tensor:
+            return alignment.correspondence_logits(p, i, j).argmax(dim=-1)
+
+        projected = score(predicted_matches(probe, head_argmax))
+    return attention, projected
+
+
+def layer_precision(
+    model: DiagnosedModel,
+    dataset,
+    views: list[tuple[str, list[int], int]],
+    layers: list[int],
+    request: DiagnoseRequest,
+    progress: Progress | None = None,
+) -> list[dict]:
+    """Per-layer precision summaries over all timesteps (and per timestep)."""
+    per_layer = {layer: PrecisionCounts() for layer in layers}
+    per_step = {(layer, t): PrecisionCounts() for layer in layers for t in request.timesteps}
+    projected = PrecisionCounts() if model.alignment is not None else None
+    batches = _batches(views)
+    task = (
+        progress.add_task("precision", total=len(batches) * len(request.timesteps))
+        if progress
+        else None
+    )
+    with torch.no_grad():
+        for group in batches:
+            batch = collate(dataset, group)
+            for timestep in request.timesteps:
+                results = probe_all(model, batch, layers, timestep, request.seed)
+                for layer, probe in results.items():
+                    head = model.alignment if layer == model.supervised_layer else None
+                    counts, head_counts = score_probe(
+                        probe, batch, request.radii, request.epsilon, head
+                    )
+                    per_layer[layer].add(counts)
+                    per_step[(layer, timestep)].add(counts)
+                    if head_counts is not None:
+                        projected.add(head_counts)
+                if progress is not None:
+                    progress.advance(task)
+    resolution = batch["images"].shape[-1]
+    infos = {info.index: info for info in model.backbone.layers(resolution)}
+    summaries = []
+    for layer in layers:
+        info = infos[layer]
+        summary = {
+            "layer": layer,
+            "path": info.path,
+            "multiview": info.multiview,
+            "grid": list(info.grid),
+            "heads": info.heads,
+            "stride_px": resolution / info.grid[1],
+            "attention": per_layer[layer].summary(),
+            "by_timestep": {
+                str(t): per_step[(layer, t)].summary()["precision"] for t in request.timesteps
+            },
+        }
+        if layer == model.supervised_layer and projected is not None:
+            summary["projection_head"] = projected.summary()
+        summaries.append(summary)
+    return summaries
+
+
+def _batches(views: list[tuple[str, list[int], int]]) -> list[list[tuple[str, list[int], int]]]:
+    """Group view sets with the same number of references (one forward pass each)."""
+    groups: dict[int, list] = {}
+    for view in views:
+        groups.setdefault(view[2], []).append(view)
+    return list(groups.values())
+
+
+def recommend(summaries: list[dict], metric: str = "pixels") -> dict | None:
+    """The multi-view layer with the highest precision (`metric`), ties to the earlier one."""
+    best = None
+    for summary in summaries:
+        value = summary["attention"]["precision"][metric]
+        if not summary["multiview"] or value is None:
+            continue
+        if best is None or value > best["precision"]:
+            best = {"layer": summary["layer"], "path": summary["path"], "precision": value}
+    if best is not None:
+        best["metric"] = metric
+    return best
+
+
+# -- the job -----------------------------------------------------------------------------------
+
+
+def run_diagnose(request: DiagnoseRequest, console: Console | None = None) -> dict:
+    """Run every part `request` asks for; write JSON + PNGs into `request.out`."""
+    from cameo_cli.diagnose import plots
+    from cameo_cli.diagnose.perturb import perturbation_study
+    from cameo_cli.diagnose.recommend import write_recommended_layer
+    from cameo_cli.diagnose.training import run_checkpoints, validation_psnr
+    from cameo_cli.sample.outputs import check_output_folder, staged_folder, write_json
+
+    console = console or Console()
+    check_output_folder(request.out, request.overwrite)
+    if request.checkpoint is not None and request.run is not None:
+        raise CameoError("pass either --checkpoint or --run, not both")
+    device = torch.device(request.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    checkpoints = run_checkpoints(request.run) if request.run is not None else []
+    first = checkpoints[-1] if checkpoints else request.checkpoint
+    model = load_model(request, first, device)
+    layers = parse_layers(request.layers, model.backbone)
+    dataset = open_dataset(Path(request.dataset), model.recipe)
+    views = evaluation_views(dataset, request.scenes)
+    width = dataset.get_views(*views[0])["images"].shape[-1]
+    request = dataclasses.replace(request, radii=request.radii.resolved(width))
+    result = {
+        "backbone": request.backbone,
+        "variant": model.variant,
+        "model": model.source,
+        "step": model.step,
+        "dataset": str(request.dataset),
+        "scenes": [{"scene": s, "frames": f, "references": n} for s, f, n in views],
+        "timesteps": list(request.timesteps),
+        "radii": {
+            "tokens": request.radii.tokens,
+            "pixels": request.radii.pixels,
+            "world": request.radii.world,
+        },
+        "epsilon": request.epsilon,
+        "supervised_layer": model.supervised_layer,
+    }
+    with Progress(console=console, transient=True) as progress:
+        result["layers"] = layer_precision(model, dataset, views, layers, request, progress)
+        result["recommended_layer"] = recommend(result["layers"])
+        if checkpoints:
+            chosen = (
+                model.supervised_layer
+                if model.supervised_layer in layers
+                else (result["recommended_layer"] or {"layer": layers[0]})["layer"]
+            )
+            result["over_training"] = {
+                "layer": chosen,
+                "checkpoints": _score_checkpoints(
+                    request, checkpoints, chosen, dataset, views, device, progress
+                ),
+                "validation_psnr": validation_psnr(request.run),
+            }
+        samples = None
+        if request.perturb:
+            result["perturbation"], samples = perturbation_study(
+                model, dataset, views, layers, request, progress
+            )
+    with staged_folder(request.out, request.overwrite) as folder:
+        plots.precision_by_layer(result, folder / "precision_by_layer.png")
+        plots.precision_by_rotation(result, folder / "precision_by_rotation.png")
+        if "over_training" in result:
+            plots.precision_over_training(result, folder / "precision_over_training.png")
+        if "perturbation" in result:
+            plots.perturbation_drop(result, folder / "perturbation_drop.png")
+            plots.perturbation_samples(samples, folder / "perturbation_samples.png")
+        write_json(folder / "diagnose.json", result)
+    if request.save_recommendation and result["recommended_layer"] is not None:
+        entry = dict(
+            result["recommended_layer"],
+            radius_px=request.radii.pixels,
+            dataset=str(request.dataset),
+            model=model.source,
+        )
+        result["recommendation_file"] = str(
+            write_recommended_layer(request.backbone, model.variant, entry)
+        )
+    console.print(results_table(result))
+    return result
+
+
+def _score_checkpoints(request, checkpoints, layer, dataset, views, device, progress) -> list:
+    scored = []
+    task = progress.add_task("checkpoints", total=len(checkpoints))
+    for folder in checkpoints:
+        model = load_model(request, folder, device)
+        summary = layer_precision(model, dataset, views, [layer], request)[0]
+        scored.append(
+            {
+                "checkpoint": str(folder),
+                "step": model.step,
+                "precision": summary["attention"]["precision"],
+                "projection_head": summary.get("projection_head", {}).get("precision"),
+            }
+        )
+        progress.advance(task)
+    return scored
+
+
+def results_table(result: dict) -> Table:
+    """Per-layer precision as a rich table (the recommended layer marked)."""
+    recommended = (result.get("recommended_layer") or {}).get("layer")
+    radii = result["radii"]
+    table = Table(title=f"cameo diagnose: {result['backbone']}/{result['variant']}")
+    table.add_column("layer", justify="right")
+    table.add_column("path")
+    table.add_column("3D", justify="center")
+    table.add_column("grid", justify="right")
+    table.add_column("exact", justify="right")
+    table.add_column(f"≤{radii['tokens']:g} tok", justify="right")
+    table.add_column(f"≤{radii['pixels']:g} px", justify="right")
+    table.add_column(f"≤{radii['world']:g} world", justify="right")
+    table.add_column("drop PSNR", justify="right")
+    drops = {
+        row["layer"]: row["psnr_drop"] for row in result.get("perturbation", {}).get("layers", [])
+    }
+    for summary in result["layers"]:
+        precision = summary["attention"]["precision"]
+        cells = [
+            f"{precision[m]:.3f}" if precision[m] is not None else "-"
+            for m in ("exact", "tokens", "pixels", "3d")
+        ]
+        drop = drops.get(summary["layer"])
+        mark = " ★" if summary["layer"] == recommended else ""
+        table.add_row(
+            f"{summary['layer']}{mark}",
+            summary["path"],
+            "yes" if summary["multiview"] else "no",
+            "x".join(map(str, summary["grid"])),
+            *cells,
+            f"{drop:.2f}" if drop is not None else "-",
+        )
+    return table

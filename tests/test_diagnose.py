@@ -1,0 +1,200 @@
+"""cameo diagnose: metric definitions, rotation bins, a planted layer, perturbation effects."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cameo_cli.diagnose.job import (
+    DiagnoseRequest,
+    collate,
+    default_recipe,
+    evaluation_views,
+    layer_precision,
+)
+from cameo_cli.diagnose.job import load_model as load_diagnosed_model
+from cameo_cli.diagnose.job import open_dataset as open_diagnose_dataset
+from cameo_cli.diagnose.precision import (
+    ROTATION_BINS,
+    Radii,
+    rotation_bins,
+    score_matches,
+)
+from cameo_cli.errors import CameoError
+from cameo_cli.geometry import correspondence_targets, resize_point_map
+
+
+def yaw_camera(degrees: float) -> torch.Tensor:
+    """A w2c rotating the world by `degrees` about the y axis, centred at the origin."""
+    angle = math.radians(degrees)
+    w2c = torch.eye(4, dtype=torch.float64)
+    w2c[0, 0], w2c[0, 2] = math.cos(angle), math.sin(angle)
+    w2c[2, 0], w2c[2, 2] = -math.sin(angle), math.cos(angle)
+    w2c[:3, 3] = torch.tensor([0.3, -0.1, 2.0])
+    return w2c
+
+
+def test_rotation_bins_with_hand_built_cameras():
+    angles = [0.0, 20.0, 29.0, 31.0, 45.0, 75.0, 89.0, 91.0, 120.0, 179.0]
+    w2c = torch.stack([yaw_camera(a) for a in angles])[None]
+    bins = rotation_bins(w2c)[0]
+    expected = [0, 0, 0, 1, 1, 2, 2, 3, 3, 3]
+    assert bins[0].tolist() == expected
+    assert bins[:, 0].tolist() == expected  # symmetric
+    assert bins[4, 8].item() == 2  # 45 -> 120: 75 degrees apart
+    assert bins.diagonal().tolist() == [0] * len(angles)
+    assert ROTATION_BINS == ("0-30", "30-60", "60-90", ">90")
+
+
+def test_score_matches_counts_each_metric_by_hand():
+    """One pair (view 0 -> view 1) on a 2 x 3 grid, stride (4, 8) px, four query tokens."""
+    grid, stride = (2, 3), (4.0, 8.0)
+    # tokens: 0 1 2 / 3 4 5
+    target = torch.zeros(1, 2, 2, 6, dtype=torch.long)
+    predicted = torch.zeros_like(target)
+    mask = torch.zeros(1, 2, 2, 6, dtype=torch.bool)
+    target[0, 0, 1, :4] = torch.tensor([0, 1, 4, 2])
+    predicted[0, 0, 1, :4] = torch.tensor([0, 2, 1, 3])
+    mask[0, 0, 1, :4] = True
+    mask[0, 0, 0] = True  # the diagonal is never scored
+    # distances: exact; 1 token / 8 px across; 1 token / 4 px down; sqrt(1+4) tokens, 4+16 px
+    points = torch.zeros(1, 2, 6, 3)
+    points[0, 0, :, 0] = torch.arange(6.0)  # query points
+    points[0, 1, :, 0] = torch.tensor([0.0, 0.9, 1.05, 3.0, 9.0, 9.0])  # key points
+    valid = torch.ones(1, 2, 6, dtype=torch.bool)
+    valid[0, 1, 3] = False  # query 3 predicts a key without geometry: never 3D-correct
+    bins = torch.zeros(1, 2, 2, dtype=torch.long)
+    bins[0, 0, 1] = 2
+    counts = score_matches(
+        predicted, target, mask, grid, stride, points, valid, bins, Radii(1.0, 4.0, 0.1)
+    )
+    assert counts.rows.tolist() == [0, 0, 4, 0]
+    exact, tokens, pixels, world = counts.hits[:, 2].tolist()
+    assert exact == 1  # query 0
+    assert tokens == 3  # queries 0, 1, 2
+    assert pixels == 2  # queries 0, 2 (query 1 is 8 px away)
+    # 3D: q0 -> key0 (0 vs 0), q1 -> key2 (1 vs 1.05), q2 -> key1 (2 vs 0.9), q3 invalid
+    assert world == 2
+    summary = counts.summary()
+    assert summary["precision"]["tokens"] == pytest.approx(0.75)
+    assert summary["by_rotation"]["0-30"]["precision"]["exact"] is None
+
+
+def plant(hook, capture):
+    """Route the hook's captured q/k through `capture(q, k) -> (q, k, scale)`."""
+    original = hook.capture
+
+    def planted(q, k, scale):
+        original(*capture(q, k))
+
+    hook.capture = planted
+
+
+def geometric_queries_and_keys(batch, grid, heads):
+    """q·k = α (|p_q|² - |p_q - p_k|²): every head's argmax key is the nearest 3D point."""
+    points, valid = resize_point_map(batch["point_map"], batch["point_valid"], grid)
+    points = points.flatten(-2).transpose(-1, -2).double()  # [B, F, hw, 3]
+    valid = valid.flatten(-2)
+    alpha = 1e4
+    q = torch.cat([2 * alpha * points, -alpha * torch.ones_like(points[..., :1])], dim=-1)
+    k = torch.cat([points, (points**2).sum(-1, keepdim=True)], dim=-1)
+    k[~valid] = torch.tensor([0.0, 0.0, 0.0, 1e9], dtype=k.dtype)  # never the nearest
+    expand = (-1, -1, heads, -1, -1)
+    return q[:, :, None].expand(*expand), k[:, :, None].expand(*expand)
+
+
+def test_planted_layer_scores_one_and_random_layer_scores_chance(synthetic_dataset):
+    request = DiagnoseRequest(backbone="cat3d", dataset=synthetic_dataset, out=None)
+    model = load_diagnosed_model(request, None, torch.device("cpu"))
+    dataset = open_diagnose_dataset(synthetic_dataset, model.recipe)
+    views = evaluation_views(dataset, 3)
+    batch = collate(dataset, views)
+    planted_layer, random_layer = 10, 11
+    grid = model.backbone.token_grid(planted_layer, (32, 32))
+    heads = model.backbone.layers(32)[planted_layer].heads
+    q_true, k_true = geometric_queries_and_keys(batch, grid, heads)
+    plant(model.backbone.hooks[planted_layer], lambda q, k: (q_true, k_true, 1.0))
+    gen = torch.Generator().manual_seed(0)
+
+    def random_qk(q, k):
+        return torch.randn(q.shape, generator=gen), torch.randn(k.shape, generator=gen), 1.0
+
+    plant(model.backbone.hooks[random_layer], random_qk)
+    summaries = layer_precision(model, dataset, views, [planted_layer, random_layer], request)
+    planted, random = (s["attention"] for s in summaries)
+    hw = grid[0] * grid[1]
+    assert planted["rows"] > 1000 and planted["rows"] == random["rows"]
+    assert planted["precision"]["exact"] == 1.0
+    assert planted["precision"]["tokens"] == 1.0 and planted["precision"]["pixels"] == 1.0
+    assert 0.2 / hw < random["precision"]["exact"] < 3.0 / hw
+
+    # 3D precision of the planted layer: the share of kept rows whose nearest key point
+    # lies within the radius, computed here directly from the ground truth.
+    targets = correspondence_targets(batch["point_map"], batch["point_valid"], grid)
+    points, _ = resize_point_map(batch["point_map"], batch["point_valid"], grid)
+    points = points.flatten(-2).transpose(-1, -2)
+    keys = (
+        points[:, None]
+        .expand(-1, 4, -1, -1, -1)
+        .gather(3, targets.index[..., None].expand(-1, -1, -1, -1, 3))
+    )
+    distance = (keys - points[:, :, None]).norm(dim=-1)
+    mask = targets.mask & ~torch.eye(4, dtype=torch.bool)[None, :, :, None]
+    expected = (distance[mask] <= request.radii.world).double().mean().item()
+    assert planted["precision"]["3d"] == pytest.approx(expected)
+
+
+def test_perturbation_cross_view_effects():
+    """Change view 0's input and watch view 2's output.
+
+    With every multi-view layer perturbed (identity attention) nothing flows between views,
+    so view 2 is unchanged; perturbing a per-view layer on top keeps it so. Leaving one
+    multi-view layer unperturbed lets view 0 reach view 2 again.
+    """
+    from cameo_cli.backbone import ViewConditioning
+    from cameo_cli.registry import build_backbone
+
+    torch.manual_seed(0)
+    backbone = build_backbone("cat3d", variant="tiny", in_channels=3).eval()
+    gen = torch.Generator().manual_seed(1)
+    latents = torch.randn(1, 4, 3, 32, 32, generator=gen)
+    changed = latents.clone()
+    changed[:, 0] = torch.randn(3, 32, 32, generator=gen)
+    w2c = torch.stack([yaw_camera(10.0 * v).float() for v in range(4)])[None]
+    K = torch.tensor([[30.0, 0, 16], [0, 30.0, 16], [0, 0, 1]]).expand(1, 4, 3, 3)
+    cond = ViewConditioning(K, w2c, torch.tensor([[True, False, False, False]]), (32, 32))
+    timesteps = torch.tensor([500.0])
+    # give the zero-initialised camera encoder weights, so that the cameras enter too
+    with torch.no_grad():
+        for param in backbone.parameters():
+            if param.abs().sum() == 0 and param.dim() > 1:
+                param.normal_(0, 0.02, generator=gen)
+
+    def view_change(perturbed: list[int]) -> tuple[float, float]:
+        with torch.no_grad(), backbone.perturb(perturbed):
+            first = backbone(latents, timesteps, cond)
+            second = backbone(changed, timesteps, cond)
+        return (first[:, 2] - second[:, 2]).abs().max().item(), first[:, 0].abs().sum().item()
+
+    multiview = sorted(backbone.multiview_layers)
+    per_view = sorted(set(range(len(backbone.hooks))) - set(multiview))
+    assert multiview and per_view
+    coupled, _ = view_change([])
+    assert coupled > 1e-4  # unperturbed: view 0 reaches view 2
+    cut, view0 = view_change(multiview)
+    assert cut == 0.0
+    cut_too, view0_perturbed = view_change([*multiview, per_view[0]])
+    assert cut_too == 0.0  # a per-view perturbation leaves other views alone ...
+    assert view0_perturbed != view0  # ... while it does change its own view's output
+    for layer in (multiview[0], multiview[-1]):
+        reopened, _ = view_change([m for m in multiview if m != layer])
+        assert reopened > 1e-6, layer  # one multi-view layer suffices to couple the views
+
+
+def test_models_without_checkpoint_take_the_matching_recipe():
+    assert default_recipe("cat3d", "tiny") == "quickstart-cpu"
+    assert default_recipe("cat3d", "full") == "cat3d-re10k"
+    with pytest.raises(CameoError, match="pass --recipe"):
+        default_recipe("my-plugin", "full")

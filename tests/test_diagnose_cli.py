@@ -1,0 +1,148 @@
+"""`cameo diagnose` end to end on synthetic data, over a training run, and on bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from cameo_cli.cli import main
+from cameo_cli.diagnose import read_recommended_layer
+from cameo_cli.errors import CameoError
+
+
+def prepared(root: Path, scenes: int, geometry: str) -> Path:
+    from rich.console import Console
+
+    from cameo_cli.data.shards import prepare_dataset
+    from cameo_cli.data.synthetic import SyntheticSource
+
+    source = SyntheticSource(scenes=scenes, resolution=32, frames=8, seed=0, geometry=geometry)
+    prepare_dataset(source, root, scenes_per_shard=4, console=Console(quiet=True))
+    return root
+
+
+@pytest.fixture(scope="module")
+def four_scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return prepared(tmp_path_factory.mktemp("diagnose") / "synthetic", 4, "depth")
+
+
+@pytest.fixture()
+def cameo_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "cameo_home"
+    monkeypatch.setenv("CAMEO_HOME", str(home))
+    return home
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, ["diagnose", *args], catch_exceptions=False)
+
+
+def assert_png_shows_data(path: Path) -> None:
+    assert path.is_file() and path.stat().st_size > 5000, path
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 20, path  # more than a blank frame
+
+
+@pytest.mark.slow
+def test_whole_diagnose_on_synthetic_writes_json_plots_and_recommendation(
+    four_scenes: Path, tmp_path: Path, cameo_home: Path
+):
+    out = tmp_path / "diagnose"
+    result = run(
+        "--backbone", "cat3d", "--dataset", str(four_scenes), "--out", str(out),
+        "--perturb", "--sample-steps", "1", "--timesteps", "250,750",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "diagnose.json").read_text())
+    assert [s["layer"] for s in report["layers"]] == list(range(16))
+    assert report["radii"] == {"tokens": 1.0, "pixels": 4.0, "world": 0.02}  # 32 px / 8
+    assert len(report["scenes"]) == 4
+    for summary in report["layers"]:
+        assert summary["attention"]["rows"] > 0
+        assert set(summary["by_timestep"]) == {"250", "750"}
+        rotation_rows = sum(b["rows"] for b in summary["attention"]["by_rotation"].values())
+        assert rotation_rows == summary["attention"]["rows"]
+    recommended = report["recommended_layer"]
+    best = max(s["attention"]["precision"]["pixels"] for s in report["layers"] if s["multiview"])
+    assert recommended["precision"] == best
+    assert report["layers"][recommended["layer"]]["multiview"]
+    perturbation = report["perturbation"]
+    assert [row["layer"] for row in perturbation["layers"]] == list(range(16))
+    assert all(np.isfinite(row["psnr"]) for row in perturbation["layers"])
+    for name in (
+        "precision_by_layer", "precision_by_rotation", "perturbation_drop", "perturbation_samples"
+    ):  # fmt: skip
+        assert_png_shows_data(out / f"{name}.png")
+    assert read_recommended_layer("cat3d", "tiny") == recommended["layer"]
+    stored = json.loads((cameo_home / "recommended_layers.json").read_text())
+    assert stored["cat3d/tiny"]["layer"] == recommended["layer"]
+    assert "recommended layer" in result.output
+
+    again = run("--backbone", "cat3d", "--dataset", str(four_scenes), "--out", str(out))
+    assert again.exit_code == 2 and "--overwrite" in again.output
+
+
+@pytest.mark.slow
+def test_run_scores_every_checkpoint_next_to_validation_psnr(
+    tiny_run: Path, synthetic_dataset: Path, tmp_path: Path, cameo_home: Path
+):
+    out = tmp_path / "over_training"
+    result = run(
+        "--backbone", "cat3d", "--run", str(tiny_run), "--dataset", str(synthetic_dataset),
+        "--layers", "6,10", "--out", str(out), "--scenes", "2",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "diagnose.json").read_text())
+    assert report["supervised_layer"] == 10
+    assert "projection_head" in report["layers"][1]  # the trained head's own map
+    over = report["over_training"]
+    assert over["layer"] == 10
+    assert [c["step"] for c in over["checkpoints"]] == [2, 4]
+    assert all(c["projection_head"] is not None for c in over["checkpoints"])
+    assert [p["step"] for p in over["validation_psnr"]] == [4]
+    assert_png_shows_data(out / "precision_over_training.png")
+
+
+def test_read_recommended_layer_without_diagnose(cameo_home: Path):
+    with pytest.raises(CameoError, match="run cameo diagnose first"):
+        read_recommended_layer("cat3d", "full")
+
+
+def test_layer_list_outside_backbone(four_scenes: Path, tmp_path: Path, cameo_home: Path):
+    args = ["--backbone", "cat3d", "--dataset", str(four_scenes), "--out", str(tmp_path / "o")]
+    result = run(*args, "--layers", "3,16")
+    assert result.exit_code == 2
+    assert "layer 16 is outside backbone 'cat3d' (valid: 0-15)" in result.output
+    result = run(*args, "--layers", "three")
+    assert result.exit_code == 2 and "not a layer index" in result.output
+    result = run(*args, "--timesteps", "1200")
+    assert result.exit_code == 2 and "between 0 and 999" in result.output
+
+
+def test_dataset_without_geometry_says_how_to_prepare(tmp_path: Path, cameo_home: Path):
+    bare = prepared(tmp_path / "bare", 2, "none")
+    result = run("--backbone", "cat3d", "--dataset", str(bare), "--out", str(tmp_path / "o"))
+    assert result.exit_code == 2
+    assert "has no geometry" in result.output and "--geometry depth" in result.output
+    missing = run("--backbone", "cat3d", "--dataset", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert missing.exit_code == 2 and "cameo prepare" in missing.output
+
+
+@pytest.mark.slow
+def test_checkpoint_of_another_backbone(tiny_run: Path, synthetic_dataset: Path, tmp_path: Path):
+    result = run(
+        "--backbone", "hunyuan-dit", "--checkpoint", str(tiny_run),
+        "--dataset", str(synthetic_dataset), "--out", str(tmp_path / "o"),
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "holds a 'cat3d' backbone, not 'hunyuan-dit'" in result.output
+    both = run(
+        "--backbone", "cat3d", "--checkpoint", str(tiny_run), "--run", str(tiny_run),
+        "--dataset", str(synthetic_dataset), "--out", str(tmp_path / "o"),
+    )  # fmt: skip
+    assert both.exit_code == 2 and "not both" in both.output
