@@ -133,8 +133,8 @@ class MultiViewPipeline:
             or reference_world_to_camera.shape[0] != references
         ):
             raise CameoError(f"{references} reference images need {references} cameras")
-        if target_intrinsics.shape[0] != count:
-            raise CameoError("target intrinsics and poses differ in count")
+        if count < 1 or target_intrinsics.shape[0] != count:
+            raise CameoError("give at least one target camera (intrinsics and pose per target)")
         if steps < 1:
             raise CameoError(f"steps must be at least 1, got {steps}")
         if generator is None:
