@@ -200,9 +200,12 @@ def _chunk_loss_and_gradients(
         flat_scores = grad_scores.reshape(-1)
         grad_w2 = (flat_scores @ hidden.reshape(-1, hidden.shape[-1]))[None]
         grad_b2 = flat_scores.sum().reshape(1)
-        grad_hidden = torch.mul(grad_scores.unsqueeze(-1), w2[0], out=hidden)  # reuse buffer
-        grad_before = torch.ops.aten.gelu_backward(grad_hidden, before)
-        del before, hidden, grad_hidden
+        # the two [.., 4H] buffers are reused for their own gradients (elementwise, in place)
+        grad_hidden = torch.mul(grad_scores.unsqueeze(-1), w2[0], out=hidden)
+        grad_before = torch.ops.aten.gelu_backward.grad_input(
+            grad_hidden, before, approximate="none", grad_input=before
+        )
+        del hidden, grad_hidden
         flat_before = grad_before.reshape(-1, grad_before.shape[-1])
         grad_w1 = flat_before.T @ logits.reshape(-1, logits.shape[-1])
         grad_b1 = flat_before.sum(dim=0)
