@@ -93,6 +93,8 @@ def test_resume_is_bit_exact(synthetic_dataset, tmp_path):
             assert torch.equal(a[key], b[key]), (name, key)
     for name in ("optimizer.json", "scheduler.json", "state.json", "rng-rank0.json"):
         assert (straight / name).read_text() == (resumed / name).read_text(), name
+    meta = json.loads((first / "meta.json").read_text())
+    assert meta["command"] == [] and meta["resumes"][0]["from"].endswith("step-000002")
     # The resumed run's metrics continue the first run's without duplicates.
     lines = [json.loads(x) for x in (first / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if "loss" in x] == [1, 2, 3, 4]

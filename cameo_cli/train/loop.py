@@ -168,10 +168,7 @@ class Trainer:
                 rundir.reset_run_dir(self.output)
             rundir.create_run_dir(self.output)
             dump_recipe(self.recipe, self.output / rundir.CONFIG)
-            extra = {"num_processes": self.accelerator.num_processes}
-            if resume_from is not None:
-                extra["resumed_from"] = str(resume_from)
-            rundir.write_meta(self.output, command, extra)
+            rundir.write_meta(self.output, command, self.accelerator.num_processes, resume_from)
         self.accelerator.wait_for_everyone()
 
     def _restore(self, folder: Path) -> None:

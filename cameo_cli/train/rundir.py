@@ -57,18 +57,29 @@ def create_run_dir(output: Path) -> None:
         (output / sub).mkdir(parents=True, exist_ok=True)
 
 
-def write_meta(output: Path, command: list[str], extra: dict[str, object]) -> None:
-    """meta.json: cameo version, git commit of the source tree (if any), command line."""
-    meta = {
+def write_meta(
+    output: Path, command: list[str], num_processes: int, resumed_from: Path | None
+) -> None:
+    """meta.json: cameo version, git commit of the source tree (if any), command line.
+
+    A resumed run keeps the original entries and appends its own to `resumes`.
+    """
+    current = {
         "cameo_version": __version__,
         "git_commit": _git_commit(),
         "command": command,
         "python": sys.version.split()[0],
-        **extra,
+        "num_processes": num_processes,
     }
+    path = output / META
+    if resumed_from is not None and path.is_file():
+        meta = json.loads(path.read_text())
+        meta.setdefault("resumes", []).append({**current, "from": str(resumed_from)})
+    else:
+        meta = current
     tmp = output / (META + ".tmp")
     tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, output / META)
+    os.replace(tmp, path)
 
 
 def _git_commit() -> str | None:
