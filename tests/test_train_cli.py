@@ -72,3 +72,22 @@ def test_existing_output_needs_overwrite_or_resume(synthetic_dataset, tmp_path):
 def test_layer_must_be_a_number_or_auto(layer):
     result = _train("--layer", layer)
     assert result.exit_code == 2 and "a layer number or 'auto'" in result.output
+
+
+def test_layer_auto_reads_the_diagnose_recommendation(tmp_path, monkeypatch):
+    from cameo_cli.config import load_recipe
+    from cameo_cli.diagnose import write_recommended_layer
+    from cameo_cli.errors import CameoError
+    from cameo_cli.registry import build_backbone
+    from cameo_cli.train.setup import resolve_layer
+
+    monkeypatch.setenv("CAMEO_HOME", str(tmp_path))
+    recipe = load_recipe("quickstart-cpu", ["alignment.layer=auto"])
+    backbone = build_backbone("cat3d", "tiny", in_channels=3)
+    with pytest.raises(CameoError, match="run cameo diagnose"):
+        resolve_layer(recipe, backbone)
+    write_recommended_layer("cat3d", "tiny", {"layer": 12})
+    assert resolve_layer(recipe, backbone) == 12
+    write_recommended_layer("cat3d", "tiny", {"layer": 0})  # a per-view layer
+    with pytest.raises(CameoError, match="attends within each view only"):
+        resolve_layer(recipe, backbone)

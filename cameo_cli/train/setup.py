@@ -58,21 +58,9 @@ def resolve_layer(recipe: Recipe, backbone: MultiViewBackbone) -> int:
     if layer is None:
         return backbone.default_layer
     if layer == "auto":
-        try:
-            from cameo_cli.diagnose import read_recommended_layer
-        except ImportError:
-            raise CameoError(
-                "alignment.layer=auto needs `cameo diagnose`, which this installation lacks; "
-                "give the layer number"
-            ) from None
-        recommended = read_recommended_layer(recipe.backbone.name, recipe.backbone.variant)
-        if recommended is None:
-            raise CameoError(
-                f"alignment.layer=auto: no layer recommendation stored for backbone "
-                f"'{recipe.backbone.name}' ({recipe.backbone.variant}); run `cameo diagnose` "
-                "first or give the layer number"
-            )
-        layer = recommended
+        from cameo_cli.diagnose import read_recommended_layer
+
+        layer = read_recommended_layer(recipe.backbone.name, recipe.backbone.variant)
     if isinstance(layer, str):
         raise CameoError(f"alignment.layer must be a layer number, 'auto' or null, got {layer!r}")
     backbone.check_layer(layer)
