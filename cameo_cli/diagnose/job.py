@@ -387,6 +387,16 @@ def recommend(summaries: list[dict], metric: str = "pixels") -> dict | None:
     return best
 
 
+def over_training_layer(model: DiagnosedModel, layers: list[int], recommended: dict | None) -> int:
+    """The layer followed over training: the supervised one, else the backbone's default
+    (so that runs with and without CAMEO are compared on the same layer), else the
+    recommended one."""
+    for layer in (model.supervised_layer, model.backbone.default_layer):
+        if layer in layers:
+            return layer
+    return recommended["layer"] if recommended is not None else layers[0]
+
+
 # -- the job -----------------------------------------------------------------------------------
 
 
@@ -431,11 +441,7 @@ def run_diagnose(request: DiagnoseRequest, console: Console | None = None) -> di
         result["layers"] = layer_precision(model, dataset, views, layers, request, progress)
         result["recommended_layer"] = recommend(result["layers"])
         if checkpoints:
-            chosen = (
-                model.supervised_layer
-                if model.supervised_layer in layers
-                else (result["recommended_layer"] or {"layer": layers[0]})["layer"]
-            )
+            chosen = over_training_layer(model, layers, result["recommended_layer"])
             result["over_training"] = {
                 "layer": chosen,
                 "checkpoints": _score_checkpoints(
