@@ -13,6 +13,7 @@ from cameo_cli.diagnose.job import (
     default_recipe,
     evaluation_views,
     layer_precision,
+    over_training_layer,
 )
 from cameo_cli.diagnose.job import load_model as load_diagnosed_model
 from cameo_cli.diagnose.job import open_dataset as open_diagnose_dataset
@@ -198,3 +199,15 @@ def test_models_without_checkpoint_take_the_matching_recipe():
     assert default_recipe("cat3d", "full") == "cat3d-re10k"
     with pytest.raises(CameoError, match="pass --recipe"):
         default_recipe("my-plugin", "full")
+
+
+def test_over_training_follows_supervised_then_default_then_recommended_layer(
+    synthetic_dataset,
+):
+    request = DiagnoseRequest(backbone="cat3d", dataset=synthetic_dataset, out=None)
+    model = load_diagnosed_model(request, None, torch.device("cpu"))
+    assert model.supervised_layer is None and model.backbone.default_layer == 10
+    assert over_training_layer(model, [4, 10], {"layer": 4}) == 10
+    assert over_training_layer(model, [4, 6], {"layer": 6}) == 6
+    model.supervised_layer = 4
+    assert over_training_layer(model, [4, 10], {"layer": 10}) == 4

@@ -346,7 +346,12 @@ class CameoLoss(nn.Module):
             params = self._head_params(dtype)
             eye = torch.eye(num_views, dtype=torch.bool, device=q.device)
             mask = targets.mask.to(q.device, torch.bool) & ~eye[None, :, :, None]
-            plan = _plan(targets.index.to(q.device), mask, ref_mask.to(q.device, torch.bool), dtype)
+            plan = _plan(
+                targets.index.to(q.device, torch.long),
+                mask,
+                ref_mask.to(q.device, torch.bool),
+                dtype,
+            )
             needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, *params))
             if not needs_grad:
                 with torch.no_grad():

@@ -51,7 +51,8 @@ def parse_timesteps(text: str) -> tuple[int, ...]:
 )
 @click.option(
     "--recipe",
-    help="Recipe giving codec, views and resolution without --checkpoint [quickstart-cpu].",
+    help="Recipe giving codec, views and resolution without --checkpoint "
+    "[quickstart-cpu for tiny, <backbone>-re10k for full].",
 )
 @click.option("--scenes", type=click.IntRange(min=1), default=4, help="Scenes to score.")
 @click.option(

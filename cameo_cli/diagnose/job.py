@@ -14,6 +14,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from rich.console import Console
@@ -30,6 +31,12 @@ from cameo_cli.diagnose.precision import (
     score_matches,
 )
 from cameo_cli.errors import CameoError
+
+if TYPE_CHECKING:
+    from cameo_cli.alignment import CameoLoss
+    from cameo_cli.attention.hooks import ProbeResult
+    from cameo_cli.config import Recipe
+    from cameo_cli.data.dataset import MultiViewDataset
 
 DEFAULT_RECIPE = "quickstart-cpu"
 
@@ -66,9 +73,9 @@ class DiagnosedModel:
 
     backbone: MultiViewBackbone
     codec: torch.nn.Module
-    recipe: object  # cameo_cli.config.Recipe
+    recipe: Recipe
     variant: str
-    alignment: torch.nn.Module | None = None  # CameoLoss with a trained head
+    alignment: CameoLoss | None = None  # with the trained projection head
     supervised_layer: int | None = None
     step: int | None = None
     source: str = "fresh"
@@ -110,7 +117,9 @@ def default_recipe(backbone: str, variant: str) -> str:
     return name
 
 
-def load_model(request: DiagnoseRequest, checkpoint: Path | None, device: torch.device):
+def load_model(
+    request: DiagnoseRequest, checkpoint: Path | None, device: torch.device
+) -> DiagnosedModel:
     """The backbone of `checkpoint`, or a fresh/pretrained one of `request.backbone`."""
     from cameo_cli.codec import load_codec
     from cameo_cli.config import load_recipe
@@ -152,7 +161,7 @@ def load_model(request: DiagnoseRequest, checkpoint: Path | None, device: torch.
     return DiagnosedModel(backbone.to(device).eval(), codec, recipe, request.variant, source=source)
 
 
-def open_dataset(root: Path, recipe: object):
+def open_dataset(root: Path, recipe: Recipe) -> MultiViewDataset:
     """The prepared dataset at the recipe's views and resolution; it must hold geometry."""
     from cameo_cli.data.dataset import MultiViewDataset
 
@@ -174,7 +183,7 @@ def open_dataset(root: Path, recipe: object):
     return dataset
 
 
-def evaluation_views(dataset, count: int) -> list[tuple[str, list[int], int]]:
+def evaluation_views(dataset: MultiViewDataset, count: int) -> list[tuple[str, list[int], int]]:
     """(scene, frames, number of references) for the first `count` scenes: the context and
     target frames of `eval_index.json` when there is one, else evenly spaced frames."""
     from cameo_cli.data.dataset import load_eval_index
@@ -200,7 +209,7 @@ def evaluation_views(dataset, count: int) -> list[tuple[str, list[int], int]]:
     return chosen
 
 
-def collate(dataset, views: list[tuple[str, list[int], int]]) -> dict:
+def collate(dataset: MultiViewDataset, views: list[tuple[str, list[int], int]]) -> dict:
     """Items of `views` stacked into one batch (all with the same number of references)."""
     items = [dataset.get_views(scene, frames, refs) for scene, frames, refs in views]
     batch = {}
@@ -215,7 +224,7 @@ def collate(dataset, views: list[tuple[str, list[int], int]]) -> dict:
 
 def probe_all(
     model: DiagnosedModel, batch: dict, layers: list[int], timestep: int, seed: int
-) -> dict[int, object]:
+) -> dict[int, ProbeResult]:
     """One forward pass at `timestep` with every layer in `layers` probed: {layer: ProbeResult}."""
     from cameo_cli.diffusion import make_train_scheduler
 
@@ -253,7 +262,11 @@ def probe_all(
 
 
 def score_probe(
-    probe, batch: dict, radii: Radii, epsilon: float, alignment=None
+    probe: ProbeResult,
+    batch: dict,
+    radii: Radii,
+    epsilon: float,
+    alignment: CameoLoss | None = None,
 ) -> tuple[PrecisionCounts, PrecisionCounts | None]:
     """Counts of the head-averaged attention (and of the projection head's map if given)."""
     from cameo_cli.geometry import correspondence_targets, resize_point_map
@@ -288,7 +301,7 @@ def score_probe(
     projected = None
     if alignment is not None:
 
-        def head_argmax(p, i: int, j: int) -> torch.Tensor:
+        def head_argmax(p: ProbeResult, i: int, j: int) -> torch.Tensor:
             return alignment.correspondence_logits(p, i, j).argmax(dim=-1)
 
         projected = score(predicted_matches(probe, head_argmax))
@@ -297,7 +310,7 @@ def score_probe(
 
 def layer_precision(
     model: DiagnosedModel,
-    dataset,
+    dataset: MultiViewDataset,
     views: list[tuple[str, list[int], int]],
     layers: list[int],
     request: DiagnoseRequest,
@@ -374,6 +387,16 @@ def recommend(summaries: list[dict], metric: str = "pixels") -> dict | None:
     return best
 
 
+def over_training_layer(model: DiagnosedModel, layers: list[int], recommended: dict | None) -> int:
+    """The layer followed over training: the supervised one, else the backbone's default
+    (so that runs with and without CAMEO are compared on the same layer), else the
+    recommended one."""
+    for layer in (model.supervised_layer, model.backbone.default_layer):
+        if layer in layers:
+            return layer
+    return recommended["layer"] if recommended is not None else layers[0]
+
+
 # -- the job -----------------------------------------------------------------------------------
 
 
@@ -418,11 +441,7 @@ def run_diagnose(request: DiagnoseRequest, console: Console | None = None) -> di
         result["layers"] = layer_precision(model, dataset, views, layers, request, progress)
         result["recommended_layer"] = recommend(result["layers"])
         if checkpoints:
-            chosen = (
-                model.supervised_layer
-                if model.supervised_layer in layers
-                else (result["recommended_layer"] or {"layer": layers[0]})["layer"]
-            )
+            chosen = over_training_layer(model, layers, result["recommended_layer"])
             result["over_training"] = {
                 "layer": chosen,
                 "checkpoints": _score_checkpoints(
@@ -458,7 +477,15 @@ def run_diagnose(request: DiagnoseRequest, console: Console | None = None) -> di
     return result
 
 
-def _score_checkpoints(request, checkpoints, layer, dataset, views, device, progress) -> list:
+def _score_checkpoints(
+    request: DiagnoseRequest,
+    checkpoints: list[Path],
+    layer: int,
+    dataset: MultiViewDataset,
+    views: list[tuple[str, list[int], int]],
+    device: torch.device,
+    progress: Progress,
+) -> list[dict]:
     scored = []
     task = progress.add_task("checkpoints", total=len(checkpoints))
     for folder in checkpoints:

@@ -8,14 +8,20 @@ the perturbed layer. The drop is the unperturbed model's score minus the perturb
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 import torch
 from rich.progress import Progress
 
 from cameo_cli.errors import CameoError
 
+if TYPE_CHECKING:
+    from cameo_cli.data.dataset import MultiViewDataset
+    from cameo_cli.diagnose.job import DiagnosedModel, DiagnoseRequest
+    from cameo_cli.evaluate.lpips import LPIPS
 
-def _lpips(request):
+
+def _lpips(request: DiagnoseRequest) -> tuple[LPIPS | None, str | None]:
     """(LPIPS model or None, note saying why it is missing)."""
     from cameo_cli.evaluate.lpips import LPIPS
 
@@ -26,7 +32,12 @@ def _lpips(request):
 
 
 def perturbation_study(
-    model, dataset, views, layers: list[int], request, progress: Progress | None = None
+    model: DiagnosedModel,
+    dataset: MultiViewDataset,
+    views: list[tuple[str, list[int], int]],
+    layers: list[int],
+    request: DiagnoseRequest,
+    progress: Progress | None = None,
 ) -> tuple[dict, dict]:
     """(JSON summary, images of the first view set for the side-by-side figure)."""
     from cameo_cli.evaluate.metrics import psnr
