@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -108,7 +109,12 @@ def train(
     if output is None:
         if resume is not None and resume != "latest":
             raise CameoError("--resume PATH needs --output RUN (where the run continues)")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise CameoError("several processes need one run folder: pass --output RUN")
         stem = Path(recipe_name).stem
         output = Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     last = run_training(recipe, output, resume=resume, overwrite=overwrite, command=sys.argv)
-    click.echo(f"trained {recipe.train.steps} steps; run folder {output}, last checkpoint {last}")
+    if os.environ.get("RANK", "0") == "0":  # once, also under torchrun / accelerate launch
+        click.echo(
+            f"trained {recipe.train.steps} steps; run folder {output}, last checkpoint {last}"
+        )

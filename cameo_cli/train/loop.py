@@ -163,6 +163,8 @@ class Trainer:
         return default_collate([held_out[i] for i in range(count)])
 
     def _prepare_run_dir(self, resume_from: Path | None, overwrite: bool, command: list[str]):
+        # Every process has checked the output folder before the main one writes to it.
+        self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             if overwrite:
                 rundir.reset_run_dir(self.output)
