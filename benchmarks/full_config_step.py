@@ -1,0 +1,149 @@
+"""One training step of a FULL backbone (the paper's shapes), with and without CAMEO.
+
+Measures, in one run on one device, the step time (forward + backward + AdamW) and peak
+memory of the full configuration at the paper's resolution, for the plain diffusion loss
+and for diffusion + CAMEO at the backbone's default layer, and prints CAMEO / plain.
+Weights are random (no download); the cameras look at a plane whose point maps give real
+correspondence targets. Meant for a GPU; on a CPU it takes minutes per step.
+
+    python benchmarks/full_config_step.py --backbone cat3d --device cuda
+    python benchmarks/full_config_step.py --backbone hunyuan-dit --device cuda --batch 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+
+import torch
+
+from cameo_cli.alignment import CameoLoss
+from cameo_cli.backbone import ViewConditioning
+from cameo_cli.cameras import fov_to_focal, intrinsics_matrix, unproject_depth
+from cameo_cli.geometry import correspondence_targets
+from cameo_cli.registry import build_backbone
+from cameo_cli.train.model import CameoTrainingModel
+
+LATENT_CHANNELS, DOWNSAMPLE = 4, 8
+
+
+def look_at_cameras(views: int, radius: float = 4.0, arc_degrees: float = 40.0) -> torch.Tensor:
+    """OpenCV world-to-camera matrices on an arc around the origin, looking at it."""
+    matrices = []
+    for angle in torch.linspace(-arc_degrees / 2, arc_degrees / 2, views):
+        theta = math.radians(float(angle))
+        center = torch.tensor([radius * math.sin(theta), 0.0, -radius * math.cos(theta)])
+        forward = -center / center.norm()
+        right = torch.linalg.cross(torch.tensor([0.0, 1.0, 0.0]), forward)
+        right = right / right.norm()
+        down = torch.linalg.cross(forward, right)
+        rotation = torch.stack([right, down, forward])
+        w2c = torch.eye(4)
+        w2c[:3, :3] = rotation
+        w2c[:3, 3] = -rotation @ center
+        matrices.append(w2c)
+    return torch.stack(matrices)
+
+
+def make_batch(batch: int, views: int, resolution: int, device: torch.device):
+    """Latents, timesteps, conditioning and point maps of a plane seen from an arc."""
+    focal = fov_to_focal(50.0, resolution)
+    center = resolution / 2
+    K = intrinsics_matrix(*(torch.tensor(v) for v in (focal, focal, center, center)))
+    K = K.expand(batch, views, 3, 3).clone()
+    w2c = look_at_cameras(views).expand(batch, views, 4, 4).clone()
+    depth = torch.full((batch, views, resolution, resolution), 4.0)
+    point_map = unproject_depth(depth, K, w2c)
+    ref_mask = torch.zeros(batch, views, dtype=torch.bool)
+    ref_mask[:, :2] = True
+    size = resolution // DOWNSAMPLE
+    latents = torch.randn(batch, views, LATENT_CHANNELS, size, size)
+    cond = ViewConditioning(
+        intrinsics=K.to(device),
+        world_to_camera=w2c.to(device),
+        ref_mask=ref_mask.to(device),
+        image_size=(resolution, resolution),
+        point_map=point_map.to(device),
+        point_valid=torch.ones_like(depth, dtype=torch.bool, device=device),
+    )
+    timesteps = torch.full((batch,), 500.0, device=device)
+    return latents.to(device), timesteps, cond
+
+
+def measure(args: argparse.Namespace, align: bool) -> tuple[float, float]:
+    """Median step seconds and peak memory (GiB; CUDA only, else nan) of one variant."""
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    backbone = build_backbone(args.backbone, "full", in_channels=LATENT_CHANNELS).to(device)
+    if args.gradient_checkpointing:
+        backbone.enable_gradient_checkpointing()
+    layer = backbone.default_layer
+    grid = backbone.token_grid(layer, (args.resolution, args.resolution))
+    alignment = None
+    if align:
+        heads = backbone.layers(args.resolution)[layer].heads
+        alignment = CameoLoss(heads, head="mlp", loss="ce", chunk_size=args.chunk_size).to(device)
+    model = CameoTrainingModel(backbone, alignment, layer, grid).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2.5e-5, weight_decay=0.01)
+    latents, timesteps, cond = make_batch(args.batch, 4, args.resolution, device)
+    targets = None
+    if align:
+        targets = correspondence_targets(cond.point_map, cond.point_valid, grid, epsilon=1.5)
+    target_views = ~cond.ref_mask
+    times = []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for step in range(args.warmup + args.steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            prediction, cameo = model(latents, timesteps, cond, targets)
+        denoise = (prediction.float() - latents)[target_views].pow(2).mean()
+        loss = denoise if cameo is None else denoise + 0.02 * cameo
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if step >= args.warmup:
+            times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else math.nan
+    del model, optimizer, backbone, alignment
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return statistics.median(times), peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="cat3d")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--resolution", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--chunk-size", type=int, default=64)
+    parser.add_argument("--no-bf16", dest="bf16", action="store_false")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    args = parser.parse_args()
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    print(
+        f"{args.backbone} full, {args.resolution} px, F = 4, batch {args.batch}, "
+        f"{'bf16' if args.bf16 else 'fp32'}, {name}"
+    )
+    plain_time, plain_peak = measure(args, align=False)
+    cameo_time, cameo_peak = measure(args, align=True)
+    print(f"plain step  {plain_time * 1e3:8.1f} ms   peak {plain_peak:6.2f} GiB")
+    print(f"CAMEO step  {cameo_time * 1e3:8.1f} ms   peak {cameo_peak:6.2f} GiB")
+    print(
+        f"CAMEO / plain: time {cameo_time / plain_time:.3f}x, "
+        f"peak memory {cameo_peak / plain_peak:.3f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
