@@ -314,7 +314,7 @@ def quickstart_step_seconds(steps: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--chunk-size", type=int, default=64)
+    parser.add_argument("--chunk-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--quickstart-steps", type=int, default=6)

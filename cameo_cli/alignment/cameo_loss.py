@@ -284,7 +284,7 @@ class CameoLoss(nn.Module):
     """CAMEO alignment loss of one probed layer; holds the projection head's parameters."""
 
     def __init__(
-        self, num_heads: int, head: str = "mlp", loss: str = "ce", chunk_size: int = 64
+        self, num_heads: int, head: str = "mlp", loss: str = "ce", chunk_size: int = 256
     ) -> None:
         super().__init__()
         if head not in HEADS:
