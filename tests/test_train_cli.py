@@ -91,3 +91,9 @@ def test_layer_auto_reads_the_diagnose_recommendation(tmp_path, monkeypatch):
     write_recommended_layer("cat3d", "tiny", {"layer": 0})  # a per-view layer
     with pytest.raises(CameoError, match="attends within each view only"):
         resolve_layer(recipe, backbone)
+
+
+def test_latent_caching_is_refused_not_ignored(synthetic_dataset, tmp_path):
+    args = ["--recipe", "quickstart-cpu", "--dataset", str(synthetic_dataset)]
+    result = _train(*args, "--set", "codec.cache_latents=true", "--output", str(tmp_path / "r"))
+    _assert_error(result, "codec.cache_latents")

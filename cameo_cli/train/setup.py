@@ -22,9 +22,15 @@ PREPARE_HINT = (
 
 
 def check_backbone_and_layer(recipe: Recipe) -> None:
-    """Fail fast, before building anything: unknown backbone, layer outside the full config."""
+    """Fail fast, before building anything: unknown backbone, layer outside the full config,
+    options training does not support."""
     from cameo_cli.registry import get_spec
 
+    if recipe.codec.cache_latents:
+        raise CameoError(
+            "codec.cache_latents: training does not cache latents (views are drawn and cropped "
+            "afresh every epoch); set it to false"
+        )
     spec = get_spec(recipe.backbone.name)
     layer = recipe.alignment.layer
     count = len(spec.layer_paths)
