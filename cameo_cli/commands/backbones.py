@@ -86,7 +86,7 @@ def show_backbone(name: str, resolution: int, variant: str, as_json: bool) -> No
     console.print(f"[bold]{spec.name}[/]: {spec.description}")
     table = Table(title=f"self-attention layers ({variant} config, {resolution} px)")
     for column in ("layer", "module path", "tokens/view", "heads × dim", "attention"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for layer in layers:
         mark = " [bold yellow]← default[/]" if layer.default else ""
         table.add_row(
