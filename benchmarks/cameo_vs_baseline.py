@@ -33,7 +33,7 @@ from torch.utils.data import default_collate
 
 from cameo_cli.backbone import ViewConditioning
 from cameo_cli.codec import load_codec
-from cameo_cli.data.dataset import MultiViewDataset
+from cameo_cli.data.dataset import dataset_from_recipe
 from cameo_cli.data.shards import prepare_dataset
 from cameo_cli.data.synthetic import SyntheticSource
 from cameo_cli.diffusion import make_train_scheduler
@@ -143,19 +143,9 @@ def attention_precision(model, batch: dict, timesteps: tuple[int, ...], seed: in
 
 
 def held_out_batch(dataset_root: Path, recipe, draws: int) -> dict:
-    data = recipe.data
     items = []
     for draw in range(draws):
-        dataset = MultiViewDataset(
-            dataset_root,
-            num_views=data.num_views,
-            min_refs=data.min_refs,
-            max_refs=data.max_refs,
-            resolution=data.resolution,
-            frame_gap=tuple(data.frame_gap),
-            policy=data.policy,
-            seed=1000 + draw,
-        )
+        dataset = dataset_from_recipe(dataset_root, recipe, seed=1000 + draw)
         items += [dataset[i] for i in range(len(dataset))]
     return default_collate(items)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,6 +32,9 @@ from cameo_cli.data.records import nearest_indices
 from cameo_cli.data.shards import ShardReader, load_index
 from cameo_cli.errors import CameoError
 from cameo_cli.geometry.pointmaps import point_map_from_depth
+
+if TYPE_CHECKING:
+    from cameo_cli.config import Recipe
 
 POLICIES = ("random", "even")
 
@@ -225,3 +229,21 @@ class MultiViewDataset(torch.utils.data.Dataset):
         if pil.size != (rw, rh):
             pil = pil.resize((rw, rh), Image.Resampling.BICUBIC)
         return np.asarray(pil)[top : top + size, left : left + size]
+
+
+def dataset_from_recipe(
+    root: str | os.PathLike, recipe: Recipe, *, seed: int, split: str | None = None
+) -> MultiViewDataset:
+    """The prepared dataset at `root`, sampled as the recipe's `data` section says."""
+    data = recipe.data
+    return MultiViewDataset(
+        root,
+        num_views=data.num_views,
+        min_refs=data.min_refs,
+        max_refs=data.max_refs,
+        resolution=data.resolution,
+        frame_gap=tuple(data.frame_gap),
+        policy=data.policy,
+        seed=seed,
+        split=split,
+    )

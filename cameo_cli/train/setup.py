@@ -81,7 +81,7 @@ def resolve_layer(recipe: Recipe, backbone: MultiViewBackbone) -> int:
 
 def open_dataset(recipe: Recipe, *, needs_geometry: bool, split: str | None) -> Dataset:
     """The recipe's prepared dataset; with CAMEO it must hold point maps."""
-    from cameo_cli.data.dataset import MultiViewDataset
+    from cameo_cli.data.dataset import dataset_from_recipe
 
     data = recipe.data
     if not data.dataset:
@@ -94,17 +94,7 @@ def open_dataset(recipe: Recipe, *, needs_geometry: bool, split: str | None) -> 
         raise CameoError(
             f"{root}: not a prepared dataset (no index.json); create it with `cameo prepare`"
         )
-    dataset = MultiViewDataset(
-        root,
-        num_views=data.num_views,
-        min_refs=data.min_refs,
-        max_refs=data.max_refs,
-        resolution=data.resolution,
-        frame_gap=tuple(data.frame_gap),
-        policy=data.policy,
-        seed=recipe.train.seed,
-        split=split,
-    )
+    dataset = dataset_from_recipe(root, recipe, seed=recipe.train.seed, split=split)
     if needs_geometry and not dataset.has_geometry:
         raise CameoError(
             f"{root}: the dataset has no point maps, which --align cameo needs; {PREPARE_HINT}"
