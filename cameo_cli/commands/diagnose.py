@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from cameo_cli.commands.options import device_option
 from cameo_cli.errors import CameoError
 
 
@@ -70,7 +71,7 @@ def parse_timesteps(text: str) -> tuple[int, ...]:
     type=click.Path(path_type=Path),
     help="torchvision VGG16 ImageNet weights for LPIPS [$TORCH_HOME/hub/checkpoints/...].",
 )
-@click.option("--device", help="torch device [cuda if available, else cpu].")
+@device_option
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
 @click.option(
     "--no-recommend",

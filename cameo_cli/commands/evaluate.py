@@ -6,14 +6,11 @@ from pathlib import Path
 
 import click
 
+from cameo_cli.commands.options import checkpoint_option, device_option
+
 
 @click.command()
-@click.option(
-    "--checkpoint",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="A run folder (its latest checkpoint) or one checkpoint folder.",
-)
+@checkpoint_option
 @click.option(
     "--dataset",
     required=True,
@@ -40,7 +37,7 @@ import click
 )
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N scenes.")
 @click.option("--save-images", is_flag=True, help="Also write the generated views.")
-@click.option("--device", help="torch device [cuda if available, else cpu].")
+@device_option
 @click.option("--overwrite", is_flag=True, help="Discard an existing evaluation in --out.")
 def evaluate(
     checkpoint: Path,

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from cameo_cli.commands.options import checkpoint_option, device_option
+
 GREEDY_OPTIONS = ("--views",)
 
 
@@ -29,12 +31,7 @@ class GreedyCommand(click.Command):
 
 
 @click.command(cls=GreedyCommand)
-@click.option(
-    "--checkpoint",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="A run folder (its latest checkpoint) or one checkpoint folder.",
-)
+@checkpoint_option
 @click.option(
     "--views",
     required=True,
@@ -65,7 +62,7 @@ class GreedyCommand(click.Command):
 @click.option("--resolution", type=click.IntRange(min=8), help="Square output size [recipe].")
 @click.option("--video", is_flag=True, help="Also write the targets as a video.")
 @click.option("--video-format", type=click.Choice(["mp4", "gif"]), default="mp4", show_default=True)
-@click.option("--device", help="torch device [cuda if available, else cpu].")
+@device_option
 @click.option(
     "--precision",
     type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
