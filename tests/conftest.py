@@ -48,3 +48,23 @@ def tiny_run(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) 
     run = tmp_path_factory.mktemp("tiny_run") / "run"
     run_training(recipe, run, command=["pytest", "tiny_run"])
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_vae_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random AutoencoderKL (4 latent channels, 2x down) saved with save_pretrained."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
+    )
+    folder = tmp_path_factory.mktemp("vae")
+    vae.save_pretrained(folder)
+    return folder

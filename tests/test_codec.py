@@ -13,22 +13,6 @@ from cameo_cli.config import CodecConfig
 from cameo_cli.errors import CameoError
 
 
-@pytest.fixture(scope="module")
-def tiny_vae_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=4,
-        norm_num_groups=4,
-        layers_per_block=1,
-    )
-    folder = tmp_path_factory.mktemp("vae")
-    vae.save_pretrained(folder)
-    return folder
-
-
 def test_pixel_codec_is_the_identity() -> None:
     codec = load_codec(CodecConfig(kind="none"))
     images = torch.rand(2, 3, 32, 32) * 2 - 1

@@ -126,24 +126,14 @@ def test_cat3d_in_reduced_precision_follows_fp32() -> None:
     assert (results[torch.bfloat16] - results[torch.float32]).abs().max() < 0.05
 
 
-def test_latent_pipeline_with_a_vae(tmp_path) -> None:
+def test_latent_pipeline_with_a_vae(tiny_vae_folder) -> None:
     """Four-channel latents through a (tiny, random) AutoencoderKL: images come back whole."""
-    from diffusers import AutoencoderKL
-
     from backbones.cat3d import Cat3D
     from cameo_cli.codec import load_codec
     from cameo_cli.config import CodecConfig
 
     torch.manual_seed(0)
-    AutoencoderKL(
-        block_out_channels=(8, 16),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=4,
-        norm_num_groups=4,
-        layers_per_block=1,
-    ).save_pretrained(tmp_path / "vae")
-    codec = load_codec(CodecConfig(kind="vae", path=str(tmp_path / "vae")))
+    codec = load_codec(CodecConfig(kind="vae", path=str(tiny_vae_folder)))
     backbone = Cat3D.build("tiny", in_channels=4, downsample=2)
     pipeline = MultiViewPipeline(backbone, codec, DiffusionConfig(), 4, device="cpu")
     K, w2c = tiny_scene(4)
