@@ -13,7 +13,7 @@ view, 10 heads of 64, all 12 ordered pairs, MLP head 10 -> 40 -> 1, batch 1):
    training loop's own micro-step, backward and AdamW step; both variants in one process,
    stepping in turns).
 
-    OMP_NUM_THREADS=1 python benchmarks/alignment_overhead.py [--device cuda] [--chunk-size 64]
+    OMP_NUM_THREADS=1 python benchmarks/alignment_overhead.py [--device cuda] [--chunk-size N]
 
 On a CPU shared with other work, keep OMP_NUM_THREADS=1: with more threads than free cores
 every small op waits on its slowest thread and the timings say little.
@@ -314,13 +314,17 @@ def quickstart_step_seconds(steps: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--chunk-size", type=int, default=256)
+    parser.add_argument(
+        "--chunk-size", type=int, default=None, help="rows per chunk [CameoLoss: 256 GPU, 64 CPU]"
+    )
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--quickstart-steps", type=int, default=6)
     parser.add_argument("--measure", choices=["cameo", "naive"], help=argparse.SUPPRESS)
     parser.add_argument("--measure-quickstart", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.chunk_size is None:
+        args.chunk_size = CameoLoss(HEADS).rows_per_chunk(torch.empty(0, device=args.device))
     if args.measure_quickstart:
         print(json.dumps(quickstart_step_seconds(args.quickstart_steps)))
         return

@@ -126,7 +126,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--chunk-size", type=int, default=256)
+    parser.add_argument("--chunk-size", type=int, default=None)
     parser.add_argument("--no-bf16", dest="bf16", action="store_false")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     args = parser.parse_args()

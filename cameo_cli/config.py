@@ -76,7 +76,7 @@ class AlignmentConfig:
     epsilon: float = 1.5  # cycle-consistency threshold in token units; .inf disables the mask
     loss: str = "ce"  # "ce" or "l1"
     head: str = "mlp"  # "mlp" (H -> 4H -> 1 over heads) or "none" (head-averaged logits)
-    chunk_size: int = 256  # query rows per chunk: memory bound; 256 keeps GPU time near naive
+    chunk_size: int | None = None  # query rows per chunk (memory bound); None: 256 GPU, 64 CPU
 
 
 @dataclass
@@ -316,7 +316,6 @@ _LOWER_BOUNDS: tuple[tuple[str, float, bool], ...] = (
             "data.num_views",
             "data.min_refs",
             "diffusion.num_train_timesteps",
-            "alignment.chunk_size",
             "train.steps",
             "train.batch_size",
             "train.grad_accumulation",
@@ -374,6 +373,8 @@ def _validate(recipe: Recipe, source_of: typing.Callable[[str], _Source]) -> Non
     for path in _UNIT_INTERVAL:
         require(path, 0 <= _value_at(recipe, path) <= 1, "between 0 and 1")
     data, layer = recipe.data, recipe.alignment.layer
+    chunk = recipe.alignment.chunk_size
+    require("alignment.chunk_size", chunk is None or chunk >= 1, ">= 1 or null")
     require("alignment.layer", not isinstance(layer, int) or layer >= 0, ">= 0, 'auto' or null")
     require("data.max_refs", data.min_refs <= data.max_refs, ">= data.min_refs")
     require("data.max_refs", data.max_refs < data.num_views, "< data.num_views (keep a target)")

@@ -185,3 +185,11 @@ def test_shape_errors_are_explicit():
         CameoLoss(4).double()(probe, Targets(targets.index[:, :2], targets.mask), ref_mask)
     with pytest.raises(ValueError, match="head must be"):
         CameoLoss(4, head="linear")
+
+
+def test_chunk_size_defaults_by_device():
+    cpu_rows = torch.zeros(1, 1, 1, 4, 2)
+    assert CameoLoss(2).rows_per_chunk(cpu_rows) == 64
+    assert CameoLoss(2, chunk_size=7).rows_per_chunk(cpu_rows) == 7
+    with pytest.raises(ValueError, match="positive"):
+        CameoLoss(2, chunk_size=0)
