@@ -1,40 +1,43 @@
 """cameo's built-in backbones, registered through the `cameo.backbones` entry points.
 
-This module stays light (no torch): each spec names its adapter class by string.
+This module stays light (no torch): each spec names its adapter class by string, and each
+adapter reads its name, layer paths and default layer from its spec here
+(`tests/test_backbones_spec.py` checks them against the built models).
 """
+
+from dataclasses import replace
 
 from cameo_cli.registry import BackboneSpec
 
-# SD2.1-shaped U-Net, text cross-attention removed: its 16 `attn1` layers in sorted order.
-UNET_SELF_ATTENTION = tuple(
-    sorted(
-        [
-            f"down_blocks.{b}.attentions.{a}.transformer_blocks.0.attn1"
-            for b in range(3)
-            for a in range(2)
-        ]
-        + [
-            f"up_blocks.{b}.attentions.{a}.transformer_blocks.0.attn1"
-            for b in (1, 2, 3)
-            for a in range(3)
-        ]
-        + ["mid_block.attentions.0.transformer_blocks.0.attn1"]
-    )
-)
-
+# SD2.1-shaped U-Net, text cross-attention removed: its 16 `attn1` layers in sorted order;
+# those at the first block width (0, 1 in `down_blocks.0`, 13-15 in `up_blocks.3`) stay 2D.
 CAT3D = BackboneSpec(
     name="cat3d",
     description="CAT3D multi-view U-Net (SD2.1-shaped, 3D self-attention, Plücker raymaps)",
     default_layer=10,
-    layer_paths=UNET_SELF_ATTENTION,
+    layer_paths=tuple(
+        sorted(
+            [
+                f"down_blocks.{b}.attentions.{a}.transformer_blocks.0.attn1"
+                for b in range(3)
+                for a in range(2)
+            ]
+            + [
+                f"up_blocks.{b}.attentions.{a}.transformer_blocks.0.attn1"
+                for b in (1, 2, 3)
+                for a in range(3)
+            ]
+            + ["mid_block.attentions.0.transformer_blocks.0.attn1"]
+        )
+    ),
     adapter="backbones.cat3d:Cat3D",
+    per_view_layers=(0, 1, 13, 14, 15),
 )
 
-MVGENMASTER = BackboneSpec(
+MVGENMASTER = replace(
+    CAT3D,
     name="mvgenmaster",
     description="MVGenMaster U-Net: CAT3D plus warped-reference geometric priors",
-    default_layer=10,
-    layer_paths=UNET_SELF_ATTENTION,
     adapter="backbones.mvgenmaster:MVGenMaster",
 )
 

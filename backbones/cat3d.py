@@ -16,25 +16,22 @@
 - Every view of a sample gets the sample's timestep.
 
 diffusers does not record the removed `attn2`, the q/k norms or the processors, so
-`build` applies all three after every load (and `save_pretrained` stores the norms with
-cameo's extra weights).
+`_load_model` and `_wrap` apply all three after every load (and `save_pretrained` stores the
+norms with cameo's extra weights).
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import torch
 from diffusers import UNet2DConditionModel
 from torch import nn
 
+from backbones import CAT3D
 from cameo_cli.attention import LayerHook, add_qk_norm, install_processors
-from cameo_cli.backbone import (
-    MultiViewBackbone,
-    ViewConditioning,
-    load_diffusers_model,
-    resolve_diffusers_folder,
-)
+from cameo_cli.backbone import MultiViewBackbone, ViewConditioning, load_diffusers_model
 from cameo_cli.conditioning import (
     CAMERA_CONDITION_CHANNELS,
     added_to_output,
@@ -88,8 +85,9 @@ def unet_hooks(unet: UNet2DConditionModel) -> list[LayerHook]:
 class Cat3D(MultiViewBackbone):
     """CAT3D multi-view U-Net (see the module docstring)."""
 
-    name = "cat3d"
-    default_layer = 10
+    spec = CAT3D
+    model_class = UNet2DConditionModel
+    pretrained_subfolder = "unet"
     option_defaults: dict[str, object] = {"qk_norm": True, "downsample": None}
 
     def __init__(self, unet: UNet2DConditionModel, *, qk_norm: bool, downsample: int) -> None:
@@ -110,36 +108,31 @@ class Cat3D(MultiViewBackbone):
 
     # -- construction -------------------------------------------------------------------
     @classmethod
-    def build(
-        cls,
-        variant: str = "tiny",
-        *,
-        in_channels: int = 4,
-        pretrained: str | None = None,
-        **options: object,
-    ) -> Cat3D:
-        """`tiny` (3.2 M parameters) or `full` (SD2.1 shapes); `pretrained`: a local folder
-        holding a diffusers U-Net (itself or its `unet/` subfolder)."""
-        settings = cls.resolve_options(variant, in_channels, options)
-        if pretrained is not None:
-            folder = resolve_diffusers_folder(pretrained, "unet")
-            unet = load_diffusers_model(UNet2DConditionModel, folder, remove_cross_attention)
-            if unet.config.in_channels != in_channels or unet.config.out_channels != in_channels:
-                raise CameoError(
-                    f"{folder}: U-Net has {unet.config.in_channels} input channels, "
-                    f"the image codec needs {in_channels}"
-                )
-        else:
-            unet = UNet2DConditionModel(
-                **UNET_CONFIGS[variant], in_channels=in_channels, out_channels=in_channels
-            )
-        backbone = cls._from_unet(unet, settings)
-        backbone.record_build(variant, in_channels, settings)
-        return backbone
+    def _new_model(
+        cls, variant: str, in_channels: int, settings: dict[str, object]
+    ) -> UNet2DConditionModel:
+        """`tiny` (3.2 M parameters) or `full` (SD2.1 shapes)."""
+        return UNet2DConditionModel(
+            **UNET_CONFIGS[variant], in_channels=in_channels, out_channels=in_channels
+        )
 
     @classmethod
-    def _from_unet(cls, unet: UNet2DConditionModel, settings: dict[str, object]) -> Cat3D:
-        return cls(unet, qk_norm=bool(settings["qk_norm"]), downsample=int(settings["downsample"]))
+    def _load_model(
+        cls, folder: Path, variant: str, settings: dict[str, object]
+    ) -> UNet2DConditionModel:
+        """A diffusers U-Net without its text cross-attention; it must predict as many
+        channels as it reads."""
+        unet = load_diffusers_model(UNet2DConditionModel, folder, remove_cross_attention)
+        if unet.config.out_channels != unet.config.in_channels:
+            raise CameoError(
+                f"{folder}: U-Net has {unet.config.in_channels} input channels but "
+                f"{unet.config.out_channels} output channels"
+            )
+        return unet
+
+    @classmethod
+    def _wrap(cls, model: UNet2DConditionModel, variant: str, settings: dict[str, object]) -> Cat3D:
+        return cls(model, qk_norm=bool(settings["qk_norm"]), downsample=int(settings["downsample"]))
 
     def model_additions(self) -> list[str]:
         return self._added

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,14 +36,10 @@ from diffusers.models.embeddings import get_2d_rotary_pos_embed
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from cameo_cli.attention.hooks import LayerHook
-from cameo_cli.attention.hunyuan import HunyuanMultiViewProcessor
-from cameo_cli.backbone import (
-    MultiViewBackbone,
-    ViewConditioning,
-    load_diffusers_model,
-    resolve_diffusers_folder,
-)
+from backbones import HUNYUAN_DIT
+from backbones.hunyuan_attention import HunyuanMultiViewProcessor
+from cameo_cli.attention import LayerHook
+from cameo_cli.backbone import MultiViewBackbone, ViewConditioning
 from cameo_cli.conditioning import (
     CAMERA_CONDITION_CHANNELS,
     added_to_output,
@@ -55,65 +52,56 @@ from cameo_cli.errors import CameoError
 @dataclass(frozen=True)
 class Variant:
     config: dict[str, Any]  # HunyuanDiT2DModel arguments (in_channels is added at build)
-    default_layer: int
     rope_base: int  # tokens per side of the resolution whose RoPE positions are integers
 
 
+# Hunyuan-DiT v1.2 (Tencent-Hunyuan/HunyuanDiT-v1.2-Diffusers, transformer/config.json).
+FULL_CONFIG = dict(
+    num_attention_heads=16,
+    attention_head_dim=88,
+    patch_size=2,
+    activation_fn="gelu-approximate",
+    sample_size=128,
+    hidden_size=1408,
+    num_layers=40,
+    mlp_ratio=4.3637,
+    learn_sigma=True,
+    cross_attention_dim=1024,
+    norm_type="layer_norm",
+    cross_attention_dim_t5=2048,
+    pooled_projection_dim=1024,
+    text_len=77,
+    text_len_t5=256,
+    use_style_cond_and_image_meta_size=False,
+)
+# Same structure, CPU sized; keeps the image-size/style condition to exercise it.
+TINY_CONFIG = dict(
+    FULL_CONFIG,
+    num_attention_heads=4,
+    attention_head_dim=16,
+    sample_size=16,
+    hidden_size=64,
+    num_layers=10,
+    mlp_ratio=2.0,
+    cross_attention_dim=32,
+    cross_attention_dim_t5=32,
+    pooled_projection_dim=32,
+    text_len=4,
+    text_len_t5=4,
+    use_style_cond_and_image_meta_size=True,
+)
 VARIANTS = {
-    # Hunyuan-DiT v1.2 (Tencent-Hunyuan/HunyuanDiT-v1.2-Diffusers, transformer/config.json).
-    "full": Variant(
-        config=dict(
-            num_attention_heads=16,
-            attention_head_dim=88,
-            patch_size=2,
-            activation_fn="gelu-approximate",
-            sample_size=128,
-            hidden_size=1408,
-            num_layers=40,
-            mlp_ratio=4.3637,
-            learn_sigma=True,
-            cross_attention_dim=1024,
-            norm_type="layer_norm",
-            cross_attention_dim_t5=2048,
-            pooled_projection_dim=1024,
-            text_len=77,
-            text_len_t5=256,
-            use_style_cond_and_image_meta_size=False,
-        ),
-        default_layer=32,
-        rope_base=32,  # Hunyuan's pipeline: 512 px // VAE 8 // patch 2
-    ),
-    # Same structure, CPU sized; keeps the image-size/style condition to exercise it.
-    "tiny": Variant(
-        config=dict(
-            num_attention_heads=4,
-            attention_head_dim=16,
-            patch_size=2,
-            activation_fn="gelu-approximate",
-            sample_size=16,
-            hidden_size=64,
-            num_layers=10,
-            mlp_ratio=2.0,
-            learn_sigma=True,
-            cross_attention_dim=32,
-            norm_type="layer_norm",
-            cross_attention_dim_t5=32,
-            pooled_projection_dim=32,
-            text_len=4,
-            text_len_t5=4,
-            use_style_cond_and_image_meta_size=True,
-        ),
-        default_layer=8,
-        rope_base=16,  # a 32 x 32 input with patch 2
-    ),
+    "full": Variant(FULL_CONFIG, rope_base=32),  # Hunyuan's pipeline: 512 px // VAE 8 // patch 2
+    "tiny": Variant(TINY_CONFIG, rope_base=16),  # a 32 x 32 input with patch 2
 }
 
 
 class HunyuanDiT(MultiViewBackbone):
     """Hunyuan-DiT with 3D self-attention in every block and Plücker-raymap conditioning."""
 
-    name = "hunyuan-dit"
-    default_layer = VARIANTS["full"].default_layer
+    spec = HUNYUAN_DIT
+    model_class = HunyuanDiT2DModel
+    pretrained_subfolder = "transformer"
     option_defaults: dict[str, object] = {"qk_norm": True, "downsample": None}
 
     def __init__(
@@ -126,7 +114,6 @@ class HunyuanDiT(MultiViewBackbone):
         super().__init__()
         config = transformer.config
         self.model = transformer
-        self.default_layer = VARIANTS[variant].default_layer
         self.rope_base = VARIANTS[variant].rope_base
         self.downsample = downsample
         self.camera_encoder = zero_conv(
@@ -157,26 +144,45 @@ class HunyuanDiT(MultiViewBackbone):
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
-    def build(
-        cls,
-        variant: str = "tiny",
-        *,
-        in_channels: int = 4,
-        pretrained: str | None = None,
-        **options: object,
-    ) -> HunyuanDiT:
-        """`tiny` or `full`; `pretrained` is a local diffusers folder holding a Hunyuan-DiT
-        transformer (itself or in its `transformer/` subfolder)."""
-        settings = cls.resolve_options(variant, in_channels, options)
+    def resolve_options(
+        cls, variant: str, in_channels: int, options: dict[str, object]
+    ) -> dict[str, object]:
+        """The base class's check, and `qk_norm` must stay on (Hunyuan-DiT has q/k norms)."""
+        settings = super().resolve_options(variant, in_channels, options)
         if not settings["qk_norm"]:
             raise CameoError(f"backbone '{cls.name}': Hunyuan-DiT always normalises q and k")
-        if pretrained is not None:
-            transformer = _load_pretrained(pretrained, variant, in_channels)
-        else:
-            transformer = HunyuanDiT2DModel(in_channels=in_channels, **VARIANTS[variant].config)
-        backbone = cls(transformer, variant=variant, downsample=int(settings["downsample"]))
-        backbone.record_build(variant, in_channels, settings)
-        return backbone
+        return settings
+
+    @classmethod
+    def _new_model(
+        cls, variant: str, in_channels: int, settings: dict[str, object]
+    ) -> HunyuanDiT2DModel:
+        return HunyuanDiT2DModel(in_channels=in_channels, **VARIANTS[variant].config)
+
+    @classmethod
+    def _load_model(
+        cls, folder: Path, variant: str, settings: dict[str, object]
+    ) -> HunyuanDiT2DModel:
+        """A Hunyuan-DiT transformer of `variant`'s shape."""
+        transformer = super()._load_model(folder, variant, settings)
+        expected = VARIANTS[variant].config
+        shape = ("num_layers", "num_attention_heads", "attention_head_dim", "patch_size")
+        found = {key: transformer.config[key] for key in shape}
+        if found != {key: expected[key] for key in shape}:
+            raise CameoError(
+                f"{folder}: a Hunyuan-DiT with {found['num_layers']} blocks, "
+                f"{found['num_attention_heads']} heads of {found['attention_head_dim']}, patch "
+                f"{found['patch_size']} is not the '{variant}' variant ({expected['num_layers']} "
+                f"blocks, {expected['num_attention_heads']} heads of "
+                f"{expected['attention_head_dim']}, patch {expected['patch_size']})"
+            )
+        return transformer
+
+    @classmethod
+    def _wrap(
+        cls, model: HunyuanDiT2DModel, variant: str, settings: dict[str, object]
+    ) -> HunyuanDiT:
+        return cls(model, variant=variant, downsample=int(settings["downsample"]))
 
     # -- forward --------------------------------------------------------------------------
     def forward(
@@ -249,26 +255,3 @@ class HunyuanDiT(MultiViewBackbone):
         self.check_layer(layer)
         stride = self.downsample * self.model.config.patch_size
         return image_hw[0] // stride, image_hw[1] // stride
-
-
-def _load_pretrained(folder: str, variant: str, in_channels: int) -> HunyuanDiT2DModel:
-    """A `HunyuanDiT2DModel` of `variant`'s shape from a local diffusers folder."""
-    path = resolve_diffusers_folder(folder, "transformer")
-    transformer = load_diffusers_model(HunyuanDiT2DModel, path)
-    expected = VARIANTS[variant].config
-    shape = ("num_layers", "num_attention_heads", "attention_head_dim", "patch_size")
-    found = {key: transformer.config[key] for key in shape}
-    if found != {key: expected[key] for key in shape}:
-        raise CameoError(
-            f"{path}: a Hunyuan-DiT with {found['num_layers']} blocks, "
-            f"{found['num_attention_heads']} heads of {found['attention_head_dim']}, patch "
-            f"{found['patch_size']} is not the '{variant}' variant ({expected['num_layers']} "
-            f"blocks, {expected['num_attention_heads']} heads of "
-            f"{expected['attention_head_dim']}, patch {expected['patch_size']})"
-        )
-    if transformer.config.in_channels != in_channels:
-        raise CameoError(
-            f"{path}: Hunyuan-DiT has {transformer.config.in_channels} input channels, "
-            f"the image codec needs {in_channels}"
-        )
-    return transformer

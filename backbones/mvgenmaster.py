@@ -27,6 +27,7 @@ import math
 import torch
 from diffusers import UNet2DConditionModel
 
+from backbones import MVGENMASTER
 from backbones.cat3d import Cat3D
 from cameo_cli.backbone import ViewConditioning
 from cameo_cli.cameras import project_points, relative_poses, resize_intrinsics, transform_points
@@ -99,8 +100,7 @@ def forward_warp(
 class MVGenMaster(Cat3D):
     """CAT3D plus warped-reference geometric priors (see the module docstring)."""
 
-    name = "mvgenmaster"
-    default_layer = 10
+    spec = MVGENMASTER
     option_defaults: dict[str, object] = {
         **Cat3D.option_defaults,
         "prior_drop": 0.15,
@@ -121,9 +121,11 @@ class MVGenMaster(Cat3D):
         super().__init__(unet, qk_norm=qk_norm, downsample=downsample)
 
     @classmethod
-    def _from_unet(cls, unet: UNet2DConditionModel, settings: dict[str, object]) -> MVGenMaster:
+    def _wrap(
+        cls, model: UNet2DConditionModel, variant: str, settings: dict[str, object]
+    ) -> MVGenMaster:
         return cls(
-            unet,
+            model,
             qk_norm=bool(settings["qk_norm"]),
             downsample=int(settings["downsample"]),
             prior_drop=float(settings["prior_drop"]),

@@ -13,7 +13,7 @@ A saved backbone is a folder in diffusers layout (`config.json` +
 (the modules cameo adds: camera encoders, q/k norms, ...) and `cameo_backbone.json`
 (`{"name", "variant", "in_channels", "options"}`). Loading rebuilds the adapter from that
 folder, so everything diffusers does not record (removed cross-attention, processors) is
-applied again by the adapter's `build`.
+applied again by the adapter's `_load_model` and `_wrap`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from safetensors import safe_open
@@ -35,6 +36,7 @@ from torch import nn
 
 from cameo_cli.attention.hooks import LayerHook, ProbeResult
 from cameo_cli.errors import CameoError
+from cameo_cli.registry import BackboneSpec
 
 BACKBONE_CONFIG = "cameo_backbone.json"
 EXTRA_WEIGHTS = "cameo_extra.safetensors"
@@ -102,16 +104,24 @@ class ProbeHandle:
 class MultiViewBackbone(nn.Module, ABC):
     """Base class of every adapter.
 
-    Subclasses set `model` (the wrapped diffusers model), `hooks` (one per layer, in order)
-    and, in `build`, check their options with `resolve_options` and end with
-    `record_build(variant, in_channels, settings)`, so that `save_pretrained` can write what
-    `from_pretrained` needs to rebuild them.
+    A subclass names its registry `spec` (the light `BackboneSpec`: its name, layer paths
+    and default layer come from there), the wrapped diffusers `model_class` and the
+    `pretrained_subfolder` a pipeline folder keeps it in, and supplies `_new_model`
+    (construct a config) and `_wrap` (the adapter around a model; it sets `model` and
+    `hooks`, one per layer, in order). `build` does the rest.
     """
 
-    name: str = ""
-    default_layer: int = 0
+    spec: ClassVar[BackboneSpec]
+    name: ClassVar[str] = ""  # `spec.name`, set when the subclass is defined
+    model_class: ClassVar[type[nn.Module]]
+    pretrained_subfolder: ClassVar[str]
     variants: tuple[str, ...] = ("tiny", "full")
     option_defaults: dict[str, object] = {}  # every option `build` accepts, with its default
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "spec" in cls.__dict__:
+            cls.name = cls.spec.name
 
     def __init__(self) -> None:
         super().__init__()
@@ -122,7 +132,6 @@ class MultiViewBackbone(nn.Module, ABC):
 
     # -- construction -------------------------------------------------------------------
     @classmethod
-    @abstractmethod
     def build(
         cls,
         variant: str = "tiny",
@@ -131,7 +140,22 @@ class MultiViewBackbone(nn.Module, ABC):
         pretrained: str | None = None,
         **options: object,
     ) -> MultiViewBackbone:
-        """Build the `tiny` or `full` config; `pretrained` is a local diffusers folder."""
+        """Build the `tiny` or `full` config; `pretrained` is a local diffusers folder (the
+        model itself or a pipeline folder with `pretrained_subfolder`)."""
+        settings = cls.resolve_options(variant, in_channels, options)
+        if pretrained is None:
+            model = cls._new_model(variant, in_channels, settings)
+        else:
+            folder = resolve_diffusers_folder(pretrained, cls.pretrained_subfolder)
+            model = cls._load_model(folder, variant, settings)
+            if model.config.in_channels != in_channels:
+                raise CameoError(
+                    f"{folder}: {cls.model_class.__name__} has {model.config.in_channels} "
+                    f"input channels, the image codec needs {in_channels}"
+                )
+        backbone = cls._wrap(model, variant, settings)
+        backbone.record_build(variant, in_channels, settings)
+        return backbone
 
     @classmethod
     def resolve_options(
@@ -153,6 +177,24 @@ class MultiViewBackbone(nn.Module, ABC):
         if "downsample" in settings and settings["downsample"] is None:
             settings["downsample"] = 8 if in_channels == 4 else 1
         return settings
+
+    @classmethod
+    def _new_model(cls, variant: str, in_channels: int, settings: dict[str, object]) -> nn.Module:
+        """A freshly initialised `model_class` of `variant` for `in_channels` latents."""
+        raise NotImplementedError(f"{cls.__name__} uses `build` but defines no `_new_model`")
+
+    @classmethod
+    def _load_model(cls, folder: Path, variant: str, settings: dict[str, object]) -> nn.Module:
+        """The `model_class` saved in `folder` (every weight present); adapters that change
+        the loaded model or check its shape override this."""
+        return load_diffusers_model(cls.model_class, folder)
+
+    @classmethod
+    def _wrap(
+        cls, model: nn.Module, variant: str, settings: dict[str, object]
+    ) -> MultiViewBackbone:
+        """The adapter around `model` (hooks, processors, camera input) for `settings`."""
+        raise NotImplementedError(f"{cls.__name__} uses `build` but defines no `_wrap`")
 
     def record_build(self, variant: str, in_channels: int, options: dict[str, object]) -> None:
         """Remember how this backbone was built (written to `cameo_backbone.json`)."""
@@ -179,7 +221,7 @@ class MultiViewBackbone(nn.Module, ABC):
 
     def layers(self, resolution: int) -> list[LayerInfo]:
         """The layer table for square inputs of `resolution` pixels (image space)."""
-        table = []
+        table, default = [], self.default_layer
         for hook in self.hooks:
             attn = self.model.get_submodule(hook.path)
             table.append(
@@ -190,10 +232,17 @@ class MultiViewBackbone(nn.Module, ABC):
                     heads=attn.heads,
                     head_dim=attn.inner_dim // attn.heads,
                     multiview=hook.multiview,
-                    default=hook.index == self.default_layer,
+                    default=hook.index == default,
                 )
             )
         return table
+
+    @property
+    def default_layer(self) -> int:
+        """The spec's default layer; a config with fewer layers (`tiny`) keeps its relative
+        depth (the full config's layer 32 of 40 is the tiny one's 8 of 10)."""
+        full = len(self.spec.layer_paths)
+        return round(self.spec.default_layer * len(self.hooks) / full)
 
     @property
     def layer_paths(self) -> list[str]:

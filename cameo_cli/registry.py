@@ -34,6 +34,7 @@ class BackboneSpec:
     default_layer: int
     layer_paths: tuple[str, ...]  # hook locations of the full config, in layer order
     adapter: str  # "module:Class" of a `cameo_cli.backbone.MultiViewBackbone` subclass
+    per_view_layers: tuple[int, ...] = ()  # layers attending within each view; others: 3D
 
     @property
     def default_hook(self) -> str:

@@ -85,8 +85,7 @@ def inputs(batch: int, views: int, seed: int = 0):
 def test_full_layer_table_at_512(spec):
     with torch.device("meta"):
         model = spec.load_adapter().build("full")
-    table = model.layers(512)
-    assert [layer.path for layer in table] == list(spec.layer_paths)
+    table = model.layers(512)  # paths and flags against the spec: test_backbones_spec
     assert model.default_layer == spec.default_layer == 10
     ten = table[10]
     assert ten.path == "up_blocks.2.attentions.0.transformer_blocks.0.attn1" and ten.default

@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from cameo_cli.backbone import ViewConditioning
+from cameo_cli.registry import ENV_VARIABLE, discover
+from cameo_cli.testing import check_backbone_against_spec
 
 PLUGIN = Path(__file__).resolve().parents[1] / "plugins" / "cameo-example-backbone"
 SIZE = 32
@@ -46,13 +48,16 @@ def test_spec_module_does_not_import_torch():
     assert out.stdout.split() == ["example-dit", "transformer_blocks.22.attn1", "False"]
 
 
-def test_spec_matches_the_full_model(plugin):
+def test_spec_matches_the_full_model(plugin, monkeypatch):
     spec, dit = plugin
     assert spec.EXAMPLE_DIT.load_adapter() is dit.ExampleDiT
+    # what a plugin's own tests call: layer paths, default layer, multi-view flags
+    if "example-dit" not in discover():  # not installed: register it from its folder
+        monkeypatch.setenv(ENV_VARIABLE, "example-dit=cameo_example_backbone.spec:EXAMPLE_DIT")
+    check_backbone_against_spec("example-dit")
     with torch.device("meta"):
         full = dit.ExampleDiT.build("full", in_channels=4)
     table = full.layers(256)
-    assert tuple(info.path for info in table) == spec.EXAMPLE_DIT.layer_paths
     default = table[spec.EXAMPLE_DIT.default_layer]
     assert default.default and full.default_layer == 22
     assert default.grid == (16, 16) and (default.heads, default.head_dim) == (16, 72)

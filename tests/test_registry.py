@@ -196,16 +196,21 @@ def test_installed_plugins_real_and_broken(tmp_path):
         assert rows["broken"]["status"] == "broken"
         assert rows["broken"]["distribution"] == "cameo-broken-plugin"
         assert "this plugin is broken on purpose" in rows["broken"]["error"]
-        # every working backbone still builds (tiny) while the broken one is installed
+        # every working backbone still builds (tiny) while the broken one is installed, and
+        # matches its spec (the installed plugin included)
         code = (
             "from cameo_cli.registry import build_backbone, list_specs\n"
+            "from cameo_cli.testing import check_backbone_against_spec\n"
             "for spec in list_specs():\n"
             "    model = build_backbone(spec.name, 'tiny')\n"
             "    print('BUILT', spec.name, sum(p.numel() for p in model.parameters()))\n"
+            "    check_backbone_against_spec(spec.name)\n"
+            "    print('CHECKED', spec.name)\n"
         )
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
         assert out.returncode == 0, out.stderr
         assert out.stdout.count("BUILT") == len(rows) - 1
+        assert "CHECKED example-dit" in out.stdout
     finally:
         _pip("uninstall", "-y", "cameo-example-backbone", "cameo-broken-plugin")
     names = {row["name"] for row in _cli_json("backbones", "list")}

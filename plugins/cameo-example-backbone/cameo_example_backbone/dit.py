@@ -10,7 +10,9 @@ What a plugin adapter does, in order:
    reference mask) through a zero-initialised module (`zero_conv`; here a patch-embedding
    conv, `camera_patch_tokens`, whose tokens `added_to_output` adds to the DiT's patch
    tokens), so the camera input changes nothing at initialisation;
-5. implement `forward` with cameo's signature and `token_grid` for the layer table.
+5. implement `forward` with cameo's signature and `token_grid` for the layer table;
+6. name the registry `spec` and supply `_new_model` and `_wrap` (cameo's `build` does the
+   rest).
 
 The DiT is class-conditional; cameo has no classes, so every image gets the DiT's own
 learned "null class" (the row its classifier-free guidance drops labels to). The learned
@@ -24,58 +26,53 @@ import torch
 from diffusers import DiTTransformer2DModel
 
 from cameo_cli.attention import LayerHook, MultiViewAttnProcessor, add_qk_norm
-from cameo_cli.backbone import (
-    MultiViewBackbone,
-    ViewConditioning,
-    load_diffusers_model,
-    resolve_diffusers_folder,
-)
+from cameo_cli.backbone import MultiViewBackbone, ViewConditioning
 from cameo_cli.conditioning import (
     CAMERA_CONDITION_CHANNELS,
     added_to_output,
     camera_patch_tokens,
     zero_conv,
 )
-from cameo_cli.errors import CameoError
+from cameo_example_backbone.spec import EXAMPLE_DIT
 
+# DiT-XL/2 (facebook/DiT-XL-2-256): 28 blocks, 16 heads of 72, patch 2 (750 M parameters in
+# diffusers' layout, which keeps a timestep/label embedder per block).
+FULL_CONFIG = dict(
+    num_attention_heads=16,
+    attention_head_dim=72,
+    num_layers=28,
+    sample_size=32,
+    patch_size=2,
+    num_embeds_ada_norm=1000,
+)
+# The same architecture for CPU tests: 5 blocks, 4 heads of 16 (default layer 4: cameo keeps
+# the spec's relative depth, 22 of 28).
 CONFIGS = {
-    # DiT-XL/2 (facebook/DiT-XL-2-256): 28 blocks, 16 heads of 72, patch 2 (750 M parameters
-    # in diffusers' layout, which keeps a timestep/label embedder per block).
-    "full": dict(
-        num_attention_heads=16,
-        attention_head_dim=72,
-        num_layers=28,
-        sample_size=32,
-        patch_size=2,
-        num_embeds_ada_norm=1000,
-    ),
-    # The same architecture for CPU tests: 5 blocks, 4 heads of 16.
+    "full": FULL_CONFIG,
     "tiny": dict(
+        FULL_CONFIG,
         num_attention_heads=4,
         attention_head_dim=16,
         num_layers=5,
         sample_size=16,
-        patch_size=2,
         num_embeds_ada_norm=1,
     ),
 }
-DEFAULT_LAYERS = {"full": 22, "tiny": 4}  # relative depth 0.8 in both
 
 
 class ExampleDiT(MultiViewBackbone):
     """A DiT whose every `transformer_blocks.{i}.attn1` attends across the views."""
 
-    name = "example-dit"
+    spec = EXAMPLE_DIT  # name, layer paths and default layer (tests check it against the model)
+    model_class = DiTTransformer2DModel
+    pretrained_subfolder = "transformer"  # where a pipeline folder keeps the DiT
     # Every option `build` accepts, with its default; the recipe's `backbone.qk_norm` is
     # always passed. They are saved in cameo_backbone.json and passed again on loading.
     option_defaults: dict[str, object] = {"qk_norm": True, "downsample": None}
 
-    def __init__(
-        self, dit: DiTTransformer2DModel, *, default_layer: int, downsample: int, qk_norm: bool
-    ) -> None:
+    def __init__(self, dit: DiTTransformer2DModel, *, downsample: int, qk_norm: bool) -> None:
         super().__init__()
         self.model = dit
-        self.default_layer = default_layer
         self.downsample = downsample
         self.hooks = [
             LayerHook(index=i, path=f"transformer_blocks.{i}.attn1", multiview=True)
@@ -90,38 +87,23 @@ class ExampleDiT(MultiViewBackbone):
             CAMERA_CONDITION_CHANNELS, dit.inner_dim, patch, stride=patch
         )
 
+    # `MultiViewBackbone.build` checks the options, then makes a new model (`_new_model`) or
+    # loads `pretrained` (`_load_model`, by default diffusers' `model_class.from_pretrained`
+    # with every weight checked), checks its input channels and wraps it (`_wrap`).
     @classmethod
-    def build(
-        cls,
-        variant: str = "tiny",
-        *,
-        in_channels: int = 4,
-        pretrained: str | None = None,
-        **options: object,
-    ) -> ExampleDiT:
-        """`tiny` or `full` (DiT-XL/2); `pretrained`: a local diffusers DiT folder (the
-        transformer itself or a pipeline folder with `transformer/`)."""
-        settings = cls.resolve_options(variant, in_channels, options)  # checks both
-        if pretrained is not None:
-            folder = resolve_diffusers_folder(pretrained, "transformer")
-            dit = load_diffusers_model(DiTTransformer2DModel, folder)
-            if dit.config.in_channels != in_channels:
-                raise CameoError(
-                    f"{folder}: DiT has {dit.config.in_channels} input channels, "
-                    f"the image codec needs {in_channels}"
-                )
-        else:
-            dit = DiTTransformer2DModel(
-                **CONFIGS[variant], in_channels=in_channels, out_channels=2 * in_channels
-            )
-        backbone = cls(
-            dit,
-            default_layer=DEFAULT_LAYERS[variant],
-            downsample=int(settings["downsample"]),
-            qk_norm=bool(settings["qk_norm"]),
+    def _new_model(
+        cls, variant: str, in_channels: int, settings: dict[str, object]
+    ) -> DiTTransformer2DModel:
+        """`tiny` or `full` (DiT-XL/2), predicting noise and the learned variance."""
+        return DiTTransformer2DModel(
+            **CONFIGS[variant], in_channels=in_channels, out_channels=2 * in_channels
         )
-        backbone.record_build(variant, in_channels, settings)
-        return backbone
+
+    @classmethod
+    def _wrap(
+        cls, model: DiTTransformer2DModel, variant: str, settings: dict[str, object]
+    ) -> ExampleDiT:
+        return cls(model, downsample=int(settings["downsample"]), qk_norm=bool(settings["qk_norm"]))
 
     def model_additions(self) -> list[str]:
         """Modules added inside `model` (saved with cameo's extra weights, not diffusers')."""

@@ -1,4 +1,4 @@
-"""Multi-view self-attention for Hunyuan-DiT's `attn1` layers.
+"""Multi-view self-attention for Hunyuan-DiT's `attn1` layers (used by `backbones.hunyuan_dit`).
 
 Hunyuan-DiT's stock processor normalises q and k per head (LayerNorm) and rotates them with
 a 2D RoPE given as a `(cos, sin)` pair over one image's token grid. This processor does the
@@ -18,8 +18,7 @@ import torch
 from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import apply_rotary_emb
 
-from cameo_cli.attention.hooks import LayerHook
-from cameo_cli.attention.processor import multiview_attention
+from cameo_cli.attention import LayerHook, multiview_attention
 
 
 class HunyuanMultiViewProcessor:
