@@ -283,7 +283,7 @@ def quickstart_step_seconds(steps: int) -> dict[str, float]:
                 "quickstart-cpu", [f"alignment.method={method}", f"data.dataset={data}"]
             )
             dataset = open_dataset(recipe, needs_geometry=method == "cameo", split=TRAIN_SPLIT)
-            trainer = Trainer(recipe, Path(tmp) / method, accelerator, dataset)
+            trainer = Trainer.from_recipe(recipe, Path(tmp) / method, accelerator, dataset)
             trainer.prepared_model, optimizer = accelerator.prepare(
                 trainer.model, trainer.optimizer
             )
@@ -302,7 +302,7 @@ def quickstart_step_seconds(steps: int) -> dict[str, float]:
             for method, (trainer, optimizer, batches) in runs.items():
                 batch = next(batches)
                 start = time.perf_counter()
-                terms = trainer._micro_step(batch)
+                terms = trainer._loss_terms(batch)
                 accelerator.backward(terms["loss"])
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)

@@ -22,7 +22,6 @@ import torch
 from cameo_cli.alignment import CameoLoss
 from cameo_cli.backbone import ViewConditioning
 from cameo_cli.cameras import fov_to_focal, intrinsics_matrix, unproject_depth
-from cameo_cli.geometry import correspondence_targets
 from cameo_cli.registry import build_backbone
 from cameo_cli.train.model import CameoTrainingModel
 
@@ -85,12 +84,9 @@ def measure(args: argparse.Namespace, align: bool) -> tuple[float, float]:
     if align:
         heads = backbone.layers(args.resolution)[layer].heads
         alignment = CameoLoss(heads, head="mlp", loss="ce", chunk_size=args.chunk_size).to(device)
-    model = CameoTrainingModel(backbone, alignment, layer, grid).train()
+    model = CameoTrainingModel(backbone, alignment, layer, grid, epsilon=1.5).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2.5e-5, weight_decay=0.01)
     latents, timesteps, cond = make_batch(args.batch, 4, args.resolution, device)
-    targets = None
-    if align:
-        targets = correspondence_targets(cond.point_map, cond.point_valid, grid, epsilon=1.5)
     target_views = ~cond.ref_mask
     times = []
     if device.type == "cuda":
@@ -100,7 +96,7 @@ def measure(args: argparse.Namespace, align: bool) -> tuple[float, float]:
             torch.cuda.synchronize(device)
         start = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-            prediction, cameo = model(latents, timesteps, cond, targets)
+            prediction, cameo = model(latents, timesteps, cond, cond.point_map, cond.point_valid)
         denoise = (prediction.float() - latents)[target_views].pow(2).mean()
         loss = denoise if cameo is None else denoise + 0.02 * cameo
         loss.backward()

@@ -18,10 +18,10 @@ import re
 import tempfile
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -68,10 +68,13 @@ class DiffusionConfig:
     snr_rescale: bool = False
 
 
+LayerChoice = int | Literal["auto"] | None  # a layer number, diagnose's pick, the default
+
+
 @dataclass
 class AlignmentConfig:
     method: str = "cameo"  # "cameo" or "none" (the baseline)
-    layer: int | str | None = None  # None = backbone default; "auto" = diagnose's recommendation
+    layer: int | str | None = None  # a LayerChoice: None = default, "auto" = diagnose's pick
     weight: float = 0.02  # lambda
     epsilon: float = 1.5  # cycle-consistency threshold in token units; .inf disables the mask
     loss: str = "ce"  # "ce" or "l1"
@@ -559,6 +562,12 @@ def apply_override(recipe: Recipe, override: str) -> Recipe:
         value = text.strip()  # a name or path that YAML read as a number: keep the text
     if dataclasses.is_dataclass(tp) and isinstance(value, dict):  # merge into the section
         value = _merged(recipe_to_dict(recipe), key.split("."), value)
+    return _with_value(recipe, key, value, source)
+
+
+def _with_value(recipe: Recipe, key: str, value: Any, source: _Source) -> Recipe:
+    """A copy of `recipe` with the field `key` set to `value` (type-checked, not parsed)."""
+    tp = _field_at(key, source)
     converted = _convert(value, tp, key, source)
     _check_choice(converted, key, source)
     updated = copy.deepcopy(recipe)
@@ -639,8 +648,14 @@ def _resolve(name_or_path: str | os.PathLike) -> Path:
     return path
 
 
-def load_recipe(name_or_path: str | os.PathLike, overrides: Sequence[str] = ()) -> Recipe:
-    """Load a recipe from a YAML file or by shipped name, then apply `--set` overrides."""
+def load_recipe(
+    name_or_path: str | os.PathLike,
+    overrides: Sequence[str] = (),
+    values: Mapping[str, tuple[str, Any]] | None = None,
+) -> Recipe:
+    """Load a recipe from a YAML file or by shipped name, then apply `--set` overrides, then
+    `values`: typed values of command-line flags, `{dotted key: (flag, value)}` (e.g.
+    `{"alignment.layer": ("--layer", 10)}`), set as given, not parsed from text."""
     path = _resolve(name_or_path)
     data, lines = _parse_yaml_file(path)
     file_source = _Source(str(path), lines)
@@ -650,6 +665,10 @@ def load_recipe(name_or_path: str | os.PathLike, overrides: Sequence[str] = ()) 
         recipe = apply_override(recipe, override)
         key = override.partition("=")[0].strip()
         override_sources[key] = _Source(f"--set {override}", override_key=key)
+    for key, (flag, value) in (values or {}).items():
+        source = _Source(f"{flag} {value}", override_key=key)
+        recipe = _with_value(recipe, key, value, source)
+        override_sources[key] = source
 
     def source_of(path: str) -> _Source:
         for key, source in reversed(override_sources.items()):

@@ -19,7 +19,7 @@ from cameo_cli import cameras, registry
 from cameo_cli.backbone import ViewConditioning
 from cameo_cli.config import load_recipe
 from cameo_cli.errors import CameoError
-from cameo_cli.train.setup import check_backbone_and_layer, resolve_layer
+from cameo_cli.train.plan import check_recipe, resolve_layer
 
 PLUGIN = Path(__file__).resolve().parents[1] / "plugins" / "cameo-example-backbone"
 PLUGIN_NAME = "example-dit"
@@ -121,7 +121,7 @@ def test_layer_out_of_range_names_the_valid_range(name: str):
         [f"backbone.name={name}", "backbone.variant=full", f"alignment.layer={count}"],
     )
     with pytest.raises(CameoError, match=rf"layer {count} is outside .*valid: 0-{count - 1}\b"):
-        check_backbone_and_layer(full)
+        check_recipe(full)
 
     backbone = registry.build_backbone(name, "tiny", in_channels=4)
     layers = len(backbone.hooks)

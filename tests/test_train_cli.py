@@ -79,7 +79,7 @@ def test_layer_auto_reads_the_diagnose_recommendation(tmp_path, monkeypatch):
     from cameo_cli.diagnose import write_recommended_layer
     from cameo_cli.errors import CameoError
     from cameo_cli.registry import build_backbone
-    from cameo_cli.train.setup import resolve_layer
+    from cameo_cli.train.plan import resolve_layer
 
     monkeypatch.setenv("CAMEO_HOME", str(tmp_path))
     recipe = load_recipe("quickstart-cpu", ["alignment.layer=auto"])

@@ -43,7 +43,7 @@ recipe = load_recipe(
 accelerator = Accelerator(cpu=True)
 try:
     dataset = open_dataset(recipe, needs_geometry=True, split="train")
-    trainer = Trainer(recipe, run, accelerator, dataset)
+    trainer = Trainer.from_recipe(recipe, run, accelerator, dataset)
     trainer.run(None, overwrite=False, command=sys.argv)
     weights = {k: v.detach().contiguous() for k, v in trainer.model.state_dict().items()}
     info = {"backend": dist.get_backend(), "world_size": str(dist.get_world_size())}

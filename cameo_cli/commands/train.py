@@ -9,16 +9,22 @@ from pathlib import Path
 
 import click
 
+from cameo_cli.config import LayerChoice
+
 PAPER_RECIPE = "{backbone}-re10k"  # the paper's recipe of each built-in backbone
 
 
-def _layer_value(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+def _layer_value(ctx: click.Context, param: click.Parameter, value: str | None) -> LayerChoice:
+    """`--layer`: a layer number, "auto" (diagnose's pick) or None (the backbone's default)."""
     if value is None or value == "auto":
         return value
     try:
-        return str(int(value))
+        layer = int(value)
     except ValueError:
         raise click.BadParameter("a layer number or 'auto'") from None
+    if layer < 0:
+        raise click.BadParameter(f"a layer number or 'auto' (>= 0), got {layer}")
+    return layer
 
 
 @click.command()
@@ -63,7 +69,7 @@ def _layer_value(ctx: click.Context, param: click.Parameter, value: str | None) 
 def train(
     recipe_name: str | None,
     backbone: str | None,
-    layer: str | None,
+    layer: LayerChoice,
     align: str | None,
     dataset: Path | None,
     overrides: tuple[str, ...],
@@ -83,20 +89,17 @@ def train(
     from cameo_cli.registry import get_spec
     from cameo_cli.train.checkpoint import resolve_checkpoint
     from cameo_cli.train.loop import run_training
-    from cameo_cli.train.setup import check_backbone_and_layer
 
     if backbone is not None:
         get_spec(backbone)  # an unknown name is reported before any recipe is read
-    flags = list(overrides)
-    for key, value in (
-        ("backbone.name", backbone),
-        ("alignment.layer", layer),
-        ("alignment.method", align),
-        ("data.dataset", dataset),
-        ("train.steps", steps),
-    ):
-        if value is not None:
-            flags.append(f"{key}={value}")
+    flags = {
+        "backbone.name": ("--backbone", backbone),
+        "alignment.layer": ("--layer", layer),
+        "alignment.method": ("--align", align),
+        "data.dataset": ("--dataset", None if dataset is None else str(dataset)),
+        "train.steps": ("--steps", steps),
+    }
+    values = {key: flag for key, flag in flags.items() if flag[1] is not None}
     if recipe_name is None and resume is not None:
         if output is None and resume == "latest":
             raise CameoError("--resume latest needs --output RUN (the run to continue)")
@@ -104,8 +107,7 @@ def train(
         recipe_name = str(source / "config.yaml")
     elif recipe_name is None:
         recipe_name = PAPER_RECIPE.format(backbone=backbone or "cat3d")
-    recipe = load_recipe(recipe_name, flags)
-    check_backbone_and_layer(recipe)
+    recipe = load_recipe(recipe_name, overrides, values)
     if output is None:
         if resume is not None and resume != "latest":
             raise CameoError("--resume PATH needs --output RUN (where the run continues)")

@@ -1,4 +1,6 @@
-"""The training loop on accelerate: one optimizer step = `_micro_step` × grad accumulation.
+"""The training loop on accelerate: one optimizer step = `train_step` over its accumulation
+window, each micro-batch a `forward_backward`; checkpoints, validation and logging decide
+their own cadence (`components`). The run is resolved before the Trainer exists (`plan`).
 
 `L = L_denoise + λ·L_cameo` at every timestep (`--align none`: `L_denoise` only). Single
 process, DDP over GPUs/nodes or two CPU processes (gloo, `torchrun`) run the same code.
@@ -6,9 +8,7 @@ process, DDP over GPUs/nodes or two CPU processes (gloo, `torchrun`) run the sam
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -20,18 +20,15 @@ from cameo_cli.config import Recipe, dump_recipe
 from cameo_cli.errors import CameoError
 from cameo_cli.train import checkpoint as ckpt
 from cameo_cli.train import rundir
+from cameo_cli.train.components import Cadence, Checkpointer, TrainLogger, Validator
 from cameo_cli.train.data import make_loader
 from cameo_cli.train.ema import ExponentialMovingAverage
 from cameo_cli.train.metrics import MetricsLogger
 from cameo_cli.train.model import CameoTrainingModel
 from cameo_cli.train.objective import add_training_noise, denoising_loss
+from cameo_cli.train.plan import RunPlan, check_recipe, needs_geometry, plan_run
 from cameo_cli.train.progress import TrainingProgress
-from cameo_cli.train.setup import (
-    alignment_setup,
-    build_training_backbone,
-    check_backbone_and_layer,
-    open_dataset,
-)
+from cameo_cli.train.setup import build_training_backbone, open_dataset
 from cameo_cli.train.validation import (
     conditioning,
     one_step_views,
@@ -74,10 +71,8 @@ def run_training(
     """Train `recipe` into the run folder `output`; return the last checkpoint folder."""
     output = Path(output)
     resume_from = rundir.resolve_resume(output, overwrite=overwrite, resume=resume)
-    check_backbone_and_layer(recipe)
-    dataset = open_dataset(
-        recipe, needs_geometry=recipe.alignment.method == "cameo", split=TRAIN_SPLIT
-    )
+    check_recipe(recipe)
+    dataset = open_dataset(recipe, needs_geometry=needs_geometry(recipe), split=TRAIN_SPLIT)
     train = recipe.train
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
@@ -85,51 +80,63 @@ def run_training(
         gradient_accumulation_steps=train.grad_accumulation,
     )
     try:
-        trainer = Trainer(recipe, output, accelerator, dataset)
+        trainer = Trainer.from_recipe(recipe, output, accelerator, dataset)
         return trainer.run(resume_from, overwrite=overwrite, command=command or [])
     finally:
         accelerator.end_training()
 
 
 class Trainer:
-    """Everything one training run holds; `run` builds it and steps until `train.steps`."""
+    """Everything one training run holds; `run` steps it until `train.steps`."""
 
-    def __init__(
-        self, recipe: Recipe, output: Path, accelerator: Accelerator, dataset: Dataset
-    ) -> None:
+    @classmethod
+    def from_recipe(
+        cls, recipe: Recipe, output: Path, accelerator: Accelerator, dataset: Dataset
+    ) -> Trainer:
+        """Build the codec and the backbone, resolve the run's plan, then the Trainer."""
         from cameo_cli.codec import load_codec
-        from cameo_cli.diffusion import make_train_scheduler
 
         if accelerator.distributed_type in SHARDED:
             raise CameoError(
                 f"{accelerator.distributed_type.value}: cameo's checkpoints need full (unsharded) "
                 "weights and optimizer state; train with DDP (multi-GPU accelerate config)"
             )
+        torch.manual_seed(recipe.train.seed)
+        codec = load_codec(recipe.codec).to(accelerator.device)
+        backbone = build_training_backbone(recipe, codec.channels)
+        backbone.set_num_views(recipe.data.num_views)
+        return cls(plan_run(recipe, backbone), backbone, codec, output, accelerator, dataset)
+
+    def __init__(
+        self,
+        plan: RunPlan,
+        backbone,
+        codec,
+        output: Path,
+        accelerator: Accelerator,
+        dataset: Dataset,
+    ) -> None:
+        from cameo_cli.diffusion import make_train_scheduler
+
+        recipe = plan.recipe
+        self.plan = plan
         self.recipe = recipe
         self.output = output
         self.accelerator = accelerator
         self.device = accelerator.device
-        self.cameo = recipe.alignment.method == "cameo"
         self.dataset = dataset
-        torch.manual_seed(recipe.train.seed)
-        self.codec = load_codec(recipe.codec).to(self.device)
+        self.codec = codec
         self.scheduler = make_train_scheduler(recipe.diffusion)
-        backbone = build_training_backbone(recipe, self.codec.channels)
-        backbone.set_num_views(recipe.data.num_views)
         alignment = None
-        layer, grid = backbone.default_layer, (0, 0)
-        if self.cameo:
+        if plan.cameo:
             from cameo_cli.alignment import CameoLoss
 
-            setup = alignment_setup(recipe, backbone)
-            layer, grid = setup.layer, setup.grid
             a = recipe.alignment
-            alignment = CameoLoss(setup.heads, head=a.head, loss=a.loss, chunk_size=a.chunk_size)
-            self.recipe = dataclasses.replace(
-                recipe, alignment=dataclasses.replace(recipe.alignment, layer=layer)
-            )
+            alignment = CameoLoss(plan.heads, head=a.head, loss=a.loss, chunk_size=a.chunk_size)
         self.validation_batch = self._validation_batch()
-        self.model = CameoTrainingModel(backbone, alignment, layer, grid).to(self.device)
+        self.model = CameoTrainingModel(
+            backbone, alignment, plan.layer, plan.grid, recipe.alignment.epsilon
+        ).to(self.device)
         self.ema = (
             ExponentialMovingAverage(self.model, recipe.train.ema_decay)
             if recipe.train.ema
@@ -148,6 +155,11 @@ class Trainer:
         self.checkpoints = ckpt.CheckpointManager(
             output / ckpt.CHECKPOINTS, recipe.train.keep_checkpoints
         )
+        train = recipe.train
+        self.checkpointer = Checkpointer(
+            Cadence(train.checkpoint_every, train.steps), lambda step: self.save_checkpoint()
+        )
+        self.validator = Validator(Cadence(train.validate_every, train.steps), self._validate)
         self.step = 0
         self.data_position = 0
         self.last_lr = recipe.train.learning_rate
@@ -173,15 +185,17 @@ class Trainer:
             rundir.write_meta(self.output, command, self.accelerator.num_processes, resume_from)
         self.accelerator.wait_for_everyone()
 
+    def _optimizer_state(self) -> dict:
+        """What a checkpoint's training state holds besides the weights and counters."""
+        return {"optimizer": self.optimizer, "lr_scheduler": self.lr_scheduler, "ema": self.ema}
+
     def _restore(self, folder: Path) -> None:
         progress = ckpt.restore_training_state(
             folder,
             model=self.model,
-            optimizer=self.optimizer,
-            lr_scheduler=self.lr_scheduler,
-            ema=self.ema,
             generators={"train": self.generator},
             rank=self.accelerator.process_index,
+            **self._optimizer_state(),
         )
         if progress["world_size"] != self.accelerator.num_processes:
             log.warning(
@@ -195,39 +209,41 @@ class Trainer:
         self.data_position = progress["data_position"]["global_batches"]
 
     # -- one step ---------------------------------------------------------------------------
-    def _micro_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Forward one micro-batch; return the loss terms (`loss` is what is optimised)."""
-        device, train = self.device, self.recipe.train
+    def _loss_terms(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`L = L_denoise + weight * L_cameo` of one micro-batch and its terms (`loss`)."""
+        device, recipe = self.device, self.recipe
+        # The one place that reads the batch's fields (conditioning reads the cameras).
         images = batch["images"].to(device)
         ref_mask = batch["ref_mask"].to(device)
+        geometry = (
+            [batch[k].to(device) for k in ("point_map", "point_valid")] if self.plan.cameo else []
+        )
         b, f = images.shape[:2]
         with torch.no_grad():
             latents = self.codec.encode(images.flatten(0, 1)).unflatten(0, (b, f))
         noised = add_training_noise(self.scheduler, latents, ref_mask, self.generator)
-        drop = torch.rand(b, generator=self.generator, device=device) < train.camera_drop
+        drop = torch.rand(b, generator=self.generator, device=device) < recipe.train.camera_drop
         cond = conditioning(batch, device, drop_camera=drop)
-        correspondence = None
-        if self.cameo:
-            from cameo_cli.geometry import correspondence_targets
-
-            correspondence = correspondence_targets(
-                batch["point_map"].to(device),
-                batch["point_valid"].to(device),
-                self.model.grid,
-                epsilon=self.recipe.alignment.epsilon,
-            )
         prediction, cameo = self.prepared_model(
-            noised.noisy, noised.timesteps.float(), cond, correspondence
+            noised.noisy, noised.timesteps.float(), cond, *geometry
         )
         denoise = denoising_loss(
-            prediction, noised, ref_mask, self.scheduler, self.recipe.diffusion.snr_rescale
+            prediction, noised, ref_mask, self.scheduler, recipe.diffusion.snr_rescale
         )
         terms = {"denoise": denoise}
         loss = denoise
         if cameo is not None:
             terms["cameo"] = cameo
-            loss = denoise + self.recipe.alignment.weight * cameo
+            loss = denoise + recipe.alignment.weight * cameo
         terms["loss"] = loss
+        return terms
+
+    def forward_backward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Forward and backward of one micro-batch; return its loss terms. A loss that is not
+        finite stops the run (`TrainingDiverged`) before the backward."""
+        terms = self._loss_terms(batch)
+        self._check_finite(terms)
+        self.accelerator.backward(terms["loss"])
         return terms
 
     def _check_finite(self, terms: dict[str, torch.Tensor]) -> None:
@@ -242,7 +258,27 @@ class Trainer:
                 "train.mixed_precision=bf16/no, then --resume latest)"
             )
 
-    # -- checkpoint, validation, logging ------------------------------------------------------
+    def train_step(self) -> list[dict[str, float]]:
+        """One optimizer step: pull the accumulation window's micro-batches, forward-backward
+        each, then step optimizer, LR scheduler and EMA. Returns each micro-batch's terms."""
+        accelerator, train = self.accelerator, self.recipe.train
+        window = []
+        for _ in range(train.grad_accumulation):
+            with accelerator.accumulate(self.prepared_model):
+                terms = self.forward_backward(self.next_batch())
+                if accelerator.sync_gradients and train.grad_clip > 0:
+                    accelerator.clip_grad_norm_(self.model.parameters(), train.grad_clip)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            window.append({name: value.detach().item() for name, value in terms.items()})
+        self.last_lr = self.optimizer.param_groups[0]["lr"]
+        self.lr_scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
+        return window
+
+    # -- checkpoint, validation ---------------------------------------------------------------
     def save_checkpoint(self) -> Path:
         accelerator = self.accelerator
         if accelerator.is_main_process:
@@ -256,12 +292,10 @@ class Trainer:
             dump_recipe(self.recipe, folder / rundir.CONFIG)
             ckpt.save_training_state(
                 folder,
-                optimizer=self.optimizer,
-                lr_scheduler=self.lr_scheduler,
-                ema=self.ema,
                 step=self.step,
                 data_position={"global_batches": self.data_position},
                 world_size=accelerator.num_processes,
+                **self._optimizer_state(),
             )
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
@@ -269,9 +303,9 @@ class Trainer:
         accelerator.wait_for_everyone()
         return self.checkpoints.root / ckpt.checkpoint_name(self.step)
 
-    def _validate(self, metrics: MetricsLogger | None) -> None:
+    def _validate(self, step: int) -> None:
         """Main process: sampled and one-step target views of the validation batch."""
-        if metrics is None:
+        if not self.accelerator.is_main_process:
             return
         from cameo_cli.sample.pipeline import MultiViewPipeline
 
@@ -296,9 +330,9 @@ class Trainer:
         model.train()
         truth = (batch["images"] + 1) / 2
         grid = torch.stack([truth, sampled, one_step], dim=1)
-        save_grid(grid, self.output / rundir.SAMPLES / f"step-{self.step:06d}.png")
-        metrics.log(
-            self.step,
+        save_grid(grid, self.output / rundir.SAMPLES / f"step-{step:06d}.png")
+        self.logger.metrics.log(
+            step,
             {"val/psnr": target_psnr(sampled, batch), "val/psnr_x0": target_psnr(one_step, batch)},
         )
 
@@ -327,28 +361,8 @@ class Trainer:
         self.data_position += 1
         return next(self._batches)
 
-    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Forward + backward of one micro-batch; at the end of a gradient accumulation the
-        optimizer, LR scheduler and EMA step and `self.step` advances. Returns the terms."""
-        accelerator, train = self.accelerator, self.recipe.train
-        with accelerator.accumulate(self.prepared_model):
-            terms = self._micro_step(batch)
-            self._check_finite(terms)
-            accelerator.backward(terms["loss"])
-            if accelerator.sync_gradients and train.grad_clip > 0:
-                accelerator.clip_grad_norm_(self.model.parameters(), train.grad_clip)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        if accelerator.sync_gradients:
-            self.last_lr = self.optimizer.param_groups[0]["lr"]
-            self.lr_scheduler.step()
-            if self.ema is not None:
-                self.ema.update(self.model)
-            self.step += 1
-        return {name: value.detach().item() for name, value in terms.items()}
-
     def run(self, resume_from: Path | None, *, overwrite: bool, command: list[str]) -> Path:
-        """Train until `train.steps`; log, validate and checkpoint on the way."""
+        """Train until `train.steps`; the components log, validate and checkpoint on the way."""
         accelerator, train = self.accelerator, self.recipe.train
         self.start(resume_from, overwrite=overwrite, command=command)
         if self.step >= train.steps and resume_from is not None:
@@ -360,35 +374,23 @@ class Trainer:
                 self.output / rundir.TENSORBOARD,
                 resumed_at=None if resume_from is None else self.step,
             )
-        sums: dict[str, float] = defaultdict(float)
-        count = 0
-        last_saved = None
+        self.logger = TrainLogger(Cadence(train.log_every, train.steps), metrics)
         try:
             with TrainingProgress(train.steps, self.step, accelerator.is_main_process) as bar:
                 while self.step < train.steps:
-                    before = self.step
-                    for name, value in self.train_step(self.next_batch()).items():
-                        sums[name] += value
-                    count += 1
-                    if self.step == before:  # inside a gradient accumulation
-                        continue
-                    averages = self._reduce({k: v / count for k, v in sums.items()})
+                    for terms in self.train_step():
+                        self.logger.add(terms)
+                    averages = self._reduce(self.logger.averages())
                     bar.update(self.step, averages)
-                    if self.step % train.log_every == 0 or self.step == train.steps:
-                        if metrics is not None:
-                            averages["lr"] = self.last_lr
-                            averages["steps_per_s"] = bar.steps_per_second(self.step)
-                            metrics.log(self.step, averages)
-                        sums.clear()
-                        count = 0
-                    if self.step % train.validate_every == 0 or self.step == train.steps:
-                        self._validate(metrics)
-                    if self.step % train.checkpoint_every == 0 or self.step == train.steps:
-                        last_saved = self.save_checkpoint()
+                    if self.logger.should_log(self.step):
+                        averages["lr"] = self.last_lr
+                        averages["steps_per_s"] = bar.steps_per_second(self.step)
+                        self.logger.log(self.step, averages)
+                    self.validator.maybe_validate(self.step)
+                    self.checkpointer.maybe_save(self.step)
         finally:
-            if metrics is not None:
-                metrics.close()
-        return last_saved or self.save_checkpoint()
+            self.logger.close()
+        return self.checkpointer.last_saved or self.checkpointer.save(self.step)
 
     def _reduce(self, values: dict[str, float]) -> dict[str, float]:
         """Average loss terms over processes."""

@@ -1,11 +1,10 @@
-"""Turn a recipe into the pieces of a run: backbone, layer, dataset, alignment head.
+"""Open the pieces a training run is built from: the recipe's backbone and its dataset.
 
-Every check that can fail on user input runs here, before any training starts.
+The supervised layer and what the dataset must hold are resolved in `plan`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from torch.utils.data import Dataset
@@ -19,26 +18,6 @@ PREPARE_HINT = (
     "`cameo prepare dtu ... --geometry depth` or `cameo prepare re10k ... --geometry vggt "
     "--vggt-weights DIR`; or train the baseline with --align none"
 )
-
-
-def check_backbone_and_layer(recipe: Recipe) -> None:
-    """Fail fast, before building anything: unknown backbone, layer outside the full config,
-    options training does not support."""
-    from cameo_cli.registry import get_spec
-
-    if recipe.codec.cache_latents:
-        raise CameoError(
-            "codec.cache_latents: training does not cache latents (views are drawn and cropped "
-            "afresh every epoch); set it to false"
-        )
-    spec = get_spec(recipe.backbone.name)
-    layer = recipe.alignment.layer
-    count = len(spec.layer_paths)
-    if recipe.backbone.variant == "full" and isinstance(layer, int) and not 0 <= layer < count:
-        raise CameoError(
-            f"layer {layer} is outside backbone '{spec.name}' (valid: 0-{count - 1}, "
-            f"default {spec.default_layer})"
-        )
 
 
 def build_training_backbone(recipe: Recipe, in_channels: int) -> MultiViewBackbone:
@@ -56,27 +35,6 @@ def build_training_backbone(recipe: Recipe, in_channels: int) -> MultiViewBackbo
     if config.gradient_checkpointing:
         backbone.enable_gradient_checkpointing()
     return backbone
-
-
-def resolve_layer(recipe: Recipe, backbone: MultiViewBackbone) -> int:
-    """alignment.layer: None = the backbone's default, "auto" = diagnose's recommendation."""
-    layer = recipe.alignment.layer
-    if layer is None:
-        return backbone.default_layer
-    if layer == "auto":
-        from cameo_cli.diagnose import read_recommended_layer
-
-        layer = read_recommended_layer(recipe.backbone.name, recipe.backbone.variant)
-    if isinstance(layer, str):
-        raise CameoError(f"alignment.layer must be a layer number, 'auto' or null, got {layer!r}")
-    backbone.check_layer(layer)
-    if layer not in backbone.multiview_layers:
-        views = ", ".join(str(i) for i in sorted(backbone.multiview_layers))
-        raise CameoError(
-            f"layer {layer} of backbone '{backbone.name}' attends within each view only, so "
-            f"CAMEO cannot supervise it; choose a multi-view layer ({views})"
-        )
-    return layer
 
 
 def open_dataset(recipe: Recipe, *, needs_geometry: bool, split: str | None) -> Dataset:
@@ -100,20 +58,3 @@ def open_dataset(recipe: Recipe, *, needs_geometry: bool, split: str | None) -> 
             f"{root}: the dataset has no point maps, which --align cameo needs; {PREPARE_HINT}"
         )
     return dataset
-
-
-@dataclass
-class AlignmentSetup:
-    layer: int
-    grid: tuple[int, int]  # token grid of the layer per view
-    heads: int
-
-
-def alignment_setup(recipe: Recipe, backbone: MultiViewBackbone) -> AlignmentSetup:
-    """Layer, its token grid at the recipe's resolution and its number of heads."""
-    layer = resolve_layer(recipe, backbone)
-    size = recipe.data.resolution
-    info = backbone.layers(size)[layer]
-    return AlignmentSetup(
-        layer=layer, grid=backbone.token_grid(layer, (size, size)), heads=info.heads
-    )
