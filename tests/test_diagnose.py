@@ -13,10 +13,10 @@ from cameo_cli.diagnose.job import (
     default_recipe,
     evaluation_views,
     layer_precision,
+    open_diagnose_dataset,
     over_training_layer,
 )
 from cameo_cli.diagnose.job import load_model as load_diagnosed_model
-from cameo_cli.diagnose.job import open_dataset as open_diagnose_dataset
 from cameo_cli.diagnose.precision import (
     ROTATION_BINS,
     Radii,

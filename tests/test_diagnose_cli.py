@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cameo_cli.cli import main
-from cameo_cli.diagnose import read_recommended_layer
 from cameo_cli.errors import CameoError
+from cameo_cli.layers import read_recommended_layer
 
 
 def prepared(root: Path, scenes: int, geometry: str) -> Path:

@@ -10,8 +10,8 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from cameo_cli.errors import CameoError
-from cameo_cli.evaluate.lpips import LPIPS, default_backbone_path
-from cameo_cli.evaluate.metrics import psnr, ssim
+from cameo_cli.image_metrics import psnr, ssim
+from cameo_cli.lpips import LPIPS, default_backbone_path
 
 
 def random_pairs(count: int = 4, size: tuple[int, int] = (37, 45)) -> tuple[torch.Tensor, ...]:

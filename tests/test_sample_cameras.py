@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from cameo_cli import cameras
-from cameo_cli.errors import CameoError
-from cameo_cli.sample.camera_files import (
+from cameo_cli.camera_files import (
     CameraSet,
     match_cameras,
     read_cameras,
@@ -19,6 +18,7 @@ from cameo_cli.sample.camera_files import (
     to_nerfstudio,
     to_re10k,
 )
+from cameo_cli.errors import CameoError
 from cameo_cli.sample.trajectories import (
     interpolate,
     look_at_center,

@@ -14,8 +14,8 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
+from cameo_cli.camera_files import CameraSet, read_cameras, to_cameo_json, to_re10k
 from cameo_cli.cli import main
-from cameo_cli.sample.camera_files import CameraSet, read_cameras, to_cameo_json, to_re10k
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ from cameo_cli.codec import PixelCodec
 from cameo_cli.config import DiffusionConfig
 from cameo_cli.diffusion import make_sampler
 from cameo_cli.errors import CameoError
-from cameo_cli.sample.pipeline import MultiViewPipeline
+from cameo_cli.pipeline import MultiViewPipeline
 
 DIFFUSION = DiffusionConfig(prediction="v_prediction", zero_terminal_snr=True)
 

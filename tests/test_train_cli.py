@@ -76,8 +76,8 @@ def test_layer_must_be_a_number_or_auto(layer):
 
 def test_layer_auto_reads_the_diagnose_recommendation(tmp_path, monkeypatch):
     from cameo_cli.config import load_recipe
-    from cameo_cli.diagnose import write_recommended_layer
     from cameo_cli.errors import CameoError
+    from cameo_cli.layers import write_recommended_layer
     from cameo_cli.registry import build_backbone
     from cameo_cli.train.plan import resolve_layer
 

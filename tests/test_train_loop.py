@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cameo_cli.checkpoints import load_for_inference
 from cameo_cli.config import load_recipe
-from cameo_cli.train.checkpoint import load_for_inference
 from cameo_cli.train.loop import TrainingDiverged, run_training
 
 

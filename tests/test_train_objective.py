@@ -7,8 +7,9 @@ import torch
 
 from cameo_cli.config import DiffusionConfig
 from cameo_cli.diffusion import make_train_scheduler
+from cameo_cli.image_metrics import psnr
 from cameo_cli.train.objective import add_training_noise, denoising_loss
-from cameo_cli.train.validation import predicted_x0, psnr
+from cameo_cli.train.validation import predicted_x0
 
 
 @pytest.fixture(params=["v_prediction", "epsilon"])

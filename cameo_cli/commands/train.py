@@ -84,10 +84,10 @@ def train(
     train ...` (DDP from your accelerate config); two CPU processes: `torchrun
     --nproc_per_node 2 -m cameo_cli train ...`.
     """
+    from cameo_cli.checkpoints import resolve_checkpoint
     from cameo_cli.config import load_recipe
     from cameo_cli.errors import CameoError
     from cameo_cli.registry import get_spec
-    from cameo_cli.train.checkpoint import resolve_checkpoint
     from cameo_cli.train.loop import run_training
 
     if backbone is not None:

@@ -39,18 +39,31 @@ if TYPE_CHECKING:
 POLICIES = ("random", "even")
 
 
-def load_eval_index(root: str | os.PathLike) -> dict[str, dict[str, list[int]]]:
-    """Read ``root/eval_index.json``: ``{scene: {"context": [...], "target": [...]}}``."""
-    path = Path(root) / "eval_index.json"
+def load_eval_index(location: str | os.PathLike) -> dict[str, dict[str, list[int]]]:
+    """Read an evaluation index ``{scene: {"context": [...], "target": [...]}}``: the file
+    ``location``, or ``location/eval_index.json`` of a prepared dataset folder. Every entry
+    must hold non-empty lists of frame indices (integers)."""
+    location = Path(location)
+    path = location / "eval_index.json" if location.is_dir() else location
     if not path.is_file():
-        raise CameoError(f"{path}: not found; `cameo prepare` writes it next to index.json")
+        raise CameoError(f"{path}: evaluation index not found (`cameo prepare` writes one)")
     try:
         views = json.loads(path.read_text())
-    except ValueError as exc:
+    except (ValueError, UnicodeDecodeError) as exc:
         raise CameoError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(views, dict):
+        raise CameoError(f"{path}: expected a {{scene: {{context, target}}}} object")
     for scene, entry in views.items():
-        if not isinstance(entry, dict) or not entry.get("context") or "target" not in entry:
-            raise CameoError(f"{path}: scene {scene!r} needs non-empty 'context' and 'target'")
+        lists = isinstance(entry, dict) and all(
+            isinstance(entry.get(key), list)
+            and entry[key]
+            and all(isinstance(f, int) and not isinstance(f, bool) for f in entry[key])
+            for key in ("context", "target")
+        )
+        if not lists:
+            raise CameoError(
+                f"{path}: scene {scene!r} needs non-empty integer lists 'context' and 'target'"
+            )
     return views
 
 

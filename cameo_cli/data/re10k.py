@@ -62,6 +62,24 @@ def camera_from_values(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return K, w2c
 
 
+def parse_pose_line(line: str) -> tuple[int, np.ndarray, np.ndarray]:
+    """One pose line "timestamp fx fy cx cy k1 k2 + 3x4 w2c" -> (timestamp in µs,
+    normalised K [3, 3], w2c [4, 4]); a malformed line raises ValueError saying why."""
+    fields = line.split()
+    if len(fields) != 19:
+        raise ValueError(
+            "expected 19 numbers (timestamp fx fy cx cy k1 k2 + 3x4 world-to-camera), "
+            f"got {len(fields)}"
+        )
+    try:
+        timestamp = int(fields[0])
+        values = np.array([float(x) for x in fields[1:]], dtype=np.float64)
+    except ValueError:
+        raise ValueError("not a number") from None
+    K, w2c = camera_from_values(values)
+    return timestamp, K, w2c
+
+
 def parse_pose_file(path: Path) -> tuple[str, list[PoseLine], list[Skip]]:
     """Read a camera file: (video URL, pose lines, malformed lines with their reasons)."""
     try:
@@ -76,18 +94,11 @@ def parse_pose_file(path: Path) -> tuple[str, list[PoseLine], list[Skip]]:
         if not line.strip():
             continue
         position += 1
-        fields = line.split()
-        where = f"{path.stem}/line {number}"
-        if len(fields) != 19:
-            skipped.append(Skip(where, f"expected 19 numbers, got {len(fields)}"))
-            continue
         try:
-            timestamp = int(fields[0])
-            values = np.array([float(x) for x in fields[1:]], dtype=np.float64)
-        except ValueError:
-            skipped.append(Skip(where, "not a number"))
+            timestamp, K, w2c = parse_pose_line(line)
+        except ValueError as error:
+            skipped.append(Skip(f"{path.stem}/line {number}", str(error)))
             continue
-        K, w2c = camera_from_values(values)
         poses.append(PoseLine(timestamp, position, K, w2c))
     return url, poses, skipped
 

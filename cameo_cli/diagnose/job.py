@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +29,7 @@ from cameo_cli.diagnose.precision import (
     rotation_bins,
     score_matches,
 )
+from cameo_cli.diagnose.request import DiagnosedModel, DiagnoseRequest
 from cameo_cli.errors import CameoError
 
 if TYPE_CHECKING:
@@ -39,46 +39,6 @@ if TYPE_CHECKING:
     from cameo_cli.data.dataset import MultiViewDataset
 
 DEFAULT_RECIPE = "quickstart-cpu"
-
-
-@dataclass
-class DiagnoseRequest:
-    """Everything `cameo diagnose` needs; see the CLI for the meaning of each field."""
-
-    backbone: str
-    dataset: Path
-    out: Path
-    checkpoint: Path | None = None
-    run: Path | None = None
-    variant: str = "tiny"
-    pretrained: Path | None = None
-    recipe: str | None = None
-    layers: str = "all"
-    timesteps: tuple[int, ...] = (500,)
-    scenes: int = 4
-    perturb: bool = False
-    sample_steps: int | None = None
-    radii: Radii = field(default_factory=Radii)
-    epsilon: float = 1.5
-    seed: int = 0
-    lpips_weights: Path | None = None
-    device: str | None = None
-    overwrite: bool = False
-    save_recommendation: bool = True
-
-
-@dataclass
-class DiagnosedModel:
-    """A backbone to diagnose with what it was trained with."""
-
-    backbone: MultiViewBackbone
-    codec: torch.nn.Module
-    recipe: Recipe
-    variant: str
-    alignment: CameoLoss | None = None  # with the trained projection head
-    supervised_layer: int | None = None
-    step: int | None = None
-    source: str = "fresh"
 
 
 # -- inputs ------------------------------------------------------------------------------------
@@ -125,7 +85,7 @@ def load_model(
     from cameo_cli.config import load_recipe
 
     if checkpoint is not None:
-        from cameo_cli.train.checkpoint import load_for_inference
+        from cameo_cli.checkpoints import load_for_inference
 
         loaded = load_for_inference(checkpoint, device=device)
         name = loaded.backbone.name
@@ -161,7 +121,7 @@ def load_model(
     return DiagnosedModel(backbone.to(device).eval(), codec, recipe, request.variant, source=source)
 
 
-def open_dataset(root: Path, recipe: Recipe) -> MultiViewDataset:
+def open_diagnose_dataset(root: Path, recipe: Recipe) -> MultiViewDataset:
     """The prepared dataset at the recipe's views and resolution; it must hold geometry."""
     from cameo_cli.data.dataset import MultiViewDataset
 
@@ -404,8 +364,8 @@ def run_diagnose(request: DiagnoseRequest, console: Console | None = None) -> di
     """Run every part `request` asks for; write JSON + PNGs into `request.out`."""
     from cameo_cli.diagnose import plots
     from cameo_cli.diagnose.perturb import perturbation_study
-    from cameo_cli.diagnose.recommend import write_recommended_layer
     from cameo_cli.diagnose.training import run_checkpoints, validation_psnr
+    from cameo_cli.layers import write_recommended_layer
     from cameo_cli.sample.outputs import check_output_folder, staged_folder, write_json
 
     console = console or Console()
@@ -417,7 +377,7 @@ def run_diagnose(request: DiagnoseRequest, console: Console | None = None) -> di
     first = checkpoints[-1] if checkpoints else request.checkpoint
     model = load_model(request, first, device)
     layers = parse_layers(request.layers, model.backbone)
-    dataset = open_dataset(Path(request.dataset), model.recipe)
+    dataset = open_diagnose_dataset(Path(request.dataset), model.recipe)
     views = evaluation_views(dataset, request.scenes)
     width = dataset.get_views(*views[0])["images"].shape[-1]
     request = dataclasses.replace(request, radii=request.radii.resolved(width))

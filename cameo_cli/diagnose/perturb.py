@@ -17,13 +17,13 @@ from cameo_cli.errors import CameoError
 
 if TYPE_CHECKING:
     from cameo_cli.data.dataset import MultiViewDataset
-    from cameo_cli.diagnose.job import DiagnosedModel, DiagnoseRequest
-    from cameo_cli.evaluate.lpips import LPIPS
+    from cameo_cli.diagnose.request import DiagnosedModel, DiagnoseRequest
+    from cameo_cli.lpips import LPIPS
 
 
 def _lpips(request: DiagnoseRequest) -> tuple[LPIPS | None, str | None]:
     """(LPIPS model or None, note saying why it is missing)."""
-    from cameo_cli.evaluate.lpips import LPIPS
+    from cameo_cli.lpips import LPIPS
 
     try:
         return LPIPS.load("vgg", backbone_path=request.lpips_weights), None
@@ -40,8 +40,8 @@ def perturbation_study(
     progress: Progress | None = None,
 ) -> tuple[dict, dict]:
     """(JSON summary, images of the first view set for the side-by-side figure)."""
-    from cameo_cli.evaluate.metrics import psnr
-    from cameo_cli.sample.pipeline import MultiViewPipeline
+    from cameo_cli.image_metrics import psnr
+    from cameo_cli.pipeline import MultiViewPipeline
 
     device = next(model.backbone.parameters()).device
     pipeline = MultiViewPipeline(

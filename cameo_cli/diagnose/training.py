@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cameo_cli.checkpoints import CHECKPOINTS, METRICS, list_checkpoints
 from cameo_cli.errors import CameoError
 
 
 def run_checkpoints(run: Path) -> list[Path]:
     """Every complete checkpoint folder of `run`, oldest first."""
-    from cameo_cli.train.checkpoint import CHECKPOINTS, CheckpointManager
-
     run = Path(run)
     if not run.is_dir():
         raise CameoError(f"{run}: --run is not a folder")
-    folders = CheckpointManager(run / CHECKPOINTS, keep=0).folders()
+    folders = list_checkpoints(run / CHECKPOINTS)
     if not folders:
         raise CameoError(f"{run}: no checkpoints in {run / CHECKPOINTS} (is it a cameo run?)")
     return folders
@@ -23,8 +22,6 @@ def run_checkpoints(run: Path) -> list[Path]:
 
 def validation_psnr(run: Path) -> list[dict[str, float]]:
     """[{"step", "psnr"}] from the run's metrics.jsonl (`val/psnr` lines), in step order."""
-    from cameo_cli.train.rundir import METRICS
-
     path = Path(run) / METRICS
     if not path.is_file():
         return []

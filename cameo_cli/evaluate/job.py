@@ -34,12 +34,12 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from cameo_cli.camera_files import CameraSet, to_cameo_json
 from cameo_cli.errors import CameoError
-from cameo_cli.evaluate.lpips import LPIPS, default_backbone_path
-from cameo_cli.evaluate.metrics import SSIM_CONFIG, psnr, ssim
+from cameo_cli.image_metrics import SSIM_CONFIG, psnr, ssim
+from cameo_cli.lpips import LPIPS, default_backbone_path
+from cameo_cli.pipeline import MultiViewPipeline
 from cameo_cli.sample import outputs
-from cameo_cli.sample.camera_files import CameraSet, to_cameo_json
-from cameo_cli.sample.pipeline import MultiViewPipeline
 
 METRICS = ("psnr", "ssim", "lpips")
 LPIPS_NETS = ("vgg", "alex")
@@ -63,30 +63,6 @@ class EvaluateRequest:
     save_images: bool = False
     overwrite: bool = False
     device: str | None = None
-
-
-def read_index(path: Path) -> dict[str, dict[str, list[int]]]:
-    """An evaluation index `{scene: {"context": [...], "target": [...]}}` from `path`."""
-    if not path.is_file():
-        raise CameoError(f"{path}: evaluation index not found")
-    try:
-        entries = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as error:
-        raise CameoError(f"{path}: not valid JSON ({error})") from error
-    if not isinstance(entries, dict) or not entries:
-        raise CameoError(f"{path}: expected a non-empty {{scene: {{context, target}}}} object")
-    for scene, entry in entries.items():
-        lists = isinstance(entry, dict) and all(
-            isinstance(entry.get(key), list)
-            and entry[key]
-            and all(isinstance(f, int) and not isinstance(f, bool) for f in entry[key])
-            for key in ("context", "target")
-        )
-        if not lists:
-            raise CameoError(
-                f"{path}: scene {scene!r} needs non-empty integer lists 'context' and 'target'"
-            )
-    return entries
 
 
 def parse_metrics(text: str | list[str]) -> list[str]:
@@ -131,11 +107,15 @@ def _prepare_output(out: Path, config: dict, overwrite: bool) -> None:
 
 def run_evaluation(request: EvaluateRequest, console: Console | None = None) -> dict:
     """Evaluate; returns the content of results.json."""
-    from cameo_cli.data.dataset import MultiViewDataset
+    from cameo_cli.data.dataset import MultiViewDataset, load_eval_index
 
     console = console or Console(stderr=True)
     index_path = request.index or request.dataset / "eval_index.json"
-    index = read_index(index_path)
+    index = load_eval_index(index_path)
+    if not index:
+        raise CameoError(
+            f"{index_path}: expected a non-empty {{scene: {{context, target}}}} object"
+        )
     if request.limit is not None:
         index = dict(list(index.items())[: request.limit])
     pipeline = MultiViewPipeline.from_checkpoint(request.checkpoint, device=request.device)

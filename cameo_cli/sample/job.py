@@ -16,10 +16,10 @@ from rich.console import Console
 from rich.progress import Progress
 
 from cameo_cli import cameras
+from cameo_cli.camera_files import CameraSet, match_cameras, read_cameras, to_cameo_json
 from cameo_cli.errors import CameoError
+from cameo_cli.pipeline import MultiViewPipeline
 from cameo_cli.sample import outputs, trajectories
-from cameo_cli.sample.camera_files import CameraSet, match_cameras, read_cameras, to_cameo_json
-from cameo_cli.sample.pipeline import MultiViewPipeline
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # An image may differ this much in aspect ratio from the size its camera file states.

@@ -11,37 +11,30 @@ Layout of `RUN/checkpoints/step-000100/`:
     rng-rank{r}.{json,safetensors} every process's RNG states
     state.json                     step, data position, world size
 
-Nothing is pickled. `load_for_inference` reads a run folder (its latest checkpoint) or one
-checkpoint folder.
+Nothing is pickled. Reading a checkpoint for inference (`load_for_inference`) and finding
+one (`resolve_checkpoint`) live in the shared `cameo_cli.checkpoints`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from cameo_cli.checkpoints import CHECKPOINTS as CHECKPOINTS  # the trainer's path to it
+from cameo_cli.checkpoints import checkpoint_name, list_checkpoints, read_progress
 from cameo_cli.errors import CameoError
 from cameo_cli.train.ema import ExponentialMovingAverage
 from cameo_cli.train.rng import capture_rng_state, restore_rng_state
 from cameo_cli.train.state_io import load_state, save_state, write_json
 
-CHECKPOINTS = "checkpoints"
-_STEP_FOLDER = re.compile(r"^step-(\d+)$")
 _STAGING_PREFIX = ".staging-"
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step-{step:06d}"
 
 
 class CheckpointManager:
@@ -53,14 +46,7 @@ class CheckpointManager:
 
     def folders(self) -> list[Path]:
         """Complete checkpoints, oldest first (staging folders are never listed)."""
-        if not self.root.is_dir():
-            return []
-        found = []
-        for child in self.root.iterdir():
-            match = _STEP_FOLDER.match(child.name)
-            if match and child.is_dir():
-                found.append((int(match.group(1)), child))
-        return [path for _, path in sorted(found)]
+        return list_checkpoints(self.root)
 
     def latest(self) -> Path | None:
         folders = self.folders()
@@ -145,11 +131,6 @@ def save_rng(folder: Path, rank: int, generators: dict[str, torch.Generator]) ->
 
 
 # -- reading ------------------------------------------------------------------------------
-def read_progress(folder: Path) -> dict[str, Any]:
-    """`state.json` of a checkpoint: step, data position, world size."""
-    return json.loads((folder / "state.json").read_text())
-
-
 def restore_training_state(
     folder: Path,
     *,
@@ -182,70 +163,3 @@ def restore_training_state(
     if (folder / f"{rng_stem}.json").is_file():
         restore_rng_state(load_state(folder, rng_stem), generators)
     return progress
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder, or a run folder's latest checkpoint."""
-    path = Path(path)
-    if not path.exists():
-        raise CameoError(f"{path}: no such run or checkpoint folder")
-    if (path / "state.json").is_file() and (path / "backbone").is_dir():
-        return path
-    latest = CheckpointManager(path / CHECKPOINTS, keep=0).latest()
-    if latest is None:
-        raise CameoError(f"{path}: neither a checkpoint folder nor a run folder with checkpoints")
-    return latest
-
-
-@dataclass
-class LoadedModel:
-    """A trained model ready for sampling, evaluation or diagnosis."""
-
-    recipe: Any  # cameo_cli.config.Recipe
-    backbone: nn.Module  # MultiViewBackbone, eval mode
-    alignment: nn.Module | None  # CameoLoss with the trained head, or None (--align none)
-    step: int
-
-
-def load_for_inference(
-    path: str | Path, *, device: str | torch.device = "cpu", use_ema: bool = True
-) -> LoadedModel:
-    """Load a run folder (latest checkpoint) or a checkpoint folder.
-
-    With `use_ema` and an `ema.safetensors` present, the averaged weights are used.
-    """
-    from cameo_cli.alignment import CameoLoss
-    from cameo_cli.config import load_recipe
-    from cameo_cli.registry import load_backbone
-
-    folder = resolve_checkpoint(path)
-    recipe = load_recipe(str(folder / "config.yaml"))
-    backbone = load_backbone(folder / "backbone")
-    alignment = None
-    head_file = folder / "alignment.safetensors"
-    if recipe.alignment.method == "cameo" and head_file.is_file():
-        with safe_open(str(head_file), "pt") as handle:
-            layer = int(handle.metadata()["layer"])
-        heads = backbone.layers(recipe.data.resolution)[layer].heads
-        a = recipe.alignment
-        alignment = CameoLoss(heads, head=a.head, loss=a.loss, chunk_size=a.chunk_size)
-        alignment.load_state_dict(load_file(str(head_file)))
-    ema_file = folder / "ema.safetensors"
-    if use_ema and ema_file.is_file():
-        _apply_ema(load_file(str(ema_file)), backbone, alignment)
-    backbone.to(device).eval()
-    if alignment is not None:
-        alignment.to(device).eval()
-    return LoadedModel(recipe, backbone, alignment, read_progress(folder)["step"])
-
-
-@torch.no_grad()
-def _apply_ema(
-    shadow: dict[str, torch.Tensor], backbone: nn.Module, alignment: nn.Module | None
-) -> None:
-    for prefix, module in (("backbone.", backbone), ("alignment.", alignment)):
-        if module is None:
-            continue
-        for name, param in module.named_parameters():
-            if prefix + name in shadow:
-                param.copy_(shadow[prefix + name].to(param.dtype))

@@ -307,7 +307,7 @@ class Trainer:
         """Main process: sampled and one-step target views of the validation batch."""
         if not self.accelerator.is_main_process:
             return
-        from cameo_cli.sample.pipeline import MultiViewPipeline
+        from cameo_cli.pipeline import MultiViewPipeline
 
         recipe, batch = self.recipe, self.validation_batch
         model = self.accelerator.unwrap_model(self.prepared_model)

@@ -10,12 +10,13 @@ import sys
 from pathlib import Path
 
 from cameo_cli import __version__
+from cameo_cli.checkpoints import CHECKPOINTS, resolve_checkpoint
+from cameo_cli.checkpoints import METRICS as METRICS  # the trainer's path to it
 from cameo_cli.errors import CameoError
-from cameo_cli.train.checkpoint import CHECKPOINTS, CheckpointManager, resolve_checkpoint
+from cameo_cli.train.checkpoint import CheckpointManager
 
 CONFIG = "config.yaml"
 META = "meta.json"
-METRICS = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
 SAMPLES = "samples"
 

@@ -2,7 +2,7 @@
 
 Two estimates of the target views of a fixed held-out batch, given its clean references:
 
-- `val/psnr`: views sampled with the sampling pipeline (`cameo_cli.sample.pipeline`, DDIM
+- `val/psnr`: views sampled with the sampling pipeline (`cameo_cli.pipeline`, DDIM
   with camera CFG, the recipe's `sample` steps and guidance, fixed seed): what the paper
   reports;
 - `val/psnr_x0`: the model's one-step estimate x̂0 from a fixed noise level
@@ -19,6 +19,7 @@ from diffusers import DDPMScheduler
 from PIL import Image
 
 from cameo_cli.backbone import MultiViewBackbone, ViewConditioning
+from cameo_cli.image_metrics import psnr
 
 VALIDATION_TIMESTEP = 500
 
@@ -58,12 +59,6 @@ def predicted_x0(
     return (noisy - s * prediction) / a
 
 
-def psnr(prediction: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of images in [0, 1], `[N, 3, H, W]` -> `[N]`."""
-    mse = (prediction.clamp(0, 1) - reference).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(1.0 / mse.clamp(min=1e-10))
-
-
 @torch.no_grad()
 def sampled_views(
     pipeline, batch: dict[str, torch.Tensor], *, steps: int, guidance: float, seed: int
@@ -92,7 +87,7 @@ def target_psnr(views: torch.Tensor, batch: dict[str, torch.Tensor]) -> float:
     """Mean PSNR over the target views of `views` [B, F, 3, H, W] in [0, 1]."""
     targets = ~batch["ref_mask"]
     truth = ((batch["images"] + 1) / 2)[targets]
-    return psnr(views[targets].cpu(), truth).mean().item()
+    return psnr(views[targets].cpu().clamp(0, 1), truth).mean().item()
 
 
 @torch.no_grad()

@@ -76,7 +76,7 @@ class MultiViewPipeline:
         dtype: torch.dtype | None = None,
     ) -> MultiViewPipeline:
         """Load a run folder (its latest checkpoint) or one checkpoint folder."""
-        from cameo_cli.train.checkpoint import load_for_inference
+        from cameo_cli.checkpoints import load_for_inference
 
         device = torch.device(device) if device is not None else default_device()
         loaded = load_for_inference(path, device=device)

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from cameo_cli import cameras
+from cameo_cli.data.re10k import parse_pose_line
 from cameo_cli.errors import CameoError
 
 _DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
@@ -157,18 +158,12 @@ def _parse_re10k(text: str, path: Path) -> CameraSet:
         fields = line.split()
         if not fields or (number == 1 and len(fields) == 1):  # blank, or the video URL
             continue
-        if len(fields) != 19:
-            raise CameoError(
-                f"{path}:{number}: a RealEstate10K line has 19 numbers "
-                f"(timestamp fx fy cx cy k1 k2 + 3x4 world-to-camera), found {len(fields)}"
-            )
         try:
-            values = [float(field) for field in fields]
+            _, K, w2c = parse_pose_line(line)
         except ValueError as error:
-            raise CameoError(f"{path}:{number}: not a number ({error})") from error
-        fx, fy, cx, cy = (torch.tensor(v, dtype=torch.float64) for v in values[1:5])
-        intrinsics.append(cameras.intrinsics_matrix(fx, fy, cx, cy))
-        poses.append(cameras.pose_from_3x4(torch.tensor(values[7:], dtype=torch.float64)))
+            raise CameoError(f"{path}:{number}: a RealEstate10K line: {error}") from None
+        intrinsics.append(torch.from_numpy(K))
+        poses.append(torch.from_numpy(w2c))
         names.append(fields[0])
     if not poses:
         return CameraSet(

@@ -1,0 +1,114 @@
+"""A training run as read by inference: its checkpoint folders, its metrics file, and one
+checkpoint loaded for sampling, evaluation or diagnosis.
+
+A run folder holds `checkpoints/step-000100/` folders (written by `cameo_cli.train.checkpoint`,
+which documents their layout) and `metrics.jsonl`. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch import nn
+
+from cameo_cli.errors import CameoError
+
+CHECKPOINTS = "checkpoints"
+METRICS = "metrics.jsonl"
+_STEP_FOLDER = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoint folders in `root` (a run's `checkpoints/`), oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = _STEP_FOLDER.match(child.name)
+        if match and child.is_dir():
+            found.append((int(match.group(1)), child))
+    return [path for _, path in sorted(found)]
+
+
+def read_progress(folder: Path) -> dict[str, Any]:
+    """`state.json` of a checkpoint: step, data position, world size."""
+    return json.loads((folder / "state.json").read_text())
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder, or a run folder's latest checkpoint."""
+    path = Path(path)
+    if not path.exists():
+        raise CameoError(f"{path}: no such run or checkpoint folder")
+    if (path / "state.json").is_file() and (path / "backbone").is_dir():
+        return path
+    folders = list_checkpoints(path / CHECKPOINTS)
+    if not folders:
+        raise CameoError(f"{path}: neither a checkpoint folder nor a run folder with checkpoints")
+    return folders[-1]
+
+
+@dataclass
+class LoadedModel:
+    """A trained model ready for sampling, evaluation or diagnosis."""
+
+    recipe: Any  # cameo_cli.config.Recipe
+    backbone: nn.Module  # MultiViewBackbone, eval mode
+    alignment: nn.Module | None  # CameoLoss with the trained head, or None (--align none)
+    step: int
+
+
+def load_for_inference(
+    path: str | Path, *, device: str | torch.device = "cpu", use_ema: bool = True
+) -> LoadedModel:
+    """Load a run folder (latest checkpoint) or a checkpoint folder.
+
+    With `use_ema` and an `ema.safetensors` present, the averaged weights are used.
+    """
+    from cameo_cli.alignment import CameoLoss
+    from cameo_cli.config import load_recipe
+    from cameo_cli.registry import load_backbone
+
+    folder = resolve_checkpoint(path)
+    recipe = load_recipe(str(folder / "config.yaml"))
+    backbone = load_backbone(folder / "backbone")
+    alignment = None
+    head_file = folder / "alignment.safetensors"
+    if recipe.alignment.method == "cameo" and head_file.is_file():
+        with safe_open(str(head_file), "pt") as handle:
+            layer = int(handle.metadata()["layer"])
+        heads = backbone.layers(recipe.data.resolution)[layer].heads
+        a = recipe.alignment
+        alignment = CameoLoss(heads, head=a.head, loss=a.loss, chunk_size=a.chunk_size)
+        alignment.load_state_dict(load_file(str(head_file)))
+    ema_file = folder / "ema.safetensors"
+    if use_ema and ema_file.is_file():
+        _apply_ema(load_file(str(ema_file)), backbone, alignment)
+    backbone.to(device).eval()
+    if alignment is not None:
+        alignment.to(device).eval()
+    return LoadedModel(recipe, backbone, alignment, read_progress(folder)["step"])
+
+
+@torch.no_grad()
+def _apply_ema(
+    shadow: dict[str, torch.Tensor], backbone: nn.Module, alignment: nn.Module | None
+) -> None:
+    for prefix, module in (("backbone.", backbone), ("alignment.", alignment)):
+        if module is None:
+            continue
+        for name, param in module.named_parameters():
+            if prefix + name in shadow:
+                param.copy_(shadow[prefix + name].to(param.dtype))

@@ -1,0 +1,57 @@
+"""What `cameo diagnose` is asked to do and the model it diagnoses (shared by the job and
+the perturbation study)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from cameo_cli.backbone import MultiViewBackbone
+from cameo_cli.diagnose.precision import Radii
+
+if TYPE_CHECKING:
+    from cameo_cli.alignment import CameoLoss
+    from cameo_cli.config import Recipe
+
+
+@dataclass
+class DiagnoseRequest:
+    """Everything `cameo diagnose` needs; see the CLI for the meaning of each field."""
+
+    backbone: str
+    dataset: Path
+    out: Path
+    checkpoint: Path | None = None
+    run: Path | None = None
+    variant: str = "tiny"
+    pretrained: Path | None = None
+    recipe: str | None = None
+    layers: str = "all"
+    timesteps: tuple[int, ...] = (500,)
+    scenes: int = 4
+    perturb: bool = False
+    sample_steps: int | None = None
+    radii: Radii = field(default_factory=Radii)
+    epsilon: float = 1.5
+    seed: int = 0
+    lpips_weights: Path | None = None
+    device: str | None = None
+    overwrite: bool = False
+    save_recommendation: bool = True
+
+
+@dataclass
+class DiagnosedModel:
+    """A backbone to diagnose with what it was trained with."""
+
+    backbone: MultiViewBackbone
+    codec: torch.nn.Module
+    recipe: Recipe
+    variant: str
+    alignment: CameoLoss | None = None  # with the trained projection head
+    supervised_layer: int | None = None
+    step: int | None = None
+    source: str = "fresh"
