@@ -19,7 +19,9 @@ if DEVICE == "cpu":
 
 pytest.importorskip("triton", reason="Triton is not importable: the fused kernels cannot run")
 
-from cameo_cli.alignment import fused  # noqa: E402
+from cameo_cli.alignment import CameoLoss, fused  # noqa: E402
+from cameo_cli.attention.hooks import ProbeResult  # noqa: E402
+from cameo_cli.geometry import CorrespondenceTargets  # noqa: E402
 
 if DEVICE == "cpu" and type(fused._cameo_forward).__name__ != "InterpretedFunction":
     fused = importlib.reload(fused)  # imported before TRITON_INTERPRET was set
@@ -82,9 +84,15 @@ def compare(case, loss, head, dtype=torch.float32, rtol=1e-5):
     weights = [t.detach().to(DEVICE, torch.float32).requires_grad_(True) for t in params]
     head_args = weights if head == "mlp" else [None] * 4
     value = fused.FusedCameoLoss.apply(
-        *inputs, scale, *head_args, index.to(DEVICE), mask.to(DEVICE), ref_mask.to(DEVICE),
-        loss, head,
-    )  # fmt: skip
+        *inputs,
+        scale,
+        *head_args,
+        index.to(DEVICE),
+        mask.to(DEVICE),
+        ref_mask.to(DEVICE),
+        loss,
+        head,
+    )
     grads = torch.autograd.grad(value * 0.5, inputs + (weights if head == "mlp" else []))
     atol = rtol * 1e-2
     torch.testing.assert_close(value.double().cpu(), expected.detach(), rtol=rtol, atol=atol)
@@ -133,3 +141,36 @@ def test_bf16_inputs_on_cuda(head):
 def test_available_only_on_cuda():
     assert not fused.fused_available(torch.device("cpu"))
     assert fused.fused_available(torch.device("cuda")) == fused.triton_available()
+
+
+def cameo_case(seed=6):
+    q, k, scale, _, index, mask, ref_mask = make_case(heads=4, hw=20, seed=seed)
+    probe = ProbeResult(q=q.float(), k=k.float(), scale=scale, grid=(4, 5))
+    return probe, CorrespondenceTargets(index.clamp(min=0), mask), ref_mask
+
+
+def test_cameo_loss_selects_the_fused_path_only_where_it_can_run():
+    probe, targets, ref_mask = cameo_case()
+    on_cuda = torch.cuda.is_available()
+    assert CameoLoss(4).uses_fused(probe.q.to(DEVICE)) == on_cuda
+    assert not CameoLoss(4, fused=False).uses_fused(probe.q.to(DEVICE))
+    assert not CameoLoss(4, head="none").uses_fused(probe.q.to(DEVICE))
+    with pytest.raises(ValueError, match="fused CAMEO kernels need"):
+        CameoLoss(4, fused=True).uses_fused(probe.q.double())
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="CameoLoss takes the fused path on CUDA only")
+def test_cameo_loss_fused_equals_chunked_on_cuda():
+    probe, targets, ref_mask = cameo_case()
+    probe = ProbeResult(
+        q=probe.q.cuda().requires_grad_(True), k=probe.k.cuda(), scale=probe.scale, grid=(4, 5)
+    )
+    targets = CorrespondenceTargets(targets.index.cuda(), targets.mask.cuda())
+    results = []
+    for fused_choice in (True, False):
+        torch.manual_seed(0)
+        loss_fn = CameoLoss(4, fused=fused_choice).cuda()
+        value = loss_fn(probe, targets, ref_mask.cuda())
+        results.append((value, *torch.autograd.grad(value, [probe.q, *loss_fn.parameters()])))
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)

@@ -55,9 +55,20 @@ def _pow2(n: int, floor: int = HEAD_TILE) -> int:
 if triton is not None:
 
     @triton.jit
-    def _load_tile(base, stride_h, stride_t, stride_d, start, n_tok, n_heads, dim,
-                   BT: tl.constexpr, HP: tl.constexpr, DP: tl.constexpr,
-                   LOW: tl.constexpr):  # fmt: skip
+    def _load_tile(
+        base,
+        stride_h,
+        stride_t,
+        stride_d,
+        start,
+        n_tok,
+        n_heads,
+        dim,
+        BT: tl.constexpr,
+        HP: tl.constexpr,
+        DP: tl.constexpr,
+        LOW: tl.constexpr,
+    ):
         """[HP, BT, DP] tokens start.. of one view (zeros outside), in the dot dtype."""
         h = tl.arange(0, HP)[:, None, None]
         t = start + tl.arange(0, BT)[None, :, None]
@@ -87,14 +98,36 @@ if triton is not None:
 
     @triton.jit
     def _cameo_forward(
-        q_ptr, k_ptr, w1_ptr, b1_ptr, w2_ptr, index_ptr, weight_ptr,
-        loss_ptr, lse_ptr, coef_ptr,
-        s_b, s_f, s_h, s_t, s_d,
-        hw, n_heads, dim, n_hidden, n_views, scale,
-        MLP: tl.constexpr, CE: tl.constexpr, LOW: tl.constexpr,
-        BQ: tl.constexpr, BK: tl.constexpr, HP: tl.constexpr, DP: tl.constexpr,
+        q_ptr,
+        k_ptr,
+        w1_ptr,
+        b1_ptr,
+        w2_ptr,
+        index_ptr,
+        weight_ptr,
+        loss_ptr,
+        lse_ptr,
+        coef_ptr,
+        s_b,
+        s_f,
+        s_h,
+        s_t,
+        s_d,
+        hw,
+        n_heads,
+        dim,
+        n_hidden,
+        n_views,
+        scale,
+        MLP: tl.constexpr,
+        CE: tl.constexpr,
+        LOW: tl.constexpr,
+        BQ: tl.constexpr,
+        BK: tl.constexpr,
+        HP: tl.constexpr,
+        DP: tl.constexpr,
         UP: tl.constexpr,
-    ):  # fmt: skip
+    ):
         tile, pair = tl.program_id(0), tl.program_id(1)
         pairs = n_views * (n_views - 1)
         b = pair // pairs
@@ -108,8 +141,20 @@ if triton is not None:
         weight = tl.load(weight_ptr + stat, mask=row_ok, other=0.0)
         if tl.max(weight, axis=0) > 0:
             target = tl.load(index_ptr + stat, mask=row_ok, other=-1)
-            q = _load_tile(q_ptr + b * s_b + i * s_f, s_h, s_t, s_d, tile * BQ, hw,
-                           n_heads, dim, BQ, HP, DP, LOW)  # fmt: skip
+            q = _load_tile(
+                q_ptr + b * s_b + i * s_f,
+                s_h,
+                s_t,
+                s_d,
+                tile * BQ,
+                hw,
+                n_heads,
+                dim,
+                BQ,
+                HP,
+                DP,
+                LOW,
+            )
             k_base = k_ptr + b * s_b + j * s_f
             if MLP:
                 u = tl.arange(0, UP)
@@ -173,14 +218,39 @@ if triton is not None:
 
     @triton.jit
     def _cameo_backward(
-        q_ptr, k_ptr, w1_ptr, b1_ptr, w2_ptr, index_ptr, lse_ptr, coef_ptr, grad_out_ptr,
-        dq_ptr, dk_ptr, dw1_ptr, db1_ptr, dw2_ptr,
-        s_b, s_f, s_h, s_t, s_d,
-        hw, n_heads, dim, n_hidden, n_views, scale,
-        MLP: tl.constexpr, LOW: tl.constexpr,
-        BQ: tl.constexpr, BK: tl.constexpr, HP: tl.constexpr, DP: tl.constexpr,
+        q_ptr,
+        k_ptr,
+        w1_ptr,
+        b1_ptr,
+        w2_ptr,
+        index_ptr,
+        lse_ptr,
+        coef_ptr,
+        grad_out_ptr,
+        dq_ptr,
+        dk_ptr,
+        dw1_ptr,
+        db1_ptr,
+        dw2_ptr,
+        s_b,
+        s_f,
+        s_h,
+        s_t,
+        s_d,
+        hw,
+        n_heads,
+        dim,
+        n_hidden,
+        n_views,
+        scale,
+        MLP: tl.constexpr,
+        LOW: tl.constexpr,
+        BQ: tl.constexpr,
+        BK: tl.constexpr,
+        HP: tl.constexpr,
+        DP: tl.constexpr,
         UP: tl.constexpr,
-    ):  # fmt: skip
+    ):
         tile, pair = tl.program_id(0), tl.program_id(1)
         pairs = n_views * (n_views - 1)
         b = pair // pairs
@@ -290,8 +360,10 @@ class FusedCameoLoss(torch.autograd.Function):
         if loss not in ("ce", "l1") or head not in ("mlp", "none"):
             raise ValueError(f"loss must be ce|l1 and head mlp|none, got {loss!r}, {head!r}")
         if q.shape != k.shape or q.dim() != 5 or q.dtype != k.dtype:
-            raise ValueError(f"q and k must be one [B, F, H, hw, d] dtype and shape, got "
-                             f"{tuple(q.shape)} {q.dtype} and {tuple(k.shape)} {k.dtype}")  # fmt: skip
+            raise ValueError(
+                f"q and k must be one [B, F, H, hw, d] dtype and shape, got "
+                f"{tuple(q.shape)} {q.dtype} and {tuple(k.shape)} {k.dtype}"
+            )
         batch, views, heads, hw, dim = q.shape
         mlp = head == "mlp"
         q, k = q.contiguous(), k.contiguous()
@@ -299,8 +371,11 @@ class FusedCameoLoss(torch.autograd.Function):
         weight = _row_weights(mask.to(q.device, torch.bool), ref_mask.to(q.device, torch.bool))
         hidden = 4 * heads
         dummy = q.new_zeros(1, dtype=torch.float32)
-        w1c, b1c, w2c = (t.detach().float().contiguous() for t in (w1, b1, w2)) if mlp else (
-            dummy, dummy, dummy)  # fmt: skip
+        w1c, b1c, w2c = (
+            (t.detach().float().contiguous() for t in (w1, b1, w2))
+            if mlp
+            else (dummy, dummy, dummy)
+        )
         rows = batch * views * views * hw
         hp = _pow2(heads)
         row_loss = torch.zeros(rows, device=q.device, dtype=torch.float32)
@@ -312,9 +387,22 @@ class FusedCameoLoss(torch.autograd.Function):
         sizes = (hw, heads, dim, hidden, views, float(scale))
         if views > 1:
             _cameo_forward[grid](
-                q, k, w1c, b1c, w2c, index, weight, row_loss, lse, coef,
-                *q.stride(), *sizes, MLP=mlp, CE=loss == "ce", **meta,
-            )  # fmt: skip
+                q,
+                k,
+                w1c,
+                b1c,
+                w2c,
+                index,
+                weight,
+                row_loss,
+                lse,
+                coef,
+                *q.stride(),
+                *sizes,
+                MLP=mlp,
+                CE=loss == "ce",
+                **meta,
+            )
         ctx.save_for_backward(q, k, w1c, b1c, w2c, index, lse, coef)
         ctx.config = (grid, sizes, mlp, meta, views > 1, b2 is not None)
         return row_loss.sum()
@@ -329,10 +417,25 @@ class FusedCameoLoss(torch.autograd.Function):
         dw1, db1, dw2 = (torch.zeros_like(t) for t in (w1, b1, w2))
         if any_pairs:
             _cameo_backward[grid](
-                q, k, w1, b1, w2, index, lse, coef,
-                grad_output.float().reshape(1).contiguous(), dq, dk, dw1, db1, dw2,
-                *q.stride(), *sizes, MLP=mlp, **meta,
-            )  # fmt: skip
+                q,
+                k,
+                w1,
+                b1,
+                w2,
+                index,
+                lse,
+                coef,
+                grad_output.float().reshape(1).contiguous(),
+                dq,
+                dk,
+                dw1,
+                db1,
+                dw2,
+                *q.stride(),
+                *sizes,
+                MLP=mlp,
+                **meta,
+            )
         grads = [dq.to(q.dtype), dk.to(k.dtype), None, None, None, None, None]
         if mlp:
             wants = ctx.needs_input_grad
