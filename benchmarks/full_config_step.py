@@ -1,8 +1,10 @@
 """One training step of a FULL backbone (the paper's shapes), with and without CAMEO.
 
 Measures, in one run on one device, the step time (forward + backward + AdamW) and peak
-memory of the full configuration at the paper's resolution, for the plain diffusion loss
-and for diffusion + CAMEO at the backbone's default layer, and prints CAMEO / plain.
+memory of the full configuration at the paper's resolution, for the plain diffusion loss,
+for diffusion + CAMEO with the fused Triton kernels (CUDA with Triton only) and for
+diffusion + CAMEO with the chunked PyTorch path, at the backbone's default layer; prints
+each CAMEO variant's time over the plain step and its extra peak memory.
 Weights are random (no download); the cameras look at a plane whose point maps give real
 correspondence targets. Meant for a GPU; on a CPU it takes minutes per step.
 
@@ -20,6 +22,7 @@ import time
 import torch
 
 from cameo_cli.alignment import CameoLoss
+from cameo_cli.alignment.fused import fused_available
 from cameo_cli.backbone import ViewConditioning
 from cameo_cli.cameras import fov_to_focal, intrinsics_matrix, unproject_depth
 from cameo_cli.registry import build_backbone
@@ -71,8 +74,19 @@ def make_batch(batch: int, views: int, resolution: int, device: torch.device):
     return latents.to(device), timesteps, cond
 
 
-def measure(args: argparse.Namespace, align: bool) -> tuple[float, float]:
-    """Median step seconds and peak memory (GiB; CUDA only, else nan) of one variant."""
+def variants(device: torch.device) -> list[tuple[str, bool | None]]:
+    """(name, CameoLoss `fused` setting; None = no CAMEO) of the variants that can run."""
+    runs: list[tuple[str, bool | None]] = [("plain", None)]
+    if fused_available(device):
+        runs.append(("CAMEO fused", True))
+    runs.append(("CAMEO chunked", False))
+    return runs
+
+
+def measure(args: argparse.Namespace, fused: bool | None) -> tuple[float, float]:
+    """Median step seconds and peak memory (GiB; CUDA only, else nan) of one variant
+    (fused: None = no CAMEO, else CameoLoss's `fused` setting)."""
+    align = fused is not None
     device = torch.device(args.device)
     torch.manual_seed(0)
     backbone = build_backbone(args.backbone, "full", in_channels=LATENT_CHANNELS).to(device)
@@ -83,7 +97,9 @@ def measure(args: argparse.Namespace, align: bool) -> tuple[float, float]:
     alignment = None
     if align:
         heads = backbone.layers(args.resolution)[layer].heads
-        alignment = CameoLoss(heads, head="mlp", loss="ce", chunk_size=args.chunk_size).to(device)
+        alignment = CameoLoss(
+            heads, head="mlp", loss="ce", chunk_size=args.chunk_size, fused=fused
+        ).to(device)
     model = CameoTrainingModel(backbone, alignment, layer, grid, epsilon=1.5).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2.5e-5, weight_decay=0.01)
     latents, timesteps, cond = make_batch(args.batch, 4, args.resolution, device)
@@ -131,14 +147,17 @@ def main() -> None:
         f"{args.backbone} full, {args.resolution} px, F = 4, batch {args.batch}, "
         f"{'bf16' if args.bf16 else 'fp32'}, {name}"
     )
-    plain_time, plain_peak = measure(args, align=False)
-    cameo_time, cameo_peak = measure(args, align=True)
-    print(f"plain step  {plain_time * 1e3:8.1f} ms   peak {plain_peak:6.2f} GiB")
-    print(f"CAMEO step  {cameo_time * 1e3:8.1f} ms   peak {cameo_peak:6.2f} GiB")
-    print(
-        f"CAMEO / plain: time {cameo_time / plain_time:.3f}x, "
-        f"peak memory {cameo_peak / plain_peak:.3f}x"
-    )
+    results = {name: measure(args, fused) for name, fused in variants(torch.device(args.device))}
+    plain_time, plain_peak = results["plain"]
+    for name, (step, peak) in results.items():
+        print(f"{name:<14}{step * 1e3:8.1f} ms   peak {peak:6.2f} GiB")
+    for name, (step, peak) in results.items():
+        if name != "plain":
+            extra = peak - plain_peak
+            print(
+                f"{name} / plain: time {step / plain_time:.3f}x, extra peak memory "
+                f"{extra:.3f} GiB ({100 * extra / plain_peak:.2f} % of plain)"
+            )
 
 
 if __name__ == "__main__":

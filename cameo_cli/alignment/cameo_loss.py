@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 HEADS = ("mlp", "none")
 LOSSES = ("ce", "l1")
+# (head, loss) forms where the fused kernels (`fused.py`, official semantics) compute this
+# module's loss; the others (head-mean of logits, L1 without 1/hw) stay on the chunked path
+FUSED_FORMS = {("mlp", "ce")}
 
 
 @dataclass
@@ -284,7 +287,12 @@ class CameoLoss(nn.Module):
     """CAMEO alignment loss of one probed layer; holds the projection head's parameters."""
 
     def __init__(
-        self, num_heads: int, head: str = "mlp", loss: str = "ce", chunk_size: int | None = None
+        self,
+        num_heads: int,
+        head: str = "mlp",
+        loss: str = "ce",
+        chunk_size: int | None = None,
+        fused: bool | None = None,
     ) -> None:
         super().__init__()
         if head not in HEADS:
@@ -297,6 +305,7 @@ class CameoLoss(nn.Module):
         self.head_kind = head
         self.loss_kind = loss
         self.chunk_size = chunk_size
+        self.fused = fused  # None: the fused kernels where they can run; False: chunked path
         self.head = (
             nn.Sequential(
                 nn.Linear(num_heads, 4 * num_heads), nn.GELU(), nn.Linear(4 * num_heads, 1)
@@ -306,7 +315,10 @@ class CameoLoss(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return f"head={self.head_kind}, loss={self.loss_kind}, chunk_size={self.chunk_size}"
+        return (
+            f"head={self.head_kind}, loss={self.loss_kind}, chunk_size={self.chunk_size}, "
+            f"fused={self.fused}"
+        )
 
     def _head_params(self, dtype: torch.dtype) -> list[torch.Tensor]:
         if self.head is None:
@@ -341,6 +353,24 @@ class CameoLoss(nn.Module):
         if tuple(ref_mask.shape) != (batch, num_views):
             raise ValueError(f"ref_mask must be [{batch}, {num_views}], got {list(ref_mask.shape)}")
         with torch.autocast(probe.q.device.type, enabled=False):
+            if self.uses_fused(probe.q):
+                from cameo_cli.alignment.fused import FusedCameoLoss
+
+                first, _, last = self.head
+                return FusedCameoLoss.apply(
+                    probe.q,
+                    probe.k,
+                    probe.scale,
+                    first.weight,
+                    first.bias,
+                    last.weight,
+                    last.bias,
+                    targets.index.to(probe.q.device),
+                    targets.mask.to(probe.q.device),
+                    ref_mask.to(probe.q.device),
+                    self.loss_kind,
+                    self.head_kind,
+                )
             dtype = _compute_dtype(probe.q.dtype)
             q, k = probe.q.to(dtype), probe.k.to(dtype)
             params = self._head_params(dtype)
@@ -361,6 +391,27 @@ class CameoLoss(nn.Module):
             return _ChunkedCameoLoss.apply(
                 plan, probe.scale, self.loss_kind, self.rows_per_chunk(q), q, k, *params
             )
+
+    def uses_fused(self, q: torch.Tensor) -> bool:
+        """Whether `forward` takes the fused Triton kernels: by default (`fused=None`) on
+        CUDA with Triton importable, for the forms they share with this module, below fp64;
+        `fused=False` never; `fused=True` always (ValueError where they cannot run)."""
+        if self.fused is False:
+            return False
+        from cameo_cli.alignment.fused import fused_available
+
+        possible = (
+            (self.head_kind, self.loss_kind) in FUSED_FORMS
+            and q.dtype != torch.float64
+            and fused_available(q.device)
+        )
+        if self.fused and not possible:
+            raise ValueError(
+                f"the fused CAMEO kernels need CUDA, Triton, a form in {sorted(FUSED_FORMS)} "
+                f"and fp32/bf16/fp16 inputs; got {q.device.type}, "
+                f"({self.head_kind}, {self.loss_kind}), {q.dtype}"
+            )
+        return possible
 
     def rows_per_chunk(self, q: torch.Tensor) -> int:
         """The chunk size, or by device when unset: 256 rows on GPUs (fewer, larger kernels

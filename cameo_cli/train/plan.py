@@ -63,7 +63,7 @@ def resolve_layer(recipe: Recipe, backbone: MultiViewBackbone) -> int:
     if layer is None:
         return backbone.default_layer
     if layer == "auto":
-        from cameo_cli.diagnose import read_recommended_layer
+        from cameo_cli.layers import read_recommended_layer
 
         layer = read_recommended_layer(recipe.backbone.name, recipe.backbone.variant)
     if isinstance(layer, bool) or not isinstance(layer, int):
