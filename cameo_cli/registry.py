@@ -9,7 +9,6 @@ registers specs without installing a distribution.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cameo_cli.errors import CameoError
+from cameo_cli.io import read_json
 
 if TYPE_CHECKING:
     from cameo_cli.backbone import MultiViewBackbone
@@ -142,7 +142,7 @@ def load_backbone(folder: str | os.PathLike[str]) -> MultiViewBackbone:
     if not manifest.is_file():
         raise CameoError(f"{folder}: not a cameo backbone folder (no cameo_backbone.json)")
     try:
-        name = json.loads(manifest.read_text())["name"]
-    except (ValueError, KeyError) as error:
+        name = read_json(manifest, "backbone manifest")["name"]
+    except (TypeError, KeyError) as error:
         raise CameoError(f"{manifest}: unreadable backbone manifest ({error})") from None
     return get_spec(name).load_adapter().from_pretrained(folder)

@@ -17,8 +17,6 @@ checkpoint folder.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -26,14 +24,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cameo_cli.errors import CameoError
+from cameo_cli.io import (
+    check_safetensors,
+    load_safetensors,
+    read_json,
+    replace_folder,
+    save_safetensors,
+    write_json,
+)
 from cameo_cli.train.ema import ExponentialMovingAverage
 from cameo_cli.train.rng import capture_rng_state, restore_rng_state
-from cameo_cli.train.state_io import load_state, save_state, write_json
+from cameo_cli.train.state_io import load_state, save_state
 
 CHECKPOINTS = "checkpoints"
 _STEP_FOLDER = re.compile(r"^step-(\d+)$")
@@ -83,30 +87,10 @@ class CheckpointManager:
         """Rename the staging folder of `step` into place, then keep only the last `keep`."""
         staged = self.staging_path(step)
         final = self.root / checkpoint_name(step)
-        if final.exists():
-            shutil.rmtree(final)
-        _fsync_tree(staged)
-        os.replace(staged, final)
-        _fsync_dir(self.root)
+        replace_folder(staged, final)
         for old in self.folders()[: -self.keep] if self.keep > 0 else []:
             shutil.rmtree(old)
         return final
-
-
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- writing ------------------------------------------------------------------------------
@@ -115,7 +99,7 @@ def save_model(folder: Path, backbone: nn.Module, alignment: nn.Module | None, l
     backbone.save_pretrained(folder / "backbone")
     if alignment is not None:
         tensors = {k: v.detach().cpu().contiguous() for k, v in alignment.state_dict().items()}
-        save_file(tensors, str(folder / "alignment.safetensors"), metadata={"layer": str(layer)})
+        save_safetensors(tensors, folder / "alignment.safetensors", metadata={"layer": str(layer)})
 
 
 def save_training_state(
@@ -132,7 +116,7 @@ def save_training_state(
     save_state(optimizer.state_dict(), folder, "optimizer")
     write_json(folder / "scheduler.json", lr_scheduler.state_dict())
     if ema is not None:
-        save_file(ema.state_dict(), str(folder / "ema.safetensors"))
+        save_safetensors(ema.state_dict(), folder / "ema.safetensors")
     write_json(
         folder / "state.json",
         {"step": step, "data_position": data_position, "world_size": world_size},
@@ -147,7 +131,7 @@ def save_rng(folder: Path, rank: int, generators: dict[str, torch.Generator]) ->
 # -- reading ------------------------------------------------------------------------------
 def read_progress(folder: Path) -> dict[str, Any]:
     """`state.json` of a checkpoint: step, data position, world size."""
-    return json.loads((folder / "state.json").read_text())
+    return read_json(folder / "state.json", "checkpoint progress file")
 
 
 def restore_training_state(
@@ -169,15 +153,15 @@ def restore_training_state(
         head_file = folder / "alignment.safetensors"
         if not head_file.is_file():
             raise CameoError(f"{folder}: no alignment.safetensors (trained with --align none?)")
-        model.alignment.load_state_dict(load_file(str(head_file)))
+        model.alignment.load_state_dict(load_safetensors(head_file))
     device = next(model.parameters()).device
     optimizer.load_state_dict(load_state(folder, "optimizer", device=device))
-    lr_scheduler.load_state_dict(json.loads((folder / "scheduler.json").read_text()))
+    lr_scheduler.load_state_dict(read_json(folder / "scheduler.json"))
     if ema is not None:
         ema_file = folder / "ema.safetensors"
         if not ema_file.is_file():
             raise CameoError(f"{folder}: no ema.safetensors, but this run has EMA enabled")
-        ema.load_state_dict(load_file(str(ema_file), device=str(device)))
+        ema.load_state_dict(load_safetensors(ema_file, device=str(device)))
     rng_stem = f"rng-rank{rank}"
     if (folder / f"{rng_stem}.json").is_file():
         restore_rng_state(load_state(folder, rng_stem), generators)
@@ -224,15 +208,14 @@ def load_for_inference(
     alignment = None
     head_file = folder / "alignment.safetensors"
     if recipe.alignment.method == "cameo" and head_file.is_file():
-        with safe_open(str(head_file), "pt") as handle:
-            layer = int(handle.metadata()["layer"])
+        layer = int(check_safetensors(head_file)["layer"])
         heads = backbone.layers(recipe.data.resolution)[layer].heads
         a = recipe.alignment
         alignment = CameoLoss(heads, head=a.head, loss=a.loss, chunk_size=a.chunk_size)
-        alignment.load_state_dict(load_file(str(head_file)))
+        alignment.load_state_dict(load_safetensors(head_file))
     ema_file = folder / "ema.safetensors"
     if use_ema and ema_file.is_file():
-        _apply_ema(load_file(str(ema_file)), backbone, alignment)
+        _apply_ema(load_safetensors(ema_file), backbone, alignment)
     backbone.to(device).eval()
     if alignment is not None:
         alignment.to(device).eval()

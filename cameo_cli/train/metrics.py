@@ -8,6 +8,8 @@ from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 
+from cameo_cli.io import write_text
+
 
 class MetricsLogger:
     """Appends `{"step": n, name: value, ...}` lines; use on the main process only."""
@@ -43,6 +45,4 @@ def truncate_metrics(metrics_file: Path, after_step: int) -> None:
     for line in metrics_file.read_text().splitlines():
         if line.strip() and json.loads(line).get("step", 0) <= after_step:
             kept.append(line)
-    tmp = metrics_file.with_name(metrics_file.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    tmp.replace(metrics_file)
+    write_text(metrics_file, "".join(line + "\n" for line in kept))
