@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -31,12 +30,12 @@ from typing import ClassVar
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 
+from cameo_cli import io
 from cameo_cli.attention.hooks import LayerHook, ProbeResult
 from cameo_cli.errors import CameoError
-from cameo_cli.registry import BackboneSpec
+from cameo_cli.spec import BackboneSpec
 
 BACKBONE_CONFIG = "cameo_backbone.json"
 EXTRA_WEIGHTS = "cameo_extra.safetensors"
@@ -343,7 +342,7 @@ class MultiViewBackbone(nn.Module, ABC):
         extra_path = folder / EXTRA_WEIGHTS
         if not extra_path.is_file():
             raise CameoError(f"{extra_path}: file does not exist")
-        extra = load_file(extra_path)
+        extra = io.load_safetensors(extra_path)
         wanted = {k for k in backbone.state_dict() if backbone._is_extra(k)}
         if set(extra) != wanted:
             missing, unexpected = sorted(wanted - set(extra)), sorted(set(extra) - wanted)
@@ -363,10 +362,9 @@ def read_backbone_config(folder: Path) -> dict:
     path = folder / BACKBONE_CONFIG
     if not path.is_file():
         raise CameoError(f"{path}: file does not exist (not a saved cameo backbone)")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise CameoError(f"{path}: invalid JSON ({error})") from None
+    meta = io.read_json(path)
+    if not isinstance(meta, dict):
+        raise CameoError(f"{path}: expected a JSON object")
     required = {"name": str, "variant": str, "in_channels": int, "options": dict}
     for key, kind in required.items():
         if not isinstance(meta.get(key), kind):
@@ -389,13 +387,20 @@ def resolve_diffusers_folder(folder: str | os.PathLike, subfolder: str) -> Path:
 
 
 def stored_weight_names(folder: Path) -> set[str]:
-    """Names of the tensors in a diffusers folder's safetensors weights (single or sharded)."""
+    """Names of the tensors in a diffusers folder's safetensors weights (single or sharded);
+    every weight file is checked whole first, so diffusers is never handed a corrupt one."""
     index = folder / DIFFUSERS_INDEX
     if index.is_file():
-        return set(json.loads(index.read_text())["weight_map"])
+        weight_map = io.read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CameoError(f"{index}: no 'weight_map' object")
+        for name in sorted(set(weight_map.values())):
+            io.check_safetensors(folder / name)
+        return set(weight_map)
     single = folder / DIFFUSERS_WEIGHTS
     if not single.is_file():
         raise CameoError(f"{folder}: no {DIFFUSERS_WEIGHTS} (safetensors weights required)")
+    io.check_safetensors(single)
     with safe_open(single, framework="pt") as handle:
         return set(handle.keys())
 
@@ -428,14 +433,8 @@ def load_diffusers_model(
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    io.write_text(path, text)
 
 
 def _save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    save_file(state, tmp)
-    os.replace(tmp, path)
+    io.save_safetensors(state, path)

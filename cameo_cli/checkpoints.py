@@ -7,18 +7,16 @@ which documents their layout) and `metrics.jsonl`. Nothing is pickled.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 from torch import nn
 
 from cameo_cli.errors import CameoError
+from cameo_cli.io import check_safetensors, load_safetensors, read_json
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
@@ -44,7 +42,7 @@ def list_checkpoints(root: Path) -> list[Path]:
 
 def read_progress(folder: Path) -> dict[str, Any]:
     """`state.json` of a checkpoint: step, data position, world size."""
-    return json.loads((folder / "state.json").read_text())
+    return read_json(folder / "state.json", "checkpoint progress file")
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -87,15 +85,14 @@ def load_for_inference(
     alignment = None
     head_file = folder / "alignment.safetensors"
     if recipe.alignment.method == "cameo" and head_file.is_file():
-        with safe_open(str(head_file), "pt") as handle:
-            layer = int(handle.metadata()["layer"])
+        layer = int(check_safetensors(head_file)["layer"])
         heads = backbone.layers(recipe.data.resolution)[layer].heads
         a = recipe.alignment
         alignment = CameoLoss(heads, head=a.head, loss=a.loss, chunk_size=a.chunk_size)
-        alignment.load_state_dict(load_file(str(head_file)))
+        alignment.load_state_dict(load_safetensors(head_file))
     ema_file = folder / "ema.safetensors"
     if use_ema and ema_file.is_file():
-        _apply_ema(load_file(str(ema_file)), backbone, alignment)
+        _apply_ema(load_safetensors(ema_file), backbone, alignment)
     backbone.to(device).eval()
     if alignment is not None:
         alignment.to(device).eval()

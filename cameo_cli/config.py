@@ -15,7 +15,6 @@ import importlib.util
 import math
 import os
 import re
-import tempfile
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -25,6 +24,7 @@ from typing import Any, Literal
 
 import yaml
 
+from cameo_cli import io
 from cameo_cli.errors import CameoError
 
 
@@ -448,16 +448,7 @@ def dump_recipe(recipe: Recipe, path: str | os.PathLike, comment: str | None = N
     path = Path(path)
     header = "".join(f"# {line}".rstrip() + "\n" for line in (comment or "").splitlines())
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(header + ("\n" if header else "") + recipe_to_yaml(recipe))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    io.write_text(path, header + ("\n" if header else "") + recipe_to_yaml(recipe))
 
 
 def _key_lines(node: yaml.Node | None, name: str, prefix: str = "") -> dict[str, int]:
@@ -475,31 +466,9 @@ def _key_lines(node: yaml.Node | None, name: str, prefix: str = "") -> dict[str,
     return lines
 
 
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """`:LINE: malformed YAML: problem (context on line N)` for a PyYAML error."""
-    mark = getattr(exc, "problem_mark", None)
-    location = f":{mark.line + 1}" if mark is not None else ""
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
-    if context and context_mark is not None and context_mark.line != getattr(mark, "line", None):
-        problem += f" ({context} on line {context_mark.line + 1})"
-    return f"{location}: malformed YAML: {problem}"
-
-
 def _parse_yaml_file(path: Path) -> tuple[Any, dict[str, int]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CameoError(f"{path}: recipe file not found") from None
-    except IsADirectoryError:
-        raise CameoError(f"{path}: is a directory, expected a YAML recipe file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CameoError(f"{path}: cannot read recipe: {exc}") from None
-    try:
-        lines = _key_lines(yaml.compose(text, Loader=_RecipeLoader), str(path))
-        data = yaml.load(text, Loader=_RecipeLoader)
-    except yaml.YAMLError as exc:
-        raise CameoError(f"{path}{_yaml_problem(exc)}") from None
+    data, node = io.read_yaml(path, "recipe file", loader=_RecipeLoader)
+    lines = _key_lines(node, str(path))
     if data is not None and not isinstance(data, dict):
         raise CameoError(f"{path}: a recipe must be a YAML mapping, got {_describe(data)}")
     return data, lines

@@ -7,12 +7,11 @@ precise multi-view layer it measured); `cameo train --layer auto` reads them bac
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from cameo_cli.errors import CameoError
-from cameo_cli.sample.outputs import write_json
+from cameo_cli.io import read_json, write_json
 
 FILE_NAME = "recommended_layers.json"
 
@@ -29,10 +28,7 @@ def _key(backbone: str, variant: str) -> str:
 def _read(path: Path) -> dict:
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise CameoError(f"{path}: not a readable JSON file ({error})") from error
+    data = read_json(path)
     if not isinstance(data, dict):
         raise CameoError(f"{path}: expected a JSON object of '<backbone>/<variant>' entries")
     return data

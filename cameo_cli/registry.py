@@ -8,8 +8,6 @@ registers specs without installing a distribution.
 
 from __future__ import annotations
 
-import importlib
-import json
 import os
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
@@ -17,33 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cameo_cli.errors import CameoError
+from cameo_cli.io import read_json
+from cameo_cli.spec import BackboneSpec as BackboneSpec  # the plugins' path to it
 
 if TYPE_CHECKING:
     from cameo_cli.backbone import MultiViewBackbone
 
 ENTRY_POINT_GROUP = "cameo.backbones"
 ENV_VARIABLE = "CAMEO_BACKBONES"
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """Light metadata of one backbone; listing backbones reads only this."""
-
-    name: str
-    description: str
-    default_layer: int
-    layer_paths: tuple[str, ...]  # hook locations of the full config, in layer order
-    adapter: str  # "module:Class" of a `cameo_cli.backbone.MultiViewBackbone` subclass
-    per_view_layers: tuple[int, ...] = ()  # layers attending within each view; others: 3D
-
-    @property
-    def default_hook(self) -> str:
-        return self.layer_paths[self.default_layer]
-
-    def load_adapter(self) -> type[MultiViewBackbone]:
-        """Import and return the adapter class (this imports torch and diffusers)."""
-        module_name, _, attr = self.adapter.partition(":")
-        return getattr(importlib.import_module(module_name), attr)
 
 
 @dataclass(frozen=True)
@@ -143,7 +122,7 @@ def load_backbone(folder: str | os.PathLike[str]) -> MultiViewBackbone:
     if not manifest.is_file():
         raise CameoError(f"{folder}: not a cameo backbone folder (no cameo_backbone.json)")
     try:
-        name = json.loads(manifest.read_text())["name"]
-    except (ValueError, KeyError) as error:
+        name = read_json(manifest, "backbone manifest")["name"]
+    except (TypeError, KeyError) as error:
         raise CameoError(f"{manifest}: unreadable backbone manifest ({error})") from None
     return get_spec(name).load_adapter().from_pretrained(folder)

@@ -18,7 +18,6 @@ no point is ever interpolated across a depth edge.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +31,7 @@ from cameo_cli.data.records import nearest_indices
 from cameo_cli.data.shards import ShardReader, load_index
 from cameo_cli.errors import CameoError
 from cameo_cli.geometry.pointmaps import point_map_from_depth
+from cameo_cli.io import read_json
 
 if TYPE_CHECKING:
     from cameo_cli.config import Recipe
@@ -47,10 +47,7 @@ def load_eval_index(location: str | os.PathLike) -> dict[str, dict[str, list[int
     path = location / "eval_index.json" if location.is_dir() else location
     if not path.is_file():
         raise CameoError(f"{path}: evaluation index not found (`cameo prepare` writes one)")
-    try:
-        views = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CameoError(f"{path}: not valid JSON ({exc})") from None
+    views = read_json(path, "evaluation index")
     if not isinstance(views, dict):
         raise CameoError(f"{path}: expected a {{scene: {{context, target}}}} object")
     for scene, entry in views.items():

@@ -22,7 +22,6 @@ each chunk is a list of dicts, read with ``torch.load(weights_only=True)``::
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from cameo_cli.data.records import (
     decode_image,
 )
 from cameo_cli.errors import CameoError
+from cameo_cli.io import read_json
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -317,10 +317,7 @@ class RealEstate10KSource(SceneSource):
     def _list_chunk_scenes(self) -> tuple[list[str], list[Skip]]:
         index_path = self.folder / "index.json"
         if index_path.is_file():
-            try:
-                index = json.loads(index_path.read_text())
-            except ValueError as exc:
-                raise CameoError(f"{index_path}: not valid JSON ({exc})") from None
+            index = read_json(index_path, "chunk index")
             if not isinstance(index, dict) or not all(isinstance(v, str) for v in index.values()):
                 raise CameoError(f"{index_path}: expected {{clip key: chunk file name}}")
             self._chunk_of = dict(index)
@@ -389,10 +386,7 @@ class RealEstate10KSource(SceneSource):
 
 def _read_eval_index(path: Path) -> dict[str, dict | None]:
     """{clip: {"context": [int], "target": [int]} | null}, checked."""
-    try:
-        entries = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CameoError(f"{path}: cannot read the evaluation index ({exc})") from None
+    entries = read_json(path, "evaluation index")
     if not isinstance(entries, dict):
         raise CameoError(f"{path}: expected {{clip: {{context, target}} | null}}")
     for clip, entry in entries.items():

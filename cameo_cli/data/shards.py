@@ -43,6 +43,7 @@ import numpy as np
 from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from safetensors import SafetensorError, safe_open
 
 from cameo_cli import __version__
 from cameo_cli.data.records import (
@@ -56,23 +57,13 @@ from cameo_cli.data.records import (
     encode_png,
 )
 from cameo_cli.errors import CameoError
+from cameo_cli.io import atomic_path, check_safetensors, read_json, write_json
 
 FORMAT = "cameo-multiview"
 FORMAT_VERSION = 1
 PLAN_FILE = ".cameo-prepare.json"
 LOCK_FILE = ".cameo-prepare.lock"
 MIN_FRAMES = 2
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def sha256_file(path: Path) -> str:
@@ -211,19 +202,16 @@ def build_shard(
     manifest: dict[str, Any] = {"shard": index, "planned": scenes, "file": None, "sha256": None}
     if tensors:
         path = shard_dir / f"{name}.safetensors"
-        tmp = shard_dir / f"{name}.safetensors.tmp-{os.getpid()}"
-        # one metadata key: safetensors writes a map in random order, and shards must be byte-stable
-        save_file(tensors, str(tmp), metadata={"format": FORMAT})
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        manifest["sha256"] = sha256_file(tmp)
-        manifest["bytes"] = tmp.stat().st_size
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            # one metadata key: safetensors writes a map in random order, and shards must be
+            # byte-stable
+            save_file(tensors, str(tmp), metadata={"format": FORMAT})
+            manifest["sha256"] = sha256_file(tmp)
+            manifest["bytes"] = tmp.stat().st_size
         manifest["file"] = f"shards/{path.name}"
     manifest["scenes"] = metas
     manifest["skipped"] = [{"item": s.item, "reason": s.reason} for s in skipped]
-    write_json_atomic(shard_dir / f"{name}.json", manifest)
+    write_json(shard_dir / f"{name}.json", manifest, indent=1)
     return manifest
 
 
@@ -375,7 +363,7 @@ def _prepare(
         number = path.name.split(".")[0].removeprefix("shard-")
         if number.isdigit() and int(number) >= len(plan):
             path.unlink()  # beyond the plan (the raw dataset lost scenes since the last run)
-    write_json_atomic(out / PLAN_FILE, {"signature": signature, **signature_data, "plan": plan})
+    write_json(out / PLAN_FILE, {"signature": signature, **signature_data, "plan": plan}, indent=1)
 
     manifests: dict[int, dict] = {}
     todo = []
@@ -408,8 +396,8 @@ def _prepare(
     index = _assemble_index(source, out, plan, manifests, listing_skips, options)
     views, no_views = _eval_index(source, index, eval_seed)
     index["skipped"].extend({"item": s.item, "reason": s.reason} for s in no_views)
-    write_json_atomic(out / "index.json", index)
-    write_json_atomic(out / "eval_index.json", views)
+    write_json(out / "index.json", index, indent=1)
+    write_json(out / "eval_index.json", views, indent=1)
     report.scenes = len(index["scenes"])
     report.frames = index["num_frames"]
     report.skipped = [Skip(s["item"], s["reason"]) for s in index["skipped"]]
@@ -515,11 +503,8 @@ def load_index(root: str | os.PathLike) -> dict:
     path = Path(root) / "index.json"
     if not path.is_file():
         raise CameoError(f"{path}: not found; prepare a dataset with `cameo prepare` first")
-    try:
-        index = json.loads(path.read_text())
-    except ValueError as exc:
-        raise CameoError(f"{path}: not valid JSON ({exc})") from None
-    if index.get("format") != FORMAT:
+    index = read_json(path, "dataset index")
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
         raise CameoError(f"{path}: not a cameo dataset index (format {index.get('format')!r})")
     if index.get("format_version", 0) > FORMAT_VERSION:
         raise CameoError(f"{path}: written by a newer cameo (format {index['format_version']})")
@@ -539,17 +524,24 @@ def verify_shards(root: str | os.PathLike, index: dict) -> list[str]:
 
 class ShardReader:
     """Lazy access to the tensors of prepared scenes (memory-mapped safetensors); at most
-    ``max_open`` shards are kept open (least recently used closed first)."""
+    ``max_open`` shards are kept open (least recently used closed first).
+
+    Every shard's header and length are checked when the reader is made (in the main
+    process, before any data loader worker), so a missing, truncated or foreign shard is a
+    one-line `CameoError` naming the file; a tensor that still cannot be read is one too."""
 
     def __init__(self, root: str | os.PathLike, index: dict, max_open: int = 32) -> None:
         self.root = Path(root)
         self.index = index
         self.max_open = max_open
         self._open: OrderedDict[int, Any] = OrderedDict()
+        for shard in index["shards"]:
+            path = self.root / shard["file"]
+            if not path.is_file():
+                raise CameoError(f"{path}: shard listed in index.json is missing")
+            check_safetensors(path)
 
     def _shard(self, scene: str) -> Any:
-        from safetensors import safe_open
-
         shard_id = self.index["scenes"][scene]["shard"]
         if shard_id not in self._open:
             path = self.root / self.index["shards"][shard_id]["file"]
@@ -557,20 +549,32 @@ class ShardReader:
                 raise CameoError(f"{path}: shard listed in index.json is missing")
             if len(self._open) >= self.max_open:
                 self._open.popitem(last=False)
-            self._open[shard_id] = safe_open(str(path), framework="numpy")
+            try:
+                self._open[shard_id] = safe_open(str(path), framework="numpy")
+            except (SafetensorError, OSError) as error:
+                raise CameoError(f"{path}: cannot read the shard ({error})") from None
         self._open.move_to_end(shard_id)
         return self._open[shard_id]
+
+    def _tensor(self, scene: str, key: str) -> np.ndarray:
+        path = self.root / self.index["shards"][self.index["scenes"][scene]["shard"]]["file"]
+        try:
+            return self._shard(scene).get_tensor(key)
+        except (SafetensorError, OSError) as error:
+            raise CameoError(f"{path}: cannot read {key!r} ({error})") from None
 
     def __getstate__(self) -> dict:  # open handles stay in the process that opened them
         return {**self.__dict__, "_open": OrderedDict()}
 
     def cameras(self, scene: str) -> tuple[np.ndarray, np.ndarray]:
-        shard = self._shard(scene)
-        return shard.get_tensor(f"{scene}/intrinsics"), shard.get_tensor(f"{scene}/world_to_camera")
+        return (
+            self._tensor(scene, f"{scene}/intrinsics"),
+            self._tensor(scene, f"{scene}/world_to_camera"),
+        )
 
     def image(self, scene: str, frame: int) -> np.ndarray:
         """uint8 [H, W, 3]."""
-        data = self._shard(scene).get_tensor(f"{scene}/image/{frame}").tobytes()
+        data = self._tensor(scene, f"{scene}/image/{frame}").tobytes()
         with Image.open(io.BytesIO(data)) as img:
             return np.asarray(img.convert("RGB"))
 
@@ -578,7 +582,7 @@ class ShardReader:
         """bool [H, W] or None when the scene has no masks."""
         if not self.index["scenes"][scene].get("mask"):
             return None
-        data = self._shard(scene).get_tensor(f"{scene}/mask/{frame}").tobytes()
+        data = self._tensor(scene, f"{scene}/mask/{frame}").tobytes()
         with Image.open(io.BytesIO(data)) as img:
             return np.asarray(img) > 127
 

@@ -365,8 +365,8 @@ def run_diagnose(request: DiagnoseRequest, console: Console | None = None) -> di
     from cameo_cli.diagnose import plots
     from cameo_cli.diagnose.perturb import perturbation_study
     from cameo_cli.diagnose.training import run_checkpoints, validation_psnr
+    from cameo_cli.io import check_output_folder, staged_folder, write_json
     from cameo_cli.layers import write_recommended_layer
-    from cameo_cli.sample.outputs import check_output_folder, staged_folder, write_json
 
     console = console or Console()
     check_output_folder(request.out, request.overwrite)

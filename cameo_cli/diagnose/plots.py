@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -12,15 +11,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cameo_cli.diagnose.precision import METRICS, ROTATION_BINS  # noqa: E402
+from cameo_cli.io import save_with  # noqa: E402
 
 LABELS = {"exact": "exact token", "tokens": "≤ r tokens", "pixels": "≤ r px", "3d": "≤ r (3D)"}
 
 
 def _save(figure, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    figure.savefig(temporary, format="png", dpi=120, bbox_inches="tight")
-    plt.close(figure)
-    os.replace(temporary, path)
+    try:
+        save_with(
+            path,
+            lambda temporary: figure.savefig(temporary, format="png", dpi=120, bbox_inches="tight"),
+        )
+    finally:
+        plt.close(figure)
 
 
 def _value(value: float | None) -> float:

@@ -17,11 +17,7 @@ Means are over all evaluated target views. Each scene's noise comes from its own
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
-import os
 import re
 import shutil
 import time
@@ -34,12 +30,12 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from cameo_cli import io as cameo_io
 from cameo_cli.camera_files import CameraSet, to_cameo_json
 from cameo_cli.errors import CameoError
 from cameo_cli.image_metrics import SSIM_CONFIG, psnr, ssim
 from cameo_cli.lpips import LPIPS, default_backbone_path
 from cameo_cli.pipeline import MultiViewPipeline
-from cameo_cli.sample import outputs
 
 METRICS = ("psnr", "ssim", "lpips")
 LPIPS_NETS = ("vgg", "alex")
@@ -95,14 +91,14 @@ def _prepare_output(out: Path, config: dict, overwrite: bool) -> None:
             shutil.rmtree(out)
         elif not config_file.is_file():
             raise CameoError(f"{out}: folder is not empty and holds no evaluation to resume")
-        elif json.loads(config_file.read_text()) != config:
+        elif cameo_io.read_json(config_file) != config:
             raise CameoError(
                 f"{out}: holds an evaluation with another configuration "
                 "(other checkpoint, metrics, steps, guidance or seed); pass --overwrite "
                 "to start again, or choose another --out"
             )
     (out / "scenes").mkdir(parents=True, exist_ok=True)
-    outputs.write_json(config_file, config)
+    cameo_io.write_json(config_file, config)
 
 
 def run_evaluation(request: EvaluateRequest, console: Console | None = None) -> dict:
@@ -185,12 +181,12 @@ def run_evaluation(request: EvaluateRequest, console: Console | None = None) -> 
                 recipe.evaluate.psnr_cap,
                 request,
             )
-            outputs.write_json(request.out / "scenes" / f"{_file_name(scene)}.json", result)
+            cameo_io.write_json(request.out / "scenes" / f"{_file_name(scene)}.json", result)
             progress.advance(task)
 
     results = _collect(request.out, index, config)
     _write_csv(request.out / "results.csv", results, config)
-    outputs.write_json(request.out / "results.json", results)
+    cameo_io.write_json(request.out / "results.json", results)
     console.print(_table(results))
     return results
 
@@ -264,10 +260,10 @@ def _save_scene_images(folder: Path, views: dict, generated: torch.Tensor, refs:
     folder.mkdir(parents=True, exist_ok=True)
     images = (views["images"] + 1) / 2
     for k in range(refs):
-        outputs.save_png(images[k], folder / f"reference_{k}.png")
+        cameo_io.save_png(images[k], folder / f"reference_{k}.png")
     for k, image in enumerate(generated):
-        outputs.save_png(image, folder / f"target_{k}.png")
-        outputs.save_png(images[refs + k], folder / f"truth_{k}.png")
+        cameo_io.save_png(image, folder / f"target_{k}.png")
+        cameo_io.save_png(images[refs + k], folder / f"truth_{k}.png")
     size = tuple(images.shape[-2:])
     K, w2c = views["intrinsics"].double(), views["world_to_camera"].double()
     references = CameraSet.from_pixel(
@@ -276,8 +272,8 @@ def _save_scene_images(folder: Path, views: dict, generated: torch.Tensor, refs:
     targets = CameraSet.from_pixel(
         K[refs:], w2c[refs:], size, names=[f"target_{k}.png" for k in range(len(generated))]
     )
-    outputs.write_json(folder / "references.json", to_cameo_json(references, image_size=size))
-    outputs.write_json(folder / "targets.json", to_cameo_json(targets, image_size=size))
+    cameo_io.write_json(folder / "references.json", to_cameo_json(references, image_size=size))
+    cameo_io.write_json(folder / "targets.json", to_cameo_json(targets, image_size=size))
 
 
 def _score(
@@ -301,7 +297,7 @@ def _score(
 
 def _collect(out: Path, index: dict, config: dict) -> dict:
     per_scene = [
-        json.loads((out / "scenes" / f"{_file_name(scene)}.json").read_text()) for scene in index
+        cameo_io.read_json(out / "scenes" / f"{_file_name(scene)}.json") for scene in index
     ]
     names = list(per_scene[0]["per_view"]) if per_scene else []
     mean = {}
@@ -329,17 +325,13 @@ def _csv_config(config: dict) -> dict[str, object]:
 def _write_csv(path: Path, results: dict, config: dict) -> None:
     names = list(results["mean"])
     settings = _csv_config(config)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["scene", "views", *names, *settings])
+    rows = [["scene", "views", *names, *settings]]
     for scene in results["per_scene"]:
         values = [_format(scene["mean"][name]) for name in names]
-        writer.writerow([scene["scene"], len(scene["target"]), *values, *settings.values()])
+        rows.append([scene["scene"], len(scene["target"]), *values, *settings.values()])
     means = [_format(results["mean"][name]) for name in names]
-    writer.writerow(["mean", results["views"], *means, *settings.values()])
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(buffer.getvalue())
-    os.replace(temporary, path)
+    rows.append(["mean", results["views"], *means, *settings.values()])
+    cameo_io.write_csv(path, rows)
 
 
 def _format(value: float) -> str:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from cameo_cli import cameras
 from cameo_cli.errors import CameoError
+from cameo_cli.io import load_safetensors
 
 INSTALL_HINT = (
     "install it with `pip install git+https://github.com/facebookresearch/vggt` (or clone the "
@@ -54,9 +55,7 @@ def _weights_file(weights: str | Path) -> Path:
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
+        return load_safetensors(path)
     return torch.load(path, map_location="cpu", weights_only=True)
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from rich.console import Console
 from rich.progress import Progress
 
-from cameo_cli import cameras
+from cameo_cli import cameras, io
 from cameo_cli.camera_files import CameraSet, match_cameras, read_cameras, to_cameo_json
 from cameo_cli.errors import CameoError
 from cameo_cli.pipeline import MultiViewPipeline
@@ -49,13 +49,7 @@ class SampleRequest:
 
 def load_image(path: Path) -> torch.Tensor:
     """An RGB image file -> [3, H, W] float in [0, 1]."""
-    if not path.is_file():
-        raise CameoError(f"{path}: image not found")
-    try:
-        with Image.open(path) as image:
-            array = np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise CameoError(f"{path}: cannot read the image ({error})") from error
+    array = io.read_image(path)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
 
 
@@ -63,7 +57,7 @@ def resize_center_crop(image: torch.Tensor, resolution: int) -> torch.Tensor:
     """Shorter side to `resolution` (bicubic, as `cameo prepare`), then a centre square."""
     height, width = image.shape[-2:]
     resized_h, resized_w, top, left = cameras.resize_center_crop_box((height, width), resolution)
-    picture = Image.fromarray(outputs.to_uint8(image))
+    picture = Image.fromarray(io.to_uint8(image))
     if (resized_w, resized_h) != picture.size:
         picture = picture.resize((resized_w, resized_h), Image.Resampling.BICUBIC)
     array = np.asarray(picture)[top : top + resolution, left : left + resolution]
@@ -108,7 +102,7 @@ def _targets(
 def run_sample(request: SampleRequest, console: Console | None = None) -> Path:
     """Sample the target views; returns the output folder."""
     console = console or Console(stderr=True)
-    outputs.check_output_folder(request.out, request.overwrite)
+    io.check_output_folder(request.out, request.overwrite)
     if not request.views:
         raise CameoError("give at least one reference image with --views")
     if request.video not in (None, "mp4", "gif"):
@@ -152,9 +146,9 @@ def run_sample(request: SampleRequest, console: Console | None = None) -> Path:
             progress=lambda n: progress.advance(task, n),
         )
 
-    with outputs.staged_folder(request.out, request.overwrite) as staging:
+    with io.staged_folder(request.out, request.overwrite) as staging:
         for i, image in enumerate(result.images):
-            outputs.save_png(image, staging / f"target_{i:03d}.png")
+            io.save_png(image, staging / f"target_{i:03d}.png")
         outputs.contact_sheet(references, result.images).save(staging / "contact_sheet.png")
         if request.video:
             outputs.write_video(list(result.images), staging / f"trajectory.{request.video}")
@@ -165,11 +159,11 @@ def run_sample(request: SampleRequest, console: Console | None = None) -> Path:
             names=[f"reference_{i:03d}" for i in range(len(images))]
             + [f"target_{i:03d}" for i in range(len(target_w2c))],
         )
-        outputs.write_json(
+        io.write_json(
             staging / "cameras.json",
             to_cameo_json(all_cameras, image_size=(resolution, resolution)),
         )
-        outputs.write_json(
+        io.write_json(
             staging / "sample.json",
             {
                 "checkpoint": str(request.checkpoint),

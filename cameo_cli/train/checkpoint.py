@@ -17,22 +17,26 @@ one (`resolve_checkpoint`) live in the shared `cameo_cli.checkpoints`.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cameo_cli.checkpoints import CHECKPOINTS as CHECKPOINTS  # the trainer's path to it
 from cameo_cli.checkpoints import checkpoint_name, list_checkpoints, read_progress
 from cameo_cli.errors import CameoError
+from cameo_cli.io import (
+    load_safetensors,
+    read_json,
+    replace_folder,
+    save_safetensors,
+    write_json,
+)
 from cameo_cli.train.ema import ExponentialMovingAverage
 from cameo_cli.train.rng import capture_rng_state, restore_rng_state
-from cameo_cli.train.state_io import load_state, save_state, write_json
+from cameo_cli.train.state_io import load_state, save_state
 
 _STAGING_PREFIX = ".staging-"
 
@@ -69,30 +73,10 @@ class CheckpointManager:
         """Rename the staging folder of `step` into place, then keep only the last `keep`."""
         staged = self.staging_path(step)
         final = self.root / checkpoint_name(step)
-        if final.exists():
-            shutil.rmtree(final)
-        _fsync_tree(staged)
-        os.replace(staged, final)
-        _fsync_dir(self.root)
+        replace_folder(staged, final)
         for old in self.folders()[: -self.keep] if self.keep > 0 else []:
             shutil.rmtree(old)
         return final
-
-
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- writing ------------------------------------------------------------------------------
@@ -101,7 +85,7 @@ def save_model(folder: Path, backbone: nn.Module, alignment: nn.Module | None, l
     backbone.save_pretrained(folder / "backbone")
     if alignment is not None:
         tensors = {k: v.detach().cpu().contiguous() for k, v in alignment.state_dict().items()}
-        save_file(tensors, str(folder / "alignment.safetensors"), metadata={"layer": str(layer)})
+        save_safetensors(tensors, folder / "alignment.safetensors", metadata={"layer": str(layer)})
 
 
 def save_training_state(
@@ -118,7 +102,7 @@ def save_training_state(
     save_state(optimizer.state_dict(), folder, "optimizer")
     write_json(folder / "scheduler.json", lr_scheduler.state_dict())
     if ema is not None:
-        save_file(ema.state_dict(), str(folder / "ema.safetensors"))
+        save_safetensors(ema.state_dict(), folder / "ema.safetensors")
     write_json(
         folder / "state.json",
         {"step": step, "data_position": data_position, "world_size": world_size},
@@ -150,15 +134,15 @@ def restore_training_state(
         head_file = folder / "alignment.safetensors"
         if not head_file.is_file():
             raise CameoError(f"{folder}: no alignment.safetensors (trained with --align none?)")
-        model.alignment.load_state_dict(load_file(str(head_file)))
+        model.alignment.load_state_dict(load_safetensors(head_file))
     device = next(model.parameters()).device
     optimizer.load_state_dict(load_state(folder, "optimizer", device=device))
-    lr_scheduler.load_state_dict(json.loads((folder / "scheduler.json").read_text()))
+    lr_scheduler.load_state_dict(read_json(folder / "scheduler.json"))
     if ema is not None:
         ema_file = folder / "ema.safetensors"
         if not ema_file.is_file():
             raise CameoError(f"{folder}: no ema.safetensors, but this run has EMA enabled")
-        ema.load_state_dict(load_file(str(ema_file), device=str(device)))
+        ema.load_state_dict(load_safetensors(ema_file, device=str(device)))
     rng_stem = f"rng-rank{rank}"
     if (folder / f"{rng_stem}.json").is_file():
         restore_rng_state(load_state(folder, rng_stem), generators)

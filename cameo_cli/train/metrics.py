@@ -8,6 +8,9 @@ from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 
+from cameo_cli.errors import CameoError
+from cameo_cli.io import read_text, write_text
+
 
 class MetricsLogger:
     """Appends `{"step": n, name: value, ...}` lines; use on the main process only."""
@@ -39,10 +42,15 @@ def truncate_metrics(metrics_file: Path, after_step: int) -> None:
     """Drop lines logged after `after_step` (a resumed run repeats those steps)."""
     if not metrics_file.is_file():
         return
+    lines = [line for line in read_text(metrics_file, "metrics file").splitlines() if line.strip()]
     kept = []
-    for line in metrics_file.read_text().splitlines():
-        if line.strip() and json.loads(line).get("step", 0) <= after_step:
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if number == len(lines):
+                break  # the run stopped mid-write; that step is logged again
+            raise CameoError(f"{metrics_file}:{number}: not a JSON line") from None
+        if record.get("step", 0) <= after_step:
             kept.append(line)
-    tmp = metrics_file.with_name(metrics_file.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    tmp.replace(metrics_file)
+    write_text(metrics_file, "".join(line + "\n" for line in kept))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +11,7 @@ from cameo_cli import __version__
 from cameo_cli.checkpoints import CHECKPOINTS, resolve_checkpoint
 from cameo_cli.checkpoints import METRICS as METRICS  # the trainer's path to it
 from cameo_cli.errors import CameoError
+from cameo_cli.io import read_json, write_json
 from cameo_cli.train.checkpoint import CheckpointManager
 
 CONFIG = "config.yaml"
@@ -74,13 +73,11 @@ def write_meta(
     }
     path = output / META
     if resumed_from is not None and path.is_file():
-        meta = json.loads(path.read_text())
+        meta = read_json(path)
         meta.setdefault("resumes", []).append({**current, "from": str(resumed_from)})
     else:
         meta = current
-    tmp = output / (META + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, path)
+    write_json(path, meta, indent=1)
 
 
 def _git_commit() -> str | None:

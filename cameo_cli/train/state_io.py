@@ -8,13 +8,12 @@ dicts with non-string keys are tagged so that `unflatten_state` restores them ex
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+
+from cameo_cli.io import load_safetensors, read_json, save_safetensors, write_json
 
 _TENSOR = "__tensor__"
 _TUPLE = "__tuple__"
@@ -59,22 +58,15 @@ def unflatten_state(structure: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return structure
 
 
-def write_json(path: Path, payload: Any) -> None:
-    """Write JSON atomically (temp file + os.replace)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
-
-
 def save_state(state: Any, folder: Path, stem: str) -> None:
     """Write `state` as `<stem>.json` + `<stem>.safetensors` in `folder`."""
     structure, tensors = flatten_state(state)
-    save_file(tensors, str(folder / f"{stem}.safetensors"))
-    write_json(folder / f"{stem}.json", structure)
+    save_safetensors(tensors, folder / f"{stem}.safetensors")
+    write_json(folder / f"{stem}.json", structure, indent=1)
 
 
 def load_state(folder: Path, stem: str, device: str | torch.device = "cpu") -> Any:
     """Read what `save_state` wrote."""
-    tensors = load_file(str(folder / f"{stem}.safetensors"), device=str(device))
-    structure = json.loads((folder / f"{stem}.json").read_text())
+    tensors = load_safetensors(folder / f"{stem}.safetensors", device=str(device))
+    structure = read_json(folder / f"{stem}.json")
     return unflatten_state(structure, tensors)

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import DDPMScheduler
-from PIL import Image
 
 from cameo_cli.backbone import MultiViewBackbone, ViewConditioning
 from cameo_cli.image_metrics import psnr
+from cameo_cli.io import save_png
 
 VALIDATION_TIMESTEP = 500
 
@@ -124,6 +124,4 @@ def save_grid(images: torch.Tensor, path: Path) -> None:
     b, rows, f, c, h, w = images.shape
     grid = images.permute(0, 1, 4, 2, 5, 3).reshape(b * rows * h, f * w, c)
     array = (grid.numpy() * 255).round().astype(np.uint8)
-    tmp = path.with_name(path.name + ".tmp.png")
-    Image.fromarray(array).save(tmp)
-    tmp.replace(path)
+    save_png(array, path)
