@@ -14,8 +14,10 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset
 
+from cameo_cli.backbone import ViewConditioning
+from cameo_cli.batch import ViewBatch
 from cameo_cli.config import Recipe, dump_recipe
 from cameo_cli.errors import CameoError
 from cameo_cli.train import checkpoint as ckpt
@@ -33,7 +35,6 @@ from cameo_cli.train.setup import (
     open_dataset,
 )
 from cameo_cli.train.validation import (
-    conditioning,
     one_step_views,
     sampled_views,
     save_grid,
@@ -153,14 +154,14 @@ class Trainer:
         self.last_lr = recipe.train.learning_rate
 
     # -- set-up -----------------------------------------------------------------------------
-    def _validation_batch(self) -> dict[str, torch.Tensor]:
+    def _validation_batch(self) -> ViewBatch:
         """A fixed batch of held-out samples (the dataset's test split, else its first items)."""
         try:
             held_out = open_dataset(self.recipe, needs_geometry=False, split=HELD_OUT_SPLIT)
         except CameoError:
             held_out = self.dataset
         count = min(VALIDATION_SAMPLES, len(held_out))
-        return default_collate([held_out[i] for i in range(count)])
+        return ViewBatch.collate([held_out[i] for i in range(count)])
 
     def _prepare_run_dir(self, resume_from: Path | None, overwrite: bool, command: list[str]):
         # Every process has checked the output folder before the main one writes to it.
@@ -195,24 +196,24 @@ class Trainer:
         self.data_position = progress["data_position"]["global_batches"]
 
     # -- one step ---------------------------------------------------------------------------
-    def _micro_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _micro_step(self, batch: ViewBatch) -> dict[str, torch.Tensor]:
         """Forward one micro-batch; return the loss terms (`loss` is what is optimised)."""
         device, train = self.device, self.recipe.train
-        images = batch["images"].to(device)
-        ref_mask = batch["ref_mask"].to(device)
+        batch = batch.to(device)
+        images, ref_mask = batch.images, batch.ref_mask
         b, f = images.shape[:2]
         with torch.no_grad():
             latents = self.codec.encode(images.flatten(0, 1)).unflatten(0, (b, f))
         noised = add_training_noise(self.scheduler, latents, ref_mask, self.generator)
         drop = torch.rand(b, generator=self.generator, device=device) < train.camera_drop
-        cond = conditioning(batch, device, drop_camera=drop)
+        cond = ViewConditioning.from_batch(batch, drop_camera=drop)
         correspondence = None
         if self.cameo:
             from cameo_cli.geometry import correspondence_targets
 
             correspondence = correspondence_targets(
-                batch["point_map"].to(device),
-                batch["point_valid"].to(device),
+                batch.point_map,
+                batch.point_valid,
                 self.model.grid,
                 epsilon=self.recipe.alignment.epsilon,
             )
@@ -294,7 +295,7 @@ class Trainer:
             model.backbone, self.codec, self.scheduler, batch, seed=recipe.train.seed
         )
         model.train()
-        truth = (batch["images"] + 1) / 2
+        truth = (batch.images + 1) / 2
         grid = torch.stack([truth, sampled, one_step], dim=1)
         save_grid(grid, self.output / rundir.SAMPLES / f"step-{self.step:06d}.png")
         metrics.log(
@@ -322,12 +323,12 @@ class Trainer:
         )
         self._batches = iter(loader)
 
-    def next_batch(self) -> dict[str, torch.Tensor]:
+    def next_batch(self) -> ViewBatch:
         """This process's next micro-batch of the resumable stream."""
         self.data_position += 1
         return next(self._batches)
 
-    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    def train_step(self, batch: ViewBatch) -> dict[str, float]:
         """Forward + backward of one micro-batch; at the end of a gradient accumulation the
         optimizer, LR scheduler and EMA step and `self.step` advances. Returns the terms."""
         accelerator, train = self.accelerator, self.recipe.train
