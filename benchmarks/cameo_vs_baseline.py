@@ -29,15 +29,15 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from torch.utils.data import default_collate
 
 from cameo_cli.backbone import ViewConditioning
+from cameo_cli.batch import ViewBatch
 from cameo_cli.checkpoints import load_for_inference
 from cameo_cli.codec import load_codec
 from cameo_cli.data.dataset import dataset_from_recipe
 from cameo_cli.data.shards import prepare_dataset
 from cameo_cli.data.synthetic import SyntheticSource
-from cameo_cli.diffusion import make_train_scheduler
+from cameo_cli.diffusion import make_train_scheduler, noise_targets
 from cameo_cli.geometry import correspondence_targets
 from cameo_cli.pipeline import MultiViewPipeline
 from cameo_cli.train.validation import one_step_views, sampled_views, target_psnr
@@ -85,7 +85,7 @@ def train_all(out: Path, dataset: Path, steps: int, parallel: bool, extra: list[
 
 
 @torch.no_grad()
-def attention_precision(model, batch: dict, timesteps: tuple[int, ...], seed: int) -> dict:
+def attention_precision(model, batch: ViewBatch, timesteps: tuple[int, ...], seed: int) -> dict:
     """Exact and ±1-token argmax precision of the supervised layer (and of the head)."""
     recipe, backbone = model.recipe, model.backbone
     layer = recipe.alignment.layer if isinstance(recipe.alignment.layer, int) else None
@@ -93,26 +93,18 @@ def attention_precision(model, batch: dict, timesteps: tuple[int, ...], seed: in
     size = recipe.data.resolution
     grid = backbone.token_grid(layer, (size, size))
     codec, scheduler = load_codec(recipe.codec), make_train_scheduler(recipe.diffusion)
-    images, ref_mask = batch["images"], batch["ref_mask"]
+    images, ref_mask = batch.images, batch.ref_mask
     b, f = images.shape[:2]
     latents = codec.encode(images.flatten(0, 1)).unflatten(0, (b, f))
-    targets = correspondence_targets(batch["point_map"], batch["point_valid"], grid, epsilon=1.5)
-    cond = ViewConditioning(
-        intrinsics=batch["intrinsics"],
-        world_to_camera=batch["world_to_camera"],
-        ref_mask=ref_mask,
-        image_size=(size, size),
-        ref_images=images * ref_mask[:, :, None, None, None],
-    )
+    targets = correspondence_targets(batch.point_map, batch.point_valid, grid, epsilon=1.5)
+    cond = ViewConditioning.from_batch(batch)
     generator = torch.Generator().manual_seed(seed)
     counts = {"attention": [0, 0], "head": [0, 0]}
     total = 0
     width = grid[1]
     for t in timesteps:
         noise = torch.randn(latents.shape, generator=generator)
-        tt = torch.full((b * f,), t, dtype=torch.long)
-        noisy = scheduler.add_noise(latents.flatten(0, 1), noise.flatten(0, 1), tt)
-        noisy = torch.where(ref_mask[:, :, None, None, None], latents, noisy.unflatten(0, (b, f)))
+        noisy = noise_targets(scheduler, latents, noise, torch.full((b,), t), ref_mask)
         with backbone.probe(layer, grid) as handle:
             backbone(noisy, torch.full((b,), float(t)), cond)
         probe = handle.result
@@ -142,12 +134,12 @@ def attention_precision(model, batch: dict, timesteps: tuple[int, ...], seed: in
     return result
 
 
-def held_out_batch(dataset_root: Path, recipe, draws: int) -> dict:
+def held_out_batch(dataset_root: Path, recipe, draws: int) -> ViewBatch:
     items = []
     for draw in range(draws):
         dataset = dataset_from_recipe(dataset_root, recipe, seed=1000 + draw)
         items += [dataset[i] for i in range(len(dataset))]
-    return default_collate(items)
+    return ViewBatch.collate(items)
 
 
 def evaluate(run: Path, batch_source: Path, draws: int) -> dict:
@@ -166,7 +158,7 @@ def evaluate(run: Path, batch_source: Path, draws: int) -> dict:
         "step": model.step,
         "val_psnr": target_psnr(sampled, batch),
         "val_psnr_x0": target_psnr(one_step, batch),
-        "samples": int(batch["images"].shape[0]),
+        "samples": batch.batch_size,
     }
     result.update(attention_precision(model, batch, TIMESTEPS, seed=0))
     return result

@@ -24,6 +24,7 @@ import torch
 from cameo_cli.alignment import CameoLoss
 from cameo_cli.alignment.fused import fused_available
 from cameo_cli.backbone import ViewConditioning
+from cameo_cli.batch import ViewBatch
 from cameo_cli.cameras import fov_to_focal, intrinsics_matrix, unproject_depth
 from cameo_cli.registry import build_backbone
 from cameo_cli.train.model import CameoTrainingModel
@@ -50,28 +51,30 @@ def look_at_cameras(views: int, radius: float = 4.0, arc_degrees: float = 40.0) 
 
 
 def make_batch(batch: int, views: int, resolution: int, device: torch.device):
-    """Latents, timesteps, conditioning and point maps of a plane seen from an arc."""
+    """Latents, timesteps and a ViewBatch (blank images, point maps) of a plane seen from an
+    arc."""
     focal = fov_to_focal(50.0, resolution)
     center = resolution / 2
     K = intrinsics_matrix(*(torch.tensor(v) for v in (focal, focal, center, center)))
     K = K.expand(batch, views, 3, 3).clone()
     w2c = look_at_cameras(views).expand(batch, views, 4, 4).clone()
     depth = torch.full((batch, views, resolution, resolution), 4.0)
-    point_map = unproject_depth(depth, K, w2c)
     ref_mask = torch.zeros(batch, views, dtype=torch.bool)
     ref_mask[:, :2] = True
     size = resolution // DOWNSAMPLE
     latents = torch.randn(batch, views, LATENT_CHANNELS, size, size)
-    cond = ViewConditioning(
-        intrinsics=K.to(device),
-        world_to_camera=w2c.to(device),
-        ref_mask=ref_mask.to(device),
-        image_size=(resolution, resolution),
-        point_map=point_map.to(device),
-        point_valid=torch.ones_like(depth, dtype=torch.bool, device=device),
+    views_batch = ViewBatch(
+        images=torch.zeros(batch, views, 3, resolution, resolution),
+        intrinsics=K,
+        world_to_camera=w2c,
+        ref_mask=ref_mask,
+        scenes=["plane"] * batch,
+        frames=torch.arange(views).expand(batch, views),
+        point_map=unproject_depth(depth, K, w2c),
+        point_valid=torch.ones_like(depth, dtype=torch.bool),
     )
     timesteps = torch.full((batch,), 500.0, device=device)
-    return latents.to(device), timesteps, cond
+    return latents.to(device), timesteps, views_batch.to(device)
 
 
 def variants(device: torch.device) -> list[tuple[str, bool | None]]:
@@ -102,7 +105,8 @@ def measure(args: argparse.Namespace, fused: bool | None) -> tuple[float, float]
         ).to(device)
     model = CameoTrainingModel(backbone, alignment, layer, grid, epsilon=1.5).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2.5e-5, weight_decay=0.01)
-    latents, timesteps, cond = make_batch(args.batch, 4, args.resolution, device)
+    latents, timesteps, batch = make_batch(args.batch, 4, args.resolution, device)
+    cond = ViewConditioning.from_batch(batch)
     target_views = ~cond.ref_mask
     times = []
     if device.type == "cuda":
@@ -112,7 +116,7 @@ def measure(args: argparse.Namespace, fused: bool | None) -> tuple[float, float]
             torch.cuda.synchronize(device)
         start = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-            prediction, cameo = model(latents, timesteps, cond, cond.point_map, cond.point_valid)
+            prediction, cameo = model(latents, timesteps, cond, batch.point_map, batch.point_valid)
         denoise = (prediction.float() - latents)[target_views].pow(2).mean()
         loss = denoise if cameo is None else denoise + 0.02 * cameo
         loss.backward()

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from safetensors import safe_open
@@ -36,6 +36,9 @@ from cameo_cli import io
 from cameo_cli.attention.hooks import LayerHook, ProbeResult
 from cameo_cli.errors import CameoError
 from cameo_cli.spec import BackboneSpec
+
+if TYPE_CHECKING:
+    from cameo_cli.batch import ViewBatch
 
 BACKBONE_CONFIG = "cameo_backbone.json"
 EXTRA_WEIGHTS = "cameo_extra.safetensors"
@@ -56,6 +59,51 @@ class ViewConditioning:
     ref_images: torch.Tensor | None = None  # [B, F, 3, H, W] in [-1, 1]; for geometric priors
     point_map: torch.Tensor | None = None  # [B, F, 3, H, W] world frame; for geometric priors
     point_valid: torch.Tensor | None = None  # [B, F, H, W] bool
+
+    @classmethod
+    def from_views(
+        cls,
+        images: torch.Tensor,
+        intrinsics: torch.Tensor,
+        world_to_camera: torch.Tensor,
+        ref_mask: torch.Tensor,
+        *,
+        drop_camera: torch.Tensor | None = None,
+        point_map: torch.Tensor | None = None,
+        point_valid: torch.Tensor | None = None,
+    ) -> ViewConditioning:
+        """The conditioning of views `images` [B, F, 3, H, W] in [-1, 1] (the one rule):
+        cameras and mask as given; images and point maps of reference views only, target
+        views blanked (zero images and points, nothing valid) so nothing of them leaks."""
+        refs = ref_mask[:, :, None, None]
+        blank = torch.zeros((), dtype=images.dtype, device=images.device)
+        cond = cls(
+            intrinsics=intrinsics,
+            world_to_camera=world_to_camera,
+            ref_mask=ref_mask,
+            image_size=(images.shape[-2], images.shape[-1]),
+            drop_camera=drop_camera,
+            ref_images=torch.where(refs[:, :, None], images, blank),
+        )
+        if point_map is not None:
+            cond.point_map = torch.where(refs[:, :, None], point_map, blank.to(point_map.dtype))
+            cond.point_valid = point_valid & refs
+        return cond
+
+    @classmethod
+    def from_batch(
+        cls, batch: ViewBatch, *, drop_camera: torch.Tensor | None = None
+    ) -> ViewConditioning:
+        """The conditioning of a `ViewBatch` (on its device), by `from_views`'s rule."""
+        return cls.from_views(
+            batch.images,
+            batch.intrinsics,
+            batch.world_to_camera,
+            batch.ref_mask,
+            drop_camera=drop_camera,
+            point_map=batch.point_map,
+            point_valid=batch.point_valid,
+        )
 
     def check(self, batch: int, views: int) -> None:
         """Raise ValueError unless every tensor is shaped for `batch` samples of `views`."""

@@ -95,3 +95,19 @@ def snr_weights(
     if scheduler.config.prediction_type == "v_prediction":
         return torch.clamp(snr, max=gamma) / (snr + 1.0)
     return torch.clamp(gamma / snr, max=1.0)
+
+
+def noise_targets(
+    scheduler: DDPMScheduler,
+    x0: torch.Tensor,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    ref_mask: torch.Tensor,
+) -> torch.Tensor:
+    """Latents `x0` [B, F, C, h, w] noised to one integer step per sample (`timesteps` [B])
+    on the target views; reference views (`ref_mask` [B, F]) stay clean (t = 0, no noise)."""
+    batch, views = x0.shape[:2]
+    per_view_t = timesteps.long().repeat_interleave(views)
+    noisy = scheduler.add_noise(x0.flatten(0, 1), noise.flatten(0, 1), per_view_t)
+    keep_clean = ref_mask.to(x0.device)[:, :, None, None, None]
+    return torch.where(keep_clean, x0, noisy.unflatten(0, (batch, views)))

@@ -200,17 +200,15 @@ class MultiViewPipeline:
         guided = guidance != 1.0
         batch = 2 if guided else 1
 
-        ref_images = torch.zeros(views, *images.shape[1:], device=self.device)
-        ref_images[:references] = images
-        ref_mask = torch.zeros(views, dtype=torch.bool, device=self.device)
-        ref_mask[:references] = True
-        cond = ViewConditioning(
-            intrinsics=_batched(intrinsics.to(self.device, torch.float32), batch),
-            world_to_camera=_batched(world_to_camera.to(self.device, torch.float32), batch),
-            ref_mask=_batched(ref_mask, batch),
-            image_size=(images.shape[-2], images.shape[-1]),
+        # Target views have no image: `from_views` blanks whatever stands in their place.
+        view_images = torch.cat([images, images.new_zeros(views - references, *images.shape[1:])])
+        ref_mask = torch.arange(views, device=self.device) < references
+        cond = ViewConditioning.from_views(
+            _batched(view_images, batch),
+            _batched(intrinsics.to(self.device, torch.float32), batch),
+            _batched(world_to_camera.to(self.device, torch.float32), batch),
+            _batched(ref_mask, batch),
             drop_camera=torch.tensor([False, True][:batch], device=self.device),
-            ref_images=_batched(ref_images, batch),
         )
         self.backbone.set_num_views(views)
         targets = noise * sampler.init_noise_sigma

@@ -95,7 +95,7 @@ def plant(hook, capture):
 
 def geometric_queries_and_keys(batch, grid, heads):
     """q·k = α (|p_q|² - |p_q - p_k|²): every head's argmax key is the nearest 3D point."""
-    points, valid = resize_point_map(batch["point_map"], batch["point_valid"], grid)
+    points, valid = resize_point_map(batch.point_map, batch.point_valid, grid)
     points = points.flatten(-2).transpose(-1, -2).double()  # [B, F, hw, 3]
     valid = valid.flatten(-2)
     alpha = 1e4
@@ -133,8 +133,8 @@ def test_planted_layer_scores_one_and_random_layer_scores_chance(synthetic_datas
 
     # 3D precision of the planted layer: the share of kept rows whose nearest key point
     # lies within the radius, computed here directly from the ground truth.
-    targets = correspondence_targets(batch["point_map"], batch["point_valid"], grid)
-    points, _ = resize_point_map(batch["point_map"], batch["point_valid"], grid)
+    targets = correspondence_targets(batch.point_map, batch.point_valid, grid)
+    points, _ = resize_point_map(batch.point_map, batch.point_valid, grid)
     points = points.flatten(-2).transpose(-1, -2)
     keys = (
         points[:, None]

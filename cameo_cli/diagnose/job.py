@@ -21,6 +21,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from cameo_cli.backbone import MultiViewBackbone, ViewConditioning
+from cameo_cli.batch import ViewBatch
 from cameo_cli.diagnose.precision import (
     PrecisionCounts,
     Radii,
@@ -169,46 +170,34 @@ def evaluation_views(dataset: MultiViewDataset, count: int) -> list[tuple[str, l
     return chosen
 
 
-def collate(dataset: MultiViewDataset, views: list[tuple[str, list[int], int]]) -> dict:
+def collate(dataset: MultiViewDataset, views: list[tuple[str, list[int], int]]) -> ViewBatch:
     """Items of `views` stacked into one batch (all with the same number of references)."""
-    items = [dataset.get_views(scene, frames, refs) for scene, frames, refs in views]
-    batch = {}
-    for key in items[0]:
-        values = [item[key] for item in items]
-        batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
-    return batch
+    return ViewBatch.collate(
+        [dataset.get_views(scene, frames, refs) for scene, frames, refs in views]
+    )
 
 
 # -- precision ---------------------------------------------------------------------------------
 
 
 def probe_all(
-    model: DiagnosedModel, batch: dict, layers: list[int], timestep: int, seed: int
+    model: DiagnosedModel, batch: ViewBatch, layers: list[int], timestep: int, seed: int
 ) -> dict[int, ProbeResult]:
     """One forward pass at `timestep` with every layer in `layers` probed: {layer: ProbeResult}."""
-    from cameo_cli.diffusion import make_train_scheduler
+    from cameo_cli.diffusion import make_train_scheduler, noise_targets
 
     backbone, device = model.backbone, next(model.backbone.parameters()).device
-    images = batch["images"].to(device)
-    ref_mask = batch["ref_mask"].to(device)
+    batch = batch.to(device)
+    images = batch.images
     b, f = images.shape[:2]
-    image_size = tuple(images.shape[-2:])
+    image_size = batch.image_size
     latents = model.codec.encode(images.flatten(0, 1)).unflatten(0, (b, f)).float()
     generator = torch.Generator().manual_seed(seed * 1000 + timestep)
     noise = torch.randn(latents.shape, generator=generator).to(device)
     scheduler = make_train_scheduler(model.recipe.diffusion)
-    steps = torch.full((b * f,), timestep, dtype=torch.long, device=device)
-    noisy = scheduler.add_noise(latents.flatten(0, 1), noise.flatten(0, 1), steps)
-    noisy = torch.where(ref_mask[:, :, None, None, None], latents, noisy.unflatten(0, (b, f)))
-    cond = ViewConditioning(
-        intrinsics=batch["intrinsics"].to(device),
-        world_to_camera=batch["world_to_camera"].to(device),
-        ref_mask=ref_mask,
-        image_size=image_size,
-        ref_images=images * ref_mask[:, :, None, None, None],
-        point_map=batch["point_map"].to(device),
-        point_valid=batch["point_valid"].to(device),
-    )
+    steps = torch.full((b,), timestep, dtype=torch.long, device=device)
+    noisy = noise_targets(scheduler, latents, noise, steps, batch.ref_mask)
+    cond = ViewConditioning.from_batch(batch)
     backbone.set_num_views(f)
     with contextlib.ExitStack() as stack:
         handles = {
@@ -223,7 +212,7 @@ def probe_all(
 
 def score_probe(
     probe: ProbeResult,
-    batch: dict,
+    batch: ViewBatch,
     radii: Radii,
     epsilon: float,
     alignment: CameoLoss | None = None,
@@ -232,17 +221,17 @@ def score_probe(
     from cameo_cli.geometry import correspondence_targets, resize_point_map
 
     device = probe.q.device
-    points = batch["point_map"].to(device)
-    valid = batch["point_valid"].to(device)
+    points = batch.point_map.to(device)
+    valid = batch.point_valid.to(device)
     grid = probe.grid
     targets = correspondence_targets(points, valid, grid, epsilon=epsilon)
     token_points, token_valid = resize_point_map(points, valid, grid)
     token_points = token_points.flatten(-2).transpose(-1, -2)
     token_valid = token_valid.flatten(-2)
-    height, width = batch["images"].shape[-2:]
+    height, width = batch.image_size
     stride = (height / grid[0], width / grid[1])
     radii = radii.resolved(width)
-    bins = rotation_bins(batch["world_to_camera"].to(device))
+    bins = rotation_bins(batch.world_to_camera.to(device))
 
     def score(predicted: torch.Tensor) -> PrecisionCounts:
         return score_matches(
@@ -302,7 +291,7 @@ def layer_precision(
                         projected.add(head_counts)
                 if progress is not None:
                     progress.advance(task)
-    resolution = batch["images"].shape[-1]
+    resolution = batch.image_size[1]
     infos = {info.index: info for info in model.backbone.layers(resolution)}
     summaries = []
     for layer in layers:
@@ -379,7 +368,7 @@ def run_diagnose(request: DiagnoseRequest, console: Console | None = None) -> di
     layers = parse_layers(request.layers, model.backbone)
     dataset = open_diagnose_dataset(Path(request.dataset), model.recipe)
     views = evaluation_views(dataset, request.scenes)
-    width = dataset.get_views(*views[0])["images"].shape[-1]
+    width = ViewBatch.from_item(dataset.get_views(*views[0])).image_size[1]
     request = dataclasses.replace(request, radii=request.radii.resolved(width))
     result = {
         "backbone": request.backbone,

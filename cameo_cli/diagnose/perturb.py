@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 from rich.progress import Progress
 
+from cameo_cli.batch import ViewBatch
 from cameo_cli.errors import CameoError
 
 if TYPE_CHECKING:
@@ -62,9 +63,9 @@ def perturbation_study(
     samples: dict = {}
     task = progress.add_task("perturbation", total=len(views) * len(runs)) if progress else None
     for number, (scene, frames, refs) in enumerate(views):
-        item = dataset.get_views(scene, frames, refs)
-        images = (item["images"] + 1) / 2
-        K, w2c = item["intrinsics"], item["world_to_camera"]
+        batch = ViewBatch.from_item(dataset.get_views(scene, frames, refs))
+        images = (batch.images[0] + 1) / 2
+        K, w2c = batch.intrinsics[0], batch.world_to_camera[0]
         truth = images[refs:]
         for run in runs:
             perturbed = (

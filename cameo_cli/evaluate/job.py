@@ -31,6 +31,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from cameo_cli import io as cameo_io
+from cameo_cli.batch import ViewBatch
 from cameo_cli.camera_files import CameraSet, to_cameo_json
 from cameo_cli.errors import CameoError
 from cameo_cli.image_metrics import SSIM_CONFIG, psnr, ssim
@@ -221,22 +222,23 @@ def _evaluate_scene(
 ) -> dict:
     started = time.perf_counter()
     context, target = entry["context"], entry["target"]
-    views = dataset.get_views(scene, context + target, len(context))
-    images = (views["images"] + 1) / 2
+    views = ViewBatch.from_item(dataset.get_views(scene, context + target, len(context)))
+    images = (views.images[0] + 1) / 2
+    K, w2c = views.intrinsics[0], views.world_to_camera[0]
     refs = len(context)
     generated = pipeline(
         images[:refs],
-        views["intrinsics"][:refs],
-        views["world_to_camera"][:refs],
-        views["intrinsics"][refs:],
-        views["world_to_camera"][refs:],
+        K[:refs],
+        w2c[:refs],
+        K[refs:],
+        w2c[refs:],
         steps=config["steps"],
         guidance=config["guidance"],
         eta=config["eta"],
         generator=torch.Generator().manual_seed(scene_seed(config["seed"], scene)),
     ).images
     truth = images[refs:]
-    mask = views["object_mask"][refs:] if masked else None
+    mask = views.object_mask[0][refs:] if masked else None
     per_view: dict[str, list[float]] = {}
     for name in metrics:
         per_view[name] = _score(name, generated, truth, None, lpips, psnr_cap)
@@ -254,18 +256,18 @@ def _evaluate_scene(
     }
 
 
-def _save_scene_images(folder: Path, views: dict, generated: torch.Tensor, refs: int) -> None:
+def _save_scene_images(folder: Path, views: ViewBatch, generated: torch.Tensor, refs: int) -> None:
     """reference_K.png, target_K.png (generated), truth_K.png, and the cameras at the
     evaluation size: references.json (named after the PNGs) and targets.json."""
     folder.mkdir(parents=True, exist_ok=True)
-    images = (views["images"] + 1) / 2
+    images = (views.images[0] + 1) / 2
     for k in range(refs):
         cameo_io.save_png(images[k], folder / f"reference_{k}.png")
     for k, image in enumerate(generated):
         cameo_io.save_png(image, folder / f"target_{k}.png")
         cameo_io.save_png(images[refs + k], folder / f"truth_{k}.png")
     size = tuple(images.shape[-2:])
-    K, w2c = views["intrinsics"].double(), views["world_to_camera"].double()
+    K, w2c = views.intrinsics[0].double(), views.world_to_camera[0].double()
     references = CameraSet.from_pixel(
         K[:refs], w2c[:refs], size, names=[f"reference_{k}.png" for k in range(refs)]
     )

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from cameo_cli.batch import ViewBatch
+
 
 class EpochItems(Dataset):
     """Index a dataset by (epoch, item), calling its `set_epoch` (if any) before each read."""
@@ -88,13 +90,14 @@ def make_loader(
     start: int,
     workers: int,
 ) -> DataLoader:
-    """A DataLoader over the stream from global batch `start`, dict items collated."""
+    """A DataLoader over the stream from global batch `start`, items collated into ViewBatch."""
     sampler = ResumableBatchSampler(
         len(dataset), batch_size, world_size=world_size, rank=rank, seed=seed, start=start
     )
     return DataLoader(
         EpochItems(dataset),
         batch_sampler=sampler,
+        collate_fn=ViewBatch.collate,
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=torch.cuda.is_available(),

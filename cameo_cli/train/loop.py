@@ -14,8 +14,10 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset
 
+from cameo_cli.backbone import ViewConditioning
+from cameo_cli.batch import ViewBatch
 from cameo_cli.config import Recipe, dump_recipe
 from cameo_cli.errors import CameoError
 from cameo_cli.train import checkpoint as ckpt
@@ -30,7 +32,6 @@ from cameo_cli.train.plan import RunPlan, check_recipe, needs_geometry, plan_run
 from cameo_cli.train.progress import TrainingProgress
 from cameo_cli.train.setup import build_training_backbone, open_dataset
 from cameo_cli.train.validation import (
-    conditioning,
     one_step_views,
     sampled_views,
     save_grid,
@@ -165,14 +166,14 @@ class Trainer:
         self.last_lr = recipe.train.learning_rate
 
     # -- set-up -----------------------------------------------------------------------------
-    def _validation_batch(self) -> dict[str, torch.Tensor]:
+    def _validation_batch(self) -> ViewBatch:
         """A fixed batch of held-out samples (the dataset's test split, else its first items)."""
         try:
             held_out = open_dataset(self.recipe, needs_geometry=False, split=HELD_OUT_SPLIT)
         except CameoError:
             held_out = self.dataset
         count = min(VALIDATION_SAMPLES, len(held_out))
-        return default_collate([held_out[i] for i in range(count)])
+        return ViewBatch.collate([held_out[i] for i in range(count)])
 
     def _prepare_run_dir(self, resume_from: Path | None, overwrite: bool, command: list[str]):
         # Every process has checked the output folder before the main one writes to it.
@@ -209,21 +210,18 @@ class Trainer:
         self.data_position = progress["data_position"]["global_batches"]
 
     # -- one step ---------------------------------------------------------------------------
-    def _loss_terms(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _loss_terms(self, batch: ViewBatch) -> dict[str, torch.Tensor]:
         """`L = L_denoise + weight * L_cameo` of one micro-batch and its terms (`loss`)."""
         device, recipe = self.device, self.recipe
-        # The one place that reads the batch's fields (conditioning reads the cameras).
-        images = batch["images"].to(device)
-        ref_mask = batch["ref_mask"].to(device)
-        geometry = (
-            [batch[k].to(device) for k in ("point_map", "point_valid")] if self.plan.cameo else []
-        )
+        batch = batch.to(device)
+        images, ref_mask = batch.images, batch.ref_mask
+        geometry = [batch.point_map, batch.point_valid] if self.plan.cameo else []
         b, f = images.shape[:2]
         with torch.no_grad():
             latents = self.codec.encode(images.flatten(0, 1)).unflatten(0, (b, f))
         noised = add_training_noise(self.scheduler, latents, ref_mask, self.generator)
         drop = torch.rand(b, generator=self.generator, device=device) < recipe.train.camera_drop
-        cond = conditioning(batch, device, drop_camera=drop)
+        cond = ViewConditioning.from_batch(batch, drop_camera=drop)
         prediction, cameo = self.prepared_model(
             noised.noisy, noised.timesteps.float(), cond, *geometry
         )
@@ -328,7 +326,7 @@ class Trainer:
             model.backbone, self.codec, self.scheduler, batch, seed=recipe.train.seed
         )
         model.train()
-        truth = (batch["images"] + 1) / 2
+        truth = (batch.images + 1) / 2
         grid = torch.stack([truth, sampled, one_step], dim=1)
         save_grid(grid, self.output / rundir.SAMPLES / f"step-{step:06d}.png")
         self.logger.metrics.log(
@@ -356,7 +354,7 @@ class Trainer:
         )
         self._batches = iter(loader)
 
-    def next_batch(self) -> dict[str, torch.Tensor]:
+    def next_batch(self) -> ViewBatch:
         """This process's next micro-batch of the resumable stream."""
         self.data_position += 1
         return next(self._batches)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from diffusers import DDPMScheduler
 
-from cameo_cli.diffusion import snr_weights, training_target
+from cameo_cli.diffusion import noise_targets, snr_weights, training_target
 
 
 @dataclass
@@ -36,13 +36,10 @@ def add_training_noise(
     timesteps = torch.randint(0, num_steps, (batch,), generator=generator, device=device)
     noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
     per_view_t = timesteps.repeat_interleave(views)
-    flat_x0, flat_noise = latents.flatten(0, 1), noise.flatten(0, 1)
-    noisy = scheduler.add_noise(flat_x0, flat_noise, per_view_t).unflatten(0, (batch, views))
-    target = training_target(scheduler, flat_x0, flat_noise, per_view_t).unflatten(
-        0, (batch, views)
-    )
-    keep_clean = ref_mask.to(device)[:, :, None, None, None]
-    noisy = torch.where(keep_clean, latents, noisy)
+    target = training_target(
+        scheduler, latents.flatten(0, 1), noise.flatten(0, 1), per_view_t
+    ).unflatten(0, (batch, views))
+    noisy = noise_targets(scheduler, latents, noise, timesteps, ref_mask)
     return NoisedBatch(noisy=noisy, target=target, timesteps=timesteps)
 
 

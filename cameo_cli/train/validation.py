@@ -18,33 +18,12 @@ import torch
 from diffusers import DDPMScheduler
 
 from cameo_cli.backbone import MultiViewBackbone, ViewConditioning
+from cameo_cli.batch import ViewBatch
+from cameo_cli.diffusion import noise_targets
 from cameo_cli.image_metrics import psnr
 from cameo_cli.io import save_png
 
 VALIDATION_TIMESTEP = 500
-
-
-def conditioning(
-    batch: dict[str, torch.Tensor],
-    device: torch.device,
-    drop_camera: torch.Tensor | None = None,
-) -> ViewConditioning:
-    """The batch's cameras and reference mask; the references' images and point maps (for
-    backbones with geometric priors; target views are blanked so nothing of them leaks)."""
-    ref_mask = batch["ref_mask"].to(device)
-    refs = ref_mask[:, :, None, None]
-    cond = ViewConditioning(
-        intrinsics=batch["intrinsics"].to(device),
-        world_to_camera=batch["world_to_camera"].to(device),
-        ref_mask=ref_mask,
-        image_size=tuple(batch["images"].shape[-2:]),
-        drop_camera=drop_camera,
-        ref_images=batch["images"].to(device) * refs[:, :, None],
-    )
-    if "point_map" in batch:
-        cond.point_map = batch["point_map"].to(device) * refs[:, :, None]
-        cond.point_valid = batch["point_valid"].to(device) & refs
-    return cond
 
 
 def predicted_x0(
@@ -61,14 +40,14 @@ def predicted_x0(
 
 @torch.no_grad()
 def sampled_views(
-    pipeline, batch: dict[str, torch.Tensor], *, steps: int, guidance: float, seed: int
+    pipeline, batch: ViewBatch, *, steps: int, guidance: float, seed: int
 ) -> torch.Tensor:
     """`[B, F, 3, H, W]` in [0, 1]: references as given, targets sampled by `pipeline`."""
-    images = (batch["images"] + 1) / 2
+    images = (batch.images + 1) / 2
     out = images.clone()
     for b in range(images.shape[0]):
-        refs = batch["ref_mask"][b]
-        k, w2c = batch["intrinsics"][b], batch["world_to_camera"][b]
+        refs = batch.ref_mask[b]
+        k, w2c = batch.intrinsics[b], batch.world_to_camera[b]
         generated = pipeline(
             images[b][refs],
             k[refs],
@@ -83,10 +62,10 @@ def sampled_views(
     return out
 
 
-def target_psnr(views: torch.Tensor, batch: dict[str, torch.Tensor]) -> float:
+def target_psnr(views: torch.Tensor, batch: ViewBatch) -> float:
     """Mean PSNR over the target views of `views` [B, F, 3, H, W] in [0, 1]."""
-    targets = ~batch["ref_mask"]
-    truth = ((batch["images"] + 1) / 2)[targets]
+    targets = ~batch.ref_mask.cpu()
+    truth = ((batch.images.cpu() + 1) / 2)[targets]
     return psnr(views[targets].cpu().clamp(0, 1), truth).mean().item()
 
 
@@ -95,23 +74,22 @@ def one_step_views(
     backbone: MultiViewBackbone,
     codec,
     scheduler: DDPMScheduler,
-    batch: dict[str, torch.Tensor],
+    batch: ViewBatch,
     *,
     seed: int,
 ) -> torch.Tensor:
     """`[B, F, 3, H, W]` in [0, 1]: references as given, targets as x̂0 at t = 500."""
     device = next(backbone.parameters()).device
-    images = batch["images"].to(device)
-    ref_mask = batch["ref_mask"].to(device)
+    batch = batch.to(device)
+    images, ref_mask = batch.images, batch.ref_mask
     b, f = images.shape[:2]
     latents = codec.encode(images.flatten(0, 1)).unflatten(0, (b, f))
     generator = torch.Generator(device=device).manual_seed(seed)
     noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
-    t = torch.full((b * f,), VALIDATION_TIMESTEP, device=device, dtype=torch.long)
-    noisy = scheduler.add_noise(latents.flatten(0, 1), noise.flatten(0, 1), t).unflatten(0, (b, f))
-    noisy = torch.where(ref_mask[:, :, None, None, None], latents, noisy)
-    cond = conditioning(batch, device)
-    timesteps = torch.full((b,), float(VALIDATION_TIMESTEP), device=device)
+    timesteps = torch.full((b,), VALIDATION_TIMESTEP, device=device, dtype=torch.long)
+    noisy = noise_targets(scheduler, latents, noise, timesteps, ref_mask)
+    cond = ViewConditioning.from_batch(batch)
+    timesteps = timesteps.float()
     prediction = backbone(noisy, timesteps, cond)
     x0 = predicted_x0(scheduler, noisy, prediction, VALIDATION_TIMESTEP)
     decoded = codec.decode(x0.flatten(0, 1)).unflatten(0, (b, f))
