@@ -189,6 +189,12 @@ class MultiViewBackbone(nn.Module, ABC):
     ) -> MultiViewBackbone:
         """Build the `tiny` or `full` config; `pretrained` is a local diffusers folder (the
         model itself or a pipeline folder with `pretrained_subfolder`)."""
+        if not (hasattr(cls, "_new_model") and hasattr(cls, "_wrap")):
+            raise TypeError(
+                f"{cls.__name__}: an adapter using `MultiViewBackbone.build` defines the "
+                "classmethods `_new_model(variant, in_channels, settings)` and "
+                "`_wrap(model, variant, settings)`"
+            )
         settings = cls.resolve_options(variant, in_channels, options)
         if pretrained is None:
             model = cls._new_model(variant, in_channels, settings)
@@ -226,22 +232,10 @@ class MultiViewBackbone(nn.Module, ABC):
         return settings
 
     @classmethod
-    def _new_model(cls, variant: str, in_channels: int, settings: dict[str, object]) -> nn.Module:
-        """A freshly initialised `model_class` of `variant` for `in_channels` latents."""
-        raise NotImplementedError(f"{cls.__name__} uses `build` but defines no `_new_model`")
-
-    @classmethod
     def _load_model(cls, folder: Path, variant: str, settings: dict[str, object]) -> nn.Module:
         """The `model_class` saved in `folder` (every weight present); adapters that change
         the loaded model or check its shape override this."""
         return load_diffusers_model(cls.model_class, folder)
-
-    @classmethod
-    def _wrap(
-        cls, model: nn.Module, variant: str, settings: dict[str, object]
-    ) -> MultiViewBackbone:
-        """The adapter around `model` (hooks, processors, camera input) for `settings`."""
-        raise NotImplementedError(f"{cls.__name__} uses `build` but defines no `_wrap`")
 
     def record_build(self, variant: str, in_channels: int, options: dict[str, object]) -> None:
         """Remember how this backbone was built (written to `cameo_backbone.json`)."""

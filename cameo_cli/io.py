@@ -168,17 +168,24 @@ def staged_folder(out: Path, overwrite: bool) -> Iterator[Path]:
 
 
 # -- reading ------------------------------------------------------------------------------
-def read_bytes(path: str | os.PathLike, what: str = "file") -> bytes:
-    """The bytes of `path`; missing or unreadable -> CameoError naming it."""
-    path = Path(path)
+@contextmanager
+def _reading(path: Path, what: str) -> Iterator[None]:
+    """Turn the OS errors of reading `path` into a CameoError naming it."""
     try:
-        return path.read_bytes()
+        yield
     except FileNotFoundError:
         raise CameoError(f"{path}: {what} not found") from None
     except IsADirectoryError:
         raise CameoError(f"{path}: is a directory, expected a {what}") from None
     except OSError as error:
         raise CameoError(f"{path}: cannot read the {what} ({error.strerror})") from None
+
+
+def read_bytes(path: str | os.PathLike, what: str = "file") -> bytes:
+    """The bytes of `path`; missing or unreadable -> CameoError naming it."""
+    path = Path(path)
+    with _reading(path, what):
+        return path.read_bytes()
 
 
 def read_text(path: str | os.PathLike, what: str = "file") -> str:
@@ -232,22 +239,16 @@ def check_safetensors(path: str | os.PathLike) -> dict[str, str]:
     the header says) without reading the tensors; return its metadata. Missing, truncated
     or not safetensors -> CameoError naming the file."""
     path = Path(path)
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as handle:
-            prefix = handle.read(8)
-            length = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else None
-            if length is None or not 2 <= length <= min(size - 8, _MAX_SAFETENSORS_HEADER):
-                raise CameoError(f"{path}: not a safetensors file (or truncated in its header)")
+    with _reading(path, "safetensors file"), open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        prefix = handle.read(8)
+        length = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else None
+        if length is None or not 2 <= length <= min(size - 8, _MAX_SAFETENSORS_HEADER):
+            raise CameoError(f"{path}: not a safetensors file (or truncated in its header)")
+        try:
             header = json.loads(handle.read(length))
-    except FileNotFoundError:
-        raise CameoError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise CameoError(f"{path}: is a directory, expected a safetensors file") from None
-    except OSError as error:
-        raise CameoError(f"{path}: cannot read the file ({error.strerror})") from None
-    except ValueError:
-        raise CameoError(f"{path}: not a safetensors file (its header is not JSON)") from None
+        except ValueError:
+            raise CameoError(f"{path}: not a safetensors file (its header is not JSON)") from None
     if not isinstance(header, dict):
         raise CameoError(f"{path}: not a safetensors file (its header is not a JSON object)")
     end = 0

@@ -24,23 +24,12 @@ from torch import nn
 
 from cameo_cli.errors import CameoError
 
+# net: (torchvision constructor, ImageNet weights file, feature taps, tap channels)
 BACKBONES = {
-    # net: (torchvision constructor, ImageNet file, its URL, feature taps, tap channels)
-    "vgg": (
-        "vgg16",
-        "vgg16-397923af.pth",
-        "https://download.pytorch.org/models/vgg16-397923af.pth",
-        (3, 8, 15, 22, 29),
-        (64, 128, 256, 512, 512),
-    ),
-    "alex": (
-        "alexnet",
-        "alexnet-owt-7be5be79.pth",
-        "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
-        (1, 4, 7, 9, 11),
-        (64, 192, 384, 256, 256),
-    ),
+    "vgg": ("vgg16", "vgg16-397923af.pth", (3, 8, 15, 22, 29), (64, 128, 256, 512, 512)),
+    "alex": ("alexnet", "alexnet-owt-7be5be79.pth", (1, 4, 7, 9, 11), (64, 192, 384, 256, 256)),
 }
+WEIGHTS_URL = "https://download.pytorch.org/models/"  # where torchvision publishes them
 SHIFT = (-0.030, -0.088, -0.188)
 SCALE = (0.458, 0.448, 0.450)
 EPSILON = 1e-10
@@ -72,7 +61,7 @@ class LPIPS(nn.Module):
             raise CameoError(f"LPIPS net must be one of {', '.join(BACKBONES)}, got {net!r}")
         import torchvision
 
-        constructor, _, _, taps, channels = BACKBONES[net]
+        constructor, _, taps, channels = BACKBONES[net]
         self.net = net
         self.taps = taps
         self.features = getattr(torchvision.models, constructor)(weights=None).features[
@@ -95,7 +84,8 @@ class LPIPS(nn.Module):
         model = cls(net)
         backbone_file = Path(backbone_path) if backbone_path else default_backbone_path(net)
         if not backbone_file.is_file():
-            _, name, url, _, _ = BACKBONES[net]
+            _, name, _, _ = BACKBONES[net]
+            url = WEIGHTS_URL + name
             raise CameoError(
                 f"LPIPS ({net}) needs torchvision's ImageNet weights '{name}', not found at "
                 f"{backbone_file}: download {url} on a machine with internet and put it at "

@@ -80,6 +80,16 @@ def inputs(batch: int, views: int, seed: int = 0):
     return latents, torch.rand(batch, generator=generator) * 999
 
 
+def build_and_run(name: str, views: int):
+    """A fresh adapter, its inputs (latents, timesteps, conditioning) for 2 samples of
+    `views` views, and its output on them."""
+    model = build(name)
+    latents, timesteps = inputs(2, views)
+    cond = make_cond(2, views)
+    with torch.no_grad():
+        return model, (latents, timesteps, cond), model(latents, timesteps, cond)
+
+
 # -- layer tables ---------------------------------------------------------------------------
 @pytest.mark.parametrize("spec", [CAT3D, MVGENMASTER], ids=lambda s: s.name)
 def test_full_layer_table_at_512(spec):
@@ -140,22 +150,16 @@ def test_unknown_option_and_variant_are_user_errors():
 # -- equivalence with diffusers and zero initialisation -------------------------------------
 @pytest.mark.parametrize("name", ADAPTERS)
 def test_single_view_equals_stock_diffusers_unet(name):
-    model = build(name)
-    latents, timesteps = inputs(2, 1)
-    cond = make_cond(2, 1)
+    model, (latents, timesteps, _), ours = build_and_run(name, views=1)
     with torch.no_grad():
-        ours = model(latents, timesteps, cond)
         stock = stock_copy(model)(latents.flatten(0, 1), timesteps, None).sample
     assert torch.equal(ours.flatten(0, 1), stock)
 
 
 @pytest.mark.parametrize("name", ADAPTERS)
 def test_conditioning_is_zero_at_init(name):
-    model = build(name)
-    latents, timesteps = inputs(2, 3)
-    cond = make_cond(2, 3)
+    model, (latents, timesteps, cond), conditioned = build_and_run(name, views=3)
     with torch.no_grad():
-        conditioned = model(latents, timesteps, cond)
         model.set_num_views(3)
         plain = model.model(latents.flatten(0, 1), timesteps.repeat_interleave(3), None).sample
         assert torch.equal(conditioned.flatten(0, 1), plain)

@@ -8,18 +8,19 @@ from types import SimpleNamespace
 import pytest
 import torch
 from accelerate.utils import send_to_device
-from cameo_cli.sample.pipeline import MultiViewPipeline
 from torch import nn
 
-from cameo_cli.backbone import MultiViewBackbone, ViewConditioning
+from cameo_cli.backbone import ViewConditioning
 from cameo_cli.batch import ViewBatch
 from cameo_cli.codec import PixelCodec
 from cameo_cli.config import DiffusionConfig
 from cameo_cli.data.dataset import MultiViewDataset
 from cameo_cli.diagnose.job import DiagnosedModel, probe_all
 from cameo_cli.diffusion import make_train_scheduler, noise_targets
+from cameo_cli.pipeline import MultiViewPipeline
 from cameo_cli.train.data import make_loader
 from cameo_cli.train.validation import one_step_views
+from tests.stubs import StubBackbone
 
 DIFFUSION = DiffusionConfig()
 
@@ -43,30 +44,13 @@ def make_batch(batch: int = 2, views: int = 4, refs: int = 2, size: int = 8) -> 
     )
 
 
-class RecordingBackbone(MultiViewBackbone):
-    """Predicts zeros and records every conditioning it is given."""
-
-    name = "recording"
+class RecordingBackbone(StubBackbone):
+    """Predicts zeros and records every conditioning it is given (one weight, so that
+    there is a device to follow)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(()))
-        self.conds: list[ViewConditioning] = []
-
-    @classmethod
-    def build(cls, variant="tiny", *, in_channels=3, pretrained=None, **options):
-        return cls()
-
-    def layers(self, resolution):
-        return []
-
-    def token_grid(self, layer, image_hw):
-        return image_hw
-
-    def forward(self, latents, timesteps, cond):
-        cond.check(*latents.shape[:2])
-        self.conds.append(cond)
-        return torch.zeros_like(latents)
 
 
 def test_collate_stacks_dataset_items(synthetic_dataset):

@@ -248,6 +248,13 @@ def test_unknown_key_names_path_line_and_closest_key(tmp_path):
     assert "unknown key 'train.zzz' (valid keys: train.steps, train.batch_size," in message
 
 
+def assert_load_error(tmp_path, text: str, expected: str) -> None:
+    """Loading a recipe file of `text` fails with a message naming the file and `expected`."""
+    path = write(tmp_path, text)
+    message = error_of(lambda: load_recipe(path))
+    assert message.startswith(str(path)) and expected in message
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -265,9 +272,7 @@ def test_unknown_key_names_path_line_and_closest_key(tmp_path):
     ],
 )
 def test_wrong_types_name_file_line_path_expected_and_got(tmp_path, text, expected):
-    path = write(tmp_path, text)
-    message = error_of(lambda: load_recipe(path))
-    assert message.startswith(str(path)) and expected in message
+    assert_load_error(tmp_path, text, expected)
 
 
 @pytest.mark.parametrize(
@@ -285,9 +290,7 @@ def test_wrong_types_name_file_line_path_expected_and_got(tmp_path, text, expect
     ],
 )
 def test_out_of_range_values_are_errors(tmp_path, text, expected):
-    path = write(tmp_path, text)
-    message = error_of(lambda: load_recipe(path))
-    assert message.startswith(str(path)) and expected in message
+    assert_load_error(tmp_path, text, expected)
     with pytest.raises(CameoError):
         recipe_from_dict(yaml.safe_load(text))
 

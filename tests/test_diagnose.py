@@ -23,6 +23,7 @@ from cameo_cli.diagnose.precision import (
     rotation_bins,
     score_matches,
 )
+from cameo_cli.diagnose.request import Diagnosis
 from cameo_cli.errors import CameoError
 from cameo_cli.geometry import correspondence_targets, resize_point_map
 
@@ -123,7 +124,8 @@ def test_planted_layer_scores_one_and_random_layer_scores_chance(synthetic_datas
         return torch.randn(q.shape, generator=gen), torch.randn(k.shape, generator=gen), 1.0
 
     plant(model.backbone.hooks[random_layer], random_qk)
-    summaries = layer_precision(model, dataset, views, [planted_layer, random_layer], request)
+    diagnosis = Diagnosis(request, model, dataset, views)
+    summaries = layer_precision(diagnosis, [planted_layer, random_layer])
     planted, random = (s["attention"] for s in summaries)
     hw = grid[0] * grid[1]
     assert planted["rows"] > 1000 and planted["rows"] == random["rows"]

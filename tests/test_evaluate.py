@@ -45,19 +45,15 @@ def eval_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def evaluate(*args: object) -> object:
-    return CliRunner().invoke(main, ["evaluate", *map(str, args)])
+def evaluate(run: Path, dataset: Path, out: Path, *args: object) -> object:
+    """`cameo evaluate --checkpoint run --dataset dataset --out out *args`."""
+    common = ["--checkpoint", run, "--dataset", dataset, "--out", out]
+    return CliRunner().invoke(main, ["evaluate", *map(str, common), *map(str, args)])
 
 
 def test_evaluate_end_to_end_and_resume(tiny_run: Path, eval_dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
     args = [
-        "--checkpoint",
-        tiny_run,
-        "--dataset",
-        eval_dataset,
-        "--out",
-        out,
         "--metrics",
         "psnr,ssim",
         "--steps",
@@ -67,7 +63,7 @@ def test_evaluate_end_to_end_and_resume(tiny_run: Path, eval_dataset: Path, tmp_
         "--save-images",
     ]
     started = time.perf_counter()
-    result = evaluate(*args)
+    result = evaluate(tiny_run, eval_dataset, out, *args)
     assert result.exit_code == 0, result.output
     assert time.perf_counter() - started < 120
     index = json.loads((eval_dataset / "eval_index.json").read_text())
@@ -126,14 +122,14 @@ def test_evaluate_end_to_end_and_resume(tiny_run: Path, eval_dataset: Path, tmp_
     before = json.loads(lost.read_text())
     lost.unlink()
     stamps = {p: p.stat().st_mtime_ns for p in scene_files if p != lost}
-    result = evaluate(*args)
+    result = evaluate(tiny_run, eval_dataset, out, *args)
     assert result.exit_code == 0, result.output
     assert "resuming: 3 of 4" in result.output
     assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())
     assert json.loads(lost.read_text())["per_view"] == before["per_view"]
 
     # another configuration refuses to mix into this folder
-    result = evaluate(*[a if a != 3 else 4 for a in args])
+    result = evaluate(tiny_run, eval_dataset, out, *[a if a != 3 else 4 for a in args])
     assert result.exit_code == 2 and "another configuration" in result.output
 
 
@@ -151,11 +147,8 @@ def test_evaluate_lpips_from_local_weights(
     out = tmp_path / "eval"
     weights = random_lpips_weights(tmp_path / "alexnet.pth")
     result = evaluate(
-        "--checkpoint",
         tiny_run,
-        "--dataset",
         eval_dataset,
-        "--out",
         out,
         "--metrics",
         "lpips",
@@ -190,18 +183,7 @@ def test_bad_index_is_a_clear_error(
     path = tmp_path / "index.json"
     path.write_text(json.dumps(index))
     out = tmp_path / "eval"
-    result = evaluate(
-        "--checkpoint",
-        tiny_run,
-        "--dataset",
-        eval_dataset,
-        "--index",
-        path,
-        "--out",
-        out,
-        "--metrics",
-        "psnr",
-    )
+    result = evaluate(tiny_run, eval_dataset, out, "--index", path, "--metrics", "psnr")
     assert result.exit_code == 2, result.output
     assert message in result.output and not out.exists()
 
@@ -211,10 +193,9 @@ def test_missing_lpips_weights_and_unknown_metric(
 ) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     out = tmp_path / "eval"
-    common = ["--checkpoint", tiny_run, "--dataset", eval_dataset, "--out", out]
-    result = evaluate(*common, "--metrics", "psnr,lpips")
+    result = evaluate(tiny_run, eval_dataset, out, "--metrics", "psnr,lpips")
     assert result.exit_code == 2
     assert "vgg16-397923af.pth" in result.output and "--metrics psnr,ssim" in result.output
     assert not out.exists()
-    result = evaluate(*common, "--metrics", "psnr,fid")
+    result = evaluate(tiny_run, eval_dataset, out, "--metrics", "psnr,fid")
     assert result.exit_code == 2 and "unknown metrics fid" in result.output

@@ -1,30 +1,22 @@
 """The fused Triton CAMEO kernels against a float64 reference written from the formulas.
 
-On a CPU the kernels run through Triton's interpreter (`TRITON_INTERPRET=1`, set here
-before the module defines them; fp32 only, small shapes); on CUDA the same cases run
+On a CPU the kernels run through Triton's interpreter (`TRITON_INTERPRET=1`, set by
+tests/conftest.py before Triton is imported; fp32 only, small shapes); on CUDA the same cases run
 compiled, fp32 to 1e-5 and bf16 to 1e-3 relative. Skipped where Triton is not importable.
 """
 
 from __future__ import annotations
 
-import importlib
-import os
-
 import pytest
 import torch
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if DEVICE == "cpu":
-    os.environ["TRITON_INTERPRET"] = "1"
 
 pytest.importorskip("triton", reason="Triton is not importable: the fused kernels cannot run")
 
 from cameo_cli.alignment import CameoLoss, fused  # noqa: E402
 from cameo_cli.attention.hooks import ProbeResult  # noqa: E402
 from cameo_cli.geometry import CorrespondenceTargets  # noqa: E402
-
-if DEVICE == "cpu" and type(fused._cameo_forward).__name__ != "InterpretedFunction":
-    fused = importlib.reload(fused)  # imported before TRITON_INTERPRET was set
 
 
 def reference(q, k, scale, params, index, mask, ref_mask, loss, head):

@@ -5,39 +5,27 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cameo_cli.backbone import MultiViewBackbone, ViewConditioning
+from cameo_cli.backbone import ViewConditioning
 from cameo_cli.codec import PixelCodec
 from cameo_cli.config import DiffusionConfig
 from cameo_cli.diffusion import make_sampler
 from cameo_cli.errors import CameoError
 from cameo_cli.pipeline import MultiViewPipeline
+from tests.stubs import StubBackbone
 
 DIFFUSION = DiffusionConfig(prediction="v_prediction", zero_terminal_snr=True)
 
 
-class OracleBackbone(MultiViewBackbone):
+class OracleBackbone(StubBackbone):
     """Predicts v for a known clean image per view: 0.4 * tanh(camera x translation) with
     cameras, 0 without; records what it was given."""
-
-    name = "oracle"
 
     def __init__(self) -> None:
         super().__init__()
         self.alphas_cumprod = make_sampler(DIFFUSION).alphas_cumprod
         self.calls: list[tuple[torch.Tensor, torch.Tensor, ViewConditioning]] = []
 
-    @classmethod
-    def build(cls, variant="tiny", *, in_channels=3, pretrained=None, **options):
-        return cls()
-
-    def layers(self, resolution):
-        return []
-
-    def token_grid(self, layer, image_hw):
-        return image_hw
-
-    def forward(self, latents, timesteps, cond):
-        cond.check(*latents.shape[:2])
+    def predict(self, latents, timesteps, cond):
         self.calls.append((latents.clone(), timesteps.clone(), cond))
         alpha_bar = self.alphas_cumprod[timesteps.long()].view(-1, 1, 1, 1, 1)
         clean = 0.4 * torch.tanh(cond.world_to_camera[:, :, 0, 3]).view(*latents.shape[:2], 1, 1, 1)

@@ -54,6 +54,19 @@ class _QueryView:
         """[B, heads, R, d]: this view's kept query rows."""
         return q[:, self.view] if self.rows is None else q[:, self.view][:, :, self.rows]
 
+    def chunk(self, queries: torch.Tensor, part: slice) -> _Chunk:
+        """Rows `part` of this view's kept `queries` (from `queries(q)`) with their targets."""
+        return _Chunk(queries[:, :, part], self.index[..., part], self.weight[..., part])
+
+
+@dataclass
+class _Chunk:
+    """Some kept query rows of one view, their target key tokens and their weights."""
+
+    q_rows: torch.Tensor  # [B, heads, c, d]
+    index: torch.Tensor  # [B, J, c]
+    weight: torch.Tensor  # [B, J, c]
+
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """fp32, or fp64 when the inputs already are (reference tests)."""
@@ -104,18 +117,11 @@ def _project(logits: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tens
 
 
 def _chunk_loss(
-    q_rows: torch.Tensor,
-    keys: torch.Tensor,
-    scale: float,
-    index: torch.Tensor,
-    weight: torch.Tensor,
-    params: Sequence[torch.Tensor],
-    loss: str,
+    chunk: _Chunk, keys: torch.Tensor, scale: float, params: Sequence[torch.Tensor], loss: str
 ) -> torch.Tensor:
-    """Weighted loss of some query rows of one view against the keys of the other views.
-
-    q_rows [B, heads, c, d]; keys [B, J, heads, hw, d]; index, weight [B, J, c].
-    """
+    """Weighted loss of some query rows of one view against the keys of the other views
+    (keys [B, J, heads, hw, d])."""
+    q_rows, index, weight = chunk.q_rows, chunk.index, chunk.weight
     logits = torch.einsum("bhcd,bjhkd->bjckh", q_rows, keys) * scale
     scores = _project(logits, params)  # [B, J, c, hw]
     log_norm = torch.logsumexp(scores, dim=-1)
@@ -143,15 +149,7 @@ def _total_loss(
     for view in plan:
         keys, queries = k[:, view.others], view.queries(q)
         for part in _chunks(view.count, chunk_size):
-            total = total + _chunk_loss(
-                queries[:, :, part],
-                keys,
-                scale,
-                view.index[..., part],
-                view.weight[..., part],
-                params,
-                loss,
-            )
+            total = total + _chunk_loss(view.chunk(queries, part), keys, scale, params, loss)
     return total
 
 
@@ -164,11 +162,9 @@ class _ChunkGradients:
 
 
 def _chunk_loss_and_gradients(
-    q_rows: torch.Tensor,
+    chunk: _Chunk,
     keys: torch.Tensor,
     scale: float,
-    index: torch.Tensor,
-    weight: torch.Tensor,
     params: Sequence[torch.Tensor],
     loss: str,
     wants: Sequence[bool],
@@ -178,6 +174,7 @@ def _chunk_loss_and_gradients(
 
     wants: whether the gradient of q_rows, keys and each parameter is needed.
     """
+    q_rows, index, weight = chunk.q_rows, chunk.index, chunk.weight
     logits = torch.einsum("bhcd,bjhkd->bjckh", q_rows, keys) * scale  # [B, J, c, hw, H]
     if params:
         w1, b1, w2, b2 = params
@@ -244,14 +241,7 @@ class _ChunkedCameoLoss(torch.autograd.Function):
             grad_queries = torch.zeros_like(queries) if wants[0] else None
             for part in _chunks(view.count, chunk_size):
                 chunk = _chunk_loss_and_gradients(
-                    queries[:, :, part],
-                    keys,
-                    scale,
-                    view.index[..., part],
-                    view.weight[..., part],
-                    params,
-                    loss,
-                    wants,
+                    view.chunk(queries, part), keys, scale, params, loss, wants
                 )
                 if wants[0]:
                     grad_queries[:, :, part] = chunk.q_rows

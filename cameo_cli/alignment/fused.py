@@ -88,6 +88,32 @@ if triton is not None:
         return out
 
     @triton.jit
+    def _program_rows(n_views, hw, BQ: tl.constexpr):
+        """This program's query tile, sample b, view pair (i, j != i), rows, rows in range,
+        and the rows' flat [B, F, F, hw] index."""
+        tile, pair = tl.program_id(0), tl.program_id(1)
+        pairs = n_views * (n_views - 1)
+        b = pair // pairs
+        p = pair % pairs
+        i = p // (n_views - 1)
+        r = p % (n_views - 1)
+        j = r + (r >= i).to(tl.int32)
+        rows = tile * BQ + tl.arange(0, BQ)
+        stat = ((b * n_views + i) * n_views + j) * hw + rows
+        return tile, b, i, j, rows, rows < hw, stat
+
+    @triton.jit
+    def _load_head(w1_ptr, b1_ptr, w2_ptr, n_heads, n_hidden, HP: tl.constexpr, UP: tl.constexpr):
+        """The head MLP's weights in fp32, zero-padded: hidden units, W1^T [HP, UP], b1, w2."""
+        u = tl.arange(0, UP)
+        hh = tl.arange(0, HP)
+        w_mask = (u[None, :] < n_hidden) & (hh[:, None] < n_heads)
+        w1t = tl.load(w1_ptr + u[None, :] * n_heads + hh[:, None], mask=w_mask, other=0.0)
+        b1 = tl.load(b1_ptr + u, mask=u < n_hidden, other=0.0)
+        w2 = tl.load(w2_ptr + u, mask=u < n_hidden, other=0.0)
+        return u, w1t.to(tl.float32), b1.to(tl.float32), w2.to(tl.float32)
+
+    @triton.jit
     def _mlp_scores(s, w1t, b1, w2, BQ: tl.constexpr, BK: tl.constexpr, HP: tl.constexpr):
         """Per-head logits s [HP, BQ, BK] -> X [BQ*BK, HP], pre-activation, hidden, z [BQ, BK]."""
         x = tl.reshape(tl.permute(s, (1, 2, 0)), (BQ * BK, HP))
@@ -128,16 +154,7 @@ if triton is not None:
         DP: tl.constexpr,
         UP: tl.constexpr,
     ):
-        tile, pair = tl.program_id(0), tl.program_id(1)
-        pairs = n_views * (n_views - 1)
-        b = pair // pairs
-        p = pair % pairs
-        i = p // (n_views - 1)
-        r = p % (n_views - 1)
-        j = r + (r >= i).to(tl.int32)
-        rows = tile * BQ + tl.arange(0, BQ)
-        row_ok = rows < hw
-        stat = ((b * n_views + i) * n_views + j) * hw + rows  # flat [B, F, F, hw] index
+        tile, b, i, j, rows, row_ok, stat = _program_rows(n_views, hw, BQ)
         weight = tl.load(weight_ptr + stat, mask=row_ok, other=0.0)
         if tl.max(weight, axis=0) > 0:
             target = tl.load(index_ptr + stat, mask=row_ok, other=-1)
@@ -157,13 +174,7 @@ if triton is not None:
             )
             k_base = k_ptr + b * s_b + j * s_f
             if MLP:
-                u = tl.arange(0, UP)
-                hh = tl.arange(0, HP)
-                w_mask = (u[None, :] < n_hidden) & (hh[:, None] < n_heads)
-                w1t = tl.load(w1_ptr + u[None, :] * n_heads + hh[:, None], mask=w_mask, other=0.0)
-                w1t = w1t.to(tl.float32)
-                b1 = tl.load(b1_ptr + u, mask=u < n_hidden, other=0.0).to(tl.float32)
-                w2 = tl.load(w2_ptr + u, mask=u < n_hidden, other=0.0).to(tl.float32)
+                u, w1t, b1, w2 = _load_head(w1_ptr, b1_ptr, w2_ptr, n_heads, n_hidden, HP, UP)
                 m = tl.full((BQ,), float("-inf"), tl.float32)
                 acc = tl.zeros((BQ,), tl.float32)
                 picked = tl.zeros((BQ,), tl.float32)
@@ -251,16 +262,7 @@ if triton is not None:
         DP: tl.constexpr,
         UP: tl.constexpr,
     ):
-        tile, pair = tl.program_id(0), tl.program_id(1)
-        pairs = n_views * (n_views - 1)
-        b = pair // pairs
-        p = pair % pairs
-        i = p // (n_views - 1)
-        r = p % (n_views - 1)
-        j = r + (r >= i).to(tl.int32)
-        rows = tile * BQ + tl.arange(0, BQ)
-        row_ok = rows < hw
-        stat = ((b * n_views + i) * n_views + j) * hw + rows
+        tile, b, i, j, rows, row_ok, stat = _program_rows(n_views, hw, BQ)
         grad_out = tl.load(grad_out_ptr).to(tl.float32)
         hh = tl.arange(0, HP)
         if MLP:
@@ -280,12 +282,7 @@ if triton is not None:
             q = _load_tile(q_base, s_h, s_t, s_d, tile * BQ, hw, n_heads, dim, BQ, HP, DP, LOW)
             dq = tl.zeros((HP, BQ, DP), tl.float32)
             if MLP:
-                u = tl.arange(0, UP)
-                w_mask = (u[None, :] < n_hidden) & (hh[:, None] < n_heads)
-                w1t = tl.load(w1_ptr + u[None, :] * n_heads + hh[:, None], mask=w_mask, other=0.0)
-                w1t = w1t.to(tl.float32)
-                b1 = tl.load(b1_ptr + u, mask=u < n_hidden, other=0.0).to(tl.float32)
-                w2 = tl.load(w2_ptr + u, mask=u < n_hidden, other=0.0).to(tl.float32)
+                u, w1t, b1, w2 = _load_head(w1_ptr, b1_ptr, w2_ptr, n_heads, n_hidden, HP, UP)
                 dw1 = tl.zeros((UP, HP), tl.float32)
                 db1 = tl.zeros((UP,), tl.float32)
                 dw2 = tl.zeros((UP,), tl.float32)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cameo_cli.commands.options import device_option
+from cameo_cli.commands.options import device_option, path_option
 from cameo_cli.errors import CameoError
 
 
@@ -24,30 +24,26 @@ def parse_timesteps(text: str) -> tuple[int, ...]:
 
 @click.command(context_settings={"show_default": True})
 @click.option("--backbone", required=True, help="Backbone name (see `cameo backbones`).")
-@click.option(
+@path_option(
     "--checkpoint",
-    type=click.Path(path_type=Path),
     help="A run folder (latest checkpoint) or one checkpoint folder [a fresh model].",
 )
-@click.option(
+@path_option(
     "--run",
-    type=click.Path(path_type=Path),
     help="A run folder: score every checkpoint and plot precision against step.",
 )
-@click.option(
+@path_option(
     "--dataset",
     required=True,
-    type=click.Path(path_type=Path),
     help="A folder written by `cameo prepare` with geometry (point maps).",
 )
 @click.option("--layers", default="all", help="'all' or a list such as 3,8-10.")
 @click.option("--timesteps", default="500", help="Comma list of diffusion timesteps (0-999).")
 @click.option("--perturb", is_flag=True, help="Also run the identity-attention perturbation.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@path_option("--out", required=True, help="Output folder.")
 @click.option("--variant", default="tiny", help="Config of a fresh model (tiny, full).")
-@click.option(
+@path_option(
     "--pretrained",
-    type=click.Path(path_type=Path),
     help="Local diffusers folder for a model without --checkpoint.",
 )
 @click.option(
@@ -66,9 +62,8 @@ def parse_timesteps(text: str) -> tuple[int, ...]:
 )
 @click.option("--epsilon", type=float, default=1.5, help="Cycle-consistency threshold (tokens).")
 @click.option("--seed", type=int, default=0, help="Noise seed.")
-@click.option(
+@path_option(
     "--lpips-weights",
-    type=click.Path(path_type=Path),
     help="torchvision VGG16 ImageNet weights for LPIPS [$TORCH_HOME/hub/checkpoints/...].",
 )
 @device_option

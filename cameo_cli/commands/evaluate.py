@@ -6,33 +6,28 @@ from pathlib import Path
 
 import click
 
-from cameo_cli.commands.options import checkpoint_option, device_option
+from cameo_cli.commands.options import checkpoint_option, device_option, path_option
 
 
 @click.command()
 @checkpoint_option
-@click.option(
+@path_option(
     "--dataset",
     required=True,
-    type=click.Path(path_type=Path),
     help="A folder written by `cameo prepare`.",
 )
-@click.option(
+@path_option(
     "--index",
-    type=click.Path(path_type=Path),
     help="Evaluation index JSON {scene: {context, target}} [DATASET/eval_index.json].",
 )
 @click.option("--metrics", help="Comma list of psnr, ssim, lpips [recipe: evaluate.metrics].")
-@click.option(
-    "--out", required=True, type=click.Path(path_type=Path), help="Results folder (resumable)."
-)
+@path_option("--out", required=True, help="Results folder (resumable).")
 @click.option("--steps", type=click.IntRange(min=1), help="DDIM steps [recipe].")
 @click.option("--guidance", type=float, help="Camera guidance scale [recipe].")
 @click.option("--seed", type=int, help="Noise seed [recipe].")
 @click.option("--lpips-net", type=click.Choice(["vgg", "alex"]), help="LPIPS backbone [vgg].")
-@click.option(
+@path_option(
     "--lpips-weights",
-    type=click.Path(path_type=Path),
     help="torchvision ImageNet weights for LPIPS [$TORCH_HOME/hub/checkpoints/...].",
 )
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N scenes.")

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
-checkpoint_option = click.option(
+
+def path_option(*names: str, **settings: Any) -> Callable:
+    """A Click option whose value is a `pathlib.Path`."""
+    return click.option(*names, type=click.Path(path_type=Path), **settings)
+
+
+checkpoint_option = path_option(
     "--checkpoint",
     required=True,
-    type=click.Path(path_type=Path),
     help="A run folder (its latest checkpoint) or one checkpoint folder.",
 )
 device_option = click.option("--device", help="torch device [cuda if available, else cpu].")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cameo_cli.commands.options import checkpoint_option, device_option
+from cameo_cli.commands.options import checkpoint_option, device_option, path_option
 
 GREEDY_OPTIONS = ("--views",)
 
@@ -32,30 +32,25 @@ class GreedyCommand(click.Command):
 
 @click.command(cls=GreedyCommand)
 @checkpoint_option
-@click.option(
+@path_option(
     "--views",
     required=True,
     multiple=True,
-    type=click.Path(path_type=Path),
     help="Reference images (one or more: --views a.png b.png).",
 )
-@click.option(
+@path_option(
     "--cameras",
     "cameras_file",
     required=True,
-    type=click.Path(path_type=Path),
     help="Cameras of the references: RealEstate10K .txt, cameo JSON or transforms.json.",
 )
-@click.option(
+@path_option(
     "--targets",
-    type=click.Path(path_type=Path),
     help="Target cameras, in any of the camera formats.",
 )
 @click.option("--orbit", type=click.IntRange(min=1), help="N targets on a circle around the scene.")
 @click.option("--interpolate", type=click.IntRange(min=1), help="N targets between the references.")
-@click.option(
-    "--out", required=True, type=click.Path(path_type=Path), help="Output folder (created)."
-)
+@path_option("--out", required=True, help="Output folder (created).")
 @click.option("--steps", type=click.IntRange(min=1), help="DDIM steps [recipe: 50].")
 @click.option("--guidance", type=float, help="Camera guidance scale [recipe: 2.0].")
 @click.option("--seed", type=int, help="Noise seed [recipe: 0].")

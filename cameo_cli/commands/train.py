@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from cameo_cli.commands.options import path_option
 from cameo_cli.config import LayerChoice
 
 PAPER_RECIPE = "{backbone}-re10k"  # the paper's recipe of each built-in backbone
@@ -46,9 +47,8 @@ def _layer_value(ctx: click.Context, param: click.Parameter, value: str | None) 
     type=click.Choice(["cameo", "none"]),
     help="cameo (correspondence-attention alignment) or none (the baseline).",
 )
-@click.option(
+@path_option(
     "--dataset",
-    type=click.Path(path_type=Path),
     help="Prepared dataset folder (written by `cameo prepare`).",
 )
 @click.option(
@@ -58,9 +58,8 @@ def _layer_value(ctx: click.Context, param: click.Parameter, value: str | None) 
     metavar="KEY=VALUE",
     help="Override a recipe value, e.g. --set train.batch_size=4 (repeatable).",
 )
-@click.option(
+@path_option(
     "--output",
-    type=click.Path(path_type=Path),
     help="Run folder (default: runs/<recipe>-<date>-<time>).",
 )
 @click.option("--resume", metavar="latest|PATH", help="Continue a run: its latest or a checkpoint.")

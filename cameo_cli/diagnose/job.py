@@ -30,7 +30,7 @@ from cameo_cli.diagnose.precision import (
     rotation_bins,
     score_matches,
 )
-from cameo_cli.diagnose.request import DiagnosedModel, DiagnoseRequest
+from cameo_cli.diagnose.request import DiagnosedModel, DiagnoseRequest, Diagnosis, ViewSet
 from cameo_cli.errors import CameoError
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ def open_diagnose_dataset(root: Path, recipe: Recipe) -> MultiViewDataset:
     return dataset
 
 
-def evaluation_views(dataset: MultiViewDataset, count: int) -> list[tuple[str, list[int], int]]:
+def evaluation_views(dataset: MultiViewDataset, count: int) -> list[ViewSet]:
     """(scene, frames, number of references) for the first `count` scenes: the context and
     target frames of `eval_index.json` when there is one, else evenly spaced frames."""
     from cameo_cli.data.dataset import load_eval_index
@@ -170,7 +170,7 @@ def evaluation_views(dataset: MultiViewDataset, count: int) -> list[tuple[str, l
     return chosen
 
 
-def collate(dataset: MultiViewDataset, views: list[tuple[str, list[int], int]]) -> ViewBatch:
+def collate(dataset: MultiViewDataset, views: list[ViewSet]) -> ViewBatch:
     """Items of `views` stacked into one batch (all with the same number of references)."""
     return ViewBatch.collate(
         [dataset.get_views(scene, frames, refs) for scene, frames, refs in views]
@@ -258,18 +258,14 @@ def score_probe(
 
 
 def layer_precision(
-    model: DiagnosedModel,
-    dataset: MultiViewDataset,
-    views: list[tuple[str, list[int], int]],
-    layers: list[int],
-    request: DiagnoseRequest,
-    progress: Progress | None = None,
+    diagnosis: Diagnosis, layers: list[int], progress: Progress | None = None
 ) -> list[dict]:
     """Per-layer precision summaries over all timesteps (and per timestep)."""
+    model, dataset, request = diagnosis.model, diagnosis.dataset, diagnosis.request
     per_layer = {layer: PrecisionCounts() for layer in layers}
     per_step = {(layer, t): PrecisionCounts() for layer in layers for t in request.timesteps}
     projected = PrecisionCounts() if model.alignment is not None else None
-    batches = _batches(views)
+    batches = _batches(diagnosis.views)
     task = (
         progress.add_task("precision", total=len(batches) * len(request.timesteps))
         if progress
@@ -314,7 +310,7 @@ def layer_precision(
     return summaries
 
 
-def _batches(views: list[tuple[str, list[int], int]]) -> list[list[tuple[str, list[int], int]]]:
+def _batches(views: list[ViewSet]) -> list[list[ViewSet]]:
     """Group view sets with the same number of references (one forward pass each)."""
     groups: dict[int, list] = {}
     for view in views:
@@ -386,23 +382,20 @@ def run_diagnose(request: DiagnoseRequest, console: Console | None = None) -> di
         "epsilon": request.epsilon,
         "supervised_layer": model.supervised_layer,
     }
+    diagnosis = Diagnosis(request, model, dataset, views)
     with Progress(console=console, transient=True) as progress:
-        result["layers"] = layer_precision(model, dataset, views, layers, request, progress)
+        result["layers"] = layer_precision(diagnosis, layers, progress)
         result["recommended_layer"] = recommend(result["layers"])
         if checkpoints:
             chosen = over_training_layer(model, layers, result["recommended_layer"])
             result["over_training"] = {
                 "layer": chosen,
-                "checkpoints": _score_checkpoints(
-                    request, checkpoints, chosen, dataset, views, device, progress
-                ),
+                "checkpoints": _score_checkpoints(diagnosis, checkpoints, chosen, device, progress),
                 "validation_psnr": validation_psnr(request.run),
             }
         samples = None
         if request.perturb:
-            result["perturbation"], samples = perturbation_study(
-                model, dataset, views, layers, request, progress
-            )
+            result["perturbation"], samples = perturbation_study(diagnosis, layers, progress)
     with staged_folder(request.out, request.overwrite) as folder:
         plots.precision_by_layer(result, folder / "precision_by_layer.png")
         plots.precision_by_rotation(result, folder / "precision_by_rotation.png")
@@ -427,19 +420,18 @@ def run_diagnose(request: DiagnoseRequest, console: Console | None = None) -> di
 
 
 def _score_checkpoints(
-    request: DiagnoseRequest,
+    diagnosis: Diagnosis,
     checkpoints: list[Path],
     layer: int,
-    dataset: MultiViewDataset,
-    views: list[tuple[str, list[int], int]],
     device: torch.device,
     progress: Progress,
 ) -> list[dict]:
+    """The precision of `layer` at each checkpoint, on the diagnosis's view sets."""
     scored = []
     task = progress.add_task("checkpoints", total=len(checkpoints))
     for folder in checkpoints:
-        model = load_model(request, folder, device)
-        summary = layer_precision(model, dataset, views, [layer], request)[0]
+        model = load_model(diagnosis.request, folder, device)
+        summary = layer_precision(dataclasses.replace(diagnosis, model=model), [layer])[0]
         scored.append(
             {
                 "checkpoint": str(folder),

@@ -17,8 +17,7 @@ from cameo_cli.batch import ViewBatch
 from cameo_cli.errors import CameoError
 
 if TYPE_CHECKING:
-    from cameo_cli.data.dataset import MultiViewDataset
-    from cameo_cli.diagnose.request import DiagnosedModel, DiagnoseRequest
+    from cameo_cli.diagnose.request import DiagnoseRequest, Diagnosis
     from cameo_cli.lpips import LPIPS
 
 
@@ -33,14 +32,11 @@ def _lpips(request: DiagnoseRequest) -> tuple[LPIPS | None, str | None]:
 
 
 def perturbation_study(
-    model: DiagnosedModel,
-    dataset: MultiViewDataset,
-    views: list[tuple[str, list[int], int]],
-    layers: list[int],
-    request: DiagnoseRequest,
-    progress: Progress | None = None,
+    diagnosis: Diagnosis, layers: list[int], progress: Progress | None = None
 ) -> tuple[dict, dict]:
     """(JSON summary, images of the first view set for the side-by-side figure)."""
+    model, dataset, request = diagnosis.model, diagnosis.dataset, diagnosis.request
+    views = diagnosis.views
     from cameo_cli.image_metrics import psnr
     from cameo_cli.pipeline import MultiViewPipeline
 

@@ -15,6 +15,9 @@ from cameo_cli.diagnose.precision import Radii
 if TYPE_CHECKING:
     from cameo_cli.alignment import CameoLoss
     from cameo_cli.config import Recipe
+    from cameo_cli.data.dataset import MultiViewDataset
+
+ViewSet = tuple[str, list[int], int]  # (scene, frames, number of reference views)
 
 
 @dataclass
@@ -55,3 +58,14 @@ class DiagnosedModel:
     supervised_layer: int | None = None
     step: int | None = None
     source: str = "fresh"
+
+
+@dataclass
+class Diagnosis:
+    """One diagnosis under way: what was asked, the model, and the dataset with the view
+    sets scored on it."""
+
+    request: DiagnoseRequest
+    model: DiagnosedModel
+    dataset: MultiViewDataset
+    views: list[ViewSet]
