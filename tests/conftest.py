@@ -75,3 +75,29 @@ def tiny_vae_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("vae")
     vae.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def sample_inputs(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two reference PNGs of a synthetic scene, their cameras, and three target cameras."""
+    import json
+
+    from PIL import Image
+
+    from cameo_cli.camera_files import CameraSet, to_cameo_json, to_re10k
+    from cameo_cli.data.dataset import MultiViewDataset
+
+    folder = tmp_path_factory.mktemp("sample_inputs")
+    views = MultiViewDataset(synthetic_dataset).get_views("synth-00000", [0, 7, 2, 4, 6], 2)
+    for i in range(2):
+        image = ((views["images"][i] + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+        Image.fromarray(image).save(folder / f"view{i}.png")
+    K, w2c = views["intrinsics"].double(), views["world_to_camera"].double()
+    refs = CameraSet.from_pixel(K[:2], w2c[:2], (32, 32))
+    targets = CameraSet.from_pixel(K[2:], w2c[2:], (32, 32))
+    (folder / "refs.json").write_text(json.dumps(to_cameo_json(refs, image_size=(32, 32))))
+    (folder / "refs.txt").write_text(to_re10k(refs))
+    (folder / "targets.json").write_text(
+        json.dumps(to_cameo_json(targets, image_size=(32, 32), convention="opengl"))
+    )
+    return folder

@@ -14,46 +14,25 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from cameo_cli.camera_files import CameraSet, read_cameras, to_cameo_json, to_re10k
+from cameo_cli.camera_files import read_cameras
 from cameo_cli.cli import main
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def inputs(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two reference PNGs of a synthetic scene, their cameras, and three target cameras."""
-    from cameo_cli.data.dataset import MultiViewDataset
-
-    folder = tmp_path_factory.mktemp("sample_inputs")
-    views = MultiViewDataset(synthetic_dataset).get_views("synth-00000", [0, 7, 2, 4, 6], 2)
-    for i in range(2):
-        image = ((views["images"][i] + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-        Image.fromarray(image).save(folder / f"view{i}.png")
-    K, w2c = views["intrinsics"].double(), views["world_to_camera"].double()
-    refs = CameraSet.from_pixel(K[:2], w2c[:2], (32, 32))
-    targets = CameraSet.from_pixel(K[2:], w2c[2:], (32, 32))
-    (folder / "refs.json").write_text(json.dumps(to_cameo_json(refs, image_size=(32, 32))))
-    (folder / "refs.txt").write_text(to_re10k(refs))
-    (folder / "targets.json").write_text(
-        json.dumps(to_cameo_json(targets, image_size=(32, 32), convention="opengl"))
-    )
-    return folder
 
 
 def run(*args: object) -> object:
     return CliRunner().invoke(main, ["sample", *map(str, args)])
 
 
-def base_args(tiny_run: Path, inputs: Path, out: Path, *extra: object) -> list[object]:
-    views = [inputs / "view0.png", inputs / "view1.png"]
+def base_args(tiny_run: Path, sample_inputs: Path, out: Path, *extra: object) -> list[object]:
+    views = [sample_inputs / "view0.png", sample_inputs / "view1.png"]
     return [
         "--checkpoint",
         tiny_run,
         "--views",
         *views,
         "--cameras",
-        inputs / "refs.json",
+        sample_inputs / "refs.json",
         "--out",
         out,
         "--steps",
@@ -67,10 +46,12 @@ def read_png(path: Path) -> np.ndarray:
 
 
 def test_sample_writes_targets_sheet_cameras_and_video(
-    tiny_run: Path, inputs: Path, tmp_path: Path
+    tiny_run: Path, sample_inputs: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    args = base_args(tiny_run, inputs, out, "--targets", inputs / "targets.json", "--seed", 7)
+    args = base_args(
+        tiny_run, sample_inputs, out, "--targets", sample_inputs / "targets.json", "--seed", 7
+    )
     result = run(*args, "--video", "--video-format", "gif")
     assert result.exit_code == 0, result.output
     names = sorted(p.name for p in out.iterdir())
@@ -87,12 +68,12 @@ def test_sample_writes_targets_sheet_cameras_and_video(
         assert read_png(out / f"target_{i:03d}.png").shape == (32, 32, 3)
     with Image.open(out / "trajectory.gif") as gif:
         assert gif.n_frames == 3
-    # the cameras written back are the inputs' (the OpenGL target file read as OpenCV)
+    # the cameras written back are the sample_inputs' (the OpenGL target file read as OpenCV)
     written = read_cameras(out / "cameras.json")
     expected = torch.cat(
         [
-            read_cameras(inputs / "refs.json").world_to_camera,
-            read_cameras(inputs / "targets.json").world_to_camera,
+            read_cameras(sample_inputs / "refs.json").world_to_camera,
+            read_cameras(sample_inputs / "targets.json").world_to_camera,
         ]
     )
     torch.testing.assert_close(written.world_to_camera, expected, atol=1e-6, rtol=0)
@@ -102,14 +83,30 @@ def test_sample_writes_targets_sheet_cameras_and_video(
     same = tmp_path / "same"
     assert (
         run(
-            *base_args(tiny_run, inputs, same, "--targets", inputs / "targets.json", "--seed", 7)
+            *base_args(
+                tiny_run,
+                sample_inputs,
+                same,
+                "--targets",
+                sample_inputs / "targets.json",
+                "--seed",
+                7,
+            )
         ).exit_code
         == 0
     )
     other = tmp_path / "other"
     assert (
         run(
-            *base_args(tiny_run, inputs, other, "--targets", inputs / "targets.json", "--seed", 8)
+            *base_args(
+                tiny_run,
+                sample_inputs,
+                other,
+                "--targets",
+                sample_inputs / "targets.json",
+                "--seed",
+                8,
+            )
         ).exit_code
         == 0
     )
@@ -124,10 +121,12 @@ def test_sample_writes_targets_sheet_cameras_and_video(
     )
 
 
-def test_orbit_with_re10k_cameras_and_mp4(tiny_run: Path, inputs: Path, tmp_path: Path) -> None:
+def test_orbit_with_re10k_cameras_and_mp4(
+    tiny_run: Path, sample_inputs: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "orbit"
-    args = base_args(tiny_run, inputs, out, "--orbit", 5, "--video")
-    args[args.index(inputs / "refs.json")] = inputs / "refs.txt"
+    args = base_args(tiny_run, sample_inputs, out, "--orbit", 5, "--video")
+    args[args.index(sample_inputs / "refs.json")] = sample_inputs / "refs.txt"
     result = run(*args)
     assert result.exit_code == 0, result.output
     assert len(list(out.glob("target_*.png"))) == 5
@@ -165,24 +164,24 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(
     message: str,
     tiny_run: Path,
     other_backbone_run: Path,
-    inputs: Path,
+    sample_inputs: Path,
     tmp_path: Path,
 ) -> None:
     out = tmp_path / "out"
-    args = base_args(tiny_run, inputs, out, "--targets", inputs / "targets.json")
+    args = base_args(tiny_run, sample_inputs, out, "--targets", sample_inputs / "targets.json")
     if case == "count":
-        three = json.loads((inputs / "refs.json").read_text())
+        three = json.loads((sample_inputs / "refs.json").read_text())
         three["cameras"].append(three["cameras"][0] | {"name": "extra"})
         (tmp_path / "three.json").write_text(json.dumps(three))
-        args[args.index(inputs / "refs.json")] = tmp_path / "three.json"
+        args[args.index(sample_inputs / "refs.json")] = tmp_path / "three.json"
     elif case == "unreadable":
         (tmp_path / "broken.png").write_text("not an image")
-        args[args.index(inputs / "view1.png")] = tmp_path / "broken.png"
+        args[args.index(sample_inputs / "view1.png")] = tmp_path / "broken.png"
     elif case == "missing_image":
-        args[args.index(inputs / "view1.png")] = tmp_path / "absent.png"
+        args[args.index(sample_inputs / "view1.png")] = tmp_path / "absent.png"
     elif case == "targets":
         (tmp_path / "targets.txt").write_text("url\n1 2 3 4\n")
-        args[args.index(inputs / "targets.json")] = tmp_path / "targets.txt"
+        args[args.index(sample_inputs / "targets.json")] = tmp_path / "targets.txt"
     elif case == "two_targets":
         args += ["--orbit", 3]
     elif case == "backbone":

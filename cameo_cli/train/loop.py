@@ -336,11 +336,12 @@ class Trainer:
 
     # -- the run ------------------------------------------------------------------------------
     def start(self, resume_from: Path | None, *, overwrite: bool, command: list[str]) -> None:
-        """Write the run folder, restore a checkpoint, wrap the model for accelerate."""
+        """Restore a checkpoint, write the run folder, wrap the model for accelerate. The
+        checkpoint is read first, so a broken one leaves the run folder as it was."""
         accelerator, train = self.accelerator, self.recipe.train
-        self._prepare_run_dir(resume_from, overwrite, command)
         if resume_from is not None:
             self._restore(resume_from)
+        self._prepare_run_dir(resume_from, overwrite, command)
         self.model.train()
         self.prepared_model, self.optimizer = accelerator.prepare(self.model, self.optimizer)
         loader = make_loader(
