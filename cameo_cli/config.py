@@ -64,8 +64,10 @@ class DiffusionConfig:
     beta_start: float = 0.00085
     beta_end: float = 0.012
     beta_schedule: str = "scaled_linear"
+    snr_shift: float = 1.0  # per-step SNR divided by sqrt(snr_shift); the official snr_rescale
     zero_terminal_snr: bool = False
-    snr_rescale: bool = False
+    timestep_spacing: str = "leading"  # DDIM: "leading" (SD2.1, official) or "trailing"
+    min_snr_gamma: float | None = None  # Min-SNR-gamma loss weights (Hang et al. 2023); None off
 
 
 LayerChoice = int | Literal["auto"] | None  # a layer number, diagnose's pick, the default
@@ -135,6 +137,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "codec.kind": ("vae", "none"),
     "data.policy": ("random", "even"),
     "diffusion.prediction": ("v_prediction", "epsilon"),
+    "diffusion.timestep_spacing": ("leading", "trailing"),
     "alignment.method": ("cameo", "none"),
     "alignment.layer": ("auto",),
     "alignment.loss": ("ce", "l1"),
@@ -298,11 +301,28 @@ def _unknown_key(path: str, valid: Sequence[str], source: _Source) -> CameoError
     return CameoError(f"{location}: unknown key '{path}' ({hint})")
 
 
+# Keys of cameo 0.1.0 whose meaning moved: (path, value that still means the same, message).
+# Run folders written by 0.1.0 hold the harmless value and keep loading.
+_RETIRED_KEYS: dict[str, tuple[Any, str]] = {
+    "diffusion.snr_rescale": (
+        False,
+        "was cameo 0.1.0's name for Min-SNR-gamma loss weighting, now "
+        "'diffusion.min_snr_gamma: 5.0' (null = off); the official CAMEO code's snr_rescale "
+        "(an SNR shift of the betas) is 'diffusion.snr_shift'",
+    ),
+}
+
+
 def _build(cls: type, data: dict, prefix: str, source: _Source) -> Any:
     field_types = _field_types(cls)
     values = {}
     for key, value in data.items():
         path = f"{prefix}.{key}" if prefix else str(key)
+        if path in _RETIRED_KEYS:
+            harmless, message = _RETIRED_KEYS[path]
+            if value is harmless:
+                continue
+            raise source.error(path, message)
         if key not in field_types:
             raise _unknown_key(path, list(field_types), source)
         values[key] = _convert(value, field_types[key], path, source)
@@ -346,6 +366,7 @@ _LOWER_BOUNDS: tuple[tuple[str, float, bool], ...] = (
         for path in (
             "codec.scaling_factor",
             "diffusion.beta_start",
+            "diffusion.snr_shift",
             "alignment.epsilon",
             "train.learning_rate",
         )
@@ -378,6 +399,8 @@ def _validate(recipe: Recipe, source_of: typing.Callable[[str], _Source]) -> Non
     data, layer = recipe.data, recipe.alignment.layer
     chunk = recipe.alignment.chunk_size
     require("alignment.chunk_size", chunk is None or chunk >= 1, ">= 1 or null")
+    gamma = recipe.diffusion.min_snr_gamma
+    require("diffusion.min_snr_gamma", gamma is None or gamma > 0, "> 0 or null")
     require("alignment.layer", not isinstance(layer, int) or layer >= 0, ">= 0, 'auto' or null")
     require("data.max_refs", data.min_refs <= data.max_refs, ">= data.min_refs")
     require("data.max_refs", data.max_refs < data.num_views, "< data.num_views (keep a target)")
@@ -480,7 +503,9 @@ def _parse_yaml_file(path: Path) -> tuple[Any, dict[str, int]]:
 
 
 def _field_at(path: str, source: _Source) -> Any:
-    """The type of the field at dotted `path` (unknown keys are errors)."""
+    """The type of the field at dotted `path` (unknown and retired keys are errors)."""
+    if path in _RETIRED_KEYS:
+        raise source.error(path, _RETIRED_KEYS[path][1])
     tp: Any = Recipe
     walked: list[str] = []
     for part in path.split("."):

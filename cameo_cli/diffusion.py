@@ -1,11 +1,19 @@
 """Noise schedules: a diffusers DDPM scheduler for training, DDIM for sampling.
 
-Both share the recipe's betas (SD2.1: scaled-linear 0.00085-0.012 over 1000 steps), its
-prediction type ("v_prediction" or "epsilon") and, optionally, the zero-terminal-SNR
-rescaling of Lin et al. 2024 (`rescale_betas_zero_snr`).
+Both share the recipe's betas, built in three steps as the official CAMEO code does:
+
+1. the base schedule (SD2.1: scaled-linear 0.00085-0.012 over 1000 steps);
+2. `snr_shift` s: every step's SNR (1 - b) / b is divided by sqrt(s) and b = 1 / (SNR + 1)
+   (the official `beta_schedule: snr_rescale` with `snr_rescale: 4`; s = 1 changes nothing);
+3. optionally, the zero-terminal-SNR rescaling of Lin et al. 2024 (`rescale_betas_zero_snr`).
+
+The paper recipes (s = 4, zero terminal SNR) give log-SNR -0.19 / -2.52 / -5.91 at
+t = 250 / 500 / 750 and alpha_bar_999 = 0. Prediction type: "v_prediction" or "epsilon".
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
@@ -14,6 +22,20 @@ from cameo_cli.config import DiffusionConfig
 from cameo_cli.errors import CameoError
 
 PREDICTIONS = ("v_prediction", "epsilon")
+
+
+def training_betas(config: DiffusionConfig) -> torch.Tensor:
+    """[T] float32 betas of steps 1 and 2 above (step 3 is diffusers' own)."""
+    base = DDPMScheduler(
+        num_train_timesteps=config.num_train_timesteps,
+        beta_start=config.beta_start,
+        beta_end=config.beta_end,
+        beta_schedule=config.beta_schedule,
+    ).betas
+    if config.snr_shift == 1.0:
+        return base
+    snr = (1.0 - base) / base / math.sqrt(config.snr_shift)
+    return 1.0 / (snr + 1.0)
 
 
 def _scheduler_options(config: DiffusionConfig) -> dict[str, object]:
@@ -29,9 +51,7 @@ def _scheduler_options(config: DiffusionConfig) -> dict[str, object]:
         )
     return {
         "num_train_timesteps": config.num_train_timesteps,
-        "beta_start": config.beta_start,
-        "beta_end": config.beta_end,
-        "beta_schedule": config.beta_schedule,
+        "trained_betas": training_betas(config).numpy(),
         "prediction_type": config.prediction,
         "rescale_betas_zero_snr": config.zero_terminal_snr,
         "clip_sample": False,
@@ -46,13 +66,14 @@ def make_train_scheduler(config: DiffusionConfig) -> DDPMScheduler:
 def make_sampler(config: DiffusionConfig) -> DDIMScheduler:
     """A deterministic-by-default DDIM sampler with the training betas.
 
-    With zero terminal SNR the timesteps are "trailing" (the first step is t = T - 1, where
-    the model sees pure noise), as the rescaling requires; otherwise SD2.1's own spacing
-    ("leading", offset 1, final alpha = alpha_0).
+    `timestep_spacing` "leading" is SD2.1's scheduler config, which the official pipeline
+    loads whatever the betas: steps offset by 1 (t = 981, 961, ... 1 for 50 steps) and the
+    last step's alpha = alpha_0. "trailing" starts at t = T - 1, where the model sees pure
+    noise under zero terminal SNR (Lin et al. 2024).
     """
     spacing = (
         {"timestep_spacing": "trailing", "set_alpha_to_one": True}
-        if config.zero_terminal_snr
+        if config.timestep_spacing == "trailing"
         else {"timestep_spacing": "leading", "steps_offset": 1, "set_alpha_to_one": False}
     )
     return DDIMScheduler(**_scheduler_options(config), **spacing)
@@ -82,9 +103,7 @@ def signal_to_noise(scheduler: DDPMScheduler, timesteps: torch.Tensor) -> torch.
     return alpha_bar / (1.0 - alpha_bar)
 
 
-def snr_weights(
-    scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float = 5.0
-) -> torch.Tensor:
+def snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
     """Per-sample loss weights of Min-SNR-gamma (Hang et al. 2023), shape `[B]`.
 
     The weight makes every prediction type equivalent to an x0 loss clipped at SNR gamma:

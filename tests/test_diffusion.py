@@ -40,12 +40,14 @@ def test_train_and_sample_schedules_match_the_closed_form(zero_terminal_snr: boo
 
 
 def test_sampler_spacing() -> None:
-    sampler = make_sampler(DiffusionConfig(zero_terminal_snr=True))
+    sampler = make_sampler(DiffusionConfig(zero_terminal_snr=True, timestep_spacing="trailing"))
     sampler.set_timesteps(50)
     assert sampler.timesteps[0] == 999 and len(sampler.timesteps) == 50
+    assert sampler.final_alpha_cumprod == 1
     sampler = make_sampler(DiffusionConfig())
     sampler.set_timesteps(50)
     assert sampler.timesteps[0] == 981 and sampler.timesteps[-1] == 1
+    assert sampler.final_alpha_cumprod == sampler.alphas_cumprod[0]
 
 
 @pytest.mark.parametrize("prediction", ["v_prediction", "epsilon"])
@@ -70,8 +72,11 @@ def test_ddim_with_an_oracle_model_recovers_the_sample(
     prediction: str, zero_terminal_snr: bool
 ) -> None:
     """Feeding DDIM the exact prediction for a known x0 must predict x0 at every step, and
-    (zero SNR, final alpha 1) end exactly on it."""
-    config = DiffusionConfig(prediction=prediction, zero_terminal_snr=zero_terminal_snr)
+    (zero SNR, trailing steps, final alpha 1) end exactly on it."""
+    spacing = "trailing" if zero_terminal_snr else "leading"
+    config = DiffusionConfig(
+        prediction=prediction, zero_terminal_snr=zero_terminal_snr, timestep_spacing=spacing
+    )
     sampler = make_sampler(config)
     sampler.set_timesteps(20)
     x0 = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -117,3 +122,50 @@ def test_unknown_prediction_is_a_user_error() -> None:
         make_train_scheduler(DiffusionConfig(prediction="sample"))
     with pytest.raises(CameoError, match="zero_terminal_snr"):
         make_sampler(DiffusionConfig(prediction="epsilon", zero_terminal_snr=True))
+
+
+def official_alphas_cumprod(snr_shift: float) -> torch.Tensor:
+    """float64, from the official formulas (`scheduling_ddpm.py`, `snr_rescale`): SD2.1 betas,
+    per-step SNR (1 - b) / b divided by sqrt(snr_shift), b = 1 / (SNR + 1), then the
+    zero-terminal-SNR rescaling of sqrt(alpha_bar)."""
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    snr = (1 - betas) / betas / snr_shift**0.5
+    alpha_bar = torch.cumprod(1 - 1 / (snr + 1), 0)
+    root = alpha_bar.sqrt()
+    return ((root - root[-1]) * root[0] / (root[0] - root[-1])) ** 2
+
+
+@pytest.mark.parametrize("name", ["cat3d-re10k", "cat3d-re10k-baseline", "mvgenmaster-re10k"])
+def test_paper_recipes_train_and_sample_on_the_official_schedule(name: str) -> None:
+    from cameo_cli.config import load_recipe
+
+    config = load_recipe(name).diffusion
+    expected = official_alphas_cumprod(4.0)
+    log_snr = {250: -0.19, 500: -2.52, 750: -5.91}  # the official schedule's values
+    for scheduler in (make_train_scheduler(config), make_sampler(config)):
+        alpha_bar = scheduler.alphas_cumprod.double()
+        torch.testing.assert_close(alpha_bar, expected, atol=2e-6, rtol=1e-4)
+        for t, value in log_snr.items():
+            assert abs(torch.log(alpha_bar[t] / (1 - alpha_bar[t])).item() - value) < 0.01
+        assert alpha_bar[999] == 0
+    sampler = make_sampler(config)
+    sampler.set_timesteps(50)
+    assert sampler.timesteps[0] == 981 and sampler.timesteps[-1] == 1  # SD2.1's spacing
+
+
+def test_snr_shift_one_is_the_base_schedule() -> None:
+    shifted = make_train_scheduler(DiffusionConfig(snr_shift=1.0)).alphas_cumprod
+    torch.testing.assert_close(
+        shifted.double(), reference_alphas_cumprod(False), atol=2e-6, rtol=1e-4
+    )
+
+
+def test_min_snr_gamma_replaces_the_old_snr_rescale_key() -> None:
+    from cameo_cli.config import recipe_from_dict
+
+    assert recipe_from_dict({"diffusion": {"snr_rescale": False}}).diffusion.min_snr_gamma is None
+    for value in (True, 4):
+        with pytest.raises(CameoError, match="min_snr_gamma.*snr_shift"):
+            recipe_from_dict({"diffusion": {"snr_rescale": value}})
+    with pytest.raises(CameoError, match="> 0"):
+        recipe_from_dict({"diffusion": {"min_snr_gamma": 0.0}})

@@ -13,7 +13,9 @@ from cameo_cli.errors import CameoError
 from cameo_cli.pipeline import MultiViewPipeline
 from tests.stubs import StubBackbone
 
-DIFFUSION = DiffusionConfig(prediction="v_prediction", zero_terminal_snr=True)
+DIFFUSION = DiffusionConfig(
+    prediction="v_prediction", zero_terminal_snr=True, timestep_spacing="trailing"
+)
 
 
 class OracleBackbone(StubBackbone):

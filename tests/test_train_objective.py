@@ -58,27 +58,27 @@ def test_loss_covers_target_views_only(scheduler):
     latents, ref_mask = _batch()
     noised = add_training_noise(scheduler, latents, ref_mask, torch.Generator().manual_seed(0))
     prediction = noised.target + 0.5
-    base = denoising_loss(prediction, noised, ref_mask, scheduler, snr_rescale=False)
+    base = denoising_loss(prediction, noised, ref_mask, scheduler, min_snr_gamma=None)
     assert base.item() == pytest.approx(0.25)
     garbage = prediction.clone()
     garbage[ref_mask] = 1e6  # anything on reference views is ignored
-    same = denoising_loss(garbage, noised, ref_mask, scheduler, snr_rescale=False)
+    same = denoising_loss(garbage, noised, ref_mask, scheduler, min_snr_gamma=None)
     assert same.item() == pytest.approx(0.25)
     # A sample's weight does not depend on its number of targets: per-sample means.
     one_off = prediction.clone()
     one_off[2, 3] += 0.5  # the only target of sample 2: (1.0)^2 instead of 0.5^2
-    value = denoising_loss(one_off, noised, ref_mask, scheduler, snr_rescale=False).item()
+    value = denoising_loss(one_off, noised, ref_mask, scheduler, min_snr_gamma=None).item()
     assert value == pytest.approx((0.25 + 0.25 + 1.0) / 3)
 
 
-def test_snr_rescale_weights_each_sample(scheduler):
+def test_min_snr_gamma_weights_each_sample(scheduler):
     from cameo_cli.diffusion import snr_weights
 
     latents, ref_mask = _batch()
     noised = add_training_noise(scheduler, latents, ref_mask, torch.Generator().manual_seed(1))
     prediction = noised.target + 0.5
-    weighted = denoising_loss(prediction, noised, ref_mask, scheduler, snr_rescale=True)
-    expected = (0.25 * snr_weights(scheduler, noised.timesteps)).mean()
+    weighted = denoising_loss(prediction, noised, ref_mask, scheduler, min_snr_gamma=5.0)
+    expected = (0.25 * snr_weights(scheduler, noised.timesteps, 5.0)).mean()
     assert weighted.item() == pytest.approx(expected.item())
 
 

@@ -226,7 +226,7 @@ class Trainer:
             noised.noisy, noised.timesteps.float(), cond, *geometry
         )
         denoise = denoising_loss(
-            prediction, noised, ref_mask, self.scheduler, recipe.diffusion.snr_rescale
+            prediction, noised, ref_mask, self.scheduler, recipe.diffusion.min_snr_gamma
         )
         terms = {"denoise": denoise}
         loss = denoise

@@ -3,7 +3,8 @@
 SD2.1's forward process (the recipe's DDPM scheduler): one timestep per sample, fresh
 noise on every target view, reference latents left clean (t = 0, no noise) and given to the
 model as they are. The loss is the mean squared error to the training target (v or epsilon)
-over target views only, optionally weighted per sample by Min-SNR-gamma (`snr_rescale`).
+over target views only, optionally weighted per sample by Min-SNR-gamma
+(`diffusion.min_snr_gamma`; the official code weights nothing).
 """
 
 from __future__ import annotations
@@ -48,12 +49,13 @@ def denoising_loss(
     noised: NoisedBatch,
     ref_mask: torch.Tensor,
     scheduler: DDPMScheduler,
-    snr_rescale: bool,
+    min_snr_gamma: float | None,
 ) -> torch.Tensor:
-    """Mean squared error over target views only (fp32); Min-SNR weights if `snr_rescale`."""
+    """Mean squared error over target views only (fp32); Min-SNR-gamma weights unless
+    `min_snr_gamma` is None."""
     error = (prediction.float() - noised.target.float()).pow(2).mean(dim=(2, 3, 4))  # [B, F]
     is_target = (~ref_mask.to(error.device)).float()
     per_sample = (error * is_target).sum(1) / is_target.sum(1).clamp(min=1.0)  # [B]
-    if snr_rescale:
-        per_sample = per_sample * snr_weights(scheduler, noised.timesteps)
+    if min_snr_gamma is not None:
+        per_sample = per_sample * snr_weights(scheduler, noised.timesteps, min_snr_gamma)
     return per_sample.mean()
