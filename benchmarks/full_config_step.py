@@ -103,7 +103,9 @@ def measure(args: argparse.Namespace, fused: bool | None) -> tuple[float, float]
         alignment = CameoLoss(
             heads, head="mlp", loss="ce", chunk_size=args.chunk_size, fused=fused
         ).to(device)
-    model = CameoTrainingModel(backbone, alignment, layer, grid, epsilon=1.5).train()
+    model = CameoTrainingModel(
+        backbone, alignment, layer, grid, epsilon=1.5, selection="joint"
+    ).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2.5e-5, weight_decay=0.01)
     latents, timesteps, batch = make_batch(args.batch, 4, args.resolution, device)
     cond = ViewConditioning.from_batch(batch)

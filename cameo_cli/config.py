@@ -80,7 +80,8 @@ class AlignmentConfig:
     weight: float = 0.02  # lambda
     epsilon: float = 1.5  # cycle-consistency threshold in token units; .inf disables the mask
     loss: str = "ce"  # "ce" or "l1"
-    head: str = "mlp"  # "mlp" (H -> 4H -> 1 over heads) or "none" (head-averaged logits)
+    head: str = "mlp"  # "mlp" (H -> 4H -> 1 over heads) or "none" (head-averaged probabilities)
+    targets: str = "per_pair"  # "joint" (official: one target per query) or "per_pair"
     chunk_size: int | None = None  # query rows per chunk (memory bound); None: 256 GPU, 64 CPU
 
 
@@ -142,6 +143,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "alignment.layer": ("auto",),
     "alignment.loss": ("ce", "l1"),
     "alignment.head": ("mlp", "none"),
+    "alignment.targets": ("joint", "per_pair"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
 }
 

@@ -8,39 +8,23 @@ import torch
 from cameo_cli.alignment import CameoLoss
 from cameo_cli.attention.hooks import ProbeResult
 from cameo_cli.geometry import CorrespondenceTargets as Targets
+from tests.official_reference import official_cameo_loss
 
 
 def reference_loss(
     loss_fn: CameoLoss, probe: ProbeResult, targets: Targets, ref_mask: torch.Tensor
 ) -> torch.Tensor:
-    """The official formulation: every logit and MLP activation at once, explicit one-hot."""
-    q, k = probe.q, probe.k
-    batch, views, heads, hw, _ = q.shape
-    logits = torch.einsum("bihqd,bjhkd->bijqkh", q, k) * probe.scale  # [B,F,F,hw,hw,H]
-    scores = loss_fn.head(logits).squeeze(-1) if loss_fn.head is not None else logits.mean(-1)
-    probs = scores.softmax(dim=-1)
-    onehot = torch.nn.functional.one_hot(targets.index.clamp(0, hw - 1), hw).to(q.dtype)
-    if loss_fn.loss_kind == "ce":
-        row_loss = -(onehot * probs.log()).sum(-1)
-    else:
-        row_loss = (probs - onehot).abs().sum(-1)
-    ref_rows, tgt_rows = [], []
-    for b in range(batch):
-        for i in range(views):
-            for j in range(views):
-                if i == j:
-                    continue
-                kept = row_loss[b, i, j][targets.mask[b, i, j]]
-                (ref_rows if ref_mask[b, i] else tgt_rows).append(kept)
-    total = q.new_zeros(())
-    for group in (ref_rows, tgt_rows):
-        rows = torch.cat(group) if group else q.new_zeros(0)
-        if rows.numel():
-            total = total + rows.mean()
-    return total
+    """The official formulas (tests/official_reference.py) with `loss_fn`'s head weights."""
+    head = loss_fn.head
+    params = [] if head is None else [head[0].weight, head[0].bias, head[2].weight, head[2].bias]
+    return official_cameo_loss(
+        probe.q, probe.k, probe.scale, params, targets.index, targets.mask, ref_mask,
+        loss_fn.loss_kind, loss_fn.head_kind,
+    )  # fmt: skip
 
 
-def make_case(batch=2, views=3, heads=4, grid=(4, 5), dim=8, keep=0.6, seed=0):
+def make_case(batch=2, views=3, heads=4, grid=(4, 5), dim=8, keep=0.6, seed=0, zero=0.0):
+    """Random q, k and targets; a fraction `zero` of the kept rows get an all-zero target."""
     gen = torch.Generator().manual_seed(seed)
     hw = grid[0] * grid[1]
     shape = (batch, views, heads, hw, dim)
@@ -51,6 +35,7 @@ def make_case(batch=2, views=3, heads=4, grid=(4, 5), dim=8, keep=0.6, seed=0):
     mask = torch.rand((batch, views, views, hw), generator=gen) < keep
     mask &= ~torch.eye(views, dtype=torch.bool)[None, :, :, None]
     index[~mask] = -1  # dropped rows may carry any index
+    index[torch.rand(index.shape, generator=gen) < zero] = -1
     ref_mask = torch.zeros(batch, views, dtype=torch.bool)
     ref_mask[:, 0] = True
     ref_mask[1, 1] = True
@@ -65,9 +50,10 @@ def grads_of(value, tensors):
 @pytest.mark.parametrize("loss", ["ce", "l1"])
 @pytest.mark.parametrize("chunk_size", [1, 3, 7, 64])
 @pytest.mark.parametrize("keep", [0.3, 1.0])  # rows gathered / every row of a view kept
-def test_matches_reference_in_value_and_gradients(head, loss, chunk_size, keep):
+@pytest.mark.parametrize("zero", [0.0, 0.5])  # kept rows with an all-zero target (joint)
+def test_matches_reference_in_value_and_gradients(head, loss, chunk_size, keep, zero):
     torch.manual_seed(1)
-    probe, targets, ref_mask = make_case(keep=keep)
+    probe, targets, ref_mask = make_case(keep=keep, zero=zero)
     loss_fn = CameoLoss(4, head=head, loss=loss, chunk_size=chunk_size).double()
     params = list(loss_fn.parameters())
     inputs = [probe.q, probe.k, *params]
@@ -137,7 +123,8 @@ def test_loss_vanishes_when_attention_puts_all_mass_on_the_target(loss):
     planted = loss_fn(probe, Targets(index, mask.clone()), ref_mask)
     assert planted.item() < 1e-6
     shuffled = Targets((index + 1) % hw, mask.clone())
-    assert loss_fn(probe, shuffled, ref_mask).item() > 1.0
+    # far from the target: CE grows without bound, L1 tends to 2 / hw per query group
+    assert loss_fn(probe, shuffled, ref_mask).item() > (1.0 if loss == "ce" else 3.6 / hw)
 
 
 def test_fp32_under_bf16_autocast_and_gradients_reach_q_and_k():
@@ -171,7 +158,10 @@ def test_correspondence_logits_match_full_projection(head):
     probe, _, _ = make_case(seed=7)
     loss_fn = CameoLoss(4, head=head, chunk_size=7).double()
     full = torch.einsum("bhqd,bhkd->bqkh", probe.q[:, 2], probe.k[:, 0]) * probe.scale
-    want = loss_fn.head(full).squeeze(-1) if head == "mlp" else full.mean(-1)
+    if head == "mlp":
+        want = loss_fn.head(full).squeeze(-1).log_softmax(dim=-1)
+    else:
+        want = full.softmax(dim=-2).mean(-1).log()
     got = loss_fn.correspondence_logits(probe, 2, 0)
     assert got.shape == (2, 20, 20)
     assert torch.allclose(got, want, rtol=0, atol=1e-12)

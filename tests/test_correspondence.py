@@ -259,6 +259,37 @@ def test_nearest_key_tokens_match_cdist_brute_force(tokens: int) -> None:
                 torch.testing.assert_close(index[b, i, j], distance.argmin(-1))
 
 
+def test_joint_targets_are_the_argmax_over_all_other_views_keys() -> None:
+    """float64 brute force of the official `ArgmaxOneHot`: per query, the argmax of
+    -|X_q - X_k| over the keys of all other views concatenated in view order; the one-hot is
+    split back per view, so the other views' rows get an all-zero target (-1). The mask is
+    the per-pair one."""
+    generator = torch.Generator().manual_seed(5)
+    views, size = 4, 8
+    point_map = torch.randn(2, views, 3, size, size, generator=generator, dtype=f64)
+    valid = torch.rand(2, views, size, size, generator=generator) > 0.2
+    joint = correspondence_targets(point_map, valid, (size, size), selection="joint")
+    per_pair = correspondence_targets(point_map, valid, (size, size), selection="per_pair")
+    assert torch.equal(joint.mask, per_pair.mask)
+    tokens = point_map.flatten(-2).transpose(-1, -2)  # grid = image: no resizing
+    token_valid = valid.flatten(-2)
+    hw = size * size
+    for b in range(2):
+        for i in range(views):
+            others = [j for j in range(views) if j != i]
+            keys = torch.cat([tokens[b, j] for j in others])
+            cost = -torch.cdist(tokens[b, i], keys)
+            cost[:, ~torch.cat([token_valid[b, j] for j in others])] = -float("inf")
+            best = cost.argmax(-1)
+            for slot, j in enumerate(others):
+                here = best // hw == slot
+                want = torch.where(here, best % hw, torch.full_like(best, -1))
+                kept = token_valid[b, i]
+                torch.testing.assert_close(joint.index[b, i, j][kept], want[kept])
+    with pytest.raises(ValueError, match="selection"):
+        correspondence_targets(point_map, valid, (size, size), selection="nearest")
+
+
 def test_first_argmin_equals_argmin_with_ties() -> None:
     values = torch.randint(0, 3, (5, 7, 4 * GROUP), generator=torch.Generator().manual_seed(0))
     values = values.float()

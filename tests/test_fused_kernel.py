@@ -17,33 +17,7 @@ pytest.importorskip("triton", reason="Triton is not importable: the fused kernel
 from cameo_cli.alignment import CameoLoss, fused  # noqa: E402
 from cameo_cli.attention.hooks import ProbeResult  # noqa: E402
 from cameo_cli.geometry import CorrespondenceTargets  # noqa: E402
-
-
-def reference(q, k, scale, params, index, mask, ref_mask, loss, head):
-    """float64, every logit at once: mean(kept ref rows) + mean(kept target rows)."""
-    batch, views, heads, hw, _ = q.shape
-    logits = torch.einsum("bihqd,bjhkd->bijqkh", q, k) * scale  # [B, F, F, hw, hw, H]
-    if head == "mlp":
-        w1, b1, w2, b2 = params
-        hidden = torch.nn.functional.gelu(logits @ w1.T + b1)
-        probs = (hidden @ w2.T + b2).squeeze(-1).softmax(dim=-1)
-    else:
-        probs = logits.softmax(dim=-2).mean(dim=-1)
-    has_target = index >= 0
-    onehot = torch.nn.functional.one_hot(index.clamp(min=0), hw).to(q.dtype)
-    onehot = onehot * has_target[..., None]
-    if loss == "ce":
-        row_loss = -(onehot * (probs + 1e-8).log()).sum(-1)
-    else:
-        row_loss = (probs - onehot).abs().mean(-1)
-    eye = torch.eye(views, dtype=torch.bool)[None, :, :, None]
-    kept = mask & ~eye
-    is_ref = ref_mask[:, :, None, None].expand_as(kept)
-    total = q.new_zeros(())
-    for group in (kept & is_ref, kept & ~is_ref):
-        if group.any():
-            total = total + row_loss[group].mean()
-    return total
+from tests.official_reference import official_cameo_loss as reference  # noqa: E402
 
 
 def make_case(views=3, heads=3, hw=19, dim=8, zero_targets=True, refs=(0,), seed=0):
@@ -146,7 +120,7 @@ def test_cameo_loss_selects_the_fused_path_only_where_it_can_run():
     on_cuda = torch.cuda.is_available()
     assert CameoLoss(4).uses_fused(probe.q.to(DEVICE)) == on_cuda
     assert not CameoLoss(4, fused=False).uses_fused(probe.q.to(DEVICE))
-    assert not CameoLoss(4, head="none").uses_fused(probe.q.to(DEVICE))
+    assert CameoLoss(4, head="none", loss="l1").uses_fused(probe.q.to(DEVICE)) == on_cuda
     with pytest.raises(ValueError, match="fused CAMEO kernels need"):
         CameoLoss(4, fused=True).uses_fused(probe.q.double())
 

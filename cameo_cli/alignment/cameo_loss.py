@@ -2,10 +2,14 @@
 
 For every ordered view pair i != j the logits `q_i · k_jᵀ · scale` of each head are
 projected across heads by a small MLP (`H -> 4H -> GELU -> 1`, one value per (query, key)
-pair) or averaged over heads, soft-maxed over the hw keys of view j, and scored against the
-one-hot ground-truth key (cross-entropy; L1 as an ablation) on the rows the cycle mask
-keeps. Reference-query rows and target-query rows are averaged separately and the two means
-summed. Everything runs in (at least) fp32, whatever autocast says.
+pair) and soft-maxed over the hw keys of view j (without a head: each head soft-maxed, the
+probabilities averaged over heads), and scored against the one-hot ground-truth key on the
+rows the cycle mask keeps, as the official code does: cross-entropy
+`-sum(onehot * log(p + 1e-8))`, or (ablation) L1 averaged over rows x hw keys. A kept row
+with an all-zero target (target index -1, `joint` targets) adds nothing to the
+cross-entropy and 1 / hw to the L1, and counts in the mean. Reference-query rows and
+target-query rows are averaged separately and the two means summed. Everything runs in (at
+least) fp32, whatever autocast says.
 
 Memory: the official code holds all `rows × keys × 4H` activations at once (many GB at
 512 px). Here the kept query rows are processed in chunks of `chunk_size`; when a gradient
@@ -16,6 +20,7 @@ costs no recomputation.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -31,9 +36,6 @@ if TYPE_CHECKING:
 
 HEADS = ("mlp", "none")
 LOSSES = ("ce", "l1")
-# (head, loss) forms where the fused kernels (`fused.py`, official semantics) compute this
-# module's loss; the others (head-mean of logits, L1 without 1/hw) stay on the chunked path
-FUSED_FORMS = {("mlp", "ce")}
 
 
 @dataclass
@@ -44,6 +46,7 @@ class _QueryView:
     others: list[int]  # key views j != i
     rows: torch.Tensor | None  # [R] query tokens with a kept (b, j) row; None: all of them
     index: torch.Tensor  # [B, J, R] target key token per row (clamped to a valid token)
+    present: torch.Tensor  # [B, J, R] 1 where the row has a target, 0 for an all-zero one
     weight: torch.Tensor  # [B, J, R] contribution of each row to the loss (0 = dropped)
 
     @property
@@ -56,7 +59,12 @@ class _QueryView:
 
     def chunk(self, queries: torch.Tensor, part: slice) -> _Chunk:
         """Rows `part` of this view's kept `queries` (from `queries(q)`) with their targets."""
-        return _Chunk(queries[:, :, part], self.index[..., part], self.weight[..., part])
+        return _Chunk(
+            queries[:, :, part],
+            self.index[..., part],
+            self.present[..., part],
+            self.weight[..., part],
+        )
 
 
 @dataclass
@@ -65,7 +73,16 @@ class _Chunk:
 
     q_rows: torch.Tensor  # [B, heads, c, d]
     index: torch.Tensor  # [B, J, c]
+    present: torch.Tensor  # [B, J, c]
     weight: torch.Tensor  # [B, J, c]
+
+
+@dataclass
+class _ChunkGradients:
+    value: torch.Tensor
+    q_rows: torch.Tensor | None
+    keys: torch.Tensor | None
+    params: list[torch.Tensor]
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -87,6 +104,7 @@ def _plan(
     """Per query view: which rows to compute, their targets and weights."""
     num_views, hw = mask.shape[1], mask.shape[-1]
     weight = _row_weights(mask, ref_mask, dtype)
+    present = (index >= 0).to(dtype)
     plan = []
     for i in range(num_views):
         others = [j for j in range(num_views) if j != i]
@@ -94,11 +112,10 @@ def _plan(
         rows = kept.any(dim=1).any(dim=0).nonzero().squeeze(1)
         if rows.numel() == 0:
             continue
-        index_i, weight_i = index[:, i, others].clamp(0, hw - 1), weight[:, i, others]
-        if rows.numel() == hw:
-            plan.append(_QueryView(i, others, None, index_i, weight_i))
-        else:
-            plan.append(_QueryView(i, others, rows, index_i[..., rows], weight_i[..., rows]))
+        parts = (index[:, i, others].clamp(0, hw - 1), present[:, i, others], weight[:, i, others])
+        if rows.numel() < hw:
+            parts = tuple(part[..., rows] for part in parts)
+        plan.append(_QueryView(i, others, None if rows.numel() == hw else rows, *parts))
     return plan
 
 
@@ -107,58 +124,29 @@ def _chunks(count: int, size: int) -> Iterator[slice]:
         yield slice(start, min(start + size, count))
 
 
-def _project(logits: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
-    """[..., heads] logits -> [...] scores: the MLP head, or the head mean without one."""
+def _log_probabilities(logits: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """[..., hw, heads] logits -> [..., hw] log-probabilities over the hw keys: a softmax of
+    the MLP head's scores, or (no head) the log of the mean over heads of each head's
+    softmax (the official `Softmax_HeadMean`)."""
     if not params:
-        return logits.mean(dim=-1)
+        per_head = logits - torch.logsumexp(logits, dim=-2, keepdim=True)
+        return torch.logsumexp(per_head, dim=-1) - math.log(logits.shape[-1])
     w1, b1, w2, b2 = params
-    hidden = F.gelu(F.linear(logits, w1, b1))
-    return F.linear(hidden, w2, b2).squeeze(-1)
+    scores = F.linear(F.gelu(F.linear(logits, w1, b1)), w2, b2).squeeze(-1)
+    return scores - torch.logsumexp(scores, dim=-1, keepdim=True)
 
 
-def _chunk_loss(
-    chunk: _Chunk, keys: torch.Tensor, scale: float, params: Sequence[torch.Tensor], loss: str
-) -> torch.Tensor:
-    """Weighted loss of some query rows of one view against the keys of the other views
-    (keys [B, J, heads, hw, d])."""
-    q_rows, index, weight = chunk.q_rows, chunk.index, chunk.weight
-    logits = torch.einsum("bhcd,bjhkd->bjckh", q_rows, keys) * scale
-    scores = _project(logits, params)  # [B, J, c, hw]
-    log_norm = torch.logsumexp(scores, dim=-1)
-    picked = scores.gather(-1, index.unsqueeze(-1)).squeeze(-1)
-    log_p_target = picked - log_norm
+def _row_losses(
+    p_target: torch.Tensor, present: torch.Tensor, loss: str, hw: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The official row losses of the target's probability and their derivative in it.
+
+    ce: -sum(onehot * log(p + 1e-8)) = -present * log(p_t + 1e-8);
+    l1: mean over the hw keys of |p - onehot| = (present * 2 (1 - p_t) + (1 - present)) / hw
+    (a row sums to 1, so an all-zero target costs 1 / hw whatever p is)."""
     if loss == "ce":
-        row_loss = -log_p_target
-    else:
-        # sum_k |p_k - onehot_k| = (1 - p_t) + sum_{k != t} p_k = 2 (1 - p_t)
-        row_loss = 2.0 * (1.0 - log_p_target.exp())
-    return (weight * row_loss).sum()
-
-
-def _total_loss(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    scale: float,
-    plan: list[_QueryView],
-    params: Sequence[torch.Tensor],
-    loss: str,
-    chunk_size: int,
-) -> torch.Tensor:
-    """The loss value only, chunk by chunk (no graph is kept between chunks)."""
-    total = q.new_zeros(())
-    for view in plan:
-        keys, queries = k[:, view.others], view.queries(q)
-        for part in _chunks(view.count, chunk_size):
-            total = total + _chunk_loss(view.chunk(queries, part), keys, scale, params, loss)
-    return total
-
-
-@dataclass
-class _ChunkGradients:
-    value: torch.Tensor
-    q_rows: torch.Tensor | None
-    keys: torch.Tensor | None
-    params: list[torch.Tensor]
+        return -present * torch.log(p_target + 1e-8), -present / (p_target + 1e-8)
+    return (present * 2.0 * (1.0 - p_target) + (1.0 - present)) / hw, -2.0 * present / hw
 
 
 def _chunk_loss_and_gradients(
@@ -169,34 +157,38 @@ def _chunk_loss_and_gradients(
     loss: str,
     wants: Sequence[bool],
 ) -> _ChunkGradients:
-    """`_chunk_loss` and its gradients, written out by hand (no autograd graph, fewer kernels
-    and buffers: the hidden activations are reused for their own gradients).
+    """Weighted loss of some query rows of one view against the keys of the other views
+    (keys [B, J, heads, hw, d]) and its gradients, written out by hand (no autograd graph,
+    fewer kernels and buffers: the hidden activations are reused for their own gradients).
 
-    wants: whether the gradient of q_rows, keys and each parameter is needed.
+    wants: whether the gradient of q_rows, keys and each parameter is needed (none: the
+    value only).
     """
     q_rows, index, weight = chunk.q_rows, chunk.index, chunk.weight
     logits = torch.einsum("bhcd,bjhkd->bjckh", q_rows, keys) * scale  # [B, J, c, hw, H]
+    hw, heads = logits.shape[-2:]
     if params:
         w1, b1, w2, b2 = params
         before = F.linear(logits, w1, b1)
         hidden = F.gelu(before)
         scores = F.linear(hidden, w2, b2).squeeze(-1)
+        log_p = scores - torch.logsumexp(scores, dim=-1, keepdim=True)  # [B, J, c, hw]
+        p_target = log_p.gather(-1, index.unsqueeze(-1)).squeeze(-1).exp()
     else:
-        scores = logits.mean(dim=-1)
-    log_norm = torch.logsumexp(scores, dim=-1)
-    picked = scores.gather(-1, index.unsqueeze(-1)).squeeze(-1)
-    log_p_target = picked - log_norm
-    if loss == "ce":
-        value = -(weight * log_p_target).sum()
-        coefficient = weight  # d(-log p_t)/ds = p - onehot
-    else:
-        p_target = log_p_target.exp()
-        value = (weight * 2.0 * (1.0 - p_target)).sum()
-        coefficient = weight * 2.0 * p_target  # d(2 (1 - p_t))/ds = 2 p_t (p - onehot)
-    grad_scores = torch.exp(scores - log_norm.unsqueeze(-1)).mul_(coefficient.unsqueeze(-1))
-    grad_scores.scatter_add_(-1, index.unsqueeze(-1), -coefficient.unsqueeze(-1))
+        log_p = logits - torch.logsumexp(logits, dim=-2, keepdim=True)  # per head
+        at = index[..., None, None].expand(*index.shape, 1, heads)
+        p_head_target = log_p.gather(-2, at).squeeze(-2).exp()  # [B, J, c, H]
+        p_target = p_head_target.mean(dim=-1)
+    row_loss, slope = _row_losses(p_target, chunk.present, loss, hw)
+    value = (weight * row_loss).sum()
+    if not any(wants):
+        return _ChunkGradients(value, None, None, [])
+    # d(row loss)/d(score_k) = slope * p_t * (onehot_k - p_k) = coefficient * (p_k - onehot_k)
     grad_params: list[torch.Tensor] = []
     if params:
+        coefficient = -(weight * slope) * p_target  # [B, J, c]
+        grad_scores = log_p.exp_().mul_(coefficient.unsqueeze(-1))
+        grad_scores.scatter_add_(-1, index.unsqueeze(-1), -coefficient.unsqueeze(-1))
         flat_scores = grad_scores.reshape(-1)
         grad_w2 = (flat_scores @ hidden.reshape(-1, hidden.shape[-1]))[None]
         grad_b2 = flat_scores.sum().reshape(1)
@@ -212,11 +204,37 @@ def _chunk_loss_and_gradients(
         grad_logits = grad_before @ w1
         grad_params = [grad_w1, grad_b1, grad_w2, grad_b2]
     else:
-        grad_logits = (grad_scores / logits.shape[-1]).unsqueeze(-1).expand_as(logits)
+        # p_t = mean_h p_ht: head h's logits get slope * p_ht / H * (onehot - p_h)
+        coefficient = -(weight * slope)[..., None] * p_head_target / heads  # [B, J, c, H]
+        grad_logits = log_p.exp_().mul_(coefficient.unsqueeze(-2))
+        grad_logits.scatter_add_(-2, at, -coefficient.unsqueeze(-2))
     grad_logits = grad_logits * scale
     grad_q = torch.einsum("bjckh,bjhkd->bhcd", grad_logits, keys) if wants[0] else None
     grad_k = torch.einsum("bjckh,bhcd->bjhkd", grad_logits, q_rows) if wants[1] else None
     return _ChunkGradients(value, grad_q, grad_k, grad_params)
+
+
+def _total_loss(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: float,
+    plan: list[_QueryView],
+    params: Sequence[torch.Tensor],
+    loss: str,
+    chunk_size: int,
+) -> torch.Tensor:
+    """The loss value only, chunk by chunk."""
+    total = q.new_zeros(())
+    no_gradients = [False] * (2 + len(params))
+    for view in plan:
+        keys, queries = k[:, view.others], view.queries(q)
+        for part in _chunks(view.count, chunk_size):
+            chunk = view.chunk(queries, part)
+            total = (
+                total
+                + _chunk_loss_and_gradients(chunk, keys, scale, params, loss, no_gradients).value
+            )
+    return total
 
 
 class _ChunkedCameoLoss(torch.autograd.Function):
@@ -346,15 +364,15 @@ class CameoLoss(nn.Module):
             if self.uses_fused(probe.q):
                 from cameo_cli.alignment.fused import FusedCameoLoss
 
-                first, _, last = self.head
+                w1, b1, w2, b2 = self._head_params(torch.float32) or [None] * 4
                 return FusedCameoLoss.apply(
                     probe.q,
                     probe.k,
                     probe.scale,
-                    first.weight,
-                    first.bias,
-                    last.weight,
-                    last.bias,
+                    w1,
+                    b1,
+                    w2,
+                    b2,
                     targets.index.to(probe.q.device),
                     targets.mask.to(probe.q.device),
                     ref_mask.to(probe.q.device),
@@ -384,22 +402,17 @@ class CameoLoss(nn.Module):
 
     def uses_fused(self, q: torch.Tensor) -> bool:
         """Whether `forward` takes the fused Triton kernels: by default (`fused=None`) on
-        CUDA with Triton importable, for the forms they share with this module, below fp64;
-        `fused=False` never; `fused=True` always (ValueError where they cannot run)."""
+        CUDA with Triton importable, below fp64; `fused=False` never; `fused=True` always
+        (ValueError where they cannot run)."""
         if self.fused is False:
             return False
         from cameo_cli.alignment.fused import fused_available
 
-        possible = (
-            (self.head_kind, self.loss_kind) in FUSED_FORMS
-            and q.dtype != torch.float64
-            and fused_available(q.device)
-        )
+        possible = q.dtype != torch.float64 and fused_available(q.device)
         if self.fused and not possible:
             raise ValueError(
-                f"the fused CAMEO kernels need CUDA, Triton, a form in {sorted(FUSED_FORMS)} "
-                f"and fp32/bf16/fp16 inputs; got {q.device.type}, "
-                f"({self.head_kind}, {self.loss_kind}), {q.dtype}"
+                "the fused CAMEO kernels need CUDA, Triton and fp32/bf16/fp16 inputs; got "
+                f"{q.device.type}, {q.dtype}"
             )
         return possible
 
@@ -411,8 +424,9 @@ class CameoLoss(nn.Module):
         return 256 if q.device.type == "cuda" else 64
 
     def correspondence_logits(self, probe: ProbeResult, i: int, j: int) -> torch.Tensor:
-        """Scores of view i's queries over view j's keys, [B, hw, hw]: the projection head's
-        output, or the head-averaged logits without a head (softmax over the last dim)."""
+        """Log-probabilities of view i's queries over view j's keys, [B, hw, hw]: the softmax
+        of the projection head's output, or the log of the head-averaged probabilities
+        without a head."""
         self._check(probe)
         with torch.autocast(probe.q.device.type, enabled=False):
             dtype = _compute_dtype(probe.q.dtype)
@@ -421,5 +435,5 @@ class CameoLoss(nn.Module):
             parts = []
             for part in _chunks(q.shape[2], self.rows_per_chunk(q)):
                 logits = torch.einsum("bhcd,bhkd->bckh", q[:, :, part], k) * probe.scale
-                parts.append(_project(logits, params))
+                parts.append(_log_probabilities(logits, params))
             return torch.cat(parts, dim=1)

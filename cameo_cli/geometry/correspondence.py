@@ -1,9 +1,17 @@
 """Token-level correspondence targets and the cycle-consistency mask (CAMEO's supervision).
 
-For every ordered pair of views (i, j), i != j, and every query token q of view i, the target
-is the key token of view j whose 3D point is nearest to q's 3D point. A row is kept only if
-the round trip i -> j -> i lands within `epsilon` token units of q (Euclidean distance in
-(row, col) token coordinates), and only if q has valid geometry.
+For every ordered pair of views (i, j), i != j, and every query token q of view i, the
+nearest key token of view j is the key whose 3D point is nearest to q's 3D point. A row
+(q, j) is kept only if the round trip i -> j -> i lands within `epsilon` token units of q
+(Euclidean distance in (row, col) token coordinates), and only if q has valid geometry.
+
+Two selections of targets (`alignment.targets`):
+
+- `joint` (the official code, `ArgmaxOneHot` over the keys of all other views together):
+  ONE target per query, the nearest key of the nearest view; the other kept rows of that
+  query have an all-zero target (index -1): they add nothing but count in the loss's mean.
+- `per_pair` (the paper's text read literally): every kept row targets its own view's
+  nearest key.
 """
 
 from __future__ import annotations
@@ -14,12 +22,15 @@ import torch
 
 from cameo_cli.geometry.pointmaps import resize_point_map
 
+TARGET_SELECTIONS = ("joint", "per_pair")
+
 
 @dataclass
 class CorrespondenceTargets:
-    """index[b, i, j, q]: key token of view j for query token q of view i (row-major tokens);
-    mask[b, i, j, q]: whether that row supervises (False on i == j, without geometry, or
-    failing the cycle test). `index` is meaningless where `mask` is False."""
+    """index[b, i, j, q]: key token of view j for query token q of view i (row-major tokens),
+    or -1 for a kept row with an all-zero target (`joint`); mask[b, i, j, q]: whether that
+    row counts (False on i == j, without geometry, or failing the cycle test). `index` is
+    meaningless where `mask` is False."""
 
     index: torch.Tensor  # [B, F, F, hw] long
     mask: torch.Tensor  # [B, F, F, hw] bool
@@ -107,19 +118,38 @@ def cycle_consistent(index: torch.Tensor, grid: tuple[int, int], epsilon: float)
     return d_row * d_row + d_col * d_col <= epsilon * epsilon
 
 
+def nearest_view_only(
+    index: torch.Tensor, found: torch.Tensor, tokens: torch.Tensor
+) -> torch.Tensor:
+    """`index` with -1 everywhere but at each query's nearest view: the key of all other
+    views together nearest to the query (ties: the lowest view, then the lowest token)."""
+    views, count = index.shape[1], index.shape[-1]
+    keys = tokens[:, None].expand(-1, views, -1, -1, -1)  # [B, i, j, N, 3], j's tokens
+    nearest = torch.gather(keys, 3, index[..., None].expand(*index.shape, 3))
+    distance = (nearest - tokens[:, :, None]).square().sum(-1)
+    distance = torch.where(found, distance, torch.full_like(distance, float("inf")))
+    best_view = distance.argmin(dim=2, keepdim=True)  # [B, i, 1, N]
+    view = torch.arange(views, device=index.device)[None, None, :, None].expand(-1, -1, -1, count)
+    return torch.where(view == best_view, index, torch.full_like(index, -1))
+
+
 def correspondence_targets(
     point_map: torch.Tensor,
     valid: torch.Tensor | None,
     grid: tuple[int, int],
     epsilon: float = 1.5,
+    selection: str = "per_pair",
 ) -> CorrespondenceTargets:
     """Correspondence targets for every ordered view pair on a token grid.
 
     point_map [B, F, 3, H, W] (one world frame per sample), valid [B, F, H, W] bool or None,
-    grid (h, w) tokens per view. The point map is bilinearly resized to the grid (see
-    `resize_point_map`: a token is valid only if all its interpolation sources are valid).
-    Computed in at least float32, with autocast off.
+    grid (h, w) tokens per view, `selection` "joint" or "per_pair" (module docstring). The
+    point map is bilinearly resized to the grid (see `resize_point_map`: a token is valid
+    only if all its interpolation sources are valid). Computed in at least float32, with
+    autocast off.
     """
+    if selection not in TARGET_SELECTIONS:
+        raise ValueError(f"selection must be one of {TARGET_SELECTIONS}, got {selection!r}")
     if point_map.dim() != 5 or point_map.shape[2] != 3:
         raise ValueError(f"point_map must be [B, F, 3, H, W], got {tuple(point_map.shape)}")
     if valid is not None and valid.shape != point_map[:, :, 0].shape:
@@ -131,5 +161,7 @@ def correspondence_targets(
         tokens = tokens.flatten(-2).transpose(-1, -2)  # [B, F, hw, 3]
         token_valid = token_valid.flatten(-2)  # [B, F, hw]
         index, found = nearest_key_tokens(tokens, token_valid)
-    mask = found & token_valid[:, :, None, :] & cycle_consistent(index, grid, epsilon)
+        mask = found & token_valid[:, :, None, :] & cycle_consistent(index, grid, epsilon)
+        if selection == "joint":
+            index = nearest_view_only(index, found, tokens)
     return CorrespondenceTargets(index=index, mask=mask)

@@ -136,7 +136,12 @@ class Trainer:
             alignment = CameoLoss(plan.heads, head=a.head, loss=a.loss, chunk_size=a.chunk_size)
         self.validation_batch = self._validation_batch()
         self.model = CameoTrainingModel(
-            backbone, alignment, plan.layer, plan.grid, recipe.alignment.epsilon
+            backbone,
+            alignment,
+            plan.layer,
+            plan.grid,
+            recipe.alignment.epsilon,
+            recipe.alignment.targets,
         ).to(self.device)
         self.ema = (
             ExponentialMovingAverage(self.model, recipe.train.ema_decay)

@@ -16,7 +16,8 @@ class CameoTrainingModel(nn.Module):
     """`forward` returns the backbone's prediction and the CAMEO term (None without it).
 
     With CAMEO the model turns the point maps it is given into correspondence targets on
-    the token grid of `layer` (cycle-consistency threshold `epsilon` tokens).
+    the token grid of `layer` (cycle-consistency threshold `epsilon` tokens, `selection`
+    "joint" or "per_pair", see `cameo_cli.geometry.correspondence`).
     """
 
     def __init__(
@@ -26,6 +27,7 @@ class CameoTrainingModel(nn.Module):
         layer: int,
         grid: tuple[int, int] | None,
         epsilon: float,
+        selection: str,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -33,6 +35,7 @@ class CameoTrainingModel(nn.Module):
         self.layer = layer
         self.grid = grid
         self.epsilon = epsilon
+        self.selection = selection
 
     def forward(
         self,
@@ -47,7 +50,9 @@ class CameoTrainingModel(nn.Module):
         from cameo_cli.geometry import correspondence_targets
 
         with torch.no_grad():
-            targets = correspondence_targets(point_map, point_valid, self.grid, self.epsilon)
+            targets = correspondence_targets(
+                point_map, point_valid, self.grid, self.epsilon, self.selection
+            )
         with self.backbone.probe(self.layer, self.grid) as handle:
             prediction = self.backbone(noisy, timesteps, cond)
         with torch.autocast(device_type=noisy.device.type, enabled=False):
