@@ -43,6 +43,7 @@ class CodecConfig:
     path: str | None = None  # local AutoencoderKL folder, required for kind "vae"
     scaling_factor: float = 0.18215
     cache_latents: bool = False
+    sample_posterior: bool = False  # training latents drawn from the VAE posterior (official)
 
 
 @dataclass

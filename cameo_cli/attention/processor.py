@@ -140,11 +140,11 @@ def install_processors(
     model.set_attn_processor(processors)
 
 
-def add_qk_norm(model: nn.Module, hooks: list[LayerHook], eps: float = 1e-6) -> list[str]:
+def add_qk_norm(model: nn.Module, hooks: list[LayerHook], eps: float = 1e-5) -> list[str]:
     """Give every hooked attention of `model` a q/k LayerNorm over the head dim (the official
-    CAMEO default; `MultiViewAttnProcessor` applies `norm_q`/`norm_k`). Returns the new
-    modules' paths, which adapters declare in `model_additions` (diffusers does not record
-    them)."""
+    CAMEO default, with its eps 1e-5; `MultiViewAttnProcessor` applies `norm_q`/`norm_k`).
+    Returns the new modules' paths, which adapters declare in `model_additions` (diffusers
+    does not record them)."""
     paths = []
     for hook in hooks:
         attn = model.get_submodule(hook.path)

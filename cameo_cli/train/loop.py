@@ -223,7 +223,8 @@ class Trainer:
         geometry = [batch.point_map, batch.point_valid] if self.plan.cameo else []
         b, f = images.shape[:2]
         with torch.no_grad():
-            latents = self.codec.encode(images.flatten(0, 1)).unflatten(0, (b, f))
+            draw = self.generator if recipe.codec.sample_posterior else None
+            latents = self.codec.encode(images.flatten(0, 1), generator=draw).unflatten(0, (b, f))
         noised = add_training_noise(self.scheduler, latents, ref_mask, self.generator)
         drop = torch.rand(b, generator=self.generator, device=device) < recipe.train.camera_drop
         cond = ViewConditioning.from_batch(batch, drop_camera=drop)
