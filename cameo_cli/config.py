@@ -53,7 +53,9 @@ class DataConfig:
     min_refs: int = 1
     max_refs: int = 3
     frame_gap: tuple[int, int] = (1, 64)  # frames between the first and last view of a sample
-    policy: str = "random"  # "random" (shuffle) or "even" (evenly spaced references)
+    # "official" (one reference count and order per batch), "random" (shuffle) or "even"
+    # (evenly spaced references), per sample; read from `policy` in cameo 0.1.0 recipes
+    order: str = "random"
     workers: int = 4
 
 
@@ -85,7 +87,7 @@ class AlignmentConfig:
 @dataclass
 class TrainConfig:
     steps: int = 320_000
-    batch_size: int = 6
+    batch_size: int = 6  # global: split over processes; x grad_accumulation per step
     learning_rate: float = 2.5e-5
     weight_decay: float = 0.01
     warmup_steps: int = 500
@@ -93,6 +95,7 @@ class TrainConfig:
     grad_accumulation: int = 1
     mixed_precision: str = "bf16"  # "no", "fp16" or "bf16"
     camera_drop: float = 0.1
+    camera_drop_scope: str = "sample"  # "batch" (whole global batch at once) or "sample"
     ema: bool = False
     ema_decay: float = 0.9999
     seed: int = 0
@@ -133,14 +136,18 @@ class Recipe:
 CHOICES: dict[str, tuple[str, ...]] = {
     "backbone.variant": ("tiny", "full"),
     "codec.kind": ("vae", "none"),
-    "data.policy": ("random", "even"),
+    "data.order": ("official", "random", "even"),
     "diffusion.prediction": ("v_prediction", "epsilon"),
     "alignment.method": ("cameo", "none"),
     "alignment.layer": ("auto",),
     "alignment.loss": ("ce", "l1"),
     "alignment.head": ("mlp", "none"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
+    "train.camera_drop_scope": ("batch", "sample"),
 }
+# Keys renamed since cameo 0.1.0, still read from old files (run folders' config.yaml):
+# old dotted path -> new key.
+_RENAMED: dict[str, str] = {"data.policy": "order"}
 
 _RECIPE_SUFFIXES = (".yaml", ".yml")
 
@@ -303,6 +310,11 @@ def _build(cls: type, data: dict, prefix: str, source: _Source) -> Any:
     values = {}
     for key, value in data.items():
         path = f"{prefix}.{key}" if prefix else str(key)
+        if path in _RENAMED:
+            key = _RENAMED[path]
+            if key in data:
+                raise source.error(path, f"was renamed to '{prefix}.{key}'; give only that key")
+            path = f"{prefix}.{key}"
         if key not in field_types:
             raise _unknown_key(path, list(field_types), source)
         values[key] = _convert(value, field_types[key], path, source)
