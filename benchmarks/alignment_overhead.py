@@ -298,11 +298,11 @@ def quickstart_step_seconds(steps: int) -> dict[str, float]:
             )
             runs[method] = (trainer, optimizer, iter(loader))
         times: dict[str, list[float]] = {method: [] for method in runs}
-        for _ in range(steps + 1):  # the first step of each warms up
+        for index in range(steps + 1):  # the first step of each warms up
             for method, (trainer, optimizer, batches) in runs.items():
                 batch = next(batches)
                 start = time.perf_counter()
-                terms = trainer._loss_terms(batch)
+                terms = trainer._loss_terms(batch, index)
                 accelerator.backward(terms["loss"])
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)

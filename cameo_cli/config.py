@@ -54,7 +54,9 @@ class DataConfig:
     min_refs: int = 1
     max_refs: int = 3
     frame_gap: tuple[int, int] = (1, 64)  # frames between the first and last view of a sample
-    policy: str = "random"  # "random" (shuffle) or "even" (evenly spaced references)
+    # "official" (one reference count and order per batch), "random" (shuffle) or "even"
+    # (evenly spaced references), per sample; read from `policy` in cameo 0.1.0 recipes
+    order: str = "random"
     workers: int = 4
 
 
@@ -89,7 +91,7 @@ class AlignmentConfig:
 @dataclass
 class TrainConfig:
     steps: int = 320_000
-    batch_size: int = 6
+    batch_size: int = 6  # global: split over processes; x grad_accumulation per step
     learning_rate: float = 2.5e-5
     weight_decay: float = 0.01
     warmup_steps: int = 500
@@ -97,6 +99,7 @@ class TrainConfig:
     grad_accumulation: int = 1
     mixed_precision: str = "bf16"  # "no", "fp16" or "bf16"
     camera_drop: float = 0.1
+    camera_drop_scope: str = "sample"  # "batch" (whole global batch at once) or "sample"
     ema: bool = False
     ema_decay: float = 0.9999
     seed: int = 0
@@ -137,7 +140,7 @@ class Recipe:
 CHOICES: dict[str, tuple[str, ...]] = {
     "backbone.variant": ("tiny", "full"),
     "codec.kind": ("vae", "none"),
-    "data.policy": ("random", "even"),
+    "data.order": ("official", "random", "even"),
     "diffusion.prediction": ("v_prediction", "epsilon"),
     "diffusion.timestep_spacing": ("leading", "trailing"),
     "alignment.method": ("cameo", "none"),
@@ -146,6 +149,21 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "alignment.head": ("mlp", "none"),
     "alignment.targets": ("joint", "per_pair"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
+    "train.camera_drop_scope": ("batch", "sample"),
+}
+# Keys renamed since cameo 0.1.0, still read from old files (run folders' config.yaml):
+# old dotted path -> new key.
+_RENAMED: dict[str, str] = {"data.policy": "order"}
+
+# Keys of cameo 0.1.0 whose meaning moved: (path, value that still means the same, message).
+# Run folders written by 0.1.0 hold the harmless value and keep loading.
+_RETIRED_KEYS: dict[str, tuple[Any, str]] = {
+    "diffusion.snr_rescale": (
+        False,
+        "was cameo 0.1.0's name for Min-SNR-gamma loss weighting, now "
+        "'diffusion.min_snr_gamma: 5.0' (null = off); the official CAMEO code's snr_rescale "
+        "(an SNR shift of the betas) is 'diffusion.snr_shift'",
+    ),
 }
 
 _RECIPE_SUFFIXES = (".yaml", ".yml")
@@ -304,18 +322,6 @@ def _unknown_key(path: str, valid: Sequence[str], source: _Source) -> CameoError
     return CameoError(f"{location}: unknown key '{path}' ({hint})")
 
 
-# Keys of cameo 0.1.0 whose meaning moved: (path, value that still means the same, message).
-# Run folders written by 0.1.0 hold the harmless value and keep loading.
-_RETIRED_KEYS: dict[str, tuple[Any, str]] = {
-    "diffusion.snr_rescale": (
-        False,
-        "was cameo 0.1.0's name for Min-SNR-gamma loss weighting, now "
-        "'diffusion.min_snr_gamma: 5.0' (null = off); the official CAMEO code's snr_rescale "
-        "(an SNR shift of the betas) is 'diffusion.snr_shift'",
-    ),
-}
-
-
 def _build(cls: type, data: dict, prefix: str, source: _Source) -> Any:
     field_types = _field_types(cls)
     values = {}
@@ -326,6 +332,11 @@ def _build(cls: type, data: dict, prefix: str, source: _Source) -> Any:
             if value is harmless:
                 continue
             raise source.error(path, message)
+        if path in _RENAMED:
+            key = _RENAMED[path]
+            if key in data:
+                raise source.error(path, f"was renamed to '{prefix}.{key}'; give only that key")
+            path = f"{prefix}.{key}"
         if key not in field_types:
             raise _unknown_key(path, list(field_types), source)
         values[key] = _convert(value, field_types[key], path, source)
@@ -509,6 +520,9 @@ def _field_at(path: str, source: _Source) -> Any:
     """The type of the field at dotted `path` (unknown and retired keys are errors)."""
     if path in _RETIRED_KEYS:
         raise source.error(path, _RETIRED_KEYS[path][1])
+    if path in _RENAMED:
+        new_path = f"{path.rpartition('.')[0]}.{_RENAMED[path]}"
+        raise source.error(path, f"was renamed to '{new_path}'")
     tp: Any = Recipe
     walked: list[str] = []
     for part in path.split("."):

@@ -62,14 +62,14 @@ def test_sample_frames_respects_the_gap():
     assert frames == [0, 1, 2, 3]
 
 
-def test_even_policy_spaces_references():
+def test_even_order_spaces_references():
     rng = np.random.default_rng(0)
     assert order_views([10, 11, 12, 13], 2, "even", rng) == [10, 13, 11, 12]
     assert order_views([10, 11, 12, 13], 1, "even", rng) == [11, 10, 12, 13]
     assert order_views([10, 11, 12, 13], 3, "even", rng) == [10, 12, 13, 11]
     shuffled = order_views([10, 11, 12, 13], 2, "random", rng)
     assert sorted(shuffled) == [10, 11, 12, 13]
-    with pytest.raises(CameoError, match="policy"):
+    with pytest.raises(CameoError, match="order"):
         order_views([1, 2], 1, "spiral", rng)
 
 

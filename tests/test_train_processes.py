@@ -36,7 +36,7 @@ recipe = load_recipe(
         f"data.dataset={dataset}",
         "train.steps=3",
         "train.checkpoint_every=3",
-        "train.batch_size=1",
+        "train.batch_size=2",  # global: one sample per process
         "sample.steps=2",
     ],
 )

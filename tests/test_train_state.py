@@ -146,11 +146,13 @@ def test_batch_stream_resumes_and_splits_over_ranks():
     first = list(itertools.islice(iter(full), 7))
     resumed = list(itertools.islice(iter(ResumableBatchSampler(10, 3, seed=4, start=3)), 4))
     assert resumed == first[3:]
-    # Every epoch is a permutation of the dataset, addressed as (epoch, item).
+    # Every epoch is a permutation of the dataset, addressed as (epoch, item, global batch).
     stream = [key for batch in first for key in batch]
     for epoch in (0, 1):
         keys = stream[10 * epoch : 10 * (epoch + 1)]
-        assert {e for e, _ in keys} == {epoch} and sorted(i for _, i in keys) == list(range(10))
+        assert {e for e, _, _ in keys} == {epoch}
+        assert sorted(i for _, i, _ in keys) == list(range(10))
+    assert [{k for _, _, k in batch} for batch in first] == [{k} for k in range(7)]
     # Two ranks with batch 3 read exactly what one process with batch 6 reads.
     ranks = [ResumableBatchSampler(10, 3, world_size=2, rank=r, seed=4) for r in (0, 1)]
     single = ResumableBatchSampler(10, 6, seed=4)

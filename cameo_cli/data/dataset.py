@@ -6,10 +6,16 @@ Sampling (deterministic given ``seed``, the epoch set by `set_epoch` and the ite
    least ``F - 1``, at most ``N - 1``), at a uniform start; its two ends plus ``F - 2``
    distinct frames inside it;
 2. ``N_ref`` uniform in ``[min_refs, max_refs]`` (at most ``F - 1``) references;
-3. the policy orders them: ``"random"`` shuffles the F frames and takes the first ``N_ref`` as
-   references; ``"even"`` takes references evenly spaced in time (the window's ends for two,
-   ends and middle for three, the middle frame for one) and the rest, in time order, as
-   targets.
+3. the order puts them first: ``"random"`` shuffles the F frames and takes the first
+   ``N_ref`` as references; ``"even"`` takes references evenly spaced in time (the window's
+   ends for two, ends and middle for three, the middle frame for one) and the rest, in time
+   order, as targets.
+
+``"official"`` follows the official CAMEO trainer: ``N_ref`` and the order are drawn once per
+training batch (`batch_item`, a function of seed and global batch index, so shared by every
+sample and process): with probability 0.5 one permutation of the F views for the whole
+batch, otherwise the official even spacing (`official_positions`) with the targets last.
+Read outside a training batch (``dataset[i]``) an item draws them for itself.
 
 Images are resized (shorter side) and centre-cropped to ``resolution`` with the intrinsics
 updated by `cameo_cli.cameras`; point maps follow the same mapping with nearest sampling, so
@@ -19,6 +25,8 @@ no point is ever interpolated across a depth edge.
 from __future__ import annotations
 
 import os
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,7 +44,8 @@ from cameo_cli.io import read_json
 if TYPE_CHECKING:
     from cameo_cli.config import Recipe
 
-POLICIES = ("random", "even")
+ORDERS = ("official", "random", "even")
+OFFICIAL_SHUFFLE_RATE = 0.5  # `shuffle_train_rate` of the official configs/config.yaml
 
 
 def load_eval_index(location: str | os.PathLike) -> dict[str, dict[str, list[int]]]:
@@ -79,20 +88,64 @@ def sample_frames(
     return sorted([start, start + gap, *(int(i) for i in inside)])
 
 
+def _references_first(frames: list[int], positions: list[int]) -> list[int]:
+    """The frames at `positions` (the references), then the others in their order."""
+    return [frames[i] for i in positions] + [f for i, f in enumerate(frames) if i not in positions]
+
+
 def order_views(
-    frames: list[int], num_refs: int, policy: str, rng: np.random.Generator
+    frames: list[int], num_refs: int, order: str, rng: np.random.Generator
 ) -> list[int]:
-    """Put references first: a random shuffle, or references evenly spaced in time."""
-    if policy == "random":
+    """Put references first (per-sample orders): a random shuffle, or references evenly
+    spaced in time (rounded positions, the middle frame for one)."""
+    if order == "random":
         return [frames[i] for i in rng.permutation(len(frames))]
-    if policy == "even":
+    if order == "even":
         if num_refs == 1:
             positions = [(len(frames) - 1) // 2]
         else:
             positions = np.round(np.linspace(0, len(frames) - 1, num_refs)).astype(int).tolist()
-        rest = [f for i, f in enumerate(frames) if i not in positions]
-        return [frames[i] for i in positions] + rest
-    raise CameoError(f"unknown sampling policy {policy!r}; choose one of {', '.join(POLICIES)}")
+        return _references_first(frames, positions)
+    raise CameoError(f"unknown view order {order!r}; choose one of random, even")
+
+
+def official_positions(num_views: int, num_refs: int) -> list[int]:
+    """The official trainer's evenly spaced references: view ``F // 2 - 1`` for one, else
+    ``linspace(0, F - 1, N_ref)`` truncated to integers (F = 4: [1], [0, 3], [0, 1, 3])."""
+    if num_refs == 1:
+        return [num_views // 2 - 1]
+    return np.floor(np.linspace(0, num_views - 1, num_refs)).astype(int).tolist()
+
+
+def batch_rng(seed: int, batch: int, purpose: str) -> np.random.Generator:
+    """A generator for the draws one global training batch shares (the same in every
+    process and after a resume): a function of seed, batch index and `purpose`."""
+    return np.random.default_rng([seed, zlib.crc32(purpose.encode()), batch])
+
+
+@dataclass(frozen=True)
+class OfficialOrder:
+    """One draw of the official rule: the reference count and a permutation of the views
+    (None: references at `official_positions`, targets last)."""
+
+    num_refs: int
+    permutation: tuple[int, ...] | None
+
+    @classmethod
+    def draw(
+        cls, rng: np.random.Generator, num_views: int, min_refs: int, max_refs: int
+    ) -> OfficialOrder:
+        """Count uniform in [min_refs, max_refs]; shuffle with `OFFICIAL_SHUFFLE_RATE`."""
+        num_refs = int(rng.integers(min_refs, max_refs + 1))
+        shuffle = rng.random() < OFFICIAL_SHUFFLE_RATE
+        permutation = tuple(rng.permutation(num_views).tolist()) if shuffle else None
+        return cls(num_refs, permutation)
+
+    def apply(self, frames: list[int]) -> list[int]:
+        """`frames` in this order, references first."""
+        if self.permutation is not None:
+            return [frames[i] for i in self.permutation]
+        return _references_first(frames, official_positions(len(frames), self.num_refs))
 
 
 class MultiViewDataset(torch.utils.data.Dataset):
@@ -112,7 +165,7 @@ class MultiViewDataset(torch.utils.data.Dataset):
         max_refs: int = 3,
         resolution: int | None = None,
         frame_gap: tuple[int, int] = (1, 64),
-        policy: str = "random",
+        order: str = "random",
         seed: int = 0,
         split: str | None = None,
     ) -> None:
@@ -122,8 +175,8 @@ class MultiViewDataset(torch.utils.data.Dataset):
             raise CameoError(f"need 1 <= min_refs <= max_refs, got {min_refs}, {max_refs}")
         if min_refs >= num_views:
             raise CameoError(f"min_refs {min_refs} leaves no target among {num_views} views")
-        if policy not in POLICIES:
-            raise CameoError(f"unknown sampling policy {policy!r}; choose one of {POLICIES}")
+        if order not in ORDERS:
+            raise CameoError(f"unknown view order {order!r}; choose one of {', '.join(ORDERS)}")
         if frame_gap[0] > frame_gap[1] or frame_gap[1] < 1:
             raise CameoError(f"frame_gap must be (low, high) with low <= high, got {frame_gap}")
         self.root = Path(root)
@@ -133,7 +186,7 @@ class MultiViewDataset(torch.utils.data.Dataset):
             min_refs,
             min(max_refs, num_views - 1),
         )
-        self.resolution, self.frame_gap, self.policy = resolution, tuple(frame_gap), policy
+        self.resolution, self.frame_gap, self.order = resolution, tuple(frame_gap), order
         self.seed, self.epoch = seed, 0
         all_scenes = self.index["scenes"]
         in_split = [s for s, m in all_scenes.items() if split is None or m["split"] == split]
@@ -156,18 +209,26 @@ class MultiViewDataset(torch.utils.data.Dataset):
         """Draw different frames in every epoch (the draw stays a function of seed/epoch/index)."""
         self.epoch = epoch
 
-    def sample(self, item: int) -> tuple[str, list[int], int]:
-        """(scene, frames with references first, number of references) of one item."""
+    def sample(self, item: int, batch: int | None = None) -> tuple[str, list[int], int]:
+        """(scene, frames with references first, number of references) of one item; under
+        the official order, as part of global training batch `batch` when given."""
         rng = np.random.default_rng([self.seed, self.epoch, item])
         scene = self.scenes[item]
         num_frames = self.index["scenes"][scene]["num_frames"]
         frames = sample_frames(num_frames, self.num_views, self.frame_gap, rng)
-        num_refs = int(rng.integers(self.min_refs, self.max_refs + 1))
-        return scene, order_views(frames, num_refs, self.policy, rng), num_refs
+        if self.order != "official":
+            num_refs = int(rng.integers(self.min_refs, self.max_refs + 1))
+            return scene, order_views(frames, num_refs, self.order, rng), num_refs
+        shared = rng if batch is None else batch_rng(self.seed, batch, "order")
+        order = OfficialOrder.draw(shared, self.num_views, self.min_refs, self.max_refs)
+        return scene, order.apply(frames), order.num_refs
 
     def __getitem__(self, item: int) -> dict:
-        scene, frames, num_refs = self.sample(item)
-        return self.get_views(scene, frames, num_refs)
+        return self.get_views(*self.sample(item))
+
+    def batch_item(self, item: int, batch: int) -> dict:
+        """Item `item` as global training batch `batch` reads it (`train.data`)."""
+        return self.get_views(*self.sample(item, batch))
 
     def get_views(self, scene: str, frames: list[int], num_refs: int) -> dict:
         """The views ``frames`` of ``scene``, the first ``num_refs`` of them references."""
@@ -253,7 +314,7 @@ def dataset_from_recipe(
         max_refs=data.max_refs,
         resolution=data.resolution,
         frame_gap=tuple(data.frame_gap),
-        policy=data.policy,
+        order=data.order,
         seed=seed,
         split=split,
     )

@@ -18,12 +18,13 @@ from torch.utils.data import Dataset
 
 from cameo_cli.backbone import ViewConditioning
 from cameo_cli.batch import ViewBatch
-from cameo_cli.config import Recipe, dump_recipe
+from cameo_cli.config import Recipe, TrainConfig, dump_recipe
+from cameo_cli.data.dataset import batch_rng
 from cameo_cli.errors import CameoError
 from cameo_cli.train import checkpoint as ckpt
 from cameo_cli.train import rundir
 from cameo_cli.train.components import Cadence, Checkpointer, TrainLogger, Validator
-from cameo_cli.train.data import make_loader
+from cameo_cli.train.data import make_loader, per_process_batch
 from cameo_cli.train.ema import ExponentialMovingAverage
 from cameo_cli.train.metrics import MetricsLogger
 from cameo_cli.train.model import CameoTrainingModel
@@ -87,6 +88,19 @@ def run_training(
         accelerator.end_training()
 
 
+def camera_drop(
+    train: TrainConfig, size: int, batch_index: int, generator: torch.Generator
+) -> torch.Tensor:
+    """[size] bool: the samples whose camera channels are zeroed (classifier-free guidance).
+    Scope "sample": each sample with p = `camera_drop`, from this process's `generator`;
+    "batch" (the official trainer): all or none of global batch `batch_index`, one draw from
+    (seed, batch index) that every process makes alike."""
+    if train.camera_drop_scope == "batch":
+        dropped = batch_rng(train.seed, batch_index, "camera_drop").random() < train.camera_drop
+        return torch.full((size,), bool(dropped), device=generator.device)
+    return torch.rand(size, generator=generator, device=generator.device) < train.camera_drop
+
+
 class Trainer:
     """Everything one training run holds; `run` steps it until `train.steps`."""
 
@@ -102,6 +116,7 @@ class Trainer:
                 f"{accelerator.distributed_type.value}: cameo's checkpoints need full (unsharded) "
                 "weights and optimizer state; train with DDP (multi-GPU accelerate config)"
             )
+        per_process_batch(recipe.train.batch_size, accelerator.num_processes)  # fail early
         torch.manual_seed(recipe.train.seed)
         codec = load_codec(recipe.codec).to(accelerator.device)
         backbone = build_training_backbone(recipe, codec.channels)
@@ -215,8 +230,9 @@ class Trainer:
         self.data_position = progress["data_position"]["global_batches"]
 
     # -- one step ---------------------------------------------------------------------------
-    def _loss_terms(self, batch: ViewBatch) -> dict[str, torch.Tensor]:
-        """`L = L_denoise + weight * L_cameo` of one micro-batch and its terms (`loss`)."""
+    def _loss_terms(self, batch: ViewBatch, batch_index: int) -> dict[str, torch.Tensor]:
+        """`L = L_denoise + weight * L_cameo` of one micro-batch (global batch `batch_index`)
+        and its terms (`loss`)."""
         device, recipe = self.device, self.recipe
         batch = batch.to(device)
         images, ref_mask = batch.images, batch.ref_mask
@@ -226,7 +242,7 @@ class Trainer:
             draw = self.generator if recipe.codec.sample_posterior else None
             latents = self.codec.encode(images.flatten(0, 1), generator=draw).unflatten(0, (b, f))
         noised = add_training_noise(self.scheduler, latents, ref_mask, self.generator)
-        drop = torch.rand(b, generator=self.generator, device=device) < recipe.train.camera_drop
+        drop = camera_drop(recipe.train, b, batch_index, self.generator)
         cond = ViewConditioning.from_batch(batch, drop_camera=drop)
         prediction, cameo = self.prepared_model(
             noised.noisy, noised.timesteps.float(), cond, *geometry
@@ -242,10 +258,11 @@ class Trainer:
         terms["loss"] = loss
         return terms
 
-    def forward_backward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Forward and backward of one micro-batch; return its loss terms. A loss that is not
-        finite stops the run (`TrainingDiverged`) before the backward."""
-        terms = self._loss_terms(batch)
+    def forward_backward(self, batch: ViewBatch, batch_index: int) -> dict[str, torch.Tensor]:
+        """Forward and backward of one micro-batch (global batch `batch_index`); return its
+        loss terms. A loss that is not finite stops the run (`TrainingDiverged`) before the
+        backward."""
+        terms = self._loss_terms(batch, batch_index)
         self._check_finite(terms)
         self.accelerator.backward(terms["loss"])
         return terms
@@ -269,7 +286,8 @@ class Trainer:
         window = []
         for _ in range(train.grad_accumulation):
             with accelerator.accumulate(self.prepared_model):
-                terms = self.forward_backward(self.next_batch())
+                index = self.data_position
+                terms = self.forward_backward(self.next_batch(), index)
                 if accelerator.sync_gradients and train.grad_clip > 0:
                     accelerator.clip_grad_norm_(self.model.parameters(), train.grad_clip)
                 self.optimizer.step()
