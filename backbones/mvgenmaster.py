@@ -111,14 +111,13 @@ class MVGenMaster(Cat3D):
         self,
         unet: UNet2DConditionModel,
         *,
-        qk_norm: bool,
-        downsample: int,
         prior_drop: float,
         num_frequencies: int,
+        **cat3d_options: object,
     ) -> None:
         self.prior_drop = prior_drop
         self.num_frequencies = num_frequencies
-        super().__init__(unet, qk_norm=qk_norm, downsample=downsample)
+        super().__init__(unet, **cat3d_options)
 
     @classmethod
     def _wrap(
@@ -126,10 +125,9 @@ class MVGenMaster(Cat3D):
     ) -> MVGenMaster:
         return cls(
             model,
-            qk_norm=bool(settings["qk_norm"]),
-            downsample=int(settings["downsample"]),
             prior_drop=float(settings["prior_drop"]),
             num_frequencies=int(settings["num_frequencies"]),
+            **cls.cat3d_arguments(settings),
         )
 
     def prior_channels(self) -> int:
