@@ -6,7 +6,8 @@ as sources, so passing all images is safe) are lifted to 3D with the sample's po
 map through `cameo_cli.cameras.unproject_depth`) and forward-warped into every view at the
 latent resolution. A z-buffer keeps the nearest point per latent cell (ties: the lowest
 source index, so the result is deterministic). The priors enter as extra channels of the
-zero-initialised condition encoder:
+zero-initialised latent-resolution condition encoder (its only channels with CAT3D's
+`camera_encoder: official`, whose pixel-resolution camera encoder is shared as is):
 
 - warped colour (3, in [-1, 1]),
 - warped 3D coordinates in the frame of view 0 scaled like the Plücker raymaps
