@@ -6,7 +6,8 @@ as sources, so passing all images is safe) are lifted to 3D with the sample's po
 map through `cameo_cli.cameras.unproject_depth`) and forward-warped into every view at the
 latent resolution. A z-buffer keeps the nearest point per latent cell (ties: the lowest
 source index, so the result is deterministic). The priors enter as extra channels of the
-zero-initialised condition encoder:
+zero-initialised latent-resolution condition encoder (its only channels with CAT3D's
+`camera_encoder: official`, whose pixel-resolution camera encoder is shared as is):
 
 - warped colour (3, in [-1, 1]),
 - warped 3D coordinates in the frame of view 0 scaled like the Plücker raymaps
@@ -111,14 +112,13 @@ class MVGenMaster(Cat3D):
         self,
         unet: UNet2DConditionModel,
         *,
-        qk_norm: bool,
-        downsample: int,
         prior_drop: float,
         num_frequencies: int,
+        **cat3d_options: object,
     ) -> None:
         self.prior_drop = prior_drop
         self.num_frequencies = num_frequencies
-        super().__init__(unet, qk_norm=qk_norm, downsample=downsample)
+        super().__init__(unet, **cat3d_options)
 
     @classmethod
     def _wrap(
@@ -126,10 +126,9 @@ class MVGenMaster(Cat3D):
     ) -> MVGenMaster:
         return cls(
             model,
-            qk_norm=bool(settings["qk_norm"]),
-            downsample=int(settings["downsample"]),
             prior_drop=float(settings["prior_drop"]),
             num_frequencies=int(settings["num_frequencies"]),
+            **cls.cat3d_arguments(settings),
         )
 
     def prior_channels(self) -> int:

@@ -139,7 +139,7 @@ def held_out_batch(dataset_root: Path, recipe, draws: int) -> ViewBatch:
     for draw in range(draws):
         dataset = dataset_from_recipe(dataset_root, recipe, seed=1000 + draw)
         items += [dataset[i] for i in range(len(dataset))]
-    return ViewBatch.collate(items)
+    return ViewBatch.collate(items).with_domain(recipe.data.domain)
 
 
 def evaluate(run: Path, batch_source: Path, draws: int) -> dict:
@@ -149,7 +149,12 @@ def evaluate(run: Path, batch_source: Path, draws: int) -> dict:
     codec, scheduler = load_codec(recipe.codec), make_train_scheduler(recipe.diffusion)
     one_step = one_step_views(model.backbone, codec, scheduler, batch, seed=0)
     pipeline = MultiViewPipeline(
-        model.backbone, codec, recipe.diffusion, recipe.data.num_views, device="cpu"
+        model.backbone,
+        codec,
+        recipe.diffusion,
+        recipe.data.num_views,
+        device="cpu",
+        domain=recipe.data.domain,
     )
     sampled = sampled_views(
         pipeline, batch, steps=recipe.sample.steps, guidance=recipe.sample.guidance, seed=0

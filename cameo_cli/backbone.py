@@ -59,6 +59,7 @@ class ViewConditioning:
     ref_images: torch.Tensor | None = None  # [B, F, 3, H, W] in [-1, 1]; for geometric priors
     point_map: torch.Tensor | None = None  # [B, F, 3, H, W] world frame; for geometric priors
     point_valid: torch.Tensor | None = None  # [B, F, H, W] bool
+    domain: torch.Tensor | None = None  # [B] long; for backbones with domain embeddings
 
     @classmethod
     def from_views(
@@ -71,10 +72,11 @@ class ViewConditioning:
         drop_camera: torch.Tensor | None = None,
         point_map: torch.Tensor | None = None,
         point_valid: torch.Tensor | None = None,
+        domain: torch.Tensor | None = None,
     ) -> ViewConditioning:
         """The conditioning of views `images` [B, F, 3, H, W] in [-1, 1] (the one rule):
-        cameras and mask as given; images and point maps of reference views only, target
-        views blanked (zero images and points, nothing valid) so nothing of them leaks."""
+        cameras, mask and domain as given; images and point maps of reference views only,
+        target views blanked (zero images and points, nothing valid) so nothing of them leaks."""
         refs = ref_mask[:, :, None, None]
         blank = torch.zeros((), dtype=images.dtype, device=images.device)
         cond = cls(
@@ -84,6 +86,7 @@ class ViewConditioning:
             image_size=(images.shape[-2], images.shape[-1]),
             drop_camera=drop_camera,
             ref_images=torch.where(refs[:, :, None], images, blank),
+            domain=domain,
         )
         if point_map is not None:
             cond.point_map = torch.where(refs[:, :, None], point_map, blank.to(point_map.dtype))
@@ -103,6 +106,7 @@ class ViewConditioning:
             drop_camera=drop_camera,
             point_map=batch.point_map,
             point_valid=batch.point_valid,
+            domain=batch.domain,
         )
 
     def check(self, batch: int, views: int) -> None:
@@ -112,6 +116,7 @@ class ViewConditioning:
             "world_to_camera": (self.world_to_camera, (batch, views, 4, 4)),
             "ref_mask": (self.ref_mask, (batch, views)),
             "drop_camera": (self.drop_camera, (batch,)),
+            "domain": (self.domain, (batch,)),
         }
         for name, (tensor, shape) in expected.items():
             if tensor is not None and tuple(tensor.shape) != shape:

@@ -14,6 +14,9 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
+from cameo_cli.config import CHOICES
+from cameo_cli.errors import CameoError
+
 _PER_VIEW = ("images", "intrinsics", "world_to_camera", "ref_mask", "frames")
 _OPTIONAL = ("point_map", "point_valid", "object_mask")
 
@@ -31,6 +34,7 @@ class ViewBatch:
     point_map: torch.Tensor | None = None  # [B, F, 3, H, W] world frame
     point_valid: torch.Tensor | None = None  # [B, F, H, W] bool
     object_mask: torch.Tensor | None = None  # [B, F, H, W] bool (DTU's object masks)
+    domain: torch.Tensor | None = None  # [B] long, `domain_index` of the recipe's data.domain
 
     def __post_init__(self) -> None:
         if self.images.dim() != 5 or self.images.shape[2] != 3:
@@ -45,6 +49,7 @@ class ViewBatch:
             "point_map": (b, f, 3, h, w),
             "point_valid": (b, f, h, w),
             "object_mask": (b, f, h, w),
+            "domain": (b,),
         }
         for name, shape in expected.items():
             tensor = getattr(self, name)
@@ -65,6 +70,11 @@ class ViewBatch:
     @property
     def batch_size(self) -> int:
         return self.images.shape[0]
+
+    def with_domain(self, name: str) -> ViewBatch:
+        """A copy whose every sample belongs to domain `name` (a recipe's `data.domain`)."""
+        index = torch.full((self.batch_size,), domain_index(name), dtype=torch.long)
+        return replace(self, domain=index.to(self.images.device))
 
     def _map(self, move: Callable[[torch.Tensor], torch.Tensor]) -> ViewBatch:
         moved = {
@@ -97,3 +107,11 @@ class ViewBatch:
     def from_item(cls, item: dict) -> ViewBatch:
         """A batch of one sample (a `get_views` result)."""
         return cls.collate([item])
+
+
+def domain_index(name: str) -> int:
+    """The index of domain `name` among the official domains (re10k 0, co3d 1, others 2)."""
+    domains = CHOICES["data.domain"]
+    if name not in domains:
+        raise CameoError(f"unknown domain {name!r} (expected one of {', '.join(domains)})")
+    return domains.index(name)

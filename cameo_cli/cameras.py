@@ -221,29 +221,43 @@ def project_points(
     return homogeneous[..., :2] / depth[..., None], camera[..., 2]
 
 
+PIXEL_CENTRE = (0.5, 0.5)  # (u, v) offset of a pixel's centre from its (col, row) index
+# The official CAMEO raymap's grid (`src/modules/camera.py`: x - 0.5, y + 0.5): centres
+# shifted one pixel left. Only `camera_encoder: official` uses it.
+OFFICIAL_PIXEL_OFFSET = (-0.5, 0.5)
+
+
 def pixel_centers(
     height: int,
     width: int,
     *,
     dtype: torch.dtype = torch.float32,
     device: torch.device | None = None,
+    offset: tuple[float, float] = PIXEL_CENTRE,
 ) -> torch.Tensor:
-    """Homogeneous pixel-centre coordinates [H, W, 3] of an H x W image: (c + 0.5, r + 0.5, 1)."""
-    rows = torch.arange(height, dtype=dtype, device=device) + 0.5
-    cols = torch.arange(width, dtype=dtype, device=device) + 0.5
+    """Homogeneous pixel coordinates [H, W, 3] of an H x W image: (c + du, r + dv, 1) for
+    `offset` (du, dv); the default is the pixel centres (c + 0.5, r + 0.5, 1)."""
+    rows = torch.arange(height, dtype=dtype, device=device) + offset[1]
+    cols = torch.arange(width, dtype=dtype, device=device) + offset[0]
     v, u = torch.meshgrid(rows, cols, indexing="ij")
     return torch.stack([u, v, torch.ones_like(u)], dim=-1)
 
 
 @_full_precision
 def camera_rays(
-    K: torch.Tensor, height: int, width: int, image_size: tuple[int, int] | None = None
+    K: torch.Tensor,
+    height: int,
+    width: int,
+    image_size: tuple[int, int] | None = None,
+    *,
+    pixel_offset: tuple[float, float] = PIXEL_CENTRE,
 ) -> torch.Tensor:
-    """Camera-frame rays K⁻¹ (u, v, 1) [..., H, W, 3] (z = 1) through the pixel centres of an
-    H x W grid laid over an image of `image_size` (the frame of `K`; default (H, W))."""
+    """Camera-frame rays K⁻¹ (u, v, 1) [..., H, W, 3] (z = 1) through the pixel centres (or
+    `pixel_centers`' `pixel_offset`) of an H x W grid laid over an image of `image_size` (the
+    frame of `K`; default (H, W))."""
     if image_size is not None and tuple(image_size) != (height, width):
         K = resize_intrinsics(K, image_size, (height, width))
-    pixels = pixel_centers(height, width, dtype=K.dtype, device=K.device)
+    pixels = pixel_centers(height, width, dtype=K.dtype, device=K.device, offset=pixel_offset)
     K_inv = torch.linalg.inv(K)
     return torch.einsum("...ij,hwj->...hwi", K_inv, pixels)
 
@@ -291,6 +305,7 @@ def plucker_raymap(
     reference_view: int = 0,
     *,
     image_size: tuple[int, int] | None = None,
+    pixel_offset: tuple[float, float] = PIXEL_CENTRE,
 ) -> torch.Tensor:
     """Plücker raymaps [..., F, 6, height, width]: unit direction d, then moment o x d.
 
@@ -301,13 +316,14 @@ def plucker_raymap(
       centre within distance 1 of it).
     - The rays go through the pixel centres of a height x width grid laid over the image
       (token/latent resolution): grid cell (r, c) is image point ((c + 0.5) W / width,
-      (r + 0.5) H / height). Directions are in the relative world frame, unit length.
+      (r + 0.5) H / height); `pixel_offset` replaces the 0.5s (`pixel_centers`). Directions
+      are in the relative world frame, unit length.
     """
     relative, _ = relative_poses(w2c, reference_view)
     if K.dim() == w2c.dim() - 1:
         K = K.unsqueeze(-3)
     K = K.expand(*relative.shape[:-2], 3, 3)
-    rays = camera_rays(K, height, width, image_size)  # [..., F, h, w, 3]
+    rays = camera_rays(K, height, width, image_size, pixel_offset=pixel_offset)  # [..., F, h, w, 3]
     c2w = w2c_to_c2w(relative)
     directions = torch.einsum("...ij,...hwj->...hwi", c2w[..., :3, :3], rays)
     directions = directions / torch.linalg.vector_norm(directions, dim=-1, keepdim=True)

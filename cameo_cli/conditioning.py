@@ -18,20 +18,28 @@ import torch
 from torch import nn
 
 from cameo_cli.backbone import ViewConditioning
-from cameo_cli.cameras import plucker_raymap
+from cameo_cli.cameras import PIXEL_CENTRE, plucker_raymap
 
 CAMERA_CONDITION_CHANNELS = 7  # Plücker direction (3) + moment (3) + reference mask (1)
 
 
-def camera_condition_maps(cond: ViewConditioning, height: int, width: int) -> torch.Tensor:
+def camera_condition_maps(
+    cond: ViewConditioning,
+    height: int,
+    width: int,
+    *,
+    pixel_offset: tuple[float, float] = PIXEL_CENTRE,
+) -> torch.Tensor:
     """[B, F, 7, height, width] float32: Plücker raymap (zero where `cond.drop_camera`), then
-    the reference mask (1 for reference views; kept when the camera is dropped)."""
+    the reference mask (1 for reference views; kept when the camera is dropped). The rays go
+    through `plucker_raymap`'s grid, shifted by `pixel_offset`."""
     raymap = plucker_raymap(
         cond.intrinsics.float(),
         cond.world_to_camera.float(),
         height,
         width,
         image_size=tuple(cond.image_size),
+        pixel_offset=pixel_offset,
     )
     if cond.drop_camera is not None:
         keep = (~cond.drop_camera.bool()).to(raymap.dtype)

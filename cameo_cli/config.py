@@ -35,6 +35,8 @@ class BackboneConfig:
     pretrained: str | None = None  # local diffusers folder (SD2.1, Hunyuan-DiT); None = random
     qk_norm: bool = True
     gradient_checkpointing: bool = False
+    camera_encoder: str | None = None  # "official" | "conv"; None = the backbone's default
+    domain_embeddings: int | None = None  # zero-init domain embeddings; None = default (0)
 
 
 @dataclass
@@ -58,6 +60,7 @@ class DataConfig:
     # (evenly spaced references), per sample; read from `policy` in cameo 0.1.0 recipes
     order: str = "random"
     workers: int = 4
+    domain: str = "others"  # the official domain switch: re10k, co3d or others
 
 
 @dataclass
@@ -140,7 +143,9 @@ class Recipe:
 CHOICES: dict[str, tuple[str, ...]] = {
     "backbone.variant": ("tiny", "full"),
     "codec.kind": ("vae", "none"),
+    "backbone.camera_encoder": ("official", "conv"),
     "data.order": ("official", "random", "even"),
+    "data.domain": ("re10k", "co3d", "others"),  # official indices 0, 1, 2 (in this order)
     "diffusion.prediction": ("v_prediction", "epsilon"),
     "diffusion.timestep_spacing": ("leading", "trailing"),
     "alignment.method": ("cameo", "none"),

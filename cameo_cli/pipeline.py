@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 
 from cameo_cli.backbone import MultiViewBackbone, ViewConditioning
+from cameo_cli.batch import domain_index
 from cameo_cli.codec import ImageCodec, load_codec
-from cameo_cli.config import DiffusionConfig, Recipe
+from cameo_cli.config import DataConfig, DiffusionConfig, Recipe
 from cameo_cli.diffusion import make_sampler
 from cameo_cli.errors import CameoError
 
@@ -55,8 +56,10 @@ class MultiViewPipeline:
         *,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        domain: str = DataConfig.domain,
     ) -> None:
         self.backbone = backbone.eval()
+        self.domain = domain_index(domain)  # the recipe's data.domain
         self.codec = codec.eval()
         self.diffusion = diffusion
         self.num_views = num_views
@@ -93,6 +96,7 @@ class MultiViewPipeline:
             recipe.data.num_views,
             device=device,
             dtype=dtype,
+            domain=recipe.data.domain,
         )
         pipeline.recipe, pipeline.step = recipe, loaded.step
         return pipeline
@@ -209,6 +213,7 @@ class MultiViewPipeline:
             _batched(world_to_camera.to(self.device, torch.float32), batch),
             _batched(ref_mask, batch),
             drop_camera=torch.tensor([False, True][:batch], device=self.device),
+            domain=torch.full((batch,), self.domain, device=self.device),
         )
         self.backbone.set_num_views(views)
         targets = noise * sampler.init_noise_sigma

@@ -13,7 +13,7 @@ from torch import nn
 from cameo_cli.backbone import ViewConditioning
 from cameo_cli.batch import ViewBatch
 from cameo_cli.codec import PixelCodec
-from cameo_cli.config import DiffusionConfig
+from cameo_cli.config import DataConfig, DiffusionConfig
 from cameo_cli.data.dataset import MultiViewDataset
 from cameo_cli.diagnose.job import DiagnosedModel, probe_all
 from cameo_cli.diffusion import make_train_scheduler, noise_targets
@@ -127,17 +127,22 @@ def test_noise_targets_matches_the_forward_process_in_float64():
 
 
 def test_target_conditioning_is_identical_in_train_validation_diagnose_and_pipeline():
-    batch = make_batch(batch=1, views=4, refs=2)
+    batch = make_batch(batch=1, views=4, refs=2).with_domain("co3d")  # as the trainer's
     train = ViewConditioning.from_batch(batch, drop_camera=torch.tensor([False]))
 
     backbone = RecordingBackbone()
     scheduler = make_train_scheduler(DIFFUSION)
     one_step_views(backbone, PixelCodec(), scheduler, batch, seed=0)
     model = DiagnosedModel(
-        backbone, PixelCodec(), SimpleNamespace(diffusion=DIFFUSION), variant="tiny"
+        backbone,
+        PixelCodec(),
+        SimpleNamespace(diffusion=DIFFUSION, data=DataConfig(domain="co3d")),
+        variant="tiny",
     )
     probe_all(model, batch, [], timestep=500, seed=0)
-    pipeline = MultiViewPipeline(backbone, PixelCodec(), DIFFUSION, num_views=4, device="cpu")
+    pipeline = MultiViewPipeline(
+        backbone, PixelCodec(), DIFFUSION, num_views=4, device="cpu", domain="co3d"
+    )
     refs = batch.ref_mask[0]
     K, w2c = batch.intrinsics[0], batch.world_to_camera[0]
     images = (batch.images[0] + 1) / 2
@@ -149,10 +154,11 @@ def test_target_conditioning_is_identical_in_train_validation_diagnose_and_pipel
         sampling.ref_mask[:1],
         sampling.image_size,
         ref_images=sampling.ref_images[:1],
+        domain=sampling.domain[:1],
     )
     for cond in (validation, diagnose, sampling):
         assert cond.image_size == train.image_size
-        for name in ("intrinsics", "world_to_camera", "ref_mask", "ref_images"):
+        for name in ("intrinsics", "world_to_camera", "ref_mask", "ref_images", "domain"):
             assert torch.equal(getattr(cond, name), getattr(train, name)), name
     for cond in (validation, diagnose):  # the pipeline has no point maps to give
         assert torch.equal(cond.point_map, train.point_map)

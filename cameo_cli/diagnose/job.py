@@ -187,7 +187,7 @@ def probe_all(
     from cameo_cli.diffusion import make_train_scheduler, noise_targets
 
     backbone, device = model.backbone, next(model.backbone.parameters()).device
-    batch = batch.to(device)
+    batch = batch.to(device).with_domain(model.recipe.data.domain)
     images = batch.images
     b, f = images.shape[:2]
     image_size = batch.image_size

@@ -48,6 +48,7 @@ def perturbation_study(
         dataset.num_views,
         device=device,
         dtype=torch.float32,
+        domain=model.recipe.data.domain,
     )
     steps = request.sample_steps or model.recipe.sample.steps
     guidance = model.recipe.sample.guidance

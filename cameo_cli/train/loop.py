@@ -193,7 +193,8 @@ class Trainer:
         except CameoError:
             held_out = self.dataset
         count = min(VALIDATION_SAMPLES, len(held_out))
-        return ViewBatch.collate([held_out[i] for i in range(count)])
+        batch = ViewBatch.collate([held_out[i] for i in range(count)])
+        return batch.with_domain(self.recipe.data.domain)
 
     def _prepare_run_dir(self, resume_from: Path | None, overwrite: bool, command: list[str]):
         # Every process has checked the output folder before the main one writes to it.
@@ -234,7 +235,7 @@ class Trainer:
         """`L = L_denoise + weight * L_cameo` of one micro-batch (global batch `batch_index`)
         and its terms (`loss`)."""
         device, recipe = self.device, self.recipe
-        batch = batch.to(device)
+        batch = batch.to(device).with_domain(recipe.data.domain)
         images, ref_mask = batch.images, batch.ref_mask
         geometry = [batch.point_map, batch.point_valid] if self.plan.cameo else []
         b, f = images.shape[:2]
@@ -341,6 +342,7 @@ class Trainer:
             recipe.data.num_views,
             device=self.device,
             dtype=PRECISION_DTYPES[recipe.train.mixed_precision],
+            domain=recipe.data.domain,
         )
         sample = recipe.sample
         sampled = sampled_views(

@@ -31,6 +31,11 @@ def build_training_backbone(recipe: Recipe, in_channels: int) -> MultiViewBackbo
         in_channels=in_channels,
         pretrained=config.pretrained,
         qk_norm=config.qk_norm,
+        **{
+            option: value
+            for option in ("camera_encoder", "domain_embeddings")
+            if (value := getattr(config, option)) is not None
+        },
     )
     if config.gradient_checkpointing:
         backbone.enable_gradient_checkpointing()
