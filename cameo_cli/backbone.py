@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
@@ -221,7 +222,8 @@ class MultiViewBackbone(nn.Module, ABC):
     ) -> dict[str, object]:
         """`option_defaults` updated by `options`, after checking `variant` and the option
         names (CameoError otherwise). An option `downsample` (image pixels per latent cell)
-        left None follows the codec: 8 for 4-channel SD latents, 1 for pixels."""
+        left None follows the codec's channels: 8 for 4-channel SD latents; f for 3 f^2
+        channels (f x f pixel blocks of `SpaceToDepthCodec`; plain pixels are f = 1)."""
         if variant not in cls.variants:
             known = ", ".join(cls.variants)
             raise CameoError(f"backbone '{cls.name}': unknown config '{variant}' ({known})")
@@ -233,7 +235,7 @@ class MultiViewBackbone(nn.Module, ABC):
             )
         settings = {**cls.option_defaults, **options}
         if "downsample" in settings and settings["downsample"] is None:
-            settings["downsample"] = 8 if in_channels == 4 else 1
+            settings["downsample"] = 8 if in_channels == 4 else math.isqrt(in_channels // 3)
         return settings
 
     @classmethod

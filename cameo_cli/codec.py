@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cameo_cli.config import CodecConfig
@@ -59,6 +60,27 @@ class PixelCodec(ImageCodec):
         return latents
 
 
+class SpaceToDepthCodec(ImageCodec):
+    """Blocks of `factor` x `factor` pixels as channels (`pixel_unshuffle`): 3 factor^2
+    channels at 1 / factor of the resolution, exactly invertible. Pixel-space diffusion with
+    factor^2 fewer tokens per view, for fast CPU training."""
+
+    def __init__(self, factor: int) -> None:
+        super().__init__()
+        if factor < 1:
+            raise CameoError(f"codec.factor must be >= 1, got {factor}")
+        self.downsample = factor
+        self.channels = 3 * factor * factor
+
+    def encode(
+        self, images: torch.Tensor, *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        return F.pixel_unshuffle(images, self.downsample)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(latents, self.downsample)
+
+
 class VaeCodec(ImageCodec):
     """A diffusers `AutoencoderKL`, latents multiplied by `scaling_factor` (after any shift)."""
 
@@ -87,11 +109,16 @@ class VaeCodec(ImageCodec):
 
 
 def load_codec(config: CodecConfig) -> ImageCodec:
-    """Build the codec a recipe names: "none" (pixels) or "vae" (a local AutoencoderKL)."""
+    """Build the codec a recipe names: "none" (pixels), "space_to_depth" (pixel blocks of
+    `codec.factor`) or "vae" (a local AutoencoderKL)."""
     if config.kind == "none":
         return PixelCodec()
+    if config.kind == "space_to_depth":
+        return SpaceToDepthCodec(config.factor)
     if config.kind != "vae":
-        raise CameoError(f"codec.kind must be 'vae' or 'none', got {config.kind!r}")
+        raise CameoError(
+            f"codec.kind must be 'vae', 'space_to_depth' or 'none', got {config.kind!r}"
+        )
     if not config.path:
         raise CameoError(
             "codec.kind is 'vae' but codec.path is not set: give a local AutoencoderKL folder "

@@ -41,7 +41,8 @@ class BackboneConfig:
 
 @dataclass
 class CodecConfig:
-    kind: str = "vae"  # "vae" (diffusers AutoencoderKL) or "none" (pixel space)
+    kind: str = "vae"  # "vae" (AutoencoderKL), "space_to_depth" or "none" (pixel space)
+    factor: int = 2  # space_to_depth: pixels per latent cell along each side
     path: str | None = None  # local AutoencoderKL folder, required for kind "vae"
     scaling_factor: float = 0.18215
     cache_latents: bool = False
@@ -142,7 +143,7 @@ class Recipe:
 # Allowed values of the string fields that name a choice (dotted path -> choices).
 CHOICES: dict[str, tuple[str, ...]] = {
     "backbone.variant": ("tiny", "full"),
-    "codec.kind": ("vae", "none"),
+    "codec.kind": ("vae", "space_to_depth", "none"),
     "backbone.camera_encoder": ("official", "conv"),
     "data.order": ("official", "random", "even"),
     "data.domain": ("re10k", "co3d", "others"),  # official indices 0, 1, 2 (in this order)
@@ -354,6 +355,7 @@ _LOWER_BOUNDS: tuple[tuple[str, float, bool], ...] = (
     *(
         (path, 1, True)
         for path in (
+            "codec.factor",
             "data.resolution",
             "data.num_views",
             "data.min_refs",

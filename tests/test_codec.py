@@ -21,6 +21,30 @@ def test_pixel_codec_is_the_identity() -> None:
     assert codec.latent_size((32, 48)) == (32, 48)
 
 
+@pytest.mark.parametrize("factor", [1, 2, 4])
+def test_space_to_depth_codec_moves_pixel_blocks_into_channels(factor: int) -> None:
+    codec = load_codec(CodecConfig(kind="space_to_depth", factor=factor))
+    assert (codec.channels, codec.downsample) == (3 * factor**2, factor)
+    images = torch.rand(2, 3, 8, 16) * 2 - 1
+    latents = codec.encode(images)
+    assert latents.shape == (2, 3 * factor**2, 8 // factor, 16 // factor)
+    # cell (y, x), channel c * f^2 + dy * f + dx holds pixel (y f + dy, x f + dx) of channel c
+    dy, dx = factor - 1, 0
+    channel = 2 * factor**2 + dy * factor + dx
+    torch.testing.assert_close(latents[:, channel], images[:, 2, dy::factor, dx::factor])
+    assert torch.equal(codec.decode(latents), images)
+    assert codec.latent_size((8, 16)) == (8 // factor, 16 // factor)
+
+
+def test_backbone_downsample_follows_the_space_to_depth_codec() -> None:
+    from backbones.cat3d import Cat3D
+
+    for factor in (1, 2, 4):
+        settings = Cat3D.resolve_options("tiny", 3 * factor**2, {})
+        assert settings["downsample"] == factor
+    assert Cat3D.resolve_options("tiny", 4, {})["downsample"] == 8
+
+
 def test_vae_codec_scales_the_autoencoder(tiny_vae_folder: Path) -> None:
     codec = load_codec(CodecConfig(kind="vae", path=str(tiny_vae_folder), scaling_factor=0.5))
     reference = AutoencoderKL.from_pretrained(tiny_vae_folder, local_files_only=True)
