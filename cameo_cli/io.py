@@ -205,6 +205,21 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         raise CameoError(f"{path}: invalid JSON ({error})") from None
 
 
+def read_json_lines(path: str | os.PathLike, what: str = "JSON-lines file") -> list[Any]:
+    """One JSON value per non-empty line. An unparsable LAST line is dropped (a writer that
+    stopped mid-line); an unparsable line elsewhere -> CameoError naming the line."""
+    lines = [line for line in read_text(path, what).splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if number == len(lines):
+                break
+            raise CameoError(f"{path}:{number}: not a JSON line") from None
+    return records
+
+
 def read_yaml(
     path: str | os.PathLike, what: str = "YAML file", loader: type = yaml.SafeLoader
 ) -> tuple[Any, yaml.Node | None]:

@@ -362,8 +362,9 @@ class Trainer:
 
     # -- the run ------------------------------------------------------------------------------
     def start(self, resume_from: Path | None, *, overwrite: bool, command: list[str]) -> None:
-        """Restore a checkpoint, write the run folder, wrap the model for accelerate. The
-        checkpoint is read first, so a broken one leaves the run folder as it was."""
+        """Restore a checkpoint, write the run folder, wrap the model for accelerate, open the
+        metrics log. The checkpoint is read first, so a broken one leaves the run folder as it
+        was."""
         accelerator, train = self.accelerator, self.recipe.train
         if resume_from is not None:
             self._restore(resume_from)
@@ -380,6 +381,14 @@ class Trainer:
             workers=self.recipe.data.workers,
         )
         self._batches = iter(loader)
+        metrics = None
+        if accelerator.is_main_process:
+            metrics = MetricsLogger(
+                self.output / rundir.METRICS,
+                self.output / rundir.TENSORBOARD,
+                resumed_at=None if resume_from is None else self.step,
+            )
+        self.logger = TrainLogger(Cadence(train.log_every, train.steps), metrics)
 
     def next_batch(self) -> ViewBatch:
         """This process's next micro-batch of the resumable stream."""
@@ -390,17 +399,9 @@ class Trainer:
         """Train until `train.steps`; the components log, validate and checkpoint on the way."""
         accelerator, train = self.accelerator, self.recipe.train
         self.start(resume_from, overwrite=overwrite, command=command)
-        if self.step >= train.steps and resume_from is not None:
-            return resume_from
-        metrics = None
-        if accelerator.is_main_process:
-            metrics = MetricsLogger(
-                self.output / rundir.METRICS,
-                self.output / rundir.TENSORBOARD,
-                resumed_at=None if resume_from is None else self.step,
-            )
-        self.logger = TrainLogger(Cadence(train.log_every, train.steps), metrics)
         try:
+            if self.step >= train.steps and resume_from is not None:
+                return resume_from
             with TrainingProgress(train.steps, self.step, accelerator.is_main_process) as bar:
                 while self.step < train.steps:
                     for terms in self.train_step():

@@ -8,8 +8,7 @@ from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 
-from cameo_cli.errors import CameoError
-from cameo_cli.io import read_text, write_text
+from cameo_cli.io import read_json_lines, write_text
 
 
 class MetricsLogger:
@@ -39,18 +38,13 @@ class MetricsLogger:
 
 
 def truncate_metrics(metrics_file: Path, after_step: int) -> None:
-    """Drop lines logged after `after_step` (a resumed run repeats those steps)."""
+    """Drop lines logged after `after_step` (a resumed run repeats those steps); a last line
+    cut mid-write is dropped too."""
     if not metrics_file.is_file():
         return
-    lines = [line for line in read_text(metrics_file, "metrics file").splitlines() if line.strip()]
-    kept = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            if number == len(lines):
-                break  # the run stopped mid-write; that step is logged again
-            raise CameoError(f"{metrics_file}:{number}: not a JSON line") from None
-        if record.get("step", 0) <= after_step:
-            kept.append(line)
-    write_text(metrics_file, "".join(line + "\n" for line in kept))
+    kept = [
+        record
+        for record in read_json_lines(metrics_file, "metrics file")
+        if record.get("step", 0) <= after_step
+    ]
+    write_text(metrics_file, "".join(json.dumps(record) + "\n" for record in kept))

@@ -1,0 +1,1 @@
+"""`cameo compare`: held-out metrics of runs against steps, grouped into methods."""

@@ -1,0 +1,36 @@
+"""Matplotlib curves of a comparison (PNG, written atomically)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from cameo_cli.io import save_with  # noqa: E402
+
+
+def metric_curves(
+    curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], metric: str, path: Path
+) -> None:
+    """One line per method (its mean over seeds) with the seeds' range as a band."""
+    figure, axis = plt.subplots(figsize=(6.4, 4.0))
+    for name, (steps, values, mean) in curves.items():
+        (line,) = axis.plot(
+            steps, mean, marker="o", markersize=3, label=f"{name} (n={len(values)})"
+        )
+        if len(values) > 1:
+            axis.fill_between(
+                steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.2
+            )
+    axis.set_xlabel("step")
+    axis.set_ylabel(metric)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    try:
+        save_with(path, lambda temporary: figure.savefig(temporary, format="png", dpi=120))
+    finally:
+        plt.close(figure)
