@@ -114,6 +114,7 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
+    scheduler: str = "ddim"  # "ddim", "dpm-solver++" or "unipc" (cameo_cli.diffusion.SAMPLERS)
     steps: int = 50
     guidance: float = 2.0
     eta: float = 0.0
@@ -155,6 +156,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "alignment.targets": ("joint", "per_pair"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "train.camera_drop_scope": ("batch", "sample"),
+    "sample.scheduler": ("ddim", "dpm-solver++", "unipc"),
 }
 # Keys renamed since cameo 0.1.0, still read from old files (run folders' config.yaml):
 # old dotted path -> new key.

@@ -340,6 +340,7 @@ class Trainer:
             self.codec,
             recipe.diffusion,
             recipe.data.num_views,
+            scheduler=recipe.sample.scheduler,
             device=self.device,
             dtype=PRECISION_DTYPES[recipe.train.mixed_precision],
             domain=recipe.data.domain,
