@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "sample": "cameo_cli.commands.sample:sample",
     "evaluate": "cameo_cli.commands.evaluate:evaluate",
     "diagnose": "cameo_cli.commands.diagnose:diagnose",
+    "export": "cameo_cli.commands.export:export",
 }
 
 # One-line summaries for `cameo --help`, so listing commands imports none of them.
@@ -29,6 +30,7 @@ SUMMARIES: dict[str, str] = {
     "sample": "Render novel views from reference images and cameras.",
     "evaluate": "PSNR / SSIM / LPIPS on a dataset's evaluation index.",
     "diagnose": "Attention correspondence per layer; identity-perturbation test.",
+    "export": "A self-contained model folder (weights, codec, scheduler, card).",
 }
 
 

@@ -110,6 +110,11 @@ class TrainConfig:
     checkpoint_every: int = 5000
     keep_checkpoints: int = 3
     validate_every: int = 5000
+    # experiment trackers through accelerate: any of TRACKERS; metrics.jsonl is always kept
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+
+
+TRACKERS = ("tensorboard", "wandb", "mlflow")
 
 
 @dataclass
@@ -420,6 +425,8 @@ def _validate(recipe: Recipe, source_of: typing.Callable[[str], _Source]) -> Non
     data, layer = recipe.data, recipe.alignment.layer
     chunk = recipe.alignment.chunk_size
     require("alignment.chunk_size", chunk is None or chunk >= 1, ">= 1 or null")
+    trackers = recipe.train.trackers
+    require("train.trackers", set(trackers) <= set(TRACKERS), f"a list of {', '.join(TRACKERS)}")
     gamma = recipe.diffusion.min_snr_gamma
     require("diffusion.min_snr_gamma", gamma is None or gamma > 0, "> 0 or null")
     require("alignment.layer", not isinstance(layer, int) or layer >= 0, ">= 0, 'auto' or null")

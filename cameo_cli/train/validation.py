@@ -10,18 +10,16 @@ Two estimates of the target views of a fixed held-out batch, given its clean ref
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from diffusers import DDPMScheduler
+from einops import rearrange
 
 from cameo_cli.backbone import MultiViewBackbone, ViewConditioning
 from cameo_cli.batch import ViewBatch
 from cameo_cli.camera_files import CameraSet
 from cameo_cli.diffusion import noise_targets
 from cameo_cli.image_metrics import psnr
-from cameo_cli.io import save_png
 
 VALIDATION_TIMESTEP = 500
 
@@ -97,9 +95,7 @@ def one_step_views(
     return ((decoded.float() + 1) / 2).clamp(0, 1).cpu()
 
 
-def save_grid(images: torch.Tensor, path: Path) -> None:
-    """Write `[B, R, F, 3, H, W]` as one PNG: per sample R rows of F views."""
-    b, rows, f, c, h, w = images.shape
-    grid = images.permute(0, 1, 4, 2, 5, 3).reshape(b * rows * h, f * w, c)
-    array = (grid.numpy() * 255).round().astype(np.uint8)
-    save_png(array, path)
+def grid_image(images: torch.Tensor) -> np.ndarray:
+    """`[B, R, F, 3, H, W]` in [0, 1] as one uint8 image: per sample R rows of F views."""
+    grid = rearrange(images, "b r f c h w -> (b r h) (f w) c")
+    return (grid.numpy() * 255).round().astype(np.uint8)
