@@ -69,7 +69,8 @@ def test_sample_cli_reads_an_export(tiny_run, sample_inputs, tmp_path) -> None:
     from cameo_cli.export.job import run_export
 
     model = run_export(tiny_run, tmp_path / "model")
-    args = ["sample", "--checkpoint", str(model), "--views", str(sample_inputs / "view0.png")]
+    views = [str(sample_inputs / "view0.png"), str(sample_inputs / "view1.png")]
+    args = ["sample", "--checkpoint", str(model), "--views", *views]
     args += ["--cameras", str(sample_inputs / "refs.json"), "--steps", "2"]
     args += ["--targets", str(sample_inputs / "targets.json"), "--scheduler", "unipc"]
     result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "out")])

@@ -61,6 +61,8 @@ def start_trackers(
         import mlflow
 
         if not os.environ.get("MLFLOW_TRACKING_URI"):
+            # MLflow 3 refuses file stores unless allowed; a local folder needs no server.
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
             mlflow.set_tracking_uri((output / "mlruns").resolve().as_uri())
         options["mlflow"] = {"run_name": output.name, "run_id": saved.get("mlflow")}
     if "wandb" in names:
