@@ -46,8 +46,8 @@ def check_trackers(names: list[str]) -> None:
 def start_trackers(
     accelerator: Accelerator, recipe: Recipe, output: Path, resumed_at: int | None
 ) -> None:
-    """Start the trackers of `accelerator` (main process): the recipe as their config, the
-    saved run ids when resuming; then save the ids."""
+    """Start the trackers of `accelerator` (main process): the recipe as their config, or
+    the saved run ids when resuming; then save the ids."""
     names = [str(tracker) for tracker in recipe.train.trackers]
     if not names:
         return
@@ -71,7 +71,10 @@ def start_trackers(
         options["wandb"] = {"name": output.name, "dir": str(output), "id": run_id}
         if run_id is not None:
             options["wandb"]["resume"] = "allow"
-    accelerator.init_trackers(PROJECT, config=_flat_config(recipe), init_kwargs=options)
+    # A resumed run keeps the config its trackers were given (MLflow refuses changed params,
+    # and --resume may raise train.steps).
+    config = _flat_config(recipe) if resumed_at is None else None
+    accelerator.init_trackers(PROJECT, config=config, init_kwargs=options)
     if not accelerator.is_main_process:
         return
     ids = dict(saved)
