@@ -69,7 +69,8 @@ def test_wandb_offline(synthetic_dataset, tmp_path, monkeypatch):
 
 
 def test_unknown_and_missing_trackers_are_user_errors(monkeypatch):
-    with pytest.raises(CameoError, match="train.trackers: must be a list of tensorboard"):
+    message = r"train.trackers=\[neptune\]: must be a list of tensorboard, wandb, mlflow"
+    with pytest.raises(CameoError, match=message):
         load_recipe("quickstart-cpu", ["train.trackers=[neptune]"])
     import importlib.util
 
