@@ -81,7 +81,6 @@ def main() -> None:
             start = time.perf_counter()
             trainer._validate(trainer.step)
             validation = time.perf_counter() - start
-            trainer.logger.close()
             train = trainer.recipe.train
             step = statistics.median(times[name])
             per_step_with_validation = step + validation / train.validate_every

@@ -20,6 +20,7 @@ from cameo_cli.io import check_safetensors, load_safetensors, read_json
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
+EXPORT_INDEX = "model_index.json"  # marks a folder written by `cameo export`
 _STEP_FOLDER = re.compile(r"^step-(\d+)$")
 
 
@@ -71,9 +72,10 @@ class LoadedModel:
 def load_for_inference(
     path: str | Path, *, device: str | torch.device = "cpu", use_ema: bool = True
 ) -> LoadedModel:
-    """Load a run folder (latest checkpoint) or a checkpoint folder.
+    """Load a run folder (latest checkpoint), a checkpoint folder or an export.
 
-    With `use_ema` and an `ema.safetensors` present, the averaged weights are used.
+    With `use_ema` and an `ema.safetensors` present, the averaged weights are used. An
+    export's relative `codec.path` is its own `codec/` folder.
     """
     from cameo_cli.alignment import CameoLoss
     from cameo_cli.config import load_recipe
@@ -81,6 +83,8 @@ def load_for_inference(
 
     folder = resolve_checkpoint(path)
     recipe = load_recipe(str(folder / "config.yaml"))
+    if (folder / EXPORT_INDEX).is_file() and recipe.codec.path is not None:
+        recipe.codec.path = str(folder / recipe.codec.path)
     backbone = load_backbone(folder / "backbone")
     alignment = None
     head_file = folder / "alignment.safetensors"

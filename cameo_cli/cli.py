@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "cameo_cli.commands.evaluate:evaluate",
     "diagnose": "cameo_cli.commands.diagnose:diagnose",
     "compare": "cameo_cli.commands.compare:compare",
+    "export": "cameo_cli.commands.export:export",
 }
 
 # One-line summaries for `cameo --help`, so listing commands imports none of them.
@@ -31,6 +32,7 @@ SUMMARIES: dict[str, str] = {
     "evaluate": "PSNR / SSIM / LPIPS on a dataset's evaluation index.",
     "diagnose": "Attention correspondence per layer; identity-perturbation test.",
     "compare": "Held-out curves of runs by method; steps to the baseline's best.",
+    "export": "A self-contained model folder (weights, codec, scheduler, card).",
 }
 
 

@@ -111,10 +111,16 @@ class TrainConfig:
     checkpoint_every: int = 5000
     keep_checkpoints: int = 3
     validate_every: int = 5000
+    # experiment trackers through accelerate: any of TRACKERS; metrics.jsonl is always kept
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+
+
+TRACKERS = ("tensorboard", "wandb", "mlflow")
 
 
 @dataclass
 class SampleConfig:
+    scheduler: str = "ddim"  # "ddim", "dpm-solver++" or "unipc" (cameo_cli.diffusion.SAMPLERS)
     steps: int = 50
     guidance: float = 2.0
     eta: float = 0.0
@@ -156,6 +162,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "alignment.targets": ("joint", "per_pair"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "train.camera_drop_scope": ("batch", "sample"),
+    "sample.scheduler": ("ddim", "dpm-solver++", "unipc"),
 }
 # Keys renamed since cameo 0.1.0, still read from old files (run folders' config.yaml):
 # old dotted path -> new key.
@@ -420,6 +427,8 @@ def _validate(recipe: Recipe, source_of: typing.Callable[[str], _Source]) -> Non
     data, layer = recipe.data, recipe.alignment.layer
     chunk = recipe.alignment.chunk_size
     require("alignment.chunk_size", chunk is None or chunk >= 1, ">= 1 or null")
+    trackers = recipe.train.trackers
+    require("train.trackers", set(trackers) <= set(TRACKERS), f"a list of {', '.join(TRACKERS)}")
     gamma = recipe.diffusion.min_snr_gamma
     require("diffusion.min_snr_gamma", gamma is None or gamma > 0, "> 0 or null")
     require("alignment.layer", not isinstance(layer, int) or layer >= 0, ">= 0, 'auto' or null")

@@ -1,4 +1,5 @@
-"""Noise schedules: a diffusers DDPM scheduler for training, DDIM for sampling.
+"""Noise schedules: a diffusers DDPM scheduler for training; DDIM, DPM-Solver++ or UniPC
+for sampling (`SAMPLERS`, chosen by `sample.scheduler`).
 
 Both share the recipe's betas, built in three steps as the official CAMEO code does:
 
@@ -16,12 +17,27 @@ from __future__ import annotations
 import math
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    SchedulerMixin,
+    UniPCMultistepScheduler,
+)
 
 from cameo_cli.config import DiffusionConfig
 from cameo_cli.errors import CameoError
 
 PREDICTIONS = ("v_prediction", "epsilon")
+# Sampler name -> (diffusers class, its options beside the shared schedule).
+SAMPLERS: dict[str, tuple[type[SchedulerMixin], dict[str, object]]] = {
+    "ddim": (DDIMScheduler, {}),
+    "dpm-solver++": (
+        DPMSolverMultistepScheduler,
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "lower_order_final": True},
+    ),
+    "unipc": (UniPCMultistepScheduler, {"solver_order": 2, "predict_x0": True}),
+}
 
 
 def training_betas(config: DiffusionConfig) -> torch.Tensor:
@@ -63,20 +79,34 @@ def make_train_scheduler(config: DiffusionConfig) -> DDPMScheduler:
     return DDPMScheduler(**_scheduler_options(config))
 
 
-def make_sampler(config: DiffusionConfig) -> DDIMScheduler:
-    """A deterministic-by-default DDIM sampler with the training betas.
+def make_sampler(config: DiffusionConfig, name: str = "ddim") -> SchedulerMixin:
+    """A sampler with the training betas: DDIM (deterministic by default), DPM-Solver++
+    (2nd order multistep) or UniPC, by `name` (a key of `SAMPLERS`).
 
     `timestep_spacing` "leading" is SD2.1's scheduler config, which the official pipeline
     loads whatever the betas: steps offset by 1 (t = 981, 961, ... 1 for 50 steps) and the
     last step's alpha = alpha_0. "trailing" starts at t = T - 1, where the model sees pure
-    noise under zero terminal SNR (Lin et al. 2024).
+    noise under zero terminal SNR (Lin et al. 2024). DPM-Solver++ and UniPC are built as
+    diffusers users swap schedulers: `from_config` of the DDIM config.
     """
     spacing = (
         {"timestep_spacing": "trailing", "set_alpha_to_one": True}
         if config.timestep_spacing == "trailing"
         else {"timestep_spacing": "leading", "steps_offset": 1, "set_alpha_to_one": False}
     )
-    return DDIMScheduler(**_scheduler_options(config), **spacing)
+    ddim = DDIMScheduler(**_scheduler_options(config), **spacing)
+    if name not in SAMPLERS:
+        raise CameoError(f"unknown scheduler {name!r}: choose from {', '.join(SAMPLERS)}")
+    cls, options = SAMPLERS[name]
+    return ddim if cls is DDIMScheduler else cls.from_config(ddim.config, **options)
+
+
+def sampler_name(scheduler: SchedulerMixin) -> str:
+    """The `SAMPLERS` name of a sampler built by `make_sampler`."""
+    for name, (cls, _) in SAMPLERS.items():
+        if type(scheduler) is cls:
+            return name
+    raise CameoError(f"{type(scheduler).__name__} is not one of {', '.join(SAMPLERS)}")
 
 
 def training_target(

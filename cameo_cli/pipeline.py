@@ -1,36 +1,79 @@
-"""Novel-view sampling: reference images + their cameras + target cameras -> target images.
+"""Novel-view sampling in diffusers' conventions: reference images + their cameras + target
+cameras -> target images.
 
-    pipeline = MultiViewPipeline.from_checkpoint("runs/quickstart")
-    images = pipeline(ref_images, ref_K, ref_w2c, target_K, target_w2c, seed=0).images
+    pipeline = MultiViewPipeline.from_pretrained("runs/quickstart")   # run, checkpoint, export
+    pipeline.use_scheduler("dpm-solver++")
+    images = pipeline(
+        [Image.open("a.png"), Image.open("b.png")],   # PIL images or [N, 3, H, W] in [0, 1]
+        read_cameras("refs.json"),                    # a CameraSet per image
+        read_cameras("targets.json"),                 # the target cameras
+        num_inference_steps=20,
+        guidance_scale=2.0,
+        generator=torch.Generator().manual_seed(0),
+    ).images                                          # a list of PIL images
 
-DDIM (50 steps by default) with classifier-free guidance on the cameras (2.0 by default;
-the unconditional branch zeroes the camera channels, `ViewConditioning.drop_camera`). The
-backbone sees F = N references + (F - N) targets at a time; the references stay clean at
-every step (only the target latents are stepped) and more targets than fit are processed in
-groups, the last one padded with copies of its final camera. Images are float in [0, 1].
+Schedulers (`SAMPLERS` in `cameo_cli.diffusion`): DDIM, DPM-Solver++ or UniPC, all with the
+training betas. Classifier-free guidance is on the cameras: the unconditional branch zeroes the
+camera channels (`ViewConditioning.drop_camera`). The backbone sees F = N references +
+(F - N) targets at a time; the references stay clean at every step (only the target latents
+are stepped) and more targets than fit are processed in groups, the last one padded with
+copies of its final camera.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 
+from cameo_cli import cameras as camera_math
+from cameo_cli import io
 from cameo_cli.backbone import MultiViewBackbone, ViewConditioning
 from cameo_cli.batch import domain_index
+from cameo_cli.camera_files import CameraSet
 from cameo_cli.codec import ImageCodec, load_codec
 from cameo_cli.config import DataConfig, DiffusionConfig, Recipe
 from cameo_cli.diffusion import make_sampler
 from cameo_cli.errors import CameoError
 
+ImageInput = Image.Image | torch.Tensor | Sequence[Image.Image | torch.Tensor]
+# callback_on_step_end(pipeline, step index in the group, timestep, {"latents": targets})
+# returns the dict, with "latents" possibly replaced.
+StepCallback = Callable[["MultiViewPipeline", int, torch.Tensor, dict], dict]
+OUTPUT_TYPES = ("pil", "np", "pt")
+# Argument names of cameo 0.1.0's pipeline call -> their diffusers names.
+_RENAMED = {
+    "steps": "num_inference_steps",
+    "guidance": "guidance_scale",
+    "seed": "generator (torch.Generator().manual_seed(seed))",
+    "progress": "callback_on_step_end",
+}
+
 
 @dataclass
-class SampleOutput:
-    """Generated target views, `[M, 3, H, W]` float32 in [0, 1] on the CPU."""
+class MultiViewPipelineOutput:
+    """Generated target views: M PIL images ("pil"), a float32 [M, H, W, 3] array in [0, 1]
+    ("np") or a float32 [M, 3, H, W] CPU tensor in [0, 1] ("pt")."""
+
+    images: list[Image.Image] | np.ndarray | torch.Tensor
+
+
+@dataclass
+class PreparedViews:
+    """The call's inputs at the sampling size: images [N, 3, R, R] in [0, 1] and pixel
+    intrinsics / OpenCV world-to-camera (float32) of references and targets."""
 
     images: torch.Tensor
+    reference_intrinsics: torch.Tensor
+    reference_world_to_camera: torch.Tensor
+    target_intrinsics: torch.Tensor
+    target_world_to_camera: torch.Tensor
 
 
 def default_device() -> torch.device:
@@ -44,8 +87,37 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def resize_center_crop(image: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Shorter side to `resolution` (bicubic, as `cameo prepare`), then a centre square."""
+    height, width = image.shape[-2:]
+    box = camera_math.resize_center_crop_box((height, width), resolution)
+    resized_h, resized_w, top, left = box
+    picture = Image.fromarray(io.to_uint8(image))
+    if (resized_w, resized_h) != picture.size:
+        picture = picture.resize((resized_w, resized_h), Image.Resampling.BICUBIC)
+    array = np.asarray(picture)[top : top + resolution, left : left + resolution]
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
+
+
+def image_tensors(images: ImageInput) -> list[torch.Tensor]:
+    """PIL images or tensors ([3, H, W] or [N, 3, H, W] in [0, 1]) -> [3, H, W] float32."""
+    if isinstance(images, Image.Image):
+        images = [images]
+    elif isinstance(images, torch.Tensor):
+        images = list(images) if images.dim() == 4 else [images]
+    out = []
+    for image in images:
+        if isinstance(image, Image.Image):
+            array = np.asarray(image.convert("RGB"))
+            image = torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
+        elif not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3:
+            raise CameoError("images must be PIL images or [3, H, W] / [N, 3, H, W] tensors")
+        out.append(image.float().cpu())
+    return out
+
+
 class MultiViewPipeline:
-    """A trained multi-view backbone with its codec and noise schedule."""
+    """A trained multi-view backbone with its codec and a sampler built from its betas."""
 
     def __init__(
         self,
@@ -54,31 +126,39 @@ class MultiViewPipeline:
         diffusion: DiffusionConfig,
         num_views: int,
         *,
+        scheduler: str = "ddim",
+        resolution: int | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         domain: str = DataConfig.domain,
     ) -> None:
+        """`resolution`: images are resized and centre-cropped to this square size (None:
+        sampled at their own size, which they must share)."""
         self.backbone = backbone.eval()
         self.domain = domain_index(domain)  # the recipe's data.domain
         self.codec = codec.eval()
         self.diffusion = diffusion
+        self.scheduler = make_sampler(diffusion, scheduler)
         self.num_views = num_views
+        self.resolution = resolution
         self.device = torch.device(device) if device is not None else default_device()
         self.dtype = dtype if dtype is not None else default_dtype(self.device)
         self.backbone.to(self.device)
         self.codec.to(self.device)
-        self.recipe: Recipe | None = None  # set by `from_checkpoint`
+        self.recipe: Recipe | None = None  # set by `from_pretrained`
         self.step: int | None = None
 
     @classmethod
-    def from_checkpoint(
+    def from_pretrained(
         cls,
         path: str | Path,
         *,
+        scheduler: str | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> MultiViewPipeline:
-        """Load a run folder (its latest checkpoint) or one checkpoint folder."""
+        """Load a run folder (its latest checkpoint), one checkpoint folder or a folder
+        written by `cameo export`; `scheduler` defaults to the recipe's `sample.scheduler`."""
         from cameo_cli.checkpoints import load_for_inference
 
         device = torch.device(device) if device is not None else default_device()
@@ -94,6 +174,8 @@ class MultiViewPipeline:
             load_codec(recipe.codec),
             recipe.diffusion,
             recipe.data.num_views,
+            scheduler=scheduler or recipe.sample.scheduler,
+            resolution=recipe.data.resolution,
             device=device,
             dtype=dtype,
             domain=recipe.data.domain,
@@ -101,50 +183,105 @@ class MultiViewPipeline:
         pipeline.recipe, pipeline.step = recipe, loaded.step
         return pipeline
 
+    def use_scheduler(self, name: str) -> None:
+        """Sample with another of `SAMPLERS` (ddim, dpm-solver++, unipc), same betas."""
+        self.scheduler = make_sampler(self.diffusion, name)
+
+    def prepare(
+        self,
+        images: ImageInput,
+        cameras: CameraSet,
+        target_cameras: CameraSet,
+        resolution: int | None = None,
+    ) -> PreparedViews:
+        """Images and cameras at the sampling size (`resolution`, else the pipeline's)."""
+        if not isinstance(cameras, CameraSet) or not isinstance(target_cameras, CameraSet):
+            raise CameoError(
+                "give the cameras as CameraSets (cameo_cli.camera_files: read_cameras(path) or "
+                "CameraSet.from_pixel(K, world_to_camera, (H, W))), references then targets"
+            )
+        tensors = image_tensors(images)
+        if len(cameras) != len(tensors):
+            raise CameoError(f"{len(tensors)} reference images need {len(tensors)} cameras")
+        if len(target_cameras) < 1:
+            raise CameoError("give at least one target camera")
+        sizes = [tuple(image.shape[-2:]) for image in tensors]
+        resolution = resolution or self.resolution
+        if resolution is None:
+            if len(set(sizes)) > 1:
+                raise CameoError(f"reference images differ in size ({sorted(set(sizes))})")
+            ref_K = cameras.pixel_intrinsics(sizes)
+            target_K = target_cameras.pixel_intrinsics([sizes[0]] * len(target_cameras))
+            stacked = torch.stack(tensors)
+        else:
+            ref_K, _ = cameras.at_resolution(sizes, resolution)
+            target_sizes = [size or sizes[0] for size in target_cameras.image_sizes]
+            target_K, _ = target_cameras.at_resolution(target_sizes, resolution)
+            stacked = torch.stack(
+                [
+                    image
+                    if image.shape[-2:] == (resolution, resolution)
+                    else resize_center_crop(image, resolution)
+                    for image in tensors
+                ]
+            )
+        return PreparedViews(
+            stacked,
+            ref_K.float(),
+            cameras.world_to_camera.float(),
+            target_K.float(),
+            target_cameras.world_to_camera.float(),
+        )
+
     @torch.no_grad()
     def __call__(
         self,
-        reference_images: torch.Tensor,
-        reference_intrinsics: torch.Tensor,
-        reference_world_to_camera: torch.Tensor,
-        target_intrinsics: torch.Tensor,
-        target_world_to_camera: torch.Tensor,
+        images: ImageInput,
+        cameras: CameraSet,
+        target_cameras: CameraSet,
         *,
-        steps: int = 50,
-        guidance: float = 2.0,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 2.0,
         eta: float = 0.0,
-        seed: int | None = None,
         generator: torch.Generator | None = None,
-        progress: Callable[[int], None] | None = None,
-    ) -> SampleOutput:
-        """Generate M target views.
+        output_type: str = "pil",
+        callback_on_step_end: StepCallback | None = None,
+        resolution: int | None = None,
+        **renamed: Any,
+    ) -> MultiViewPipelineOutput:
+        """Generate one view per target camera.
 
-        - `reference_images` [N, 3, H, W] in [0, 1]; `*_intrinsics` pixel K for H x W;
-          `*_world_to_camera` OpenCV w2c. Targets: K [M, 3, 3], w2c [M, 4, 4].
-        - `seed` (or an explicit CPU `generator`) makes the result reproducible; the initial
-          noise is drawn on the CPU so a seed gives the same noise on every device.
-        - `progress(n)` is called after every denoising step of every group.
+        - `images`: N PIL images or tensors in [0, 1]; `cameras`: their N cameras;
+          `target_cameras`: M cameras (sizes they state, else the first image's).
+        - `generator`: a CPU generator; the initial noise is drawn on the CPU, so a seed gives
+          the same noise on every device (None: torch's global generator).
+        - `eta`: DDIM's stochasticity (0 deterministic); other schedulers take none.
+        - `callback_on_step_end(pipeline, i, t, {"latents": ...})` after every step of every
+          group; it returns the dict, whose "latents" replace the group's target latents.
         """
-        references, count = reference_images.shape[0], target_world_to_camera.shape[0]
+        for old in renamed:
+            new = _RENAMED.get(old)
+            if new is None:
+                raise TypeError(f"MultiViewPipeline() got an unexpected argument {old!r}")
+            raise CameoError(f"MultiViewPipeline: {old!r} is now {new}, as in diffusers")
+        if output_type not in OUTPUT_TYPES:
+            raise CameoError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}")
+        if num_inference_steps < 1:
+            raise CameoError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
+        step_options = inspect.signature(self.scheduler.step).parameters
+        if eta != 0 and "eta" not in step_options:
+            raise CameoError(f"eta {eta}: only the ddim scheduler takes eta")
+        if generator is not None and generator.device.type != "cpu":
+            raise CameoError("give a CPU generator: the noise is drawn on the CPU")
+        views = self.prepare(images, cameras, target_cameras, resolution)
+        references, count = views.images.shape[0], views.target_world_to_camera.shape[0]
         slots = self.num_views - references
         if slots < 1:
             raise CameoError(
                 f"{references} reference views leave no room for a target: this model "
                 f"sees {self.num_views} views at a time (at most {self.num_views - 1} references)"
             )
-        if (
-            reference_intrinsics.shape[0] != references
-            or reference_world_to_camera.shape[0] != references
-        ):
-            raise CameoError(f"{references} reference images need {references} cameras")
-        if count < 1 or target_intrinsics.shape[0] != count:
-            raise CameoError("give at least one target camera (intrinsics and pose per target)")
-        if steps < 1:
-            raise CameoError(f"steps must be at least 1, got {steps}")
-        if generator is None:
-            generator = torch.Generator().manual_seed(0 if seed is None else seed)
-
-        height, width = reference_images.shape[-2:]
+        height, width = views.images.shape[-2:]
         latent_h, latent_w = self.codec.latent_size((height, width))
         groups = -(-count // slots)
         noise = torch.randn(
@@ -152,30 +289,36 @@ class MultiViewPipeline:
             generator=generator,
             dtype=torch.float32,
         )
-        images = reference_images.to(self.device, torch.float32) * 2 - 1
+        pixels = views.images.to(self.device, torch.float32) * 2 - 1
         with self._autocast():
-            reference_latents = self.codec.encode(images).float()
+            reference_latents = self.codec.encode(pixels).float()
 
         outputs = []
         for group in range(groups):
             chosen = torch.arange(group * slots, (group + 1) * slots).clamp(max=count - 1)
             latents = self._denoise(
-                images,
+                pixels,
                 reference_latents,
                 noise[group * slots : (group + 1) * slots].to(self.device),
-                torch.cat([reference_intrinsics, target_intrinsics[chosen]]),
-                torch.cat([reference_world_to_camera, target_world_to_camera[chosen]]),
-                steps=steps,
-                guidance=guidance,
-                eta=eta,
-                generator=generator,
-                progress=progress,
+                torch.cat([views.reference_intrinsics, views.target_intrinsics[chosen]]),
+                torch.cat([views.reference_world_to_camera, views.target_world_to_camera[chosen]]),
+                steps=num_inference_steps,
+                guidance=guidance_scale,
+                step_options={
+                    k: v for k, v in (("eta", eta), ("generator", generator)) if k in step_options
+                },
+                callback=callback_on_step_end,
             )
             take = min(slots, count - group * slots)
             with self._autocast():
                 decoded = self.codec.decode(latents[:take])
             outputs.append(((decoded.float() + 1) / 2).clamp(0, 1).cpu())
-        return SampleOutput(torch.cat(outputs))
+        result = torch.cat(outputs)
+        if output_type == "pt":
+            return MultiViewPipelineOutput(result)
+        if output_type == "np":
+            return MultiViewPipelineOutput(result.permute(0, 2, 3, 1).numpy())
+        return MultiViewPipelineOutput([Image.fromarray(io.to_uint8(image)) for image in result])
 
     def _autocast(self) -> torch.autocast:
         return torch.autocast(
@@ -192,14 +335,13 @@ class MultiViewPipeline:
         *,
         steps: int,
         guidance: float,
-        eta: float,
-        generator: torch.Generator,
-        progress: Callable[[int], None] | None,
+        step_options: dict[str, Any],
+        callback: StepCallback | None,
     ) -> torch.Tensor:
         """One group: N clean references + F - N noisy targets -> the targets' latents."""
         references = reference_latents.shape[0]
         views = references + noise.shape[0]
-        sampler = make_sampler(self.diffusion)
+        sampler = self.scheduler
         sampler.set_timesteps(steps, device=self.device)
         guided = guidance != 1.0
         batch = 2 if guided else 1
@@ -217,7 +359,7 @@ class MultiViewPipeline:
         )
         self.backbone.set_num_views(views)
         targets = noise * sampler.init_noise_sigma
-        for timestep in sampler.timesteps:
+        for index, timestep in enumerate(sampler.timesteps):
             latents = _batched(torch.cat([reference_latents, targets]), batch)
             model_input = sampler.scale_model_input(latents, timestep)
             timesteps = torch.full((batch,), float(timestep), device=self.device)
@@ -229,11 +371,9 @@ class MultiViewPipeline:
                 prediction = unconditional + guidance * (conditional - unconditional)
             else:
                 prediction = prediction[0]
-            targets = sampler.step(
-                prediction, timestep, targets, eta=eta, generator=generator
-            ).prev_sample
-            if progress is not None:
-                progress(1)
+            targets = sampler.step(prediction, timestep, targets, **step_options).prev_sample
+            if callback is not None:
+                targets = callback(self, index, timestep, {"latents": targets})["latents"]
         return targets
 
 

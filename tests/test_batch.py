@@ -12,6 +12,7 @@ from torch import nn
 
 from cameo_cli.backbone import ViewConditioning
 from cameo_cli.batch import ViewBatch
+from cameo_cli.camera_files import CameraSet
 from cameo_cli.codec import PixelCodec
 from cameo_cli.config import DataConfig, DiffusionConfig
 from cameo_cli.data.dataset import MultiViewDataset
@@ -146,7 +147,10 @@ def test_target_conditioning_is_identical_in_train_validation_diagnose_and_pipel
     refs = batch.ref_mask[0]
     K, w2c = batch.intrinsics[0], batch.world_to_camera[0]
     images = (batch.images[0] + 1) / 2
-    pipeline(images[refs], K[refs], w2c[refs], K[~refs], w2c[~refs], steps=1, guidance=2.0)
+    size = tuple(images.shape[-2:])
+    refs_set = CameraSet.from_pixel(K[refs], w2c[refs], size)
+    targets_set = CameraSet.from_pixel(K[~refs], w2c[~refs], size)
+    pipeline(images[refs], refs_set, targets_set, num_inference_steps=1, guidance_scale=2.0)
     validation, diagnose, sampling = backbone.conds[0], backbone.conds[1], backbone.conds[2]
     sampling = ViewConditioning(  # the conditional branch of the guided pair
         sampling.intrinsics[:1],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from cameo_cli.attention.hooks import LayerHook
@@ -35,8 +36,8 @@ def multiview_attention(
     hook.split_views(query.shape[0])
     head_dim = query.shape[-1]
     hook.capture(
-        query.unflatten(0, (-1, views)),
-        key.unflatten(0, (-1, views)),
+        rearrange(query, "(b f) h n d -> b f h n d", f=views),
+        rearrange(key, "(b f) h n d -> b f h n d", f=views),
         head_dim**-0.5 if scale is None else scale,
     )
     if hook.identity:
@@ -47,15 +48,14 @@ def multiview_attention(
         )
     if attn_mask is not None:
         raise ValueError(f"layer {hook.index} ({hook.path}): multi-view attention takes no mask")
-    tokens = query.shape[2]
 
-    def join(x: torch.Tensor) -> torch.Tensor:  # [B·F, H, hw, d] -> [B, H, F·hw, d]
-        return x.unflatten(0, (-1, views)).transpose(1, 2).flatten(2, 3)
+    def join(x: torch.Tensor) -> torch.Tensor:
+        return rearrange(x, "(b f) h n d -> b h (f n) d", f=views)
 
     out = F.scaled_dot_product_attention(
         join(query), join(key), join(value), dropout_p=0.0, is_causal=False, scale=scale
     )
-    return out.unflatten(2, (views, tokens)).transpose(1, 2).flatten(0, 1)
+    return rearrange(out, "b h (f n) d -> (b f) h n d", f=views)
 
 
 class MultiViewAttnProcessor:
@@ -88,8 +88,8 @@ class MultiViewAttnProcessor:
             hidden_states = attn.spatial_norm(hidden_states, temb)
         input_ndim = hidden_states.ndim
         if input_ndim == 4:
-            batch, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+            height = hidden_states.shape[2]
+            hidden_states = rearrange(hidden_states, "b c h w -> b (h w) c")
         batch, tokens, _ = hidden_states.shape
         if attention_mask is not None:
             attention_mask = attn.prepare_attention_mask(attention_mask, tokens, batch)
@@ -100,22 +100,21 @@ class MultiViewAttnProcessor:
         query = attn.to_q(hidden_states)
         key = attn.to_k(hidden_states)
         value = attn.to_v(hidden_states)
-        head_dim = key.shape[-1] // attn.heads
-        query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        query, key, value = (
+            rearrange(x, "b n (h d) -> b h n d", h=attn.heads) for x in (query, key, value)
+        )
         if attn.norm_q is not None:
             query = attn.norm_q(query)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
 
         hidden_states = multiview_attention(self.hook, query, key, value, attention_mask)
-        hidden_states = hidden_states.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim)
+        hidden_states = rearrange(hidden_states, "b h n d -> b n (h d)")
         hidden_states = hidden_states.to(query.dtype)
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)
         if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channel, height, width)
+            hidden_states = rearrange(hidden_states, "b (h w) c -> b c h w", h=height)
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor

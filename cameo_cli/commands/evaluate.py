@@ -6,7 +6,12 @@ from pathlib import Path
 
 import click
 
-from cameo_cli.commands.options import checkpoint_option, device_option, path_option
+from cameo_cli.commands.options import (
+    checkpoint_option,
+    device_option,
+    path_option,
+    scheduler_option,
+)
 
 
 @click.command()
@@ -22,7 +27,8 @@ from cameo_cli.commands.options import checkpoint_option, device_option, path_op
 )
 @click.option("--metrics", help="Comma list of psnr, ssim, lpips [recipe: evaluate.metrics].")
 @path_option("--out", required=True, help="Results folder (resumable).")
-@click.option("--steps", type=click.IntRange(min=1), help="DDIM steps [recipe].")
+@scheduler_option
+@click.option("--steps", type=click.IntRange(min=1), help="Sampling steps [recipe].")
 @click.option("--guidance", type=float, help="Camera guidance scale [recipe].")
 @click.option("--seed", type=int, help="Noise seed [recipe].")
 @click.option("--lpips-net", type=click.Choice(["vgg", "alex"]), help="LPIPS backbone [vgg].")
@@ -40,6 +46,7 @@ def evaluate(
     index: Path | None,
     metrics: str | None,
     out: Path,
+    scheduler: str | None,
     steps: int | None,
     guidance: float | None,
     seed: int | None,
@@ -68,6 +75,7 @@ def evaluate(
         steps=steps,
         guidance=guidance,
         seed=seed,
+        scheduler=scheduler,
         lpips_net=lpips_net,
         lpips_weights=lpips_weights,
         limit=limit,

@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from cameo_cli.config import CHOICES
+
 
 def path_option(*names: str, **settings: Any) -> Callable:
     """A Click option whose value is a `pathlib.Path`."""
@@ -17,6 +19,11 @@ def path_option(*names: str, **settings: Any) -> Callable:
 checkpoint_option = path_option(
     "--checkpoint",
     required=True,
-    help="A run folder (its latest checkpoint) or one checkpoint folder.",
+    help="A run folder (its latest checkpoint), one checkpoint folder or a `cameo export`.",
 )
 device_option = click.option("--device", help="torch device [cuda if available, else cpu].")
+scheduler_option = click.option(
+    "--scheduler",
+    type=click.Choice(CHOICES["sample.scheduler"]),
+    help="Sampler, built from the training betas [recipe: sample.scheduler, ddim].",
+)

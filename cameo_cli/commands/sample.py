@@ -6,7 +6,12 @@ from pathlib import Path
 
 import click
 
-from cameo_cli.commands.options import checkpoint_option, device_option, path_option
+from cameo_cli.commands.options import (
+    checkpoint_option,
+    device_option,
+    path_option,
+    scheduler_option,
+)
 
 GREEDY_OPTIONS = ("--views",)
 
@@ -51,7 +56,8 @@ class GreedyCommand(click.Command):
 @click.option("--orbit", type=click.IntRange(min=1), help="N targets on a circle around the scene.")
 @click.option("--interpolate", type=click.IntRange(min=1), help="N targets between the references.")
 @path_option("--out", required=True, help="Output folder (created).")
-@click.option("--steps", type=click.IntRange(min=1), help="DDIM steps [recipe: 50].")
+@scheduler_option
+@click.option("--steps", type=click.IntRange(min=1), help="Sampling steps [recipe: 50].")
 @click.option("--guidance", type=float, help="Camera guidance scale [recipe: 2.0].")
 @click.option("--seed", type=int, help="Noise seed [recipe: 0].")
 @click.option("--resolution", type=click.IntRange(min=8), help="Square output size [recipe].")
@@ -74,6 +80,7 @@ def sample(
     orbit: int | None,
     interpolate: int | None,
     out: Path,
+    scheduler: str | None,
     steps: int | None,
     guidance: float | None,
     seed: int | None,
@@ -106,6 +113,7 @@ def sample(
         steps=steps,
         guidance=guidance,
         seed=seed,
+        scheduler=scheduler,
         resolution=resolution,
         video=video_format if video else None,
         overwrite=overwrite,

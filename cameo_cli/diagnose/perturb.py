@@ -14,6 +14,7 @@ import torch
 from rich.progress import Progress
 
 from cameo_cli.batch import ViewBatch
+from cameo_cli.camera_files import CameraSet
 from cameo_cli.errors import CameoError
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ def perturbation_study(
         model.codec,
         model.recipe.diffusion,
         dataset.num_views,
+        scheduler=model.recipe.sample.scheduler,
         device=device,
         dtype=torch.float32,
         domain=model.recipe.data.domain,
@@ -71,13 +73,12 @@ def perturbation_study(
             with perturbed:
                 out = pipeline(
                     images[:refs],
-                    K[:refs],
-                    w2c[:refs],
-                    K[refs:],
-                    w2c[refs:],
-                    steps=steps,
-                    guidance=guidance,
-                    seed=request.seed,
+                    CameraSet.from_pixel(K[:refs], w2c[:refs], tuple(images.shape[-2:])),
+                    CameraSet.from_pixel(K[refs:], w2c[refs:], tuple(images.shape[-2:])),
+                    num_inference_steps=steps,
+                    guidance_scale=guidance,
+                    generator=torch.Generator().manual_seed(request.seed),
+                    output_type="pt",
                 ).images
             scores[run]["psnr"].append(psnr(out, truth))
             if lpips is not None:

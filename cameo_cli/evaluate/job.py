@@ -54,6 +54,7 @@ class EvaluateRequest:
     steps: int | None = None
     guidance: float | None = None
     seed: int | None = None
+    scheduler: str | None = None
     lpips_net: str | None = None
     lpips_weights: Path | None = None
     limit: int | None = None
@@ -95,7 +96,7 @@ def _prepare_output(out: Path, config: dict, overwrite: bool) -> None:
         elif cameo_io.read_json(config_file) != config:
             raise CameoError(
                 f"{out}: holds an evaluation with another configuration "
-                "(other checkpoint, metrics, steps, guidance or seed); pass --overwrite "
+                "(other checkpoint, metrics, scheduler, steps, guidance or seed); pass --overwrite "
                 "to start again, or choose another --out"
             )
     (out / "scenes").mkdir(parents=True, exist_ok=True)
@@ -115,7 +116,9 @@ def run_evaluation(request: EvaluateRequest, console: Console | None = None) -> 
         )
     if request.limit is not None:
         index = dict(list(index.items())[: request.limit])
-    pipeline = MultiViewPipeline.from_checkpoint(request.checkpoint, device=request.device)
+    pipeline = MultiViewPipeline.from_pretrained(
+        request.checkpoint, scheduler=request.scheduler, device=request.device
+    )
     recipe = pipeline.recipe
     metrics = parse_metrics(request.metrics or recipe.evaluate.metrics)
     lpips_net = request.lpips_net or recipe.evaluate.lpips_net
@@ -154,6 +157,7 @@ def run_evaluation(request: EvaluateRequest, console: Console | None = None) -> 
             if lpips is not None
             else None
         ),
+        "scheduler": request.scheduler or recipe.sample.scheduler,
         "steps": steps,
         "guidance": guidance,
         "eta": recipe.sample.eta,
@@ -226,16 +230,16 @@ def _evaluate_scene(
     images = (views.images[0] + 1) / 2
     K, w2c = views.intrinsics[0], views.world_to_camera[0]
     refs = len(context)
+    size = tuple(images.shape[-2:])
     generated = pipeline(
         images[:refs],
-        K[:refs],
-        w2c[:refs],
-        K[refs:],
-        w2c[refs:],
-        steps=config["steps"],
-        guidance=config["guidance"],
+        CameraSet.from_pixel(K[:refs], w2c[:refs], size),
+        CameraSet.from_pixel(K[refs:], w2c[refs:], size),
+        num_inference_steps=config["steps"],
+        guidance_scale=config["guidance"],
         eta=config["eta"],
         generator=torch.Generator().manual_seed(scene_seed(config["seed"], scene)),
+        output_type="pt",
     ).images
     truth = images[refs:]
     mask = views.object_mask[0][refs:] if masked else None
@@ -313,6 +317,7 @@ def _collect(out: Path, index: dict, config: dict) -> dict:
 def _csv_config(config: dict) -> dict[str, object]:
     return {
         "resolution": config["resolution"],
+        "scheduler": config["scheduler"],
         "steps": config["steps"],
         "guidance": config["guidance"],
         "seed": config["seed"],

@@ -9,13 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from rich.console import Console
 from rich.progress import Progress
 
-from cameo_cli import cameras, io
+from cameo_cli import io
 from cameo_cli.camera_files import CameraSet, match_cameras, read_cameras, to_cameo_json
 from cameo_cli.errors import CameoError
 from cameo_cli.pipeline import MultiViewPipeline
@@ -40,6 +38,7 @@ class SampleRequest:
     steps: int | None = None
     guidance: float | None = None
     seed: int | None = None
+    scheduler: str | None = None
     resolution: int | None = None
     video: str | None = None  # "mp4" or "gif"
     overwrite: bool = False
@@ -50,17 +49,6 @@ class SampleRequest:
 def load_image(path: Path) -> torch.Tensor:
     """An RGB image file -> [3, H, W] float in [0, 1]."""
     array = io.read_image(path)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
-
-
-def resize_center_crop(image: torch.Tensor, resolution: int) -> torch.Tensor:
-    """Shorter side to `resolution` (bicubic, as `cameo prepare`), then a centre square."""
-    height, width = image.shape[-2:]
-    resized_h, resized_w, top, left = cameras.resize_center_crop_box((height, width), resolution)
-    picture = Image.fromarray(io.to_uint8(image))
-    if (resized_w, resized_h) != picture.size:
-        picture = picture.resize((resized_w, resized_h), Image.Resampling.BICUBIC)
-    array = np.asarray(picture)[top : top + resolution, left : left + resolution]
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
 
 
@@ -83,20 +71,14 @@ def _read_targets(request: SampleRequest) -> CameraSet | None:
     return read_cameras(request.targets) if request.targets is not None else None
 
 
-def _targets(
-    request: SampleRequest,
-    target_set: CameraSet | None,
-    ref_K: torch.Tensor,
-    ref_w2c: torch.Tensor,
-    fallback_size: tuple[int, int],
-    resolution: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    if request.orbit is not None:
-        return trajectories.orbit(ref_K, ref_w2c, request.orbit)
-    if request.interpolate is not None:
-        return trajectories.interpolate(ref_K, ref_w2c, request.interpolate)
-    sizes = [size or fallback_size for size in target_set.image_sizes]
-    return target_set.at_resolution(sizes, resolution)
+def _trajectory_targets(
+    request: SampleRequest, references: CameraSet, sizes: list, resolution: int
+) -> CameraSet:
+    """--orbit / --interpolate: target cameras from the references' cameras at `resolution`."""
+    make = trajectories.orbit if request.orbit is not None else trajectories.interpolate
+    count = request.orbit if request.orbit is not None else request.interpolate
+    K, w2c = make(*references.at_resolution(sizes, resolution), count)
+    return CameraSet.from_pixel(K, w2c, (resolution, resolution))
 
 
 def run_sample(request: SampleRequest, console: Console | None = None) -> Path:
@@ -115,36 +97,45 @@ def run_sample(request: SampleRequest, console: Console | None = None) -> Path:
     sizes = [tuple(image.shape[-2:]) for image in images]
     target_set = _read_targets(request)
 
-    pipeline = MultiViewPipeline.from_checkpoint(
+    pipeline = MultiViewPipeline.from_pretrained(
         request.checkpoint,
+        scheduler=request.scheduler,
         device=request.device,
         dtype=None if request.precision == "auto" else PRECISIONS[request.precision],
     )
     recipe = pipeline.recipe
     resolution = request.resolution or recipe.data.resolution
-    ref_K, ref_w2c = camera_set.at_resolution(sizes, resolution)
-    target_K, target_w2c = _targets(request, target_set, ref_K, ref_w2c, sizes[0], resolution)
-    references = torch.stack([resize_center_crop(image, resolution) for image in images])
+    if target_set is None:
+        target_set = _trajectory_targets(request, camera_set, sizes, resolution)
+    views = pipeline.prepare(images, camera_set, target_set, resolution)
     steps = request.steps or recipe.sample.steps
     guidance = recipe.sample.guidance if request.guidance is None else request.guidance
     seed = recipe.sample.seed if request.seed is None else request.seed
+    ref_K, ref_w2c = views.reference_intrinsics, views.reference_world_to_camera
+    target_K, target_w2c = views.target_intrinsics, views.target_world_to_camera
 
     slots = pipeline.num_views - len(images)
     groups = -(-len(target_w2c) // max(slots, 1))
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"sampling {len(target_w2c)} views", total=groups * steps)
+
+        def advance(pipeline: MultiViewPipeline, index: int, timestep, tensors: dict) -> dict:
+            progress.advance(task, 1)
+            return tensors
+
         result = pipeline(
-            references,
-            ref_K.float(),
-            ref_w2c.float(),
-            target_K.float(),
-            target_w2c.float(),
-            steps=steps,
-            guidance=guidance,
+            images,
+            camera_set,
+            target_set,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
             eta=recipe.sample.eta,
-            seed=seed,
-            progress=lambda n: progress.advance(task, n),
+            generator=torch.Generator().manual_seed(seed),
+            output_type="pt",
+            callback_on_step_end=advance,
+            resolution=resolution,
         )
+    references = views.images
 
     with io.staged_folder(request.out, request.overwrite) as staging:
         for i, image in enumerate(result.images):
@@ -169,6 +160,7 @@ def run_sample(request: SampleRequest, console: Console | None = None) -> Path:
                 "checkpoint": str(request.checkpoint),
                 "views": [str(path) for path in request.views],
                 "resolution": resolution,
+                "scheduler": request.scheduler or recipe.sample.scheduler,
                 "steps": steps,
                 "guidance": guidance,
                 "eta": recipe.sample.eta,

@@ -89,7 +89,3 @@ class TrainLogger:
             self.metrics.log(step, values)
         self._sums.clear()
         self._count = 0
-
-    def close(self) -> None:
-        if self.metrics is not None:
-            self.metrics.close()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType
+from accelerate.utils import DistributedType, ProjectConfiguration
 from torch.utils.data import Dataset
 
 from cameo_cli.backbone import ViewConditioning
@@ -21,21 +21,22 @@ from cameo_cli.batch import ViewBatch
 from cameo_cli.config import Recipe, TrainConfig, dump_recipe
 from cameo_cli.data.dataset import batch_rng
 from cameo_cli.errors import CameoError
+from cameo_cli.io import save_png
 from cameo_cli.train import checkpoint as ckpt
 from cameo_cli.train import rundir
 from cameo_cli.train.components import Cadence, Checkpointer, TrainLogger, Validator
 from cameo_cli.train.data import make_loader, per_process_batch
 from cameo_cli.train.ema import ExponentialMovingAverage
-from cameo_cli.train.metrics import MetricsLogger
+from cameo_cli.train.metrics import MetricsLogger, check_trackers, start_trackers
 from cameo_cli.train.model import CameoTrainingModel
 from cameo_cli.train.objective import add_training_noise, denoising_loss
 from cameo_cli.train.plan import RunPlan, check_recipe, needs_geometry, plan_run
 from cameo_cli.train.progress import TrainingProgress
 from cameo_cli.train.setup import build_training_backbone, open_dataset
 from cameo_cli.train.validation import (
+    grid_image,
     one_step_views,
     sampled_views,
-    save_grid,
     target_psnr,
 )
 
@@ -76,10 +77,15 @@ def run_training(
     check_recipe(recipe)
     dataset = open_dataset(recipe, needs_geometry=needs_geometry(recipe), split=TRAIN_SPLIT)
     train = recipe.train
+    check_trackers(train.trackers)
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=train.mixed_precision,
         gradient_accumulation_steps=train.grad_accumulation,
+        log_with=list(train.trackers) or None,
+        project_config=ProjectConfiguration(
+            project_dir=str(output), logging_dir=str(output / rundir.TENSORBOARD)
+        ),
     )
     try:
         trainer = Trainer.from_recipe(recipe, output, accelerator, dataset)
@@ -340,6 +346,7 @@ class Trainer:
             self.codec,
             recipe.diffusion,
             recipe.data.num_views,
+            scheduler=recipe.sample.scheduler,
             device=self.device,
             dtype=PRECISION_DTYPES[recipe.train.mixed_precision],
             domain=recipe.data.domain,
@@ -354,11 +361,13 @@ class Trainer:
         model.train()
         truth = (batch.images + 1) / 2
         grid = torch.stack([truth, sampled, one_step], dim=1)
-        save_grid(grid, self.output / rundir.SAMPLES / f"step-{step:06d}.png")
+        image = grid_image(grid)
+        save_png(image, self.output / rundir.SAMPLES / f"step-{step:06d}.png")
         self.logger.metrics.log(
             step,
             {"val/psnr": target_psnr(sampled, batch), "val/psnr_x0": target_psnr(one_step, batch)},
         )
+        self.logger.metrics.log_image(step, "val/samples", image)
 
     # -- the run ------------------------------------------------------------------------------
     def start(self, resume_from: Path | None, *, overwrite: bool, command: list[str]) -> None:
@@ -383,11 +392,9 @@ class Trainer:
         self._batches = iter(loader)
         metrics = None
         if accelerator.is_main_process:
-            metrics = MetricsLogger(
-                self.output / rundir.METRICS,
-                self.output / rundir.TENSORBOARD,
-                resumed_at=None if resume_from is None else self.step,
-            )
+            resumed_at = None if resume_from is None else self.step
+            metrics = MetricsLogger(self.output / rundir.METRICS, accelerator, resumed_at)
+            start_trackers(accelerator, self.recipe, self.output, resumed_at)
         self.logger = TrainLogger(Cadence(train.log_every, train.steps), metrics)
 
     def next_batch(self) -> ViewBatch:
@@ -399,23 +406,20 @@ class Trainer:
         """Train until `train.steps`; the components log, validate and checkpoint on the way."""
         accelerator, train = self.accelerator, self.recipe.train
         self.start(resume_from, overwrite=overwrite, command=command)
-        try:
-            if self.step >= train.steps and resume_from is not None:
-                return resume_from
-            with TrainingProgress(train.steps, self.step, accelerator.is_main_process) as bar:
-                while self.step < train.steps:
-                    for terms in self.train_step():
-                        self.logger.add(terms)
-                    averages = self._reduce(self.logger.averages())
-                    bar.update(self.step, averages)
-                    if self.logger.should_log(self.step):
-                        averages["lr"] = self.last_lr
-                        averages["steps_per_s"] = bar.steps_per_second(self.step)
-                        self.logger.log(self.step, averages)
-                    self.validator.maybe_validate(self.step)
-                    self.checkpointer.maybe_save(self.step)
-        finally:
-            self.logger.close()
+        if self.step >= train.steps and resume_from is not None:
+            return resume_from
+        with TrainingProgress(train.steps, self.step, accelerator.is_main_process) as bar:
+            while self.step < train.steps:
+                for terms in self.train_step():
+                    self.logger.add(terms)
+                averages = self._reduce(self.logger.averages())
+                bar.update(self.step, averages)
+                if self.logger.should_log(self.step):
+                    averages["lr"] = self.last_lr
+                    averages["steps_per_s"] = bar.steps_per_second(self.step)
+                    self.logger.log(self.step, averages)
+                self.validator.maybe_validate(self.step)
+                self.checkpointer.maybe_save(self.step)
         return self.checkpointer.last_saved or self.checkpointer.save(self.step)
 
     def _reduce(self, values: dict[str, float]) -> dict[str, float]:

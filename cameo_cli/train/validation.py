@@ -2,26 +2,24 @@
 
 Two estimates of the target views of a fixed held-out batch, given its clean references:
 
-- `val/psnr`: views sampled with the sampling pipeline (`cameo_cli.pipeline`, DDIM
-  with camera CFG, the recipe's `sample` steps and guidance, fixed seed): what the paper
-  reports;
+- `val/psnr`: views sampled with the sampling pipeline (`cameo_cli.pipeline`: the recipe's
+  `sample` scheduler, steps and camera guidance, fixed seed): what the paper reports;
 - `val/psnr_x0`: the model's one-step estimate x̂0 from a fixed noise level
   (`VALIDATION_TIMESTEP`) and fixed noise: cheap, smooth, and what the loss trains.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from diffusers import DDPMScheduler
+from einops import rearrange
 
 from cameo_cli.backbone import MultiViewBackbone, ViewConditioning
 from cameo_cli.batch import ViewBatch
+from cameo_cli.camera_files import CameraSet
 from cameo_cli.diffusion import noise_targets
 from cameo_cli.image_metrics import psnr
-from cameo_cli.io import save_png
 
 VALIDATION_TIMESTEP = 500
 
@@ -48,15 +46,15 @@ def sampled_views(
     for b in range(images.shape[0]):
         refs = batch.ref_mask[b]
         k, w2c = batch.intrinsics[b], batch.world_to_camera[b]
+        size = tuple(images.shape[-2:])
         generated = pipeline(
             images[b][refs],
-            k[refs],
-            w2c[refs],
-            k[~refs],
-            w2c[~refs],
-            steps=steps,
-            guidance=guidance,
-            seed=seed,
+            CameraSet.from_pixel(k[refs], w2c[refs], size),
+            CameraSet.from_pixel(k[~refs], w2c[~refs], size),
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=torch.Generator().manual_seed(seed),
+            output_type="pt",
         ).images
         out[b][~refs] = generated.to(out.dtype)
     return out
@@ -97,9 +95,7 @@ def one_step_views(
     return ((decoded.float() + 1) / 2).clamp(0, 1).cpu()
 
 
-def save_grid(images: torch.Tensor, path: Path) -> None:
-    """Write `[B, R, F, 3, H, W]` as one PNG: per sample R rows of F views."""
-    b, rows, f, c, h, w = images.shape
-    grid = images.permute(0, 1, 4, 2, 5, 3).reshape(b * rows * h, f * w, c)
-    array = (grid.numpy() * 255).round().astype(np.uint8)
-    save_png(array, path)
+def grid_image(images: torch.Tensor) -> np.ndarray:
+    """`[B, R, F, 3, H, W]` in [0, 1] as one uint8 image: per sample R rows of F views."""
+    grid = rearrange(images, "b r f c h w -> (b r h) (f w) c")
+    return (grid.numpy() * 255).round().astype(np.uint8)
