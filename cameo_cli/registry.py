@@ -46,7 +46,6 @@ class Registered:
         return self.spec is not None
 
 
-
 @dataclass(frozen=True)
 class _Kind:
     """One registry: what it holds, its entry-point group and its environment variable."""
