@@ -23,6 +23,7 @@ class TeacherOptions:
     resample: str = "none"  # "none": the grids must match; "bilinear": upsample the projection
     student_dim: int | None = None  # channels of the block's output (resolved at planning)
     teacher_dim: int | None = None  # channels of the teacher's features (resolved)
+    teacher_patch: int | None = None  # the teacher's patch size in px (resolved)
 
 
 @dataclass

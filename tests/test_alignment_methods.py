@@ -312,6 +312,8 @@ def test_third_party_alignment_is_installed_listed_trained_and_removed(synthetic
             "--set",
             "sample.steps=2",
             "--set",
+            "train.log_every=1",
+            "--set",
             "alignment.options.scale=0.5",
         ]
         out = subprocess.run(train, capture_output=True, text=True, cwd=REPO)
