@@ -26,13 +26,6 @@ class TeacherOptions:
     teacher_patch: int | None = None  # the teacher's patch size in px (resolved)
 
 
-@dataclass
-class GeometryForcingOptions(TeacherOptions):
-    teacher_layer: int = -1  # which of VGGT's aggregator outputs (24 for VGGT-1B)
-    scale_weight: float = 1.0  # weight of the scale term (GF's unormalize_lambda)
-    scale_hidden: int = 128  # hidden width of the scale head (GF's 1x1-conv MLP)
-
-
 NONE = AlignmentSpec(
     name="none",
     description="no alignment term: L = L_denoise (the baseline)",
@@ -50,11 +43,4 @@ REPA = AlignmentSpec(
     method="alignments.repa:Repa",
     needs=("hidden_state", "teacher"),
     parameters=TeacherOptions,
-)
-GEOMETRY_FORCING = AlignmentSpec(
-    name="geometry-forcing",
-    description="Geometry Forcing: a block's hidden state to VGGT features (angle + scale)",
-    method="alignments.geometry_forcing:GeometryForcing",
-    needs=("hidden_state", "teacher"),
-    parameters=GeometryForcingOptions,
 )

@@ -99,6 +99,10 @@ def test_unet_recipes_use_the_sd21_vae_and_the_baseline_differs_only_in_alignmen
     baseline = load_recipe("cat3d-re10k-baseline")
     assert baseline.alignment.method == "none"
     assert baseline == load_recipe("cat3d-re10k", ["alignment.method=none"])
+    repa = load_recipe("cat3d-re10k-repa")
+    options = "{teacher: weights/dinov2-base, teacher_resolution: 448, projector_dim: 2048}"
+    overrides = ["alignment.method=repa", "alignment.weight=0.5", f"alignment.options={options}"]
+    assert repa == load_recipe("cat3d-re10k", overrides)
 
 
 def test_quickstart_recipe_is_tiny_pixel_space_and_cpu_friendly():
