@@ -436,7 +436,6 @@ def _validate(recipe: Recipe, source_of: typing.Callable[[str], _Source]) -> Non
     require("alignment.weight", all(w >= 0 for w in weights), ">= 0")
     if isinstance(recipe.alignment.weight, list):
         require("alignment.weight", len(weights) == len(layers), "one number per layer")
-    _check_method(recipe.alignment, source_of)
     require("data.max_refs", data.min_refs <= data.max_refs, ">= data.min_refs")
     require("data.max_refs", data.max_refs < data.num_views, "< data.num_views (keep a target)")
     low, high = data.frame_gap
@@ -449,23 +448,6 @@ def parse_section(cls: type, data: Mapping[str, Any], path: str) -> Any:
     """`data` as the dataclass `cls` (defaults filled; unknown keys and wrong types are
     CameoErrors naming `path.key`): how a method's `alignment.options` are read."""
     return _build(cls, dict(data), path, _Source("recipe"))
-
-
-def _check_method(alignment: AlignmentConfig, source_of: typing.Callable[[str], _Source]) -> None:
-    """The method is registered and its options are the ones its spec declares."""
-    from cameo_cli.registry import get_alignment_spec
-
-    try:
-        spec = get_alignment_spec(alignment.method)
-    except CameoError as error:
-        raise source_of("alignment.method").error("alignment.method", str(error)) from None
-    if spec.parameters is None:
-        if alignment.options:
-            message = f"method '{spec.name}' takes no options, got {sorted(alignment.options)}"
-            raise source_of("alignment.options").error("alignment.options", message)
-        return
-    source = source_of("alignment.options")
-    _build(spec.parameters, alignment.options, "alignment.options", source)
 
 
 # ---------------------------------------------------------------------------------------------

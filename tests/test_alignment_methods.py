@@ -4,7 +4,6 @@ plugins, listing without torch, the weighted sum over layers in one probe pass, 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -203,8 +202,12 @@ def test_layer_list_errors():
         load_recipe("quickstart-cpu", ["alignment.layer=10,12", "alignment.weight=0.1,0.2,0.3"])
     with pytest.raises(CameoError, match="a list without repeats"):
         load_recipe("quickstart-cpu", ["alignment.layer=10,10"])
+    from cameo_cli.train.plan import check_recipe
+
     with pytest.raises(CameoError, match="method 'cameo' takes no options"):
-        load_recipe("quickstart-cpu", ["alignment.options.teacher=x"])
+        check_recipe(load_recipe("quickstart-cpu", ["alignment.options.teacher=x"]))
+    with pytest.raises(CameoError, match="unknown alignment method 'nope' \\(known: cameo"):
+        check_recipe(load_recipe("quickstart-cpu", ["alignment.method=nope"]))
 
 
 PLUGIN_CODE = '''

@@ -137,7 +137,10 @@ def test_errors(dino_folder, tmp_path):
     with pytest.raises(CameoError, match="repa needs DINOv2 weights"):
         plan_run(no_teacher, backbone)
     with pytest.raises(CameoError, match="unknown key 'alignment.options.teachr'"):
-        load_recipe("quickstart-cpu", ["alignment.method=repa", "alignment.options.teachr=x"])
+        plan_run(
+            load_recipe("quickstart-cpu", ["alignment.method=repa", "alignment.options.teachr=x"]),
+            backbone,
+        )
     # the mid-block placement: 4x4 student tokens, upsampled after the MLP to the 16x16 teacher
     mid = plan_run(
         _recipe(

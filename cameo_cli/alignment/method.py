@@ -92,10 +92,16 @@ class AlignmentMethod(nn.Module, ABC):
 
 
 def parse_options(spec: AlignmentSpec, recipe: Recipe) -> dict[str, Any]:
-    """`alignment.options` as the spec's parameters, defaults filled, as a plain dict."""
+    """`alignment.options` as the spec's parameters, defaults filled, as a plain dict (a
+    CameoError for an unknown key, a wrong type, or options given to a method without)."""
     from cameo_cli.config import parse_section
 
     if spec.parameters is None:
+        if recipe.alignment.options:
+            given = sorted(recipe.alignment.options)
+            raise CameoError(
+                f"alignment.options: method '{spec.name}' takes no options, got {given}"
+            )
         return {}
     parsed = parse_section(spec.parameters, recipe.alignment.options, "alignment.options")
     return dataclasses.asdict(parsed)

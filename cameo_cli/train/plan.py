@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from cameo_cli.alignment.method import AlignmentMethod
+from cameo_cli.alignment.method import AlignmentMethod, parse_options
 from cameo_cli.backbone import MultiViewBackbone
 from cameo_cli.config import LayerChoice, Recipe
 from cameo_cli.errors import CameoError
@@ -47,7 +47,7 @@ def check_recipe(recipe: Recipe) -> None:
             "codec.cache_latents: training does not cache latents (views are drawn and cropped "
             "afresh every epoch); set it to false"
         )
-    get_alignment_spec(recipe.alignment.method)
+    parse_options(get_alignment_spec(recipe.alignment.method), recipe)
     spec = get_spec(recipe.backbone.name)
     layer = recipe.alignment.layer
     if recipe.backbone.variant == "full" and isinstance(layer, int | list):
