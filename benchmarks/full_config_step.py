@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from cameo_cli.alignment import CameoLoss
+from alignments.cameo import CameoAlignment
 from cameo_cli.alignment.fused import fused_available
 from cameo_cli.backbone import ViewConditioning
 from cameo_cli.batch import ViewBatch
@@ -100,12 +100,19 @@ def measure(args: argparse.Namespace, fused: bool | None) -> tuple[float, float]
     alignment = None
     if align:
         heads = backbone.layers(args.resolution)[layer].heads
-        alignment = CameoLoss(
-            heads, head="mlp", loss="ce", chunk_size=args.chunk_size, fused=fused
+        alignment = CameoAlignment(
+            [layer],
+            [grid],
+            [heads],
+            [0.02],
+            epsilon=1.5,
+            selection="joint",
+            head="mlp",
+            loss="ce",
+            chunk_size=args.chunk_size,
         ).to(device)
-    model = CameoTrainingModel(
-        backbone, alignment, layer, grid, epsilon=1.5, selection="joint"
-    ).train()
+        alignment.losses[str(layer)].fused = fused
+    model = CameoTrainingModel(backbone, alignment).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2.5e-5, weight_decay=0.01)
     latents, timesteps, batch = make_batch(args.batch, 4, args.resolution, device)
     cond = ViewConditioning.from_batch(batch)
@@ -118,9 +125,11 @@ def measure(args: argparse.Namespace, fused: bool | None) -> tuple[float, float]
             torch.cuda.synchronize(device)
         start = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-            prediction, cameo = model(latents, timesteps, cond, batch.point_map, batch.point_valid)
+            prediction, aligned = model(
+                latents, timesteps, cond, point_map=batch.point_map, point_valid=batch.point_valid
+            )
         denoise = (prediction.float() - latents)[target_views].pow(2).mean()
-        loss = denoise if cameo is None else denoise + 0.02 * cameo
+        loss = denoise if aligned is None else denoise + aligned.total
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

@@ -65,7 +65,7 @@ class LoadedModel:
 
     recipe: Any  # cameo_cli.config.Recipe
     backbone: nn.Module  # MultiViewBackbone, eval mode
-    alignment: nn.Module | None  # CameoLoss with the trained head, or None (--align none)
+    alignment: nn.Module | None  # the trained AlignmentMethod, or None (--align none)
     step: int
 
 
@@ -77,7 +77,7 @@ def load_for_inference(
     With `use_ema` and an `ema.safetensors` present, the averaged weights are used. An
     export's relative `codec.path` is its own `codec/` folder.
     """
-    from cameo_cli.alignment import CameoLoss
+    from cameo_cli.alignment import build_alignment
     from cameo_cli.config import load_recipe
     from cameo_cli.registry import load_backbone
 
@@ -86,21 +86,32 @@ def load_for_inference(
     if (folder / EXPORT_INDEX).is_file() and recipe.codec.path is not None:
         recipe.codec.path = str(folder / recipe.codec.path)
     backbone = load_backbone(folder / "backbone")
-    alignment = None
+    alignment, prefix = None, ""
     head_file = folder / "alignment.safetensors"
-    if recipe.alignment.method == "cameo" and head_file.is_file():
-        layer = int(check_safetensors(head_file)["layer"])
-        heads = backbone.layers(recipe.data.resolution)[layer].heads
-        a = recipe.alignment
-        alignment = CameoLoss(heads, head=a.head, loss=a.loss, chunk_size=a.chunk_size)
-        alignment.load_state_dict(load_safetensors(head_file))
+    if head_file.is_file():
+        alignment = build_alignment(recipe, backbone)
+    if alignment is not None:
+        prefix = _cameo_010_prefix(check_safetensors(head_file))
+        alignment.load_state_dict({prefix + k: v for k, v in load_safetensors(head_file).items()})
     ema_file = folder / "ema.safetensors"
     if use_ema and ema_file.is_file():
-        _apply_ema(load_safetensors(ema_file), backbone, alignment)
+        shadow = {
+            f"alignment.{prefix}{k[len('alignment.') :]}" if k.startswith("alignment.") else k: v
+            for k, v in load_safetensors(ema_file).items()
+        }
+        _apply_ema(shadow, backbone, alignment)
     backbone.to(device).eval()
     if alignment is not None:
         alignment.to(device).eval()
     return LoadedModel(recipe, backbone, alignment, read_progress(folder)["step"])
+
+
+def _cameo_010_prefix(metadata: dict[str, str]) -> str:
+    """cameo 0.1.0 saved one CAMEO head without the method's `losses.<layer>.` prefix (its
+    metadata names the layer, not the method): the prefix to add, else ""."""
+    if "method" in metadata or "layer" not in metadata:
+        return ""
+    return f"losses.{metadata['layer']}."
 
 
 @torch.no_grad()

@@ -12,6 +12,7 @@ from cameo_cli import __version__
 # name -> "module:attribute"; each subcommand lives in cameo_cli/commands/.
 COMMANDS: dict[str, str] = {
     "backbones": "cameo_cli.commands.backbones:backbones",
+    "alignments": "cameo_cli.commands.alignments:alignments",
     "recipes": "cameo_cli.commands.recipes:recipes",
     "prepare": "cameo_cli.commands.prepare:prepare",
     "train": "cameo_cli.commands.train:train",
@@ -25,6 +26,7 @@ COMMANDS: dict[str, str] = {
 # One-line summaries for `cameo --help`, so listing commands imports none of them.
 SUMMARIES: dict[str, str] = {
     "backbones": "Registered backbones (built-in and plugins) and their layers.",
+    "alignments": "Registered alignment methods (built-in and plugins).",
     "recipes": "Shipped recipes: list them or show one resolved.",
     "prepare": "Prepare a dataset (re10k, dtu, synthetic) into shards.",
     "train": "Train a multi-view diffusion model, with or without CAMEO.",

@@ -77,19 +77,22 @@ class DiffusionConfig:
     min_snr_gamma: float | None = None  # Min-SNR-gamma loss weights (Hang et al. 2023); None off
 
 
-LayerChoice = int | Literal["auto"] | None  # a layer number, diagnose's pick, the default
+# A layer number, several (multi-layer CAMEO), diagnose's pick, or the backbone's default.
+LayerChoice = int | list[int] | Literal["auto"] | None
 
 
 @dataclass
 class AlignmentConfig:
-    method: str = "cameo"  # "cameo" or "none" (the baseline)
-    layer: int | str | None = None  # a LayerChoice: None = default, "auto" = diagnose's pick
-    weight: float = 0.02  # lambda
+    method: str = "cameo"  # a registered alignment method (`cameo alignments list`)
+    # a LayerChoice: None = default, "auto" = diagnose's pick, [10, 12] = several layers
+    layer: int | list[int] | str | None = None
+    weight: float | list[float] = 0.02  # lambda; CAMEO: one number, or one per layer
     epsilon: float = 1.5  # cycle-consistency threshold in token units; .inf disables the mask
     loss: str = "ce"  # "ce" or "l1"
     head: str = "mlp"  # "mlp" (H -> 4H -> 1 over heads) or "none" (head-averaged probabilities)
     targets: str = "per_pair"  # "joint" (official: one target per query) or "per_pair"
     chunk_size: int | None = None  # query rows per chunk (memory bound); None: 256 GPU, 64 CPU
+    options: dict[str, Any] = field(default_factory=dict)  # the method's own (its `parameters`)
 
 
 @dataclass
@@ -155,7 +158,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.domain": ("re10k", "co3d", "others"),  # official indices 0, 1, 2 (in this order)
     "diffusion.prediction": ("v_prediction", "epsilon"),
     "diffusion.timestep_spacing": ("leading", "trailing"),
-    "alignment.method": ("cameo", "none"),
     "alignment.layer": ("auto",),
     "alignment.loss": ("ce", "l1"),
     "alignment.head": ("mlp", "none"),
@@ -233,7 +235,7 @@ def _type_name(tp: Any) -> str:
         return "null"
     if _is_union(tp):
         return " or ".join(_type_name(arg) for arg in typing.get_args(tp))
-    if dataclasses.is_dataclass(tp):
+    if dataclasses.is_dataclass(tp) or typing.get_origin(tp) is dict:
         return "a mapping"
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is list:
@@ -277,7 +279,13 @@ def _convert(value: Any, tp: Any, path: str, source: _Source) -> Any:
             except CameoError:
                 continue
         raise source.error(path, f"expected {_type_name(tp)}, got {_describe(value)}")
+    if tp is Any:
+        return value
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise source.error(path, f"expected a mapping, got {_describe(value)}")
+        return {k: _convert(v, args[1], f"{path}.{k}", source) for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list | tuple):
             raise source.error(path, f"expected {_type_name(tp)}, got {_describe(value)}")
@@ -381,7 +389,6 @@ _LOWER_BOUNDS: tuple[tuple[str, float, bool], ...] = (
         (path, 0, True)
         for path in (
             "data.workers",
-            "alignment.weight",
             "train.weight_decay",
             "train.warmup_steps",
             "train.grad_clip",
@@ -431,13 +438,27 @@ def _validate(recipe: Recipe, source_of: typing.Callable[[str], _Source]) -> Non
     require("train.trackers", set(trackers) <= set(TRACKERS), f"a list of {', '.join(TRACKERS)}")
     gamma = recipe.diffusion.min_snr_gamma
     require("diffusion.min_snr_gamma", gamma is None or gamma > 0, "> 0 or null")
-    require("alignment.layer", not isinstance(layer, int) or layer >= 0, ">= 0, 'auto' or null")
+    layers = layer if isinstance(layer, list) else [layer] if isinstance(layer, int) else []
+    require("alignment.layer", all(i >= 0 for i in layers), ">= 0, a list of those, 'auto' or null")
+    require("alignment.layer", layer != [], "a non-empty list")
+    require("alignment.layer", len(set(layers)) == len(layers), "a list without repeats")
+    weights = recipe.alignment.weight
+    weights = weights if isinstance(weights, list) else [weights]
+    require("alignment.weight", all(w >= 0 for w in weights), ">= 0")
+    if isinstance(recipe.alignment.weight, list):
+        require("alignment.weight", len(weights) == len(layers), "one number per layer")
     require("data.max_refs", data.min_refs <= data.max_refs, ">= data.min_refs")
     require("data.max_refs", data.max_refs < data.num_views, "< data.num_views (keep a target)")
     low, high = data.frame_gap
     require("data.frame_gap", 0 <= low <= high, "[low, high] with 0 <= low <= high")
     beta = recipe.diffusion
     require("diffusion.beta_end", beta.beta_start < beta.beta_end, "> diffusion.beta_start")
+
+
+def parse_section(cls: type, data: Mapping[str, Any], path: str) -> Any:
+    """`data` as the dataclass `cls` (defaults filled; unknown keys and wrong types are
+    CameoErrors naming `path.key`): how a method's `alignment.options` are read."""
+    return _build(cls, dict(data), path, _Source("recipe"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -543,6 +564,9 @@ def _field_at(path: str, source: _Source) -> Any:
     walked: list[str] = []
     for part in path.split("."):
         walked.append(part)
+        if typing.get_origin(tp) is dict:  # a key of a free mapping (alignment.options)
+            tp = typing.get_args(tp)[1]
+            continue
         if not dataclasses.is_dataclass(tp):
             raise source.error(".".join(walked[:-1]), f"is {_type_name(tp)}, it has no keys")
         field_types = _field_types(tp)
@@ -601,8 +625,11 @@ def _with_value(recipe: Recipe, key: str, value: Any, source: _Source) -> Recipe
     *parents, last = key.split(".")
     target: Any = updated
     for part in parents:
-        target = getattr(target, part)
-    setattr(target, last, converted)
+        target = target.setdefault(part, {}) if isinstance(target, dict) else getattr(target, part)
+    if isinstance(target, dict):
+        target[last] = converted
+    else:
+        setattr(target, last, converted)
     return updated
 
 

@@ -1,9 +1,12 @@
-"""Backbone registry: discovery through the `cameo.backbones` entry-point group.
+"""The registries of backbones (entry-point group `cameo.backbones`) and alignment methods
+(`cameo.alignments`), discovered the same way.
 
-An entry point names a `BackboneSpec`, a light object (no torch import) that describes the
-backbone and names its adapter class as "module:Class"; the adapter module is imported
+A backbone entry point names a `BackboneSpec`, a light object (no torch import) that
+describes the backbone and names its adapter class as "module:Class"; the adapter module is imported
 only when that backbone is built. For development, `CAMEO_BACKBONES="name=module:attr,..."`
-registers specs without installing a distribution.
+registers specs without installing a distribution. An alignment entry point names an
+`AlignmentSpec` (its method class is imported only when a run uses it); `CAMEO_ALIGNMENTS`
+is its development variable.
 """
 
 from __future__ import annotations
@@ -16,23 +19,26 @@ from typing import TYPE_CHECKING, Any
 
 from cameo_cli.errors import CameoError
 from cameo_cli.io import read_json
-from cameo_cli.spec import BackboneSpec as BackboneSpec  # the plugins' path to it
+from cameo_cli.spec import AlignmentSpec as AlignmentSpec  # the plugins' path to them
+from cameo_cli.spec import BackboneSpec as BackboneSpec
 
 if TYPE_CHECKING:
     from cameo_cli.backbone import MultiViewBackbone
 
 ENTRY_POINT_GROUP = "cameo.backbones"
 ENV_VARIABLE = "CAMEO_BACKBONES"
+ALIGNMENT_GROUP = "cameo.alignments"
+ALIGNMENT_ENV_VARIABLE = "CAMEO_ALIGNMENTS"
 
 
 @dataclass(frozen=True)
-class RegisteredBackbone:
+class Registered:
     """One registry entry: where it came from and either its spec or why it is broken."""
 
     name: str
-    source: str  # distribution name, or "CAMEO_BACKBONES"
+    source: str  # distribution name, or the environment variable's name
     version: str
-    spec: BackboneSpec | None
+    spec: Any  # BackboneSpec or AlignmentSpec; None when broken
     error: str | None = None
 
     @property
@@ -40,60 +46,93 @@ class RegisteredBackbone:
         return self.spec is not None
 
 
-def _entry_points() -> list[tuple[EntryPoint, str, str]]:
+@dataclass(frozen=True)
+class _Kind:
+    """One registry: what it holds, its entry-point group and its environment variable."""
+
+    noun: str  # "backbone" or "alignment method", for messages
+    group: str
+    variable: str
+    spec_type: type
+
+
+BACKBONES = _Kind("backbone", ENTRY_POINT_GROUP, ENV_VARIABLE, BackboneSpec)
+ALIGNMENTS = _Kind("alignment method", ALIGNMENT_GROUP, ALIGNMENT_ENV_VARIABLE, AlignmentSpec)
+
+
+def _entry_points(kind: _Kind) -> list[tuple[EntryPoint, str, str]]:
     """(entry point, distribution name, version) for the group and the environment variable."""
     found = []
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    for ep in entry_points(group=kind.group):
         dist = ep.dist
         found.append((ep, dist.name if dist else "unknown", dist.version if dist else ""))
-    for item in filter(None, (s.strip() for s in os.environ.get(ENV_VARIABLE, "").split(","))):
+    for item in filter(None, (s.strip() for s in os.environ.get(kind.variable, "").split(","))):
         name, sep, value = item.partition("=")
         if not sep or ":" not in value:
-            raise CameoError(f"{ENV_VARIABLE}: '{item}' is not of the form name=module:attribute")
-        ep = EntryPoint(name=name.strip(), value=value.strip(), group=ENTRY_POINT_GROUP)
-        found.append((ep, ENV_VARIABLE, ""))
+            raise CameoError(f"{kind.variable}: '{item}' is not of the form name=module:attribute")
+        ep = EntryPoint(name=name.strip(), value=value.strip(), group=kind.group)
+        found.append((ep, kind.variable, ""))
     return found
 
 
-def _load(ep: EntryPoint, source: str, version: str) -> RegisteredBackbone:
+def _load(kind: _Kind, ep: EntryPoint, source: str, version: str) -> Registered:
     try:
         spec = ep.load()
     except Exception as error:  # a broken plugin must never break the others
         message = f"{type(error).__name__}: {error}"
-        return RegisteredBackbone(ep.name, source, version, None, message)
-    if not isinstance(spec, BackboneSpec):
-        message = f"{ep.value} is a {type(spec).__name__}, not a cameo BackboneSpec"
-        return RegisteredBackbone(ep.name, source, version, None, message)
+        return Registered(ep.name, source, version, None, message)
+    if not isinstance(spec, kind.spec_type):
+        message = f"{ep.value} is a {type(spec).__name__}, not a cameo {kind.spec_type.__name__}"
+        return Registered(ep.name, source, version, None, message)
     if spec.name != ep.name:
         message = f"entry point '{ep.name}' names a spec called '{spec.name}'"
-        return RegisteredBackbone(ep.name, source, version, None, message)
-    return RegisteredBackbone(ep.name, source, version, spec)
+        return Registered(ep.name, source, version, None, message)
+    return Registered(ep.name, source, version, spec)
 
 
-def discover() -> dict[str, RegisteredBackbone]:
-    """Every registered backbone by name, broken ones included; duplicates are an error."""
-    registered: dict[str, RegisteredBackbone] = {}
-    for ep, source, version in _entry_points():
+def _discover(kind: _Kind) -> dict[str, Registered]:
+    registered: dict[str, Registered] = {}
+    for ep, source, version in _entry_points(kind):
         if ep.name in registered:
             other = registered[ep.name].source
             raise CameoError(
-                f"backbone '{ep.name}' is registered twice: by '{other}' and by '{source}'; "
+                f"{kind.noun} '{ep.name}' is registered twice: by '{other}' and by '{source}'; "
                 "uninstall one of them"
             )
-        registered[ep.name] = _load(ep, source, version)
+        registered[ep.name] = _load(kind, ep, source, version)
     return dict(sorted(registered.items()))
+
+
+def _get(kind: _Kind, name: str) -> Any:
+    registered = _discover(kind)
+    entry = registered.get(name)
+    if entry is None:
+        known = ", ".join(registered) or "none"
+        raise CameoError(f"unknown {kind.noun} '{name}' (known: {known})")
+    if entry.spec is None:
+        raise CameoError(f"{kind.noun} '{name}' from '{entry.source}' is broken: {entry.error}")
+    return entry.spec
+
+
+def discover() -> dict[str, Registered]:
+    """Every registered backbone by name, broken ones included; duplicates are an error."""
+    return _discover(BACKBONES)
 
 
 def get_spec(name: str) -> BackboneSpec:
     """The spec of backbone `name`, or a CameoError listing the known backbones."""
-    registered = discover()
-    entry = registered.get(name)
-    if entry is None:
-        known = ", ".join(registered) or "none"
-        raise CameoError(f"unknown backbone '{name}' (known: {known})")
-    if entry.spec is None:
-        raise CameoError(f"backbone '{name}' from '{entry.source}' is broken: {entry.error}")
-    return entry.spec
+    return _get(BACKBONES, name)
+
+
+def discover_alignments() -> dict[str, Registered]:
+    """Every registered alignment method by name (group `cameo.alignments`, variable
+    `CAMEO_ALIGNMENTS`), broken ones included; duplicates are an error."""
+    return _discover(ALIGNMENTS)
+
+
+def get_alignment_spec(name: str) -> AlignmentSpec:
+    """The spec of alignment method `name`, or a CameoError listing the known methods."""
+    return _get(ALIGNMENTS, name)
 
 
 def list_specs() -> list[BackboneSpec]:

@@ -1,5 +1,5 @@
-"""`BackboneSpec`: the light description of one backbone (no torch import), what a
-registry entry point names and what an adapter class declares as its `spec`."""
+"""Light descriptions (no torch import) of what the registries hold: `BackboneSpec` (one
+backbone, named by an adapter's `spec`) and `AlignmentSpec` (one alignment method)."""
 
 from __future__ import annotations
 
@@ -26,4 +26,37 @@ class BackboneSpec:
         """Import and return the adapter class, a `cameo_cli.backbone.MultiViewBackbone`
         subclass (this imports torch and diffusers)."""
         module_name, _, attr = self.adapter.partition(":")
+        return getattr(importlib.import_module(module_name), attr)
+
+
+# What an alignment method can ask the training model for (`AlignmentSpec.needs`).
+NEEDS = ("probe", "hidden_state", "teacher", "geometry")
+
+
+@dataclass(frozen=True)
+class AlignmentSpec:
+    """Light metadata of one alignment method; listing methods reads only this.
+
+    `needs` says what the method consumes: "probe" (q/k of the supervised layers),
+    "hidden_state" (the output of a block), "teacher" (features of a frozen teacher on the
+    clean views), "geometry" (the dataset's point maps). `parameters` is the dataclass of
+    the method's own options (the recipe's `alignment.options`), None when it has none.
+    """
+
+    name: str
+    description: str
+    method: str | None  # "module:Class" of a `cameo_cli.alignment.AlignmentMethod`; None: no term
+    needs: tuple[str, ...] = ()
+    parameters: type | None = None
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.needs) - set(NEEDS))
+        if unknown:
+            raise ValueError(f"alignment '{self.name}': unknown needs {unknown} (known: {NEEDS})")
+
+    def load_method(self) -> type | None:
+        """Import and return the method class (this imports torch); None for no term."""
+        if self.method is None:
+            return None
+        module_name, _, attr = self.method.partition(":")
         return getattr(importlib.import_module(module_name), attr)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,27 @@ import torch
 # before Triton is first imported (any test importing cameo_cli.alignment imports it).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def builtin_alignment_entries() -> dict[str, str]:
+    """name -> "module:attr" of pyproject's `cameo.alignments` table (read without tomllib,
+    which Python 3.10 lacks)."""
+    text = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    table = text.split('[project.entry-points."cameo.alignments"]', 1)[1].split("\n[", 1)[0]
+    return dict(re.findall(r'^([\w-]+) = "([^"]+)"$', table, flags=re.M))
+
+
+def _register_builtin_alignments() -> None:
+    """A checkout run against an older install (its metadata predates `cameo.alignments`):
+    register pyproject's built-in methods through CAMEO_ALIGNMENTS, as a developer would.
+    A fresh install (CI) has them as entry points and sets nothing."""
+    builtins = builtin_alignment_entries()
+    if {ep.name for ep in entry_points(group="cameo.alignments")} >= set(builtins):
+        return
+    os.environ["CAMEO_ALIGNMENTS"] = ",".join(f"{k}={v}" for k, v in builtins.items())
+
+
+_register_builtin_alignments()
 
 
 @pytest.fixture(scope="session")

@@ -99,6 +99,10 @@ def test_unet_recipes_use_the_sd21_vae_and_the_baseline_differs_only_in_alignmen
     baseline = load_recipe("cat3d-re10k-baseline")
     assert baseline.alignment.method == "none"
     assert baseline == load_recipe("cat3d-re10k", ["alignment.method=none"])
+    repa = load_recipe("cat3d-re10k-repa")
+    options = "{teacher: weights/dinov2-base, teacher_resolution: 448, projector_dim: 2048}"
+    overrides = ["alignment.method=repa", "alignment.weight=0.5", f"alignment.options={options}"]
+    assert repa == load_recipe("cat3d-re10k", overrides)
 
 
 def test_quickstart_recipe_is_tiny_pixel_space_and_cpu_friendly():
@@ -263,7 +267,10 @@ def assert_load_error(tmp_path, text: str, expected: str) -> None:
         ("train: {ema: 1}\n", ":1: train.ema: expected bool, got int 1"),
         ("data: {frame_gap: [1, 2, 3]}\n", "data.frame_gap: expected a list of 2 int, got a list"),
         ("data: {frame_gap: [1, x]}\n", "data.frame_gap[1]: expected int, got str 'x'"),
-        ("alignment: {layer: 1.5}\n", "alignment.layer: expected int or str or null, got float"),
+        (
+            "alignment: {layer: 1.5}\n",
+            "alignment.layer: expected int or a list of int or str or null, got float",
+        ),
         ("alignment: {layer: deep}\n", "alignment.layer: expected one of auto, got 'deep'"),
         ("alignment: {loss: mse}\n", "alignment.loss: expected one of ce, l1, got 'mse'"),
         ("train: 3\n", ":1: train: expected a mapping, got int 3"),
@@ -282,7 +289,10 @@ def test_wrong_types_name_file_line_path_expected_and_got(tmp_path, text, expect
         ("train: {learning_rate: 0}\n", ":1: train.learning_rate: must be > 0, got 0.0"),
         ("train: {camera_drop: 1.5}\n", "train.camera_drop: must be between 0 and 1, got 1.5"),
         ("alignment: {epsilon: -1}\n", "alignment.epsilon: must be > 0, got -1.0"),
-        ("alignment: {layer: -2}\n", "alignment.layer: must be >= 0, 'auto' or null, got -2"),
+        (
+            "alignment: {layer: -2}\n",
+            "alignment.layer: must be >= 0, a list of those, 'auto' or null, got -2",
+        ),
         ("data: {min_refs: 3, max_refs: 2}\n", ":1: data.max_refs: must be >= data.min_refs"),
         ("data: {num_views: 3}\n", "data.max_refs: must be < data.num_views (keep a target)"),
         ("data: {frame_gap: [9, 2]}\n", "data.frame_gap: must be [low, high] with 0 <= low"),
@@ -321,13 +331,18 @@ def test_unknown_recipe_name_lists_the_known_ones():
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("alignment.weight=abc", "--set alignment.weight=abc: expected float, got str 'abc'"),
+        (
+            "alignment.weight=abc",
+            "--set alignment.weight=abc: expected float or a list of float, got str",
+        ),
         ("train.steps=1.5", "--set train.steps=1.5: expected int, got float 1.5"),
         ("train.steps=null", "--set train.steps=null: expected int, got null"),
         ("train.ema=yes", "--set train.ema=yes: expected bool, got str 'yes'"),
-        ("alignment.layer=true", "--set alignment.layer=true: expected int or str or null, got"),
+        (
+            "alignment.layer=true",
+            "--set alignment.layer=true: expected int or a list of int or str or null",
+        ),
         ("data.frame_gap=1,x", "--set data.frame_gap=1,x: data.frame_gap[1]: expected int, got"),
-        ("alignment.method=repa", "expected one of cameo, none, got 'repa'"),
         ("train=3", "--set train=3: expected a mapping, got int 3"),
         ("train.steps.x=1", "--set train.steps.x=1: train.steps: is int, it has no keys"),
         ("alignment.wieght=1", "unknown key 'alignment.wieght' (did you mean 'alignment.weight'?)"),

@@ -71,7 +71,9 @@ def test_existing_output_needs_overwrite_or_resume(synthetic_dataset, tmp_path):
 @pytest.mark.parametrize("layer", ["x", "1.5"])
 def test_layer_must_be_a_number_or_auto(layer):
     result = _train("--layer", layer)
-    assert result.exit_code == 2 and "a layer number or 'auto'" in result.output
+    assert (
+        result.exit_code == 2 and "a layer number, a comma list of them or 'auto'" in result.output
+    )
 
 
 def test_layer_auto_reads_the_diagnose_recommendation(tmp_path, monkeypatch):

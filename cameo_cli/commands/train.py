@@ -16,16 +16,17 @@ PAPER_RECIPE = "{backbone}-re10k"  # the paper's recipe of each built-in backbon
 
 
 def _layer_value(ctx: click.Context, param: click.Parameter, value: str | None) -> LayerChoice:
-    """`--layer`: a layer number, "auto" (diagnose's pick) or None (the backbone's default)."""
+    """`--layer`: a layer number, several ("10,12"), "auto" (diagnose's pick) or None (the
+    backbone's default)."""
     if value is None or value == "auto":
         return value
     try:
-        layer = int(value)
+        layers = [int(part) for part in value.split(",")]
     except ValueError:
-        raise click.BadParameter("a layer number or 'auto'") from None
-    if layer < 0:
-        raise click.BadParameter(f"a layer number or 'auto' (>= 0), got {layer}")
-    return layer
+        raise click.BadParameter("a layer number, a comma list of them or 'auto'") from None
+    if any(layer < 0 for layer in layers):
+        raise click.BadParameter(f"layer numbers are >= 0, got {value}")
+    return layers[0] if len(layers) == 1 else layers
 
 
 @click.command()
@@ -39,13 +40,14 @@ def _layer_value(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option(
     "--layer",
     callback=_layer_value,
-    metavar="L|auto",
-    help="Supervised self-attention layer (default: the backbone's; auto: diagnose's pick).",
+    metavar="L[,L...]|auto",
+    help="Supervised self-attention layer(s) (default: the backbone's; auto: diagnose's pick).",
 )
 @click.option(
     "--align",
-    type=click.Choice(["cameo", "none"]),
-    help="cameo (correspondence-attention alignment) or none (the baseline).",
+    metavar="NAME",
+    help="Alignment method: cameo, none (the baseline), repa or a plugin's "
+    "(see `cameo alignments list`).",
 )
 @path_option(
     "--dataset",
@@ -86,11 +88,13 @@ def train(
     from cameo_cli.checkpoints import resolve_checkpoint
     from cameo_cli.config import load_recipe
     from cameo_cli.errors import CameoError
-    from cameo_cli.registry import get_spec
+    from cameo_cli.registry import get_alignment_spec, get_spec
     from cameo_cli.train.loop import run_training
 
     if backbone is not None:
         get_spec(backbone)  # an unknown name is reported before any recipe is read
+    if align is not None:
+        get_alignment_spec(align)
     flags = {
         "backbone.name": ("--backbone", backbone),
         "alignment.layer": ("--layer", layer),

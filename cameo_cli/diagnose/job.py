@@ -96,14 +96,18 @@ def load_model(
                 f"'{request.backbone}' (pass --backbone {name})"
             )
         recipe = loaded.recipe
-        layer = recipe.alignment.layer if loaded.alignment is not None else None
+        # CAMEO's trained head of its (first) supervised layer; other methods have none
+        layer = recipe.alignment.layer
+        layer = layer[0] if isinstance(layer, list) else layer
+        heads = getattr(loaded.alignment, "correspondence_head", None)
+        head = heads(layer) if heads is not None and isinstance(layer, int) else None
         return DiagnosedModel(
             backbone=loaded.backbone,
             codec=load_codec(recipe.codec).to(device).eval(),
             recipe=recipe,
             variant=recipe.backbone.variant,
-            alignment=loaded.alignment,
-            supervised_layer=layer if isinstance(layer, int) else None,
+            alignment=head,
+            supervised_layer=layer if head is not None else None,
             step=loaded.step,
             source=str(checkpoint),
         )

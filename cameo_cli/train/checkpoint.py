@@ -3,7 +3,7 @@
 Layout of `RUN/checkpoints/step-000100/`:
 
     backbone/                      `MultiViewBackbone.save_pretrained` (diffusers, safetensors)
-    alignment.safetensors          the CAMEO projection head (absent for `--align none`)
+    alignment.safetensors          the alignment method's heads (absent for `--align none`)
     config.yaml                    the resolved recipe of the run
     optimizer.{json,safetensors}   AdamW state (tensors in safetensors, the rest in JSON)
     scheduler.json                 LR scheduler state
@@ -80,12 +80,13 @@ class CheckpointManager:
 
 
 # -- writing ------------------------------------------------------------------------------
-def save_model(folder: Path, backbone: nn.Module, alignment: nn.Module | None, layer: int) -> None:
-    """The parts inference needs: the backbone folder and the projection head."""
+def save_model(folder: Path, backbone: nn.Module, alignment: nn.Module | None, method: str) -> None:
+    """The parts inference needs: the backbone folder and the alignment method's parameters
+    (its layers and options are in the checkpoint's config.yaml)."""
     backbone.save_pretrained(folder / "backbone")
     if alignment is not None:
         tensors = {k: v.detach().cpu().contiguous() for k, v in alignment.state_dict().items()}
-        save_safetensors(tensors, folder / "alignment.safetensors", metadata={"layer": str(layer)})
+        save_safetensors(tensors, folder / "alignment.safetensors", metadata={"method": method})
 
 
 def save_training_state(

@@ -2,7 +2,8 @@
 window, each micro-batch a `forward_backward`; checkpoints, validation and logging decide
 their own cadence (`components`). The run is resolved before the Trainer exists (`plan`).
 
-`L = L_denoise + λ·L_cameo` at every timestep (`--align none`: `L_denoise` only). Single
+`L = L_denoise + the alignment method's weighted term` at every timestep (`--align none`:
+`L_denoise` only; CAMEO: `λ·L_cameo` per supervised layer). Single
 process, DDP over GPUs/nodes or two CPU processes (gloo, `torchrun`) run the same code.
 """
 
@@ -149,21 +150,11 @@ class Trainer:
         self.dataset = dataset
         self.codec = codec
         self.scheduler = make_train_scheduler(recipe.diffusion)
-        alignment = None
-        if plan.cameo:
-            from cameo_cli.alignment import CameoLoss
-
-            a = recipe.alignment
-            alignment = CameoLoss(plan.heads, head=a.head, loss=a.loss, chunk_size=a.chunk_size)
+        alignment = None if plan.method is None else plan.method.build(recipe, backbone)
+        # the frozen teacher lives outside the trained module: never trained nor checkpointed
+        self.teacher = None if alignment is None else alignment.load_teacher(recipe, self.device)
         self.validation_batch = self._validation_batch()
-        self.model = CameoTrainingModel(
-            backbone,
-            alignment,
-            plan.layer,
-            plan.grid,
-            recipe.alignment.epsilon,
-            recipe.alignment.targets,
-        ).to(self.device)
+        self.model = CameoTrainingModel(backbone, alignment).to(self.device)
         self.ema = (
             ExponentialMovingAverage(self.model, recipe.train.ema_decay)
             if recipe.train.ema
@@ -238,12 +229,17 @@ class Trainer:
 
     # -- one step ---------------------------------------------------------------------------
     def _loss_terms(self, batch: ViewBatch, batch_index: int) -> dict[str, torch.Tensor]:
-        """`L = L_denoise + weight * L_cameo` of one micro-batch (global batch `batch_index`)
-        and its terms (`loss`)."""
+        """`L = L_denoise + alignment term` of one micro-batch (global batch `batch_index`)
+        and its terms (`loss`; the alignment's terms unweighted)."""
         device, recipe = self.device, self.recipe
         batch = batch.to(device).with_domain(recipe.data.domain)
         images, ref_mask = batch.images, batch.ref_mask
-        geometry = [batch.point_map, batch.point_valid] if self.plan.cameo else []
+        inputs = {}
+        if self.plan.needs_geometry:
+            inputs = {"point_map": batch.point_map, "point_valid": batch.point_valid}
+        if self.teacher is not None:
+            with torch.no_grad(), self.accelerator.autocast():
+                inputs["teacher"] = self.teacher(images)
         b, f = images.shape[:2]
         with torch.no_grad():
             draw = self.generator if recipe.codec.sample_posterior else None
@@ -251,17 +247,17 @@ class Trainer:
         noised = add_training_noise(self.scheduler, latents, ref_mask, self.generator)
         drop = camera_drop(recipe.train, b, batch_index, self.generator)
         cond = ViewConditioning.from_batch(batch, drop_camera=drop)
-        prediction, cameo = self.prepared_model(
-            noised.noisy, noised.timesteps.float(), cond, *geometry
+        prediction, aligned = self.prepared_model(
+            noised.noisy, noised.timesteps.float(), cond, **inputs
         )
         denoise = denoising_loss(
             prediction, noised, ref_mask, self.scheduler, recipe.diffusion.min_snr_gamma
         )
         terms = {"denoise": denoise}
         loss = denoise
-        if cameo is not None:
-            terms["cameo"] = cameo
-            loss = denoise + recipe.alignment.weight * cameo
+        if aligned is not None:
+            terms.update(aligned.terms)
+            loss = denoise + aligned.total
         terms["loss"] = loss
         return terms
 
@@ -317,7 +313,7 @@ class Trainer:
         ckpt.save_rng(folder, accelerator.process_index, {"train": self.generator})
         if accelerator.is_main_process:
             model = accelerator.unwrap_model(self.prepared_model)
-            ckpt.save_model(folder, model.backbone, model.alignment, model.layer)
+            ckpt.save_model(folder, model.backbone, model.alignment, self.recipe.alignment.method)
             dump_recipe(self.recipe, folder / rundir.CONFIG)
             ckpt.save_training_state(
                 folder,

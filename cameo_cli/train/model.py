@@ -1,60 +1,63 @@
-"""The module the optimizer trains: the backbone plus the CAMEO projection head.
+"""The module the optimizer trains: the backbone plus the alignment method's parameters.
 
 Wrapping both in one `nn.Module` lets accelerate (DDP/FSDP/DeepSpeed) synchronise the
-head's gradients with the backbone's, and keeps the attention probe inside one forward.
+heads' gradients with the backbone's, and keeps what the method reads (attention probes,
+block outputs) inside one forward pass.
 """
 
 from __future__ import annotations
 
+import contextlib
+from typing import Any
+
 import torch
 from torch import nn
 
+from cameo_cli.alignment.method import (
+    AlignmentInputs,
+    AlignmentMethod,
+    AlignmentOutput,
+    block_outputs,
+)
 from cameo_cli.backbone import MultiViewBackbone, ViewConditioning
 
 
 class CameoTrainingModel(nn.Module):
-    """`forward` returns the backbone's prediction and the CAMEO term (None without it).
+    """`forward` returns the backbone's prediction and the alignment's output (None for
+    `--align none`). The method's `needs` say which layers are probed and which block
+    outputs are kept, all during the one forward pass of the backbone."""
 
-    With CAMEO the model turns the point maps it is given into correspondence targets on
-    the token grid of `layer` (cycle-consistency threshold `epsilon` tokens, `selection`
-    "joint" or "per_pair", see `cameo_cli.geometry.correspondence`).
-    """
-
-    def __init__(
-        self,
-        backbone: MultiViewBackbone,
-        alignment: nn.Module | None,
-        layer: int,
-        grid: tuple[int, int] | None,
-        epsilon: float,
-        selection: str,
-    ) -> None:
+    def __init__(self, backbone: MultiViewBackbone, alignment: AlignmentMethod | None) -> None:
         super().__init__()
         self.backbone = backbone
         self.alignment = alignment
-        self.layer = layer
-        self.grid = grid
-        self.epsilon = epsilon
-        self.selection = selection
 
     def forward(
         self,
         noisy: torch.Tensor,
         timesteps: torch.Tensor,
         cond: ViewConditioning,
+        *,
         point_map: torch.Tensor | None = None,
         point_valid: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        teacher: Any = None,
+    ) -> tuple[torch.Tensor, AlignmentOutput | None]:
         if self.alignment is None:
             return self.backbone(noisy, timesteps, cond), None
-        from cameo_cli.geometry import correspondence_targets
-
-        with torch.no_grad():
-            targets = correspondence_targets(
-                point_map, point_valid, self.grid, self.epsilon, self.selection
-            )
-        with self.backbone.probe(self.layer, self.grid) as handle:
+        needs = self.alignment.needs
+        with contextlib.ExitStack() as stack:
+            probes = {
+                layer: stack.enter_context(self.backbone.probe(layer, grid))
+                for layer, grid in needs.probes.items()
+            }
+            blocks = stack.enter_context(block_outputs(self.backbone.model, needs.blocks))
             prediction = self.backbone(noisy, timesteps, cond)
-        with torch.autocast(device_type=noisy.device.type, enabled=False):
-            cameo = self.alignment(handle.result, targets, cond.ref_mask)
-        return prediction, cameo
+        inputs = AlignmentInputs(
+            ref_mask=cond.ref_mask,
+            probes={layer: handle.result for layer, handle in probes.items()},
+            blocks=blocks,
+            point_map=point_map,
+            point_valid=point_valid,
+            teacher=teacher,
+        )
+        return prediction, self.alignment(inputs)

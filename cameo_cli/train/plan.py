@@ -1,8 +1,9 @@
 """A run resolved once: the recipe and the built backbone become a `RunPlan` before training.
 
-The supervised layer is validated here and nowhere else in training: `check_recipe` refuses a
-layer outside the registry's spec of the full config before anything is built, `plan_run`
-resolves None / "auto" / a number against the built backbone. The Trainer reads the plan.
+The supervised layers are validated here and nowhere else in training: `check_recipe` refuses
+a layer outside the registry's spec of the full config before anything is built, `plan_run`
+resolves None / "auto" / numbers against the built backbone and pins the method's options.
+The Trainer reads the plan.
 """
 
 from __future__ import annotations
@@ -10,20 +11,19 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from cameo_cli.alignment.method import AlignmentMethod, parse_options
 from cameo_cli.backbone import MultiViewBackbone
 from cameo_cli.config import LayerChoice, Recipe
 from cameo_cli.errors import CameoError
+from cameo_cli.registry import get_alignment_spec, get_spec
 
 
 @dataclass(frozen=True)
 class RunPlan:
     """What a training run does, fixed before the Trainer exists."""
 
-    recipe: Recipe  # with alignment.layer resolved to the supervised layer's number
-    layer: int
-    grid: tuple[int, int] | None  # token grid of `layer` per view (None without CAMEO)
-    heads: int | None  # attention heads of `layer` (None without CAMEO)
-    cameo: bool  # L = L_denoise + weight * L_cameo; False: L_denoise only (the baseline)
+    recipe: Recipe  # alignment.layer and alignment.options resolved (what checkpoints record)
+    method: type[AlignmentMethod] | None  # None: L = L_denoise only (the baseline)
     needs_geometry: bool  # the training dataset must hold point maps
 
 
@@ -36,29 +36,30 @@ def _check_range(layer: int, name: str, count: int, default: int) -> None:
 
 def needs_geometry(recipe: Recipe) -> bool:
     """Whether the training dataset must hold point maps (CAMEO's targets come from them)."""
-    return recipe.alignment.method == "cameo"
+    return "geometry" in get_alignment_spec(recipe.alignment.method).needs
 
 
 def check_recipe(recipe: Recipe) -> None:
-    """Fail fast, before building anything: unknown backbone, a layer outside the full
-    config, options training does not support."""
-    from cameo_cli.registry import get_spec
-
+    """Fail fast, before building anything: unknown backbone or method, a layer outside the
+    full config, options training does not support."""
     if recipe.codec.cache_latents:
         raise CameoError(
             "codec.cache_latents: training does not cache latents (views are drawn and cropped "
             "afresh every epoch); set it to false"
         )
+    parse_options(get_alignment_spec(recipe.alignment.method), recipe)
     spec = get_spec(recipe.backbone.name)
     layer = recipe.alignment.layer
-    if recipe.backbone.variant == "full" and isinstance(layer, int):
-        _check_range(layer, spec.name, len(spec.layer_paths), spec.default_layer)
+    if recipe.backbone.variant == "full" and isinstance(layer, int | list):
+        for number in layer if isinstance(layer, list) else [layer]:
+            _check_range(number, spec.name, len(spec.layer_paths), spec.default_layer)
 
 
-def resolve_layer(recipe: Recipe, backbone: MultiViewBackbone) -> int:
-    """The layer CAMEO supervises, from alignment.layer: None = the backbone's default,
-    "auto" = diagnose's recommendation for the recipe's (backbone, variant), else a number;
-    it must exist in the built backbone and attend across views."""
+def resolve_layer(recipe: Recipe, backbone: MultiViewBackbone) -> int | list[int]:
+    """The supervised layer(s), from alignment.layer: None = the backbone's default, "auto" =
+    diagnose's recommendation for the recipe's (backbone, variant), else a number or a list
+    of numbers; each must exist in the built backbone and, for a method that probes
+    attention, attend across views."""
     layer: LayerChoice = recipe.alignment.layer
     if layer is None:
         return backbone.default_layer
@@ -66,28 +67,30 @@ def resolve_layer(recipe: Recipe, backbone: MultiViewBackbone) -> int:
         from cameo_cli.layers import read_recommended_layer
 
         layer = read_recommended_layer(recipe.backbone.name, recipe.backbone.variant)
-    if isinstance(layer, bool) or not isinstance(layer, int):
-        raise CameoError(f"alignment.layer must be a layer number, 'auto' or null, got {layer!r}")
-    _check_range(layer, backbone.name, len(backbone.hooks), backbone.default_layer)
-    if layer not in backbone.multiview_layers:
-        views = ", ".join(str(i) for i in sorted(backbone.multiview_layers))
+    numbers = layer if isinstance(layer, list) else [layer]
+    if not numbers or any(isinstance(n, bool) or not isinstance(n, int) for n in numbers):
         raise CameoError(
-            f"layer {layer} of backbone '{backbone.name}' attends within each view only, so "
-            f"CAMEO cannot supervise it; choose a multi-view layer ({views})"
+            f"alignment.layer must be a layer number, a list of them, 'auto' or null, got {layer!r}"
         )
-    return layer
+    probes = "probe" in get_alignment_spec(recipe.alignment.method).needs
+    for number in numbers:
+        _check_range(number, backbone.name, len(backbone.hooks), backbone.default_layer)
+        if probes and number not in backbone.multiview_layers:
+            views = ", ".join(str(i) for i in sorted(backbone.multiview_layers))
+            raise CameoError(
+                f"layer {number} of backbone '{backbone.name}' attends within each view only, "
+                f"so CAMEO cannot supervise it; choose a multi-view layer ({views})"
+            )
+    return numbers[0] if len(numbers) == 1 else numbers
 
 
 def plan_run(recipe: Recipe, backbone: MultiViewBackbone) -> RunPlan:
-    """Resolve the recipe against the built backbone: layer, token grid, heads, data needs."""
-    cameo = needs_geometry(recipe)
-    if not cameo:
-        return RunPlan(recipe, backbone.default_layer, None, None, False, False)
-    layer = resolve_layer(recipe, backbone)
-    size = recipe.data.resolution
-    heads = backbone.layers(size)[layer].heads
-    grid = backbone.token_grid(layer, (size, size))
-    pinned = dataclasses.replace(
-        recipe, alignment=dataclasses.replace(recipe.alignment, layer=layer)
-    )
-    return RunPlan(pinned, layer, grid, heads, cameo=True, needs_geometry=True)
+    """Resolve the recipe against the built backbone: the method, its layers and options."""
+    method = get_alignment_spec(recipe.alignment.method).load_method()
+    if method is None:
+        return RunPlan(recipe, None, False)
+    alignment = dataclasses.replace(recipe.alignment, layer=resolve_layer(recipe, backbone))
+    pinned = dataclasses.replace(recipe, alignment=alignment)
+    options = method.resolve_options(pinned, backbone)
+    pinned = dataclasses.replace(pinned, alignment=dataclasses.replace(alignment, options=options))
+    return RunPlan(pinned, method, needs_geometry(pinned))
