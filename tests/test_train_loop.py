@@ -40,6 +40,9 @@ def test_tiny_run_folder(tiny_run):
     validation = [x for x in lines if "val/psnr" in x]
     assert [x["step"] for x in validation] == [4]
     assert 0 < validation[0]["val/psnr"] < 100 and 0 < validation[0]["val/psnr_x0"] < 100
+    for t in (250, 500, 750):  # the held-out convergence metrics
+        assert validation[0][f"val/denoise@{t}"] > 0
+    assert 0 <= validation[0]["val/precision"] <= validation[0]["val/precision@1tok"] <= 1
     assert (tiny_run / "samples" / "step-000004.png").is_file()
     assert any((tiny_run / "tensorboard").iterdir())
     names = sorted(p.name for p in (tiny_run / "checkpoints").iterdir())
@@ -117,3 +120,38 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_dataset, tm
     assert f"last good checkpoint: {saved[-1]}" in message
     loaded = load_for_inference(tmp_path / "run")
     assert all(torch.isfinite(p).all() for p in loaded.backbone.parameters())
+
+
+def test_attention_precision_counts_planted_matches():
+    """Two views of one point map: every token's match is the same token of the other view.
+    Keys are one-hot codes; queries copying their own code find it (exact), queries copying
+    the next token's code are one token off (within one)."""
+    from cameo_cli.attention.hooks import ProbeResult
+    from cameo_cli.batch import ViewBatch
+    from cameo_cli.train.validation import attention_precision
+
+    grid, heads = (3, 4), 2
+    hw = grid[0] * grid[1]
+    points = torch.randn(1, 1, 3, *grid).expand(1, 2, 3, *grid).clone()
+    batch = ViewBatch(
+        images=torch.zeros(1, 2, 3, *grid),
+        intrinsics=torch.eye(3).expand(1, 2, 3, 3),
+        world_to_camera=torch.eye(4).expand(1, 2, 4, 4),
+        ref_mask=torch.tensor([[True, False]]),
+        scenes=["planted"],
+        frames=torch.tensor([[0, 1]]),
+        point_map=points,
+        point_valid=torch.ones(1, 2, *grid, dtype=torch.bool),
+    )
+    codes = torch.eye(hw) * 50.0
+    k = codes.expand(1, 2, heads, hw, hw).clone()
+    planted = ProbeResult(q=k.clone(), k=k, scale=1.0, grid=grid)
+    assert attention_precision(planted, batch, epsilon=1.5) == {"exact": 1.0, "within1": 1.0}
+    step_right = torch.arange(hw) // grid[1] * grid[1] + (torch.arange(hw) % grid[1] + 1) % grid[1]
+    off = ProbeResult(
+        q=codes[step_right].expand(1, 2, heads, hw, hw).clone(), k=k, scale=1.0, grid=grid
+    )
+    scores = attention_precision(off, batch, epsilon=1.5)
+    # every prediction is one column to the right, except the last column (wrapped to 0)
+    assert scores["exact"] == 0.0
+    assert scores["within1"] == pytest.approx(1 - 1 / grid[1])

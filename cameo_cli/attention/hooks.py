@@ -13,6 +13,7 @@ q and k are always reported per view, `[B, F, heads, hw, d]`, also on per-view l
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -70,3 +71,28 @@ class ProbeResult:
         if rows is not None:
             q = q[:, :, rows]
         return torch.einsum("bhqd,bhkd->bhqk", q, self.k[:, j]) * self.scale
+
+
+def head_averaged_argmax(probe: ProbeResult, i: int, j: int, chunk_size: int = 256) -> torch.Tensor:
+    """[B, hw] key token of view j with the most head-averaged attention, per query of view i."""
+    dtype = torch.promote_types(probe.q.dtype, torch.float32)
+    q, k = probe.q[:, i].to(dtype), probe.k[:, j].to(dtype)
+    best = []
+    for start in range(0, q.shape[2], chunk_size):
+        logits = torch.einsum("bhcd,bhkd->bhck", q[:, :, start : start + chunk_size], k)
+        best.append((logits * probe.scale).softmax(dim=-1).mean(dim=1).argmax(dim=-1))
+    return torch.cat(best, dim=1)
+
+
+def predicted_matches(
+    probe: ProbeResult,
+    argmax: Callable[[ProbeResult, int, int], torch.Tensor] = head_averaged_argmax,
+) -> torch.Tensor:
+    """[B, F, F, hw] predicted key token for every ordered pair (the diagonal is unused)."""
+    batch, views, _, hw, _ = probe.q.shape
+    out = torch.zeros(batch, views, views, hw, dtype=torch.long, device=probe.q.device)
+    for i in range(views):
+        for j in range(views):
+            if i != j:
+                out[:, i, j] = argmax(probe, i, j)
+    return out

@@ -20,16 +20,10 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from cameo_cli.attention.hooks import head_averaged_argmax, predicted_matches
 from cameo_cli.backbone import MultiViewBackbone, ViewConditioning
 from cameo_cli.batch import ViewBatch
-from cameo_cli.diagnose.precision import (
-    PrecisionCounts,
-    Radii,
-    head_averaged_argmax,
-    predicted_matches,
-    rotation_bins,
-    score_matches,
-)
+from cameo_cli.diagnose.precision import PrecisionCounts, Radii, rotation_bins, score_matches
 from cameo_cli.diagnose.request import DiagnosedModel, DiagnoseRequest, Diagnosis, ViewSet
 from cameo_cli.errors import CameoError
 

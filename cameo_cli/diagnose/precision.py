@@ -18,12 +18,10 @@ Counts are kept per bin of the relative rotation between the two cameras.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from cameo_cli.attention.hooks import ProbeResult
 from cameo_cli.cameras import relative_rotation_angle
 
 ROTATION_EDGES = (30.0, 60.0, 90.0)
@@ -37,30 +35,6 @@ def rotation_bins(world_to_camera: torch.Tensor) -> torch.Tensor:
     angles = relative_rotation_angle(world_to_camera[:, :, None], world_to_camera[:, None, :])
     edges = torch.tensor(ROTATION_EDGES, dtype=angles.dtype, device=angles.device)
     return torch.bucketize(angles, edges, right=True)
-
-
-def head_averaged_argmax(probe: ProbeResult, i: int, j: int, chunk_size: int = 256) -> torch.Tensor:
-    """[B, hw] key token of view j with the most head-averaged attention, per query of view i."""
-    dtype = torch.promote_types(probe.q.dtype, torch.float32)
-    q, k = probe.q[:, i].to(dtype), probe.k[:, j].to(dtype)
-    best = []
-    for start in range(0, q.shape[2], chunk_size):
-        logits = torch.einsum("bhcd,bhkd->bhck", q[:, :, start : start + chunk_size], k)
-        best.append((logits * probe.scale).softmax(dim=-1).mean(dim=1).argmax(dim=-1))
-    return torch.cat(best, dim=1)
-
-
-def predicted_matches(
-    probe: ProbeResult, argmax: Callable[[ProbeResult, int, int], torch.Tensor]
-) -> torch.Tensor:
-    """[B, F, F, hw] predicted key token for every ordered pair (the diagonal is unused)."""
-    batch, views, _, hw, _ = probe.q.shape
-    out = torch.zeros(batch, views, views, hw, dtype=torch.long, device=probe.q.device)
-    for i in range(views):
-        for j in range(views):
-            if i != j:
-                out[:, i, j] = argmax(probe, i, j)
-    return out
 
 
 @dataclass

@@ -31,12 +31,12 @@ from cameo_cli.train.ema import ExponentialMovingAverage
 from cameo_cli.train.metrics import MetricsLogger, check_trackers, start_trackers
 from cameo_cli.train.model import CameoTrainingModel
 from cameo_cli.train.objective import add_training_noise, denoising_loss
-from cameo_cli.train.plan import RunPlan, check_recipe, needs_geometry, plan_run
+from cameo_cli.train.plan import RunPlan, check_recipe, needs_geometry, plan_run, resolve_layer
 from cameo_cli.train.progress import TrainingProgress
 from cameo_cli.train.setup import build_training_backbone, open_dataset
 from cameo_cli.train.validation import (
     grid_image,
-    one_step_views,
+    held_out_metrics,
     sampled_views,
     target_psnr,
 )
@@ -154,6 +154,12 @@ class Trainer:
         # the frozen teacher lives outside the trained module: never trained nor checkpointed
         self.teacher = None if alignment is None else alignment.load_teacher(recipe, self.device)
         self.validation_batch = self._validation_batch()
+        # the layer whose attention validation scores: the (first) supervised one, or the
+        # recipe's layer for the baseline
+        layer = resolve_layer(recipe, backbone)
+        layer = layer[0] if isinstance(layer, list) else layer
+        image_size = (recipe.data.resolution, recipe.data.resolution)
+        self.watched_layer = (layer, backbone.token_grid(layer, image_size))
         self.model = CameoTrainingModel(backbone, alignment).to(self.device)
         self.ema = (
             ExponentialMovingAverage(self.model, recipe.train.ema_decay)
@@ -329,7 +335,8 @@ class Trainer:
         return self.checkpoints.root / ckpt.checkpoint_name(self.step)
 
     def _validate(self, step: int) -> None:
-        """Main process: sampled and one-step target views of the validation batch."""
+        """Main process: the held-out metrics of the validation batch (see
+        `cameo_cli.train.validation`) and a grid of its truth, sampled and one-step views."""
         if not self.accelerator.is_main_process:
             return
         from cameo_cli.pipeline import MultiViewPipeline
@@ -351,18 +358,21 @@ class Trainer:
         sampled = sampled_views(
             pipeline, batch, steps=sample.steps, guidance=sample.guidance, seed=sample.seed
         )
-        one_step = one_step_views(
-            model.backbone, self.codec, self.scheduler, batch, seed=recipe.train.seed
+        held_out, one_step = held_out_metrics(
+            model.backbone,
+            self.codec,
+            self.scheduler,
+            batch,
+            seed=recipe.train.seed,
+            probe=self.watched_layer,
+            epsilon=recipe.alignment.epsilon,
         )
         model.train()
         truth = (batch.images + 1) / 2
         grid = torch.stack([truth, sampled, one_step], dim=1)
         image = grid_image(grid)
         save_png(image, self.output / rundir.SAMPLES / f"step-{step:06d}.png")
-        self.logger.metrics.log(
-            step,
-            {"val/psnr": target_psnr(sampled, batch), "val/psnr_x0": target_psnr(one_step, batch)},
-        )
+        self.logger.metrics.log(step, {"val/psnr": target_psnr(sampled, batch), **held_out})
         self.logger.metrics.log_image(step, "val/samples", image)
 
     # -- the run ------------------------------------------------------------------------------

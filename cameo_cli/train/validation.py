@@ -1,27 +1,37 @@
-"""Validation during training: generated target views saved as images, and their PSNR.
+"""Validation during training: held-out convergence metrics, and generated views as images.
 
-Two estimates of the target views of a fixed held-out batch, given its clean references:
+On a fixed held-out batch, given its clean references, with fixed noise:
 
-- `val/psnr`: views sampled with the sampling pipeline (`cameo_cli.pipeline`: the recipe's
-  `sample` scheduler, steps and camera guidance, fixed seed): what the paper reports;
-- `val/psnr_x0`: the model's one-step estimate x̂0 from a fixed noise level
-  (`VALIDATION_TIMESTEP`) and fixed noise: cheap, smooth, and what the loss trains.
+- `val/psnr`: target views sampled with the sampling pipeline (`cameo_cli.pipeline`: the
+  recipe's `sample` scheduler, steps and camera guidance, fixed seed): what the paper reports;
+- `val/psnr_x0`: the model's one-step estimate x̂0 at t = 500 (`VALIDATION_TIMESTEP`);
+- `val/denoise@t`: the denoising loss at t = 250, 500, 750 (`HELD_OUT_TIMESTEPS`);
+- `val/precision`, `val/precision@1tok`: the supervised layer's head-averaged attention
+  against the geometric correspondence (exact, within one token), at t = 500.
+
+All but `val/psnr` cost one forward pass each, so they can be logged often.
 """
 
 from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from diffusers import DDPMScheduler
 from einops import rearrange
 
+from cameo_cli.attention.hooks import ProbeResult, predicted_matches
 from cameo_cli.backbone import MultiViewBackbone, ViewConditioning
 from cameo_cli.batch import ViewBatch
 from cameo_cli.camera_files import CameraSet
-from cameo_cli.diffusion import noise_targets
+from cameo_cli.diffusion import noise_targets, training_target
 from cameo_cli.image_metrics import psnr
+from cameo_cli.train.objective import NoisedBatch, denoising_loss
 
 VALIDATION_TIMESTEP = 500
+HELD_OUT_TIMESTEPS = (250, VALIDATION_TIMESTEP, 750)
 
 
 def predicted_x0(
@@ -67,6 +77,57 @@ def target_psnr(views: torch.Tensor, batch: ViewBatch) -> float:
     return psnr(views[targets].cpu().clamp(0, 1), truth).mean().item()
 
 
+@dataclass
+class FixedNoisePass:
+    """One forward pass on a batch noised to one timestep with seeded noise."""
+
+    noised: NoisedBatch
+    prediction: torch.Tensor  # [B, F, C, h, w]
+    probe: ProbeResult | None  # the probed layer's q and k, when asked for
+
+
+def fixed_noise_pass(
+    backbone: MultiViewBackbone,
+    codec,
+    scheduler: DDPMScheduler,
+    batch: ViewBatch,
+    timestep: int,
+    *,
+    seed: int,
+    probe: tuple[int, tuple[int, int]] | None = None,
+) -> FixedNoisePass:
+    """Targets noised to `timestep` with noise from `seed` (the same noise at every timestep),
+    references clean; `probe` = (layer, token grid) also captures that layer."""
+    images, ref_mask = batch.images, batch.ref_mask
+    b, f = images.shape[:2]
+    device = images.device
+    latents = codec.encode(images.flatten(0, 1)).unflatten(0, (b, f))
+    generator = torch.Generator(device=device).manual_seed(seed)
+    noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
+    timesteps = torch.full((b,), timestep, device=device, dtype=torch.long)
+    noisy = noise_targets(scheduler, latents, noise, timesteps, ref_mask)
+    target = training_target(
+        scheduler, latents.flatten(0, 1), noise.flatten(0, 1), timesteps.repeat_interleave(f)
+    ).unflatten(0, (b, f))
+    cond = ViewConditioning.from_batch(batch)
+    watch = backbone.probe(*probe) if probe is not None else contextlib.nullcontext()
+    with watch as handle:
+        prediction = backbone(noisy, timesteps.float(), cond)
+    result = handle.result if probe is not None else None
+    return FixedNoisePass(NoisedBatch(noisy, target, timesteps), prediction, result)
+
+
+def _one_step_images(codec, scheduler: DDPMScheduler, batch: ViewBatch, run: FixedNoisePass):
+    """`[B, F, 3, H, W]` in [0, 1]: references as given, targets as x̂0 of `run`."""
+    images, ref_mask = batch.images, batch.ref_mask
+    b, f = images.shape[:2]
+    timestep = int(run.noised.timesteps[0])
+    x0 = predicted_x0(scheduler, run.noised.noisy, run.prediction, timestep)
+    decoded = codec.decode(x0.flatten(0, 1)).unflatten(0, (b, f))
+    decoded = torch.where(ref_mask[:, :, None, None, None], images, decoded.to(images.dtype))
+    return ((decoded.float() + 1) / 2).clamp(0, 1).cpu()
+
+
 @torch.no_grad()
 def one_step_views(
     backbone: MultiViewBackbone,
@@ -77,22 +138,71 @@ def one_step_views(
     seed: int,
 ) -> torch.Tensor:
     """`[B, F, 3, H, W]` in [0, 1]: references as given, targets as x̂0 at t = 500."""
-    device = next(backbone.parameters()).device
-    batch = batch.to(device)
-    images, ref_mask = batch.images, batch.ref_mask
-    b, f = images.shape[:2]
-    latents = codec.encode(images.flatten(0, 1)).unflatten(0, (b, f))
-    generator = torch.Generator(device=device).manual_seed(seed)
-    noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
-    timesteps = torch.full((b,), VALIDATION_TIMESTEP, device=device, dtype=torch.long)
-    noisy = noise_targets(scheduler, latents, noise, timesteps, ref_mask)
-    cond = ViewConditioning.from_batch(batch)
-    timesteps = timesteps.float()
-    prediction = backbone(noisy, timesteps, cond)
-    x0 = predicted_x0(scheduler, noisy, prediction, VALIDATION_TIMESTEP)
-    decoded = codec.decode(x0.flatten(0, 1)).unflatten(0, (b, f))
-    decoded = torch.where(ref_mask[:, :, None, None, None], images, decoded.to(images.dtype))
-    return ((decoded.float() + 1) / 2).clamp(0, 1).cpu()
+    batch = batch.to(next(backbone.parameters()).device)
+    run = fixed_noise_pass(backbone, codec, scheduler, batch, VALIDATION_TIMESTEP, seed=seed)
+    return _one_step_images(codec, scheduler, batch, run)
+
+
+def attention_precision(probe: ProbeResult, batch: ViewBatch, epsilon: float) -> dict[str, float]:
+    """The probed layer's head-averaged attention against per-pair correspondence: the share
+    of kept rows whose argmax key is the true one (`exact`) or within one token (`within1`)."""
+    from cameo_cli.geometry import correspondence_targets
+
+    targets = correspondence_targets(
+        batch.point_map, batch.point_valid, probe.grid, epsilon, "per_pair"
+    )
+    kept = targets.mask
+    if not kept.any():
+        return {}
+    predicted = predicted_matches(probe)[kept]
+    truth = targets.index[kept]
+    width = probe.grid[1]
+    rows = torch.div(predicted, width, rounding_mode="floor") - torch.div(
+        truth, width, rounding_mode="floor"
+    )
+    cols = predicted % width - truth % width
+    return {
+        "exact": (predicted == truth).float().mean().item(),
+        "within1": (rows * rows + cols * cols <= 1).float().mean().item(),
+    }
+
+
+@torch.no_grad()
+def held_out_metrics(
+    backbone: MultiViewBackbone,
+    codec,
+    scheduler: DDPMScheduler,
+    batch: ViewBatch,
+    *,
+    seed: int,
+    probe: tuple[int, tuple[int, int]] | None,
+    epsilon: float,
+) -> tuple[dict[str, float], torch.Tensor]:
+    """Cheap, low-variance convergence metrics of a fixed held-out batch (fixed noise):
+    `val/denoise@t` (the training loss on target views) at `HELD_OUT_TIMESTEPS`,
+    `val/psnr_x0` (the one-step x̂0 at t = 500) and, with point maps and `probe` = (layer,
+    grid), `val/precision` and `val/precision@1tok` of that layer's attention at t = 500.
+    Returns the metrics and the one-step views."""
+    batch = batch.to(next(backbone.parameters()).device)
+    metrics: dict[str, float] = {}
+    one_step = None
+    for timestep in HELD_OUT_TIMESTEPS:
+        at_probe = timestep == VALIDATION_TIMESTEP
+        run = fixed_noise_pass(
+            backbone, codec, scheduler, batch, timestep, seed=seed,
+            probe=probe if at_probe and batch.point_map is not None else None,
+        )  # fmt: skip
+        loss = denoising_loss(run.prediction, run.noised, batch.ref_mask, scheduler, None)
+        metrics[f"val/denoise@{timestep}"] = loss.item()
+        if at_probe:
+            one_step = _one_step_images(codec, scheduler, batch, run)
+            metrics["val/psnr_x0"] = target_psnr(one_step, batch)
+            if run.probe is not None:
+                precision = attention_precision(run.probe, batch, epsilon)
+                if precision:
+                    metrics["val/precision"] = precision["exact"]
+                    metrics["val/precision@1tok"] = precision["within1"]
+    return metrics, one_step
 
 
 def grid_image(images: torch.Tensor) -> np.ndarray:
