@@ -138,8 +138,9 @@ def print_report(report: PrepareReport, console: Console) -> None:
 @click.option(
     "--depth-divisor",
     type=int,
-    default=4,
-    help="Store depth (float16) at the image size divided by N (4: a quarter of each side).",
+    default=1,
+    help="Store depth (float16) at the image size divided by N (4: a quarter of each side, "
+    "16x smaller, moves ~3.5 % of the paper-grid targets).",
 )
 @click.option("--workers", type=int, default=1, help="Worker processes.")
 @click.option("--scenes-per-shard", type=int, default=8, help="Scenes in one shard file.")
