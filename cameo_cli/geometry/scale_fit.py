@@ -5,9 +5,10 @@ own frame and scale. The frames two windows share tie their depth scales togethe
 (`chain_window_scales`: the median depth ratio on pixels valid in both), so every window's
 depth is in the first window's scale; then one scale to the dataset is fitted from all frames
 at once (`fit_shared_scale`): the VGGT camera centres of each window, in the chained scale,
-against the dataset's camera centres, with one rigid motion per window (a Umeyama fit whose
-scale is shared). Depth in the dataset's scale is then ``scale * chain[w] * depth_w``, and
-points come from the dataset's own intrinsics and poses.
+against the dataset's camera centres, with one rigid motion per window (its rotation from
+the camera orientations, its translation from the centroids) and the scale shared by all.
+Depth in the dataset's scale is then ``scale * chain[w] * depth_w``, and points come from
+the dataset's own intrinsics and poses.
 """
 
 from __future__ import annotations
@@ -79,44 +80,53 @@ class ScaleFit:
     rotation_error: float
 
 
+def _rotation_between(given_c2w: torch.Tensor, vggt_c2w: torch.Tensor) -> torch.Tensor:
+    """The rotation R minimising sum_k |given_k - R vggt_k|² (chordal mean, projected on SO(3))."""
+    u, _, vt = torch.linalg.svd((given_c2w @ vggt_c2w.transpose(-1, -2)).sum(0))
+    sign = torch.ones(3, dtype=u.dtype)
+    sign[2] = torch.sign(torch.det(u @ vt))
+    return u @ torch.diag(sign) @ vt
+
+
 def fit_shared_scale(
     spans: list[range],
     vggt_w2c: list[torch.Tensor],
     factors: list[float],
     dataset_w2c: torch.Tensor,
 ) -> ScaleFit:
-    """Fit one scale s (and a rotation per window) mapping VGGT camera centres, times the
-    window's chain factor, onto the dataset's camera centres (`dataset_w2c` [N, 4, 4]).
+    """Fit one scale s mapping VGGT camera centres, times the window's chain factor, onto
+    the dataset's camera centres (`dataset_w2c` [N, 4, 4]), with one rotation per window taken
+    from the camera orientations (so straight-line trajectories, common in RealEstate10K, fit
+    as well as any) and one translation per window (the centroids).
 
-    Raises ValueError when the dataset's or VGGT's cameras do not move (scale unobservable).
+    Raises ValueError when the cameras do not move (scale unobservable) or s <= 0.
     """
     dataset_w2c = dataset_w2c.double()
     numerator, denominator, spread = 0.0, 0.0, 0.0
     parts = []
     for span, w2c, factor in zip(spans, vggt_w2c, factors, strict=True):
-        ours = cameras.camera_centers(w2c.double()) * factor
-        theirs = cameras.camera_centers(dataset_w2c[span.start : span.stop])
-        ours = ours - ours.mean(0)
+        w2c = w2c.double()
+        given = dataset_w2c[span.start : span.stop]
+        given_c2w = given[:, :3, :3].transpose(-1, -2)
+        vggt_c2w = w2c[:, :3, :3].transpose(-1, -2)
+        rotation = _rotation_between(given_c2w, vggt_c2w)
+        ours = cameras.camera_centers(w2c) * factor
+        theirs = cameras.camera_centers(given)
+        ours = (ours - ours.mean(0)) @ rotation.T
         theirs = theirs - theirs.mean(0)
-        u, d, vt = torch.linalg.svd(theirs.T @ ours)
-        sign = torch.ones(3, dtype=torch.float64)
-        sign[2] = torch.sign(torch.det(u) * torch.det(vt))
-        rotation = u @ torch.diag(sign) @ vt
-        numerator += float((d * sign).sum())
+        numerator += float((ours * theirs).sum())
         denominator += float((ours * ours).sum())
         spread += float((theirs * theirs).sum())
-        parts.append((span, w2c, ours, theirs, rotation))
+        angle = cameras.relative_rotation_angle(given_c2w, rotation @ vggt_c2w)
+        parts.append((ours, theirs, angle))
     if spread <= 1e-12 or denominator <= 1e-12:
         raise ValueError("the cameras do not move, so the depth scale cannot be fitted")
     scale = numerator / denominator
-    error, angles = 0.0, []
-    for span, w2c, ours, theirs, rotation in parts:
-        error += float(((theirs - scale * ours @ rotation.T) ** 2).sum())
-        fitted_c2w = rotation @ w2c[:, :3, :3].double().transpose(-1, -2)
-        given_c2w = dataset_w2c[span.start : span.stop, :3, :3].transpose(-1, -2)
-        angles.append(cameras.relative_rotation_angle(given_c2w, fitted_c2w))
+    if scale <= 0:
+        raise ValueError("VGGT's camera motion runs against the dataset's (negative scale)")
+    error = sum(float(((theirs - scale * ours) ** 2).sum()) for ours, theirs, _ in parts)
     return ScaleFit(
         scale=scale,
         residual=(error / spread) ** 0.5,
-        rotation_error=float(torch.cat(angles).median()),
+        rotation_error=float(torch.cat([angle for _, _, angle in parts]).median()),
     )
