@@ -77,7 +77,11 @@ class VGGTDepth:
     """VGGT loaded once from local weights; call it on the frames of one window."""
 
     def __init__(
-        self, weights: str | Path, *, device: torch.device | str | None = None, resolution=518
+        self,
+        weights: str | Path,
+        *,
+        device: torch.device | str | None = None,
+        resolution: int = 518,
     ) -> None:
         model_class, self._pose_to_cameras = import_vggt()
         path = weights_file(weights)
