@@ -18,7 +18,7 @@ from cameo_cli.geometry import (
     resize_point_map,
 )
 from cameo_cli.geometry.correspondence import GROUP, _first_argmin, nearest_key_tokens
-from cameo_cli.geometry.vggt import VGGTPointMaps, _weights_file
+from cameo_cli.geometry.vggt import VGGTDepth, weights_file
 
 f64 = torch.float64
 IMAGE, GRID = 64, 16  # 64 px views, a 16 x 16 token grid: 4 x 4 pixels per token
@@ -367,27 +367,13 @@ def test_resize_point_map_identity_and_plane_exactness() -> None:
 
 def test_vggt_missing_package_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(CameoError, match="pip install"):
-        VGGTPointMaps(tmp_path / "missing.safetensors")
+        VGGTDepth(tmp_path / "missing.safetensors")
     with pytest.raises(CameoError, match="not found"):
-        _weights_file(tmp_path / "missing.pt")
+        weights_file(tmp_path / "missing.pt")
     with pytest.raises(CameoError, match="no VGGT weights"):
-        _weights_file(tmp_path)
+        weights_file(tmp_path)
     (tmp_path / "model.pt").write_bytes(b"")
-    assert _weights_file(tmp_path) == tmp_path / "model.pt"
-
-
-def test_vggt_frame_alignment_recovers_world_points(box_scene: dict) -> None:
-    """VGGT's frame (first camera = identity, its own scale) -> the sample's world frame."""
-    w2c = box_scene["w2c"].float()
-    points = box_scene["points"].float()  # [2, 3, H, W] world
-    scale = 0.37  # VGGT's arbitrary scale
-    relative = w2c @ cameras.w2c_to_c2w(w2c[0])  # cameras in the first camera's frame
-    predicted = relative.clone()
-    predicted[:, :3, 3] *= scale
-    in_first = cameras.transform_points(w2c[0], points.flatten(2).transpose(1, 2)) * scale
-    vggt_points = in_first.transpose(1, 2).reshape(points.shape)
-    world = VGGTPointMaps._to_world(vggt_points, predicted, w2c)
-    torch.testing.assert_close(world, points, atol=1e-4, rtol=1e-4)
+    assert weights_file(tmp_path) == tmp_path / "model.pt"
 
 
 @pytest.mark.parametrize(("i", "j"), [(0, 1), (0, 4), (2, 5)])

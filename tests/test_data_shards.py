@@ -8,15 +8,12 @@ import signal
 import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from safetensors import safe_open
 
-from cameo_cli import cameras
 from cameo_cli.data.shards import load_index, sha256_file, verify_shards
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,73 +79,6 @@ def test_a_corrupted_shard_is_rebuilt(synthetic_dataset, tmp_path):
     assert (report.shards_reused, report.shards_written) == (1, 1)
     assert load_index(copy)["shards"] == index["shards"]
     assert verify_shards(copy, load_index(copy)) == []
-
-
-class _FakeVGGT(torch.nn.Module):
-    """Stands in for vggt.models.vggt.VGGT: every view sees the plane z = 2 of the first
-    camera, with a NaN block in the top-left corner."""
-
-    def forward(self, images):
-        batch, views, _, height, width = images.shape
-        ys, xs = torch.meshgrid(
-            torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij"
-        )
-        points = torch.stack([xs, ys, torch.full_like(xs, 2.0)], -1).expand(
-            batch, views, -1, -1, -1
-        )
-        points = points.clone()
-        points[:, :, : height // 4, : width // 4] = float("nan")
-        return {
-            "world_points": points,
-            "world_points_conf": torch.ones(batch, views, height, width),
-            "pose_enc": torch.zeros(batch, views, 9),
-        }
-
-
-def _fake_vggt_modules(monkeypatch):
-    def pose_encoding_to_extri_intri(pose_enc, size):
-        batch, views = pose_enc.shape[:2]
-        return torch.eye(4)[:3].expand(batch, views, 3, 4), None
-
-    for name, attrs in {
-        "vggt": {},
-        "vggt.models": {},
-        "vggt.models.vggt": {"VGGT": _FakeVGGT},
-        "vggt.utils": {},
-        "vggt.utils.pose_enc": {"pose_encoding_to_extri_intri": pose_encoding_to_extri_intri},
-    }.items():
-        module = types.ModuleType(name)
-        module.__dict__.update(attrs)
-        monkeypatch.setitem(sys.modules, name, module)
-
-
-def test_vggt_geometry_is_stored_as_world_point_maps(tmp_path, monkeypatch):
-    from rich.console import Console
-    from safetensors.torch import save_file
-
-    from cameo_cli.data.dataset import MultiViewDataset
-    from cameo_cli.data.shards import prepare_dataset
-    from cameo_cli.data.synthetic import SyntheticSource
-
-    _fake_vggt_modules(monkeypatch)
-    weights = tmp_path / "model.safetensors"
-    save_file({}, str(weights))
-    source = SyntheticSource(scenes=1, resolution=32, frames=4, geometry="none")
-    prepare_dataset(source, tmp_path / "ds", vggt_weights=weights, console=Console(quiet=True))
-    ds = MultiViewDataset(tmp_path / "ds", num_views=4)
-    assert ds.has_geometry and ds.index["source"]["options"]["vggt_weights"] == str(weights)
-    item = ds.get_views("synth-00000", [0, 1, 2, 3], num_refs=1)
-    valid = item["point_valid"]
-    assert not valid[:, :8, :8].any() and valid[:, 8:, :].all()
-    # every view's points lie on the plane z = 2 of the FIRST camera (VGGT's frame), mapped
-    # into the world with that camera's pose (the fake predicts no camera motion: scale 1)
-    first = item["world_to_camera"][0].double()
-    in_first = cameras.transform_points(
-        first, item["point_map"].double().permute(0, 2, 3, 1).reshape(-1, 3)
-    )
-    assert torch.allclose(
-        in_first[valid.reshape(-1), 2], torch.tensor(2.0, dtype=torch.float64), atol=1e-4
-    )
 
 
 def test_vggt_without_the_package_is_a_clear_error(tmp_path):

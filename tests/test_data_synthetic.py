@@ -66,7 +66,7 @@ def test_prepare_synthetic_cli(tmp_path):
     index = json.loads((out / "index.json").read_text())
     assert index["num_scenes"] == 3 and index["num_frames"] == 12
     assert index["source"]["dataset"] == "synthetic"
-    assert all(s["geometry"] == ["depth"] for s in index["scenes"].values())
+    assert all(s["geometry"] == ["depth_fp16"] for s in index["scenes"].values())
     evaluation = json.loads((out / "eval_index.json").read_text())
     assert set(evaluation) == set(index["scenes"])
     # a rerun with the same options reuses every shard; other options need --overwrite

@@ -18,8 +18,10 @@ batch, otherwise the official even spacing (`official_positions`) with the targe
 Read outside a training batch (``dataset[i]``) an item draws them for itself.
 
 Images are resized (shorter side) and centre-cropped to ``resolution`` with the intrinsics
-updated by `cameo_cli.cameras`; point maps follow the same mapping with nearest sampling, so
-no point is ever interpolated across a depth edge.
+updated by `cameo_cli.cameras`; point maps are computed on the fly for the output pixels: the
+stored depth (at its own, usually coarser, grid) is picked by nearest pixel and unprojected
+along each output pixel's ray with the output intrinsics, so no depth is ever interpolated
+across a depth edge.
 """
 
 from __future__ import annotations
@@ -246,21 +248,21 @@ class MultiViewDataset(torch.utils.data.Dataset):
         w2c = torch.from_numpy(w2c[frames])
         images = [self.reader.image(scene, f) for f in frames]
         masks = [self.reader.mask(scene, f) for f in frames] if self.has_masks else None
-        points = valid = None
-        if self.has_geometry:
-            points, valid = self._point_map(scene, frames, K, w2c)
+        # output pixel -> source pixel: (resized size, crop offset, output size) per axis
+        mapping = ((size[0], 0, size[0]), (size[1], 0, size[1]))
         if self.resolution is not None:
             rh, rw, top, left = cameras.resize_center_crop_box(size, self.resolution)
             res = self.resolution
             images = [self._resize_crop(im, rh, rw, top, left, res) for im in images]
             K = cameras.resize_center_crop_intrinsics(K, size, res)
-            rows = torch.from_numpy(nearest_indices(size[0], rh, top, res))
-            cols = torch.from_numpy(nearest_indices(size[1], rw, left, res))
-            if points is not None:
-                points = points[:, :, rows][:, :, :, cols]
-                valid = valid[:, rows][:, :, cols]
+            mapping = ((rh, top, res), (rw, left, res))
             if masks is not None:
-                masks = [m[rows.numpy()][:, cols.numpy()] for m in masks]
+                rows = nearest_indices(size[0], *mapping[0])
+                cols = nearest_indices(size[1], *mapping[1])
+                masks = [m[rows][:, cols] for m in masks]
+        points = valid = None
+        if self.has_geometry:
+            points, valid = self._point_map(scene, meta, frames, K, w2c, mapping)
         item = {
             "images": torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1,
             "intrinsics": K.float(),
@@ -277,18 +279,35 @@ class MultiViewDataset(torch.utils.data.Dataset):
         return item
 
     def _point_map(
-        self, scene: str, frames: list[int], K: torch.Tensor, w2c: torch.Tensor
+        self,
+        scene: str,
+        meta: dict,
+        frames: list[int],
+        K: torch.Tensor,
+        w2c: torch.Tensor,
+        mapping: tuple[tuple[int, int, int], tuple[int, int, int]],
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """World point maps [F,3,H,W] (float64) and validity [F,H,W] at the stored size."""
+        """World point maps [F,3,h,w] (float64) and validity [F,h,w] on the output pixels
+        (`mapping`: resized size, crop offset and output size per axis; K is the output's):
+        stored depth is picked by nearest pixel and unprojected along each output pixel's ray,
+        a stored point map (format 1) is picked by nearest pixel."""
         stored = self.reader.geometry(scene, "point_map", frames)
         if stored is not None:
-            points = torch.from_numpy(stored).double().permute(0, 3, 1, 2)
+            rows = torch.from_numpy(nearest_indices(stored.shape[1], *mapping[0]))
+            cols = torch.from_numpy(nearest_indices(stored.shape[2], *mapping[1]))
+            points = torch.from_numpy(stored).double().permute(0, 3, 1, 2)[:, :, rows][..., cols]
             valid = torch.isfinite(points).all(1)
             return torch.nan_to_num(points, nan=0.0, posinf=0.0, neginf=0.0), valid
-        depth = self.reader.geometry(scene, "depth", frames)
+        depth = self.reader.geometry(scene, "depth_fp16", frames)
+        unit = meta.get("depth_unit", 1.0)
+        if depth is None:
+            depth = self.reader.geometry(scene, "depth", frames)
+            unit = 1.0
         if depth is None:
             raise CameoError(f"{self.root}: scene {scene!r} has no depth or point maps")
-        depth = torch.from_numpy(depth).double()
+        rows = torch.from_numpy(nearest_indices(depth.shape[1], *mapping[0]))
+        cols = torch.from_numpy(nearest_indices(depth.shape[2], *mapping[1]))
+        depth = torch.from_numpy(depth).double()[:, rows][:, :, cols] * unit
         return point_map_from_depth(depth, K, w2c)
 
     @staticmethod

@@ -34,7 +34,6 @@ class FrameData:
     intrinsics: np.ndarray  # float64 [3, 3] pixels
     world_to_camera: np.ndarray  # float64 [4, 4] OpenCV
     depth: np.ndarray | None = None  # float32 [H, W] z-depth, 0 where unknown
-    point_map: np.ndarray | None = None  # float32 [H, W, 3] world points, NaN where unknown
     mask: np.ndarray | None = None  # bool [H, W] object mask
     source_index: int | None = None  # position in the source's own frame list (eval indices)
 
@@ -117,7 +116,7 @@ def nearest_indices(size: int, resized: int, offset: int, target: int) -> np.nda
 
 def downscale_frame(frame: FrameData, short_side: int) -> FrameData:
     """The frame with its shorter side at most ``short_side``: image resampled (antialiased),
-    K through `cameo_cli.cameras`, depth / point map / mask by nearest pixel."""
+    K through `cameo_cli.cameras`, depth / mask by nearest pixel."""
     import torch
 
     from cameo_cli import cameras
@@ -147,7 +146,6 @@ def downscale_frame(frame: FrameData, short_side: int) -> FrameData:
         intrinsics=K,
         world_to_camera=frame.world_to_camera,
         depth=pick(frame.depth),
-        point_map=pick(frame.point_map),
         mask=pick(frame.mask),
         source_index=frame.source_index,
     )

@@ -13,9 +13,17 @@ Inside a shard, for every scene ``S`` with ``N`` frames (no pickle, plain tensor
     S/image/{k}        uint8 [bytes]    PNG of frame k
     S/intrinsics       float64 [N,3,3]  pixel K at the stored image size
     S/world_to_camera  float64 [N,4,4]  OpenCV world-to-camera
-    S/depth            float32 [N,H,W]  z-depth, 0 = unknown          (optional)
-    S/point_map        float32 [N,H,W,3] world points, NaN = unknown  (optional)
+    S/depth_fp16       float16 [N,h,w]  z-depth / meta["depth_unit"], 0 = unknown (optional)
     S/mask/{k}         uint8 [bytes]    PNG object mask of frame k    (optional)
+
+The depth grid (h, w) = meta["depth_size"] is the image size divided by ``depth_divisor``,
+sampled by nearest pixel; point maps are unprojected from it with the stored cameras when
+read. Default 1: float16 at the image size is 6x smaller than the float32 point maps format 1
+stored for VGGT (2x smaller than float32 depth) and gives the paper-grid targets unchanged;
+4 (a quarter of each side) is 16x smaller again, but moves about 3.5 % of the 32 x 32 targets
+at 512 px, mostly at depth edges (`benchmarks/geometry_storage.py`).
+Datasets of format 1 (``S/depth`` float32 [N,H,W] or ``S/point_map`` float32 [N,H,W,3] at
+the image size, NaN = unknown) still load.
 
 Preparing is resumable (a finished shard whose checksum matches its manifest is kept), atomic
 (every file is written to a temporary name and renamed) and parallel (worker processes).
@@ -35,7 +43,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +63,15 @@ from cameo_cli.data.records import (
     check_camera,
     downscale_frame,
     encode_png,
+    nearest_indices,
 )
+from cameo_cli.data.vggt_scenes import VGGTSettings
 from cameo_cli.errors import CameoError
 from cameo_cli.io import atomic_path, check_safetensors, read_json, write_json
 
 FORMAT = "cameo-multiview"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+DEPTH_DIVISOR = 1
 PLAN_FILE = ".cameo-prepare.json"
 LOCK_FILE = ".cameo-prepare.lock"
 MIN_FRAMES = 2
@@ -86,6 +97,7 @@ class PrepareReport:
     shards_written: int = 0
     shards_reused: int = 0
     skipped: list[Skip] = field(default_factory=list)
+    fits: dict[str, dict] = field(default_factory=dict)  # VGGT scale fit per kept scene
 
 
 def _frame_problem(frame: FrameData, size: tuple[int, int], extras: list[str]) -> str | None:
@@ -101,17 +113,35 @@ def _frame_problem(frame: FrameData, size: tuple[int, int], extras: list[str]) -
     return None
 
 
+def compact_depth(depths: np.ndarray, divisor: int) -> tuple[np.ndarray, tuple[int, int], float]:
+    """Float depth [N, H, W] (0 or non-finite = unknown) -> (float16 [N, h, w] in units of
+    the median known depth, (h, w), that unit): nearest pixels of an (H / divisor, W / divisor)
+    grid; depths float16 cannot hold (over 65504 units) become unknown."""
+    height, width = depths.shape[1:]
+    size = (max(1, round(height / divisor)), max(1, round(width / divisor)))
+    rows = nearest_indices(height, size[0], 0, size[0])
+    cols = nearest_indices(width, size[1], 0, size[1])
+    picked = depths[:, rows][:, :, cols].astype(np.float64)
+    known = np.isfinite(picked) & (picked > 0)
+    unit = float(np.median(picked[known])) if known.any() else 1.0
+    scaled = np.where(known, picked / unit, 0.0)
+    with np.errstate(over="ignore"):
+        half = scaled.astype(np.float16)
+    half[~np.isfinite(half)] = 0
+    return np.ascontiguousarray(half), size, unit
+
+
 def _scene_tensors(
-    data: SceneData, vggt_weights: Path | None = None, short_side: int | None = None
+    data: SceneData,
+    vggt_weights: Path | None = None,
+    short_side: int | None = None,
+    depth_divisor: int = DEPTH_DIVISOR,
+    vggt_settings: VGGTSettings | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any], list[Skip]]:
-    """Validate a scene's frames (downscale, add VGGT point maps), make tensors + metadata."""
+    """Validate a scene's frames (downscale, add VGGT depth), make tensors + metadata."""
     skipped = list(data.skipped)
     frames = []
-    extras = [
-        k
-        for k in ("depth", "point_map", "mask")
-        if any(getattr(f, k) is not None for f in data.frames)
-    ]
+    extras = [k for k in ("depth", "mask") if any(getattr(f, k) is not None for f in data.frames)]
     for frame in data.frames:
         problem = check_camera(frame.intrinsics, frame.world_to_camera) or _frame_problem(
             frame, data.frames[0].image.shape[:2], extras
@@ -124,10 +154,11 @@ def _scene_tensors(
         raise SkipScene(f"only {len(frames)} usable frame(s), need at least {MIN_FRAMES}")
     if short_side is not None:
         frames = [downscale_frame(f, short_side) for f in frames]
+    fit = None
     if vggt_weights is not None:
-        from cameo_cli.data.vggt_scenes import add_vggt_point_maps
+        from cameo_cli.data.vggt_scenes import add_vggt_depth
 
-        add_vggt_point_maps(frames, vggt_weights)
+        fit = add_vggt_depth(frames, vggt_weights, vggt_settings or VGGTSettings())
     height, width = frames[0].image.shape[:2]
     s = data.scene
     tensors: dict[str, np.ndarray] = {
@@ -136,12 +167,12 @@ def _scene_tensors(
     }
     for k, frame in enumerate(frames):
         tensors[f"{s}/image/{k}"] = np.frombuffer(encode_png(frame.image), dtype=np.uint8)
-    geometry = []
-    for key in ("depth", "point_map"):
-        values = [getattr(f, key) for f in frames]
-        if all(v is not None for v in values):
-            tensors[f"{s}/{key}"] = np.ascontiguousarray(np.stack(values).astype(np.float32))
-            geometry.append(key)
+    geometry, depth_meta = [], {}
+    if all(f.depth is not None for f in frames):
+        half, size, unit = compact_depth(np.stack([f.depth for f in frames]), depth_divisor)
+        tensors[f"{s}/depth_fp16"] = half
+        geometry.append("depth_fp16")
+        depth_meta = {"depth_size": list(size), "depth_unit": unit}
     has_mask = all(f.mask is not None for f in frames)
     if has_mask:
         for k, frame in enumerate(frames):
@@ -159,6 +190,8 @@ def _scene_tensors(
             else {}
         ),
         "geometry": geometry,
+        **depth_meta,
+        **({"vggt_fit": fit} if fit is not None else {}),
         "mask": has_mask,
     }
     return tensors, meta, skipped
@@ -176,6 +209,8 @@ def build_shard(
     progress: Any = None,
     vggt_weights: Path | None = None,
     short_side: int | None = None,
+    depth_divisor: int = DEPTH_DIVISOR,
+    vggt_settings: VGGTSettings | None = None,
 ) -> dict:
     """Read ``scenes``, write ``shards/shard-{index}.safetensors`` and its manifest atomically."""
     from safetensors.numpy import save_file
@@ -187,7 +222,7 @@ def build_shard(
     for scene in scenes:
         try:
             scene_tensors, meta, scene_skips = _scene_tensors(
-                source.load_scene(scene), vggt_weights, short_side
+                source.load_scene(scene), vggt_weights, short_side, depth_divisor, vggt_settings
             )
             tensors.update(scene_tensors)
             metas[scene] = meta
@@ -292,13 +327,16 @@ def prepare_dataset(
     overwrite: bool = False,
     eval_seed: int = 0,
     vggt_weights: Path | None = None,
+    vggt_settings: VGGTSettings | None = None,
     short_side: int | None = None,
+    depth_divisor: int = DEPTH_DIVISOR,
     console: Console | None = None,
 ) -> PrepareReport:
     """Write ``source`` as shards + index.json + eval_index.json into ``out`` (resumable).
 
-    With ``vggt_weights`` every kept scene gets VGGT point maps (`cameo_cli.data.vggt_scenes`);
-    with ``short_side`` frames are stored with their shorter side at most that many pixels.
+    With ``vggt_weights`` every kept scene gets VGGT depth (`cameo_cli.data.vggt_scenes`,
+    with ``vggt_settings``); with ``short_side`` frames are stored with their shorter side at
+    most that many pixels; depth is stored at the image size / ``depth_divisor``.
     """
     console = console or Console(stderr=True)
     out = Path(out)
@@ -306,13 +344,22 @@ def prepare_dataset(
     if vggt_weights is not None:
         from cameo_cli.data.vggt_scenes import check_vggt
 
-        check_vggt(vggt_weights)
-        options = {**options, "vggt_weights": str(vggt_weights)}
+        vggt_settings = vggt_settings or VGGTSettings()
+        check_vggt(vggt_weights, vggt_settings)
+        options = {**options, "vggt_weights": str(vggt_weights), "vggt": asdict(vggt_settings)}
+    if depth_divisor < 1:
+        raise CameoError(f"--depth-divisor must be at least 1, got {depth_divisor}")
+    options = {**options, "depth_divisor": depth_divisor}
     if short_side is not None:
         if short_side < 8:
             raise CameoError(f"--short-side must be at least 8 pixels, got {short_side}")
         options = {**options, "short_side": short_side}
-    extra = {"vggt_weights": vggt_weights, "short_side": short_side}
+    extra = {
+        "vggt_weights": vggt_weights,
+        "short_side": short_side,
+        "depth_divisor": depth_divisor,
+        "vggt_settings": vggt_settings,
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists() and not out.is_dir():
         raise CameoError(f"{out}: --out is a file, not a folder")
@@ -401,6 +448,7 @@ def _prepare(
     report.scenes = len(index["scenes"])
     report.frames = index["num_frames"]
     report.skipped = [Skip(s["item"], s["reason"]) for s in index["skipped"]]
+    report.fits = {s: m["vggt_fit"] for s, m in index["scenes"].items() if "vggt_fit" in m}
     return report
 
 
@@ -587,7 +635,8 @@ class ShardReader:
             return np.asarray(img) > 127
 
     def geometry(self, scene: str, key: str, frames: list[int]) -> np.ndarray | None:
-        """``depth`` [F, H, W] or ``point_map`` [F, H, W, 3] of some frames, None if absent."""
+        """``depth_fp16`` [F, h, w] (times meta["depth_unit"]), or of format 1 ``depth``
+        [F, H, W] or ``point_map`` [F, H, W, 3], of some frames; None if absent."""
         if key not in self.index["scenes"][scene].get("geometry", []):
             return None
         sl = self._shard(scene).get_slice(f"{scene}/{key}")
