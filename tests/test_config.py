@@ -109,9 +109,9 @@ def test_quickstart_recipe_is_tiny_pixel_space_and_cpu_friendly():
     recipe = load_recipe("quickstart-cpu")
     assert (recipe.backbone.name, recipe.backbone.variant) == ("cat3d", "tiny")
     assert recipe.backbone.pretrained is None
-    assert recipe.codec.kind == "none"
+    assert (recipe.codec.kind, recipe.codec.factor) == ("space_to_depth", 2)
     assert recipe.data.dataset == "data/synthetic"
-    assert (recipe.data.resolution, recipe.data.num_views, recipe.train.batch_size) == (32, 4, 2)
+    assert (recipe.data.resolution, recipe.data.num_views, recipe.train.batch_size) == (32, 4, 8)
     assert recipe.train.mixed_precision == "no"
     assert recipe.train.steps <= 1000
     assert recipe.train.checkpoint_every <= recipe.train.steps
