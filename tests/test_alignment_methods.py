@@ -20,6 +20,7 @@ from cameo_cli.cli import main
 from cameo_cli.config import load_recipe
 from cameo_cli.errors import CameoError
 from tests.conftest import builtin_alignment_entries
+from tests.plugins import pip, write_plugin
 from tests.test_registry import _fake_entry_point
 
 REPO = Path(__file__).resolve().parents[1]
@@ -262,32 +263,16 @@ class Shrink(AlignmentMethod):
 """
 
 
-def _pip(*args: str) -> None:
-    command = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", *args]
-    subprocess.run(command, check=True, capture_output=True)
-
-
 @pytest.mark.slow
 def test_third_party_alignment_is_installed_listed_trained_and_removed(synthetic_dataset, tmp_path):
-    plugin = tmp_path / "cameo-shrink-plugin"
-    (plugin / "cameo_shrink_plugin").mkdir(parents=True)
-    (plugin / "cameo_shrink_plugin" / "__init__.py").write_text(PLUGIN_CODE)
-    (plugin / "cameo_shrink_plugin" / "method.py").write_text(PLUGIN_METHOD)
-    (plugin / "pyproject.toml").write_text(
-        textwrap.dedent(
-            """
-            [build-system]
-            requires = ["setuptools"]
-            build-backend = "setuptools.build_meta"
-            [project]
-            name = "cameo-shrink-plugin"
-            version = "0.0.1"
-            [project.entry-points."cameo.alignments"]
-            shrink = "cameo_shrink_plugin:SPEC"
-            """
-        )
+    plugin = write_plugin(
+        tmp_path,
+        "cameo-shrink-plugin",
+        "cameo.alignments",
+        'shrink = "cameo_shrink_plugin:SPEC"',
+        {"__init__.py": PLUGIN_CODE, "method.py": PLUGIN_METHOD},
     )
-    _pip("install", "--no-deps", "--no-build-isolation", "--no-index", str(plugin))
+    pip("install", "--no-deps", "--no-build-isolation", "--no-index", str(plugin))
     try:
         cli = [sys.executable, "-m", "cameo_cli"]
         out = subprocess.run(
@@ -326,7 +311,7 @@ def test_third_party_alignment_is_installed_listed_trained_and_removed(synthetic
         config = (run / "checkpoints" / "step-000002" / "config.yaml").read_text()
         assert "scale: 0.5" in config and "method: shrink" in config
     finally:
-        _pip("uninstall", "-y", "cameo-shrink-plugin")
+        pip("uninstall", "-y", "cameo-shrink-plugin")
     out = subprocess.run(
         [sys.executable, "-m", "cameo_cli", "alignments", "list", "--json"],
         capture_output=True,

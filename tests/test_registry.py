@@ -18,6 +18,7 @@ from cameo_cli import registry
 from cameo_cli.cli import main
 from cameo_cli.errors import CameoError
 from cameo_cli.registry import BackboneSpec
+from tests.plugins import pip, write_plugin
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -147,11 +148,6 @@ def test_listing_does_not_import_torch():
     assert "HEAVY []" in out.stdout
 
 
-def _pip(*args: str) -> None:
-    command = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", *args]
-    subprocess.run(command, check=True, capture_output=True)
-
-
 def _cli_json(*args: str) -> list[dict]:
     out = subprocess.run(
         [sys.executable, "-m", "cameo_cli", *args, "--json"],
@@ -166,29 +162,17 @@ def _cli_json(*args: str) -> list[dict]:
 @pytest.mark.slow
 def test_installed_plugins_real_and_broken(tmp_path):
     """Install the example plugin and a plugin whose import raises; list; uninstall."""
-    broken = tmp_path / "cameo-broken-plugin"
-    (broken / "cameo_broken_plugin").mkdir(parents=True)
-    (broken / "cameo_broken_plugin" / "__init__.py").write_text(
-        'raise RuntimeError("this plugin is broken on purpose")\n'
-    )
-    (broken / "pyproject.toml").write_text(
-        textwrap.dedent(
-            """
-            [build-system]
-            requires = ["setuptools"]
-            build-backend = "setuptools.build_meta"
-            [project]
-            name = "cameo-broken-plugin"
-            version = "0.0.1"
-            [project.entry-points."cameo.backbones"]
-            broken = "cameo_broken_plugin:SPEC"
-            """
-        )
+    broken = write_plugin(
+        tmp_path,
+        "cameo-broken-plugin",
+        "cameo.backbones",
+        'broken = "cameo_broken_plugin:SPEC"',
+        {"__init__.py": 'raise RuntimeError("this plugin is broken on purpose")\n'},
     )
     # install from a copy, so pip's build folders never land in the source tree
     example = shutil.copytree(REPO / "plugins" / "cameo-example-backbone", tmp_path / "example")
     flags = ("--no-deps", "--no-build-isolation", "--no-index")
-    _pip("install", *flags, str(example), str(broken))
+    pip("install", *flags, str(example), str(broken))
     try:
         rows = {row["name"]: row for row in _cli_json("backbones", "list")}
         plugin = [r for r in rows.values() if r["distribution"] == "cameo-example-backbone"]
@@ -212,6 +196,6 @@ def test_installed_plugins_real_and_broken(tmp_path):
         assert out.stdout.count("BUILT") == len(rows) - 1
         assert "CHECKED example-dit" in out.stdout
     finally:
-        _pip("uninstall", "-y", "cameo-example-backbone", "cameo-broken-plugin")
+        pip("uninstall", "-y", "cameo-example-backbone", "cameo-broken-plugin")
     names = {row["name"] for row in _cli_json("backbones", "list")}
     assert "broken" not in names

@@ -97,24 +97,17 @@ def test_no_guidance_runs_one_branch_and_seeds_reproduce() -> None:
     ref_K, ref_w2c = cameras(1, 0.0)
     tgt_K, tgt_w2c = cameras(2, 0.5)
     options = {"num_inference_steps": 3, "guidance_scale": 1.0, "size": 8}
-    first = run(
-        pipeline,
-        images,
-        (ref_K, ref_w2c),
-        (tgt_K, tgt_w2c),
-        **options,
-        generator=torch.Generator().manual_seed(1),
-    )
+
+    def sample() -> torch.Tensor:
+        generator = torch.Generator().manual_seed(1)
+        return run(
+            pipeline, images, (ref_K, ref_w2c), (tgt_K, tgt_w2c), **options, generator=generator
+        )
+
+    first = sample()
     assert all(call[0].shape[0] == 1 for call in backbone.calls)
     assert all(not call[2].drop_camera.any() for call in backbone.calls)
-    again = run(
-        pipeline,
-        images,
-        (ref_K, ref_w2c),
-        (tgt_K, tgt_w2c),
-        **options,
-        generator=torch.Generator().manual_seed(1),
-    )
+    again = sample()
     assert torch.equal(first, again)
 
 

@@ -14,9 +14,9 @@ from rich.console import Console
 from safetensors.torch import save_file
 
 from cameo_cli.data.dataset import MultiViewDataset
-from cameo_cli.data.records import FrameData, SceneData, SceneSource, Skip
+from cameo_cli.data.records import SceneData, SceneSource, Skip
 from cameo_cli.data.shards import load_index, prepare_dataset
-from cameo_cli.data.synthetic import render_scene
+from cameo_cli.data.synthetic import render_scene, scene_data
 from cameo_cli.data.vggt_scenes import VGGTSettings
 from cameo_cli.geometry import correspondence_targets
 from cameo_cli.geometry.scale_fit import windows
@@ -46,18 +46,7 @@ class RenderSource(SceneSource):
         return ["scene"], []
 
     def load_scene(self, scene: str) -> SceneData:
-        r = self.render
-        frames = [
-            FrameData(
-                name=str(k),
-                image=r.images[k],
-                intrinsics=r.intrinsics[k],
-                world_to_camera=r.world_to_camera[k],
-                depth=r.depth[k] if self.exact else None,
-            )
-            for k in range(len(r.images))
-        ]
-        return SceneData(scene, frames)
+        return scene_data(self.render, scene, with_depth=self.exact)
 
 
 def _weights(folder: Path) -> Path:

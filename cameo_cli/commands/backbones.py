@@ -8,6 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from cameo_cli.commands.listing import print_entries, text
 from cameo_cli.registry import discover, get_spec
 
 
@@ -20,37 +21,15 @@ def backbones() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_backbones(as_json: bool) -> None:
     """List every registered backbone; broken plugins are shown with their error."""
-    rows = []
-    for entry in discover().values():
-        spec = entry.spec
-        rows.append(
-            {
-                "name": entry.name,
-                "default_layer": spec.default_layer if spec else None,
-                "hook": spec.default_hook if spec else None,
-                "distribution": entry.source,
-                "version": entry.version,
-                "status": "ok" if entry.ok else "broken",
-                "error": entry.error,
-                "description": spec.description if spec else None,
-            }
-        )
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    table = Table(title="cameo backbones")
-    for column in ("name", "default layer", "hook location", "distribution", "status"):
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        status = "[green]ok[/]" if row["status"] == "ok" else f"[red]broken[/]: {row['error']}"
-        table.add_row(
-            row["name"],
-            "" if row["default_layer"] is None else str(row["default_layer"]),
-            row["hook"] or "",
-            f"{row['distribution']} {row['version']}".strip(),
-            status,
-        )
-    Console().print(table)
+
+    def fields(spec) -> dict:
+        return {
+            "default_layer": spec.default_layer if spec else None,
+            "hook": spec.default_hook if spec else None,
+        }
+
+    columns = [("default layer", "default_layer", text), ("hook location", "hook", text)]
+    print_entries(discover().values(), fields, columns, "cameo backbones", as_json)
 
 
 @backbones.command("show")

@@ -380,15 +380,22 @@ class SyntheticSource(SceneSource):
 
     def load_scene(self, scene: str) -> SceneData:
         render = render_scene(self.seed, int(scene.split("-")[1]), self.resolution, self.frames)
-        frames = [
-            FrameData(
-                name=str(k),
-                image=render.images[k],
-                intrinsics=render.intrinsics[k],
-                world_to_camera=render.world_to_camera[k],
-                depth=render.depth[k] if self.geometry == "depth" else None,
-                source_index=k,
-            )
-            for k in range(self.frames)
-        ]
-        return SceneData(scene=scene, frames=frames, split=self.split)
+        return scene_data(render, scene, with_depth=self.geometry == "depth", split=self.split)
+
+
+def scene_data(
+    render: SceneRender, scene: str, *, with_depth: bool, split: str = "train"
+) -> SceneData:
+    """The frames of a render as a prepared scene (with its exact depth or without)."""
+    frames = [
+        FrameData(
+            name=str(k),
+            image=render.images[k],
+            intrinsics=render.intrinsics[k],
+            world_to_camera=render.world_to_camera[k],
+            depth=render.depth[k] if with_depth else None,
+            source_index=k,
+        )
+        for k in range(len(render.images))
+    ]
+    return SceneData(scene=scene, frames=frames, split=split)
