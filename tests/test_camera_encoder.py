@@ -10,6 +10,7 @@ from backbones.cat3d import Cat3D, OfficialCameraEncoder, official_camera_maps
 from backbones.mvgenmaster import MVGenMaster
 from cameo_cli.backbone import ViewConditioning
 from cameo_cli.batch import ViewBatch, domain_index
+from cameo_cli.camera_files import CameraSet
 from cameo_cli.cameras import OFFICIAL_PIXEL_OFFSET, intrinsics_matrix
 from cameo_cli.codec import PixelCodec
 from cameo_cli.config import DiffusionConfig, recipe_from_dict
@@ -226,5 +227,10 @@ def test_pipeline_gives_the_recipe_domain_to_every_call():
     )
     K = torch.tensor([[20.0, 0, 8], [0, 20.0, 8], [0, 0, 1]]).repeat(2, 1, 1)
     w2c = torch.eye(4).repeat(2, 1, 1)
-    pipeline(torch.rand(1, 3, 16, 16), K[:1], w2c[:1], K, w2c, steps=2, guidance=2.0, seed=0)
+    refs = CameraSet.from_pixel(K[:1], w2c[:1], (16, 16))
+    targets = CameraSet.from_pixel(K, w2c, (16, 16))
+    pipeline(
+        torch.rand(1, 3, 16, 16), refs, targets, num_inference_steps=2, output_type="pt",
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
     assert backbone.conds and all(cond.domain.tolist() == [0, 0] for cond in backbone.conds)

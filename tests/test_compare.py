@@ -33,8 +33,8 @@ def compare(*args: object) -> object:
 
 
 def planted(tmp_path: Path) -> list[Path]:
-    base = {"val/psnr": [10.0, 12.0, 14.0, 15.0], "val/denoise@500": [0.5, 0.4, 0.3, 0.3]}
-    fast = {"val/psnr": [12.0, 15.0, 16.0, 16.0], "val/denoise@500": [0.4, 0.3, 0.2, 0.2]}
+    base = {"val/psnr": [10.0, 12.0, 14.0, 15.0], "val/denoise_t500": [0.5, 0.4, 0.3, 0.3]}
+    fast = {"val/psnr": [12.0, 15.0, 16.0, 16.0], "val/denoise_t500": [0.4, 0.3, 0.2, 0.2]}
     return [
         fake_run(tmp_path / "base-s0", "none", 0, base),
         fake_run(tmp_path / "base-s1", "none", 1, base),
@@ -56,7 +56,7 @@ def test_steps_to_the_baselines_best_value_and_their_ratio(tmp_path: Path) -> No
     # the baseline's best PSNR, 15, first at step 400; CAMEO reaches 15 at step 200
     assert (psnr["baseline_best"], psnr["baseline_steps"], psnr["steps"]) == (15.0, 400, 200)
     assert psnr["ratio"] == 0.5 and psnr["ratio_ci95"] == [0.5, 0.5]  # identical seeds
-    denoise = rows[("val/denoise@500", "alignment.method=cameo")]  # lower is better
+    denoise = rows[("val/denoise_t500", "alignment.method=cameo")]  # lower is better
     assert (denoise["baseline_best"], denoise["baseline_steps"], denoise["steps"]) == (
         0.3,
         300,
@@ -67,7 +67,7 @@ def test_steps_to_the_baselines_best_value_and_their_ratio(tmp_path: Path) -> No
         "compare.json",
         "compare.csv",
         "val_psnr.png",
-        "val_denoise@500.png",
+        "val_denoise_t500.png",
     }
     assert (out / "compare.csv").read_text().startswith("metric,method,baseline")
     assert "0.50" in result.output
@@ -117,7 +117,7 @@ def test_bad_input_is_one_line_exit_2(damage: str, message: str, tmp_path: Path)
     elif damage == "no-held-out":
         (runs[0] / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
     elif damage == "mismatched":
-        (runs[0] / "metrics.jsonl").write_text('{"step": 100, "val/denoise@500": 0.5}\n')
+        (runs[0] / "metrics.jsonl").write_text('{"step": 100, "val/denoise_t500": 0.5}\n')
     elif damage == "same-recipe":
         args = runs[:2]
     elif damage == "bad-group":

@@ -32,6 +32,7 @@ from cameo_cli.errors import CameoError
 SHIPPED = {
     "cat3d-re10k",
     "cat3d-re10k-baseline",
+    "cat3d-re10k-repa",
     "mvgenmaster-re10k",
     "hunyuan-dit-re10k",
     "quickstart-cpu",

@@ -45,7 +45,8 @@ def run_export(source: str | Path, out: Path, *, overwrite: bool = False) -> Pat
     loaded = load_for_inference(folder, device="cpu")
     recipe: Recipe = loaded.recipe
     head_file = folder / "alignment.safetensors"
-    layer = int(io.check_safetensors(head_file)["layer"]) if head_file.is_file() else None
+    head_metadata = io.check_safetensors(head_file) if head_file.is_file() else {}
+    layer = recipe.alignment.layer if recipe.alignment.method != "none" else None
     codec = recipe.codec
     if codec.kind == "vae":
         codec = dataclasses.replace(codec, path=CODEC_FOLDER)
@@ -56,9 +57,7 @@ def run_export(source: str | Path, out: Path, *, overwrite: bool = False) -> Pat
         loaded.backbone.save_pretrained(staging / "backbone")
         if loaded.alignment is not None:
             tensors = {k: v.detach().cpu() for k, v in loaded.alignment.state_dict().items()}
-            io.save_safetensors(
-                tensors, staging / "alignment.safetensors", metadata={"layer": str(layer)}
-            )
+            io.save_safetensors(tensors, staging / "alignment.safetensors", metadata=head_metadata)
         if recipe.codec.kind == "vae":
             _copy_vae(recipe.codec.path, staging / CODEC_FOLDER)
         make_sampler(recipe.diffusion, recipe.sample.scheduler).save_pretrained(
@@ -106,7 +105,9 @@ def last_validation(metrics_file: Path) -> dict[str, Any]:
     return found
 
 
-def model_card(recipe: Recipe, step: int, layer: int | None, metrics: dict[str, Any]) -> str:
+def model_card(
+    recipe: Recipe, step: int, layer: int | list[int] | None, metrics: dict[str, Any]
+) -> str:
     """README.md: card metadata (YAML front matter) and what the model is and was trained on."""
     from huggingface_hub import ModelCard, ModelCardData
 

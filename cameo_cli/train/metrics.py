@@ -51,7 +51,11 @@ def start_trackers(
     names = [str(tracker) for tracker in recipe.train.trackers]
     if not names:
         return
-    saved = read_json(output / TRACKER_IDS, "tracker ids") if resumed_at is not None else {}
+    ids_file = output / TRACKER_IDS
+    # a run resumed from another run's checkpoint has no ids yet: its trackers start afresh
+    saved = (
+        read_json(ids_file, "tracker ids") if resumed_at is not None and ids_file.is_file() else {}
+    )
     if not isinstance(saved, dict):
         saved = {}
     options: dict[str, dict[str, Any]] = {}

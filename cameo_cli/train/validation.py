@@ -5,8 +5,8 @@ On a fixed held-out batch, given its clean references, with fixed noise:
 - `val/psnr`: target views sampled with the sampling pipeline (`cameo_cli.pipeline`: the
   recipe's `sample` scheduler, steps and camera guidance, fixed seed): what the paper reports;
 - `val/psnr_x0`: the model's one-step estimate x̂0 at t = 500 (`VALIDATION_TIMESTEP`);
-- `val/denoise@t`: the denoising loss at t = 250, 500, 750 (`HELD_OUT_TIMESTEPS`);
-- `val/precision`, `val/precision@1tok`: the supervised layer's head-averaged attention
+- `val/denoise_t*`: the denoising loss at t = 250, 500, 750 (`HELD_OUT_TIMESTEPS`);
+- `val/precision`, `val/precision_1tok`: the supervised layer's head-averaged attention
   against the geometric correspondence (exact, within one token), at t = 500.
 
 All but `val/psnr` cost one forward pass each, so they can be logged often.
@@ -179,9 +179,9 @@ def held_out_metrics(
     epsilon: float,
 ) -> tuple[dict[str, float], torch.Tensor]:
     """Cheap, low-variance convergence metrics of a fixed held-out batch (fixed noise):
-    `val/denoise@t` (the training loss on target views) at `HELD_OUT_TIMESTEPS`,
+    `val/denoise_t*` (the training loss on target views) at `HELD_OUT_TIMESTEPS`,
     `val/psnr_x0` (the one-step x̂0 at t = 500) and, with point maps and `probe` = (layer,
-    grid), `val/precision` and `val/precision@1tok` of that layer's attention at t = 500.
+    grid), `val/precision` and `val/precision_1tok` of that layer's attention at t = 500.
     Returns the metrics and the one-step views."""
     batch = batch.to(next(backbone.parameters()).device)
     metrics: dict[str, float] = {}
@@ -193,7 +193,7 @@ def held_out_metrics(
             probe=probe if at_probe and batch.point_map is not None else None,
         )  # fmt: skip
         loss = denoising_loss(run.prediction, run.noised, batch.ref_mask, scheduler, None)
-        metrics[f"val/denoise@{timestep}"] = loss.item()
+        metrics[f"val/denoise_t{timestep}"] = loss.item()
         if at_probe:
             one_step = _one_step_images(codec, scheduler, batch, run)
             metrics["val/psnr_x0"] = target_psnr(one_step, batch)
@@ -201,7 +201,7 @@ def held_out_metrics(
                 precision = attention_precision(run.probe, batch, epsilon)
                 if precision:
                     metrics["val/precision"] = precision["exact"]
-                    metrics["val/precision@1tok"] = precision["within1"]
+                    metrics["val/precision_1tok"] = precision["within1"]
     return metrics, one_step
 
 
