@@ -23,7 +23,7 @@ from tests.conftest import builtin_alignment_entries
 from tests.test_registry import _fake_entry_point
 
 REPO = Path(__file__).resolve().parents[1]
-BUILTINS = ("cameo", "none", "repa")
+BUILTINS = ("cameo", "geometry-forcing", "none", "repa")
 
 
 @pytest.fixture

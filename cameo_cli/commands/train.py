@@ -46,7 +46,7 @@ def _layer_value(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option(
     "--align",
     metavar="NAME",
-    help="Alignment method: cameo, none (the baseline), repa or a plugin's "
+    help="Alignment method: cameo, none (the baseline), repa, geometry-forcing or a plugin's "
     "(see `cameo alignments list`).",
 )
 @path_option(
