@@ -32,6 +32,8 @@ from cameo_cli.errors import CameoError
 SHIPPED = {
     "cat3d-re10k",
     "cat3d-re10k-baseline",
+    "cat3d-re10k-geometry-forcing",
+    "cat3d-re10k-repa",
     "mvgenmaster-re10k",
     "hunyuan-dit-re10k",
     "quickstart-cpu",
@@ -103,6 +105,17 @@ def test_unet_recipes_use_the_sd21_vae_and_the_baseline_differs_only_in_alignmen
     options = "{teacher: weights/dinov2-base, teacher_resolution: 448, projector_dim: 2048}"
     overrides = ["alignment.method=repa", "alignment.weight=0.5", f"alignment.options={options}"]
     assert repa == load_recipe("cat3d-re10k", overrides)
+    geometry_forcing = load_recipe("cat3d-re10k-geometry-forcing")
+    options = (
+        "{teacher: weights/vggt-1b, teacher_resolution: 448, teacher_layer: -1, "
+        "projector_dim: 2048, scale_dim: 2048}"
+    )
+    overrides = [
+        "alignment.method=geometry-forcing",
+        "alignment.weight=0.5",
+        f"alignment.options={options}",
+    ]
+    assert geometry_forcing == load_recipe("cat3d-re10k", overrides)
 
 
 def test_quickstart_recipe_is_tiny_pixel_space_and_cpu_friendly():

@@ -172,7 +172,7 @@ def test_cli_errors_are_one_line_exit_2(
 
 @pytest.mark.slow
 def test_train_two_steps_resume_and_evaluate(vggt_weights, standin, synthetic_dataset, tmp_path):
-    from cameo_cli.checkpoints import load_for_inference
+    from cameo_cli.checkpoints import load_for_inference, resolve_checkpoint
 
     def train(run: Path, steps: int, *extra: str) -> None:
         args = ["train", "--recipe", "quickstart-cpu", "--align", "geometry-forcing"]
@@ -193,7 +193,7 @@ def test_train_two_steps_resume_and_evaluate(vggt_weights, standin, synthetic_da
     train(tmp_path / "a", 2)
     train(tmp_path / "b", 1)
     train(tmp_path / "b", 2, "--resume", "latest")
-    straight, resumed = tmp_path / "a", tmp_path / "b"
+    straight, resumed = (resolve_checkpoint(tmp_path / run) for run in ("a", "b"))
     for name in ("alignment.safetensors", "backbone/diffusion_pytorch_model.safetensors"):
         a, b = load_file(str(straight / name)), load_file(str(resumed / name))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
@@ -209,7 +209,7 @@ def test_train_two_steps_resume_and_evaluate(vggt_weights, standin, synthetic_da
         [
             "evaluate",
             "--checkpoint",
-            str(straight),
+            str(tmp_path / "a"),
             "--dataset",
             str(synthetic_dataset),
             "--out",
@@ -222,6 +222,8 @@ def test_train_two_steps_resume_and_evaluate(vggt_weights, standin, synthetic_da
     )
     assert result.exit_code == 0, result.output
     metrics = [
-        line for line in (straight / "metrics.jsonl").read_text().splitlines() if "angular" in line
+        line
+        for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+        if "angular" in line
     ]
     assert metrics and "scale" in metrics[-1]
