@@ -99,7 +99,7 @@ def test_listing_does_not_import_torch():
     [
         (["--align", "nope"], "unknown alignment method 'nope' (known: cameo"),
         (["--layer", "10,99"], "layer 99 is outside backbone 'cat3d' (valid: 0-15)"),
-        (["--layer", "10,x"], "a layer number, a comma list of them or 'auto'"),
+        (["--layer", "10,x"], "a layer number, a comma list of them, 'auto' or 'auto:K'"),
     ],
 )
 def test_one_line_errors(args, message, tmp_path):
