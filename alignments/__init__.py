@@ -26,6 +26,14 @@ class TeacherOptions:
     teacher_patch: int | None = None  # the teacher's patch size in px (resolved)
 
 
+@dataclass
+class GeometryForcingOptions(TeacherOptions):
+    """Geometry Forcing's options: REPA's, plus the VGGT layer and the scale head."""
+
+    teacher_layer: int = -1  # the aggregator layer whose patch tokens are the target; -1: last
+    scale_dim: int = 2048  # hidden width of the scale head (normalised projection -> raw VGGT)
+
+
 NONE = AlignmentSpec(
     name="none",
     description="no alignment term: L = L_denoise (the baseline)",
@@ -43,4 +51,12 @@ REPA = AlignmentSpec(
     method="alignments.repa:Repa",
     needs=("hidden_state", "teacher"),
     parameters=TeacherOptions,
+)
+GEOMETRY_FORCING = AlignmentSpec(
+    name="geometry-forcing",
+    description="Geometry Forcing: a block's hidden state to VGGT features of all views "
+    "(-cos + scale regression)",
+    method="alignments.geometry_forcing:GeometryForcing",
+    needs=("hidden_state", "teacher"),
+    parameters=GeometryForcingOptions,
 )

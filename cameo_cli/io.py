@@ -253,7 +253,22 @@ def check_safetensors(path: str | os.PathLike) -> dict[str, str]:
     """Check that `path` is a whole safetensors file (header parses, the file is as long as
     the header says) without reading the tensors; return its metadata. Missing, truncated
     or not safetensors -> CameoError naming the file."""
-    path = Path(path)
+    metadata = _safetensors_header(Path(path)).get("__metadata__") or {}
+    return dict(metadata) if isinstance(metadata, dict) else {}
+
+
+def safetensors_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor of a whole safetensors file, read from its header only."""
+    header = _safetensors_header(Path(path))
+    return {
+        name: tuple(int(n) for n in entry["shape"])
+        for name, entry in header.items()
+        if name != "__metadata__"
+    }
+
+
+def _safetensors_header(path: Path) -> dict[str, Any]:
+    """The header of a whole safetensors file (checked as `check_safetensors` says)."""
     with _reading(path, "safetensors file"), open(path, "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
         prefix = handle.read(8)
@@ -271,7 +286,8 @@ def check_safetensors(path: str | os.PathLike) -> dict[str, str]:
         if name == "__metadata__":
             continue
         offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
-        if not (isinstance(offsets, list) and len(offsets) == 2):
+        shaped = isinstance(offsets, list) and isinstance(entry.get("shape"), list)
+        if not (shaped and len(offsets) == 2):
             raise CameoError(f"{path}: not a safetensors file (bad entry for {name!r})")
         end = max(end, int(offsets[1]))
     if size != 8 + length + end:
@@ -279,8 +295,7 @@ def check_safetensors(path: str | os.PathLike) -> dict[str, str]:
             f"{path}: truncated or corrupt safetensors file "
             f"({size} bytes, its header describes {8 + length + end})"
         )
-    metadata = header.get("__metadata__") or {}
-    return dict(metadata) if isinstance(metadata, dict) else {}
+    return header
 
 
 def load_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """The recommended supervision layer per backbone, kept in `$CAMEO_HOME/recommended_layers.json`.
 
-`cameo diagnose` writes `{"<backbone>/<variant>": {"layer": L, ...}}` entries there (the most
-precise multi-view layer it measured); `cameo train --layer auto` reads them back through
-`read_recommended_layer`.
+`cameo diagnose` writes `{"<backbone>/<variant>": {"layer": L, "top": [{"layer": L, ...}, ...],
+...}}` entries there (the most precise multi-view layer it measured, and its `--top-k` most
+precise ones, best first); `cameo train --layer auto` (or `auto:K`) reads them back through
+`read_recommended_layers`. Entries written before `top` existed hold one layer.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def _read(path: Path) -> dict:
 
 
 def write_recommended_layer(backbone: str, variant: str, entry: dict) -> Path:
-    """Store `entry` (must hold "layer") for the backbone; other entries are kept."""
+    """Store `entry` (must hold "layer"; "top" for several) for the backbone; other entries
+    are kept."""
     path = cameo_home() / FILE_NAME
     data = _read(path)
     data[_key(backbone, variant)] = entry
@@ -44,16 +46,24 @@ def write_recommended_layer(backbone: str, variant: str, entry: dict) -> Path:
     return path
 
 
-def read_recommended_layer(backbone: str, variant: str) -> int:
-    """The layer `cameo diagnose` recommended for this backbone and variant."""
+def read_recommended_layers(backbone: str, variant: str, count: int = 1) -> list[int]:
+    """The `count` most precise layers `cameo diagnose` recommended for this backbone and
+    variant, best first."""
     path = cameo_home() / FILE_NAME
-    entry = _read(path).get(_key(backbone, variant))
+    key = _key(backbone, variant)
+    entry = _read(path).get(key)
     if entry is None:
         raise CameoError(
-            f"no recommended layer for '{_key(backbone, variant)}' in {path}: run cameo diagnose "
-            f"first (cameo diagnose --backbone {backbone} --dataset DIR --out DIR)"
+            f"no recommended layer for '{key}' in {path}: run cameo diagnose first "
+            f"(cameo diagnose --backbone {backbone} --dataset DIR --out DIR --top-k {count})"
         )
-    layer = entry.get("layer") if isinstance(entry, dict) else None
-    if not isinstance(layer, int) or isinstance(layer, bool):
-        raise CameoError(f"{path}: entry '{_key(backbone, variant)}' has no integer 'layer'")
-    return layer
+    top = entry.get("top", [entry]) if isinstance(entry, dict) else []
+    layers = [item.get("layer") if isinstance(item, dict) else None for item in top]
+    if not layers or not all(isinstance(n, int) and not isinstance(n, bool) for n in layers):
+        raise CameoError(f"{path}: entry '{key}' has no integer 'layer'")
+    if len(layers) < count:
+        raise CameoError(
+            f"{path}: entry '{key}' holds {len(layers)} recommended layer(s), not {count}: "
+            f"rerun cameo diagnose with --top-k {count}"
+        )
+    return layers[:count]

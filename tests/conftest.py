@@ -25,13 +25,13 @@ def builtin_alignment_entries() -> dict[str, str]:
 
 
 def _register_builtin_alignments() -> None:
-    """A checkout run against an older install (its metadata predates `cameo.alignments`):
-    register pyproject's built-in methods through CAMEO_ALIGNMENTS, as a developer would.
-    A fresh install (CI) has them as entry points and sets nothing."""
-    builtins = builtin_alignment_entries()
-    if {ep.name for ep in entry_points(group="cameo.alignments")} >= set(builtins):
-        return
-    os.environ["CAMEO_ALIGNMENTS"] = ",".join(f"{k}={v}" for k, v in builtins.items())
+    """A checkout run against an older install (its metadata predates some of pyproject's
+    `cameo.alignments`): register the built-in methods it lacks through CAMEO_ALIGNMENTS, as
+    a developer would. A fresh install (CI) has them all as entry points and sets nothing."""
+    installed = {ep.name for ep in entry_points(group="cameo.alignments")}
+    missing = {k: v for k, v in builtin_alignment_entries().items() if k not in installed}
+    if missing:
+        os.environ["CAMEO_ALIGNMENTS"] = ",".join(f"{k}={v}" for k, v in missing.items())
 
 
 _register_builtin_alignments()

@@ -24,7 +24,7 @@ from tests.plugins import pip, write_plugin
 from tests.test_registry import _fake_entry_point
 
 REPO = Path(__file__).resolve().parents[1]
-BUILTINS = ("cameo", "none", "repa")
+BUILTINS = ("cameo", "geometry-forcing", "none", "repa")
 
 
 @pytest.fixture
@@ -100,7 +100,7 @@ def test_listing_does_not_import_torch():
     [
         (["--align", "nope"], "unknown alignment method 'nope' (known: cameo"),
         (["--layer", "10,99"], "layer 99 is outside backbone 'cat3d' (valid: 0-15)"),
-        (["--layer", "10,x"], "a layer number, a comma list of them or 'auto'"),
+        (["--layer", "10,x"], "a layer number, a comma list of them, 'auto' or 'auto:K'"),
     ],
 )
 def test_one_line_errors(args, message, tmp_path):

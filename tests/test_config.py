@@ -32,6 +32,7 @@ from cameo_cli.errors import CameoError
 SHIPPED = {
     "cat3d-re10k",
     "cat3d-re10k-baseline",
+    "cat3d-re10k-geometry-forcing",
     "cat3d-re10k-repa",
     "mvgenmaster-re10k",
     "hunyuan-dit-re10k",
@@ -104,6 +105,17 @@ def test_unet_recipes_use_the_sd21_vae_and_the_baseline_differs_only_in_alignmen
     options = "{teacher: weights/dinov2-base, teacher_resolution: 448, projector_dim: 2048}"
     overrides = ["alignment.method=repa", "alignment.weight=0.5", f"alignment.options={options}"]
     assert repa == load_recipe("cat3d-re10k", overrides)
+    geometry_forcing = load_recipe("cat3d-re10k-geometry-forcing")
+    options = (
+        "{teacher: weights/vggt-1b, teacher_resolution: 448, teacher_layer: -1, "
+        "projector_dim: 2048, scale_dim: 2048}"
+    )
+    overrides = [
+        "alignment.method=geometry-forcing",
+        "alignment.weight=0.5",
+        f"alignment.options={options}",
+    ]
+    assert geometry_forcing == load_recipe("cat3d-re10k", overrides)
 
 
 def test_quickstart_recipe_is_tiny_pixel_space_and_cpu_friendly():
@@ -272,7 +284,11 @@ def assert_load_error(tmp_path, text: str, expected: str) -> None:
             "alignment: {layer: 1.5}\n",
             "alignment.layer: expected int or a list of int or str or null, got float",
         ),
-        ("alignment: {layer: deep}\n", "alignment.layer: expected one of auto, got 'deep'"),
+        (
+            "alignment: {layer: deep}\n",
+            "alignment.layer: must be >= 0, a list of those, 'auto', 'auto:K' (K >= 1) or null, "
+            "got 'deep'",
+        ),
         ("alignment: {loss: mse}\n", "alignment.loss: expected one of ce, l1, got 'mse'"),
         ("train: 3\n", ":1: train: expected a mapping, got int 3"),
         ("sample: {steps: null}\n", "sample.steps: expected int, got null"),
@@ -292,7 +308,8 @@ def test_wrong_types_name_file_line_path_expected_and_got(tmp_path, text, expect
         ("alignment: {epsilon: -1}\n", "alignment.epsilon: must be > 0, got -1.0"),
         (
             "alignment: {layer: -2}\n",
-            "alignment.layer: must be >= 0, a list of those, 'auto' or null, got -2",
+            "alignment.layer: must be >= 0, a list of those, 'auto', 'auto:K' (K >= 1) or null, "
+            "got -2",
         ),
         ("data: {min_refs: 3, max_refs: 2}\n", ":1: data.max_refs: must be >= data.min_refs"),
         ("data: {num_views: 3}\n", "data.max_refs: must be < data.num_views (keep a target)"),

@@ -12,7 +12,7 @@ from PIL import Image
 
 from cameo_cli.cli import main
 from cameo_cli.errors import CameoError
-from cameo_cli.layers import read_recommended_layer
+from cameo_cli.layers import read_recommended_layers, write_recommended_layer
 
 
 def prepared(root: Path, scenes: int, geometry: str) -> Path:
@@ -78,9 +78,10 @@ def test_whole_diagnose_on_synthetic_writes_json_plots_and_recommendation(
         "precision_by_layer", "precision_by_rotation", "perturbation_drop", "perturbation_samples"
     ):  # fmt: skip
         assert_png_shows_data(out / f"{name}.png")
-    assert read_recommended_layer("cat3d", "tiny") == recommended["layer"]
+    assert read_recommended_layers("cat3d", "tiny") == [recommended["layer"]]
     stored = json.loads((cameo_home / "recommended_layers.json").read_text())
     assert stored["cat3d/tiny"]["layer"] == recommended["layer"]
+    assert [row["layer"] for row in stored["cat3d/tiny"]["top"]] == [recommended["layer"]]
     assert "recommended layer" in result.output
 
     again = run("--backbone", "cat3d", "--dataset", str(four_scenes), "--out", str(out))
@@ -110,7 +111,53 @@ def test_run_scores_every_checkpoint_next_to_validation_psnr(
 
 def test_read_recommended_layer_without_diagnose(cameo_home: Path):
     with pytest.raises(CameoError, match="run cameo diagnose first"):
-        read_recommended_layer("cat3d", "full")
+        read_recommended_layers("cat3d", "full")
+
+
+def test_top_k_layers_are_recommended_stored_and_read_back(
+    four_scenes: Path, tmp_path: Path, cameo_home: Path
+):
+    from cameo_cli.config import load_recipe
+    from cameo_cli.registry import build_backbone
+    from cameo_cli.train.plan import resolve_layer
+
+    out = tmp_path / "diagnose"
+    result = run(
+        "--backbone", "cat3d", "--dataset", str(four_scenes), "--out", str(out),
+        "--layers", "6,8,10,12", "--scenes", "1", "--top-k", "2",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "diagnose.json").read_text())
+    scored = {s["layer"]: s["attention"]["precision"]["pixels"] for s in report["layers"]}
+    ranked = sorted((layer for layer in scored if scored[layer] is not None), key=scored.get)
+    top = report["recommended_layer"]["top"]
+    assert [row["layer"] for row in top] == ranked[::-1][:2]
+    assert report["recommended_layer"]["layer"] == top[0]["layer"]
+    assert [row["precision"] for row in top] == [scored[row["layer"]] for row in top]
+    layers = [row["layer"] for row in top]
+    assert f"top 2 layers: {layers[0]},{layers[1]}" in result.output
+    assert read_recommended_layers("cat3d", "tiny", 2) == layers
+    backbone = build_backbone("cat3d", "tiny", in_channels=3)
+    for choice, expected in (("auto", layers[0]), ("auto:1", layers[0]), ("auto:2", layers)):
+        recipe = load_recipe("quickstart-cpu", [f"alignment.layer={choice}"])
+        assert resolve_layer(recipe, backbone) == expected
+    with pytest.raises(CameoError, match="holds 2 recommended layer.s., not 3: rerun cameo"):
+        resolve_layer(load_recipe("quickstart-cpu", ["alignment.layer=auto:3"]), backbone)
+
+
+def test_entries_before_top_k_hold_one_layer(cameo_home: Path):
+    write_recommended_layer("cat3d", "tiny", {"layer": 12})
+    assert read_recommended_layers("cat3d", "tiny") == [12]
+    with pytest.raises(CameoError, match="holds 1 recommended layer.s., not 2"):
+        read_recommended_layers("cat3d", "tiny", 2)
+
+
+def test_top_k_beyond_the_multiview_layers(four_scenes: Path, tmp_path: Path, cameo_home: Path):
+    args = ["--backbone", "cat3d", "--dataset", str(four_scenes), "--out", str(tmp_path / "o")]
+    result = run(*args, "--layers", "0,10", "--top-k", "2")
+    assert result.exit_code == 2, result.output
+    assert "--top-k 2: only 1 of the diagnosed layers attend across views" in result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 def test_layer_list_outside_backbone(four_scenes: Path, tmp_path: Path, cameo_home: Path):

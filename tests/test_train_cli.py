@@ -72,7 +72,8 @@ def test_existing_output_needs_overwrite_or_resume(synthetic_dataset, tmp_path):
 def test_layer_must_be_a_number_or_auto(layer):
     result = _train("--layer", layer)
     assert (
-        result.exit_code == 2 and "a layer number, a comma list of them or 'auto'" in result.output
+        result.exit_code == 2
+        and "a layer number, a comma list of them, 'auto' or 'auto:K'" in result.output
     )
 
 
@@ -93,6 +94,22 @@ def test_layer_auto_reads_the_diagnose_recommendation(tmp_path, monkeypatch):
     write_recommended_layer("cat3d", "tiny", {"layer": 0})  # a per-view layer
     with pytest.raises(CameoError, match="attends within each view only"):
         resolve_layer(recipe, backbone)
+    top = [{"layer": 12}, {"layer": 10}, {"layer": 8}]
+    write_recommended_layer("cat3d", "tiny", {"layer": 12, "top": top})
+    two = load_recipe("quickstart-cpu", ["alignment.layer=auto:2"])
+    assert resolve_layer(two, backbone) == [12, 10]
+    assert resolve_layer(recipe, backbone) == 12
+
+
+@pytest.mark.parametrize("choice", ["auto:0", "auto:x", "autox", "best"])
+def test_layer_auto_k_is_checked(choice, tmp_path):
+    from cameo_cli.config import load_recipe
+    from cameo_cli.errors import CameoError
+
+    with pytest.raises(CameoError, match="'auto', 'auto:K' .K >= 1. or null"):
+        load_recipe("quickstart-cpu", [f"alignment.layer={choice}"])
+    result = _train("--recipe", "quickstart-cpu", "--layer", choice, "--output", str(tmp_path))
+    assert result.exit_code == 2, result.output
 
 
 def test_latent_caching_is_refused_not_ignored(synthetic_dataset, tmp_path):

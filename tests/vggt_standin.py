@@ -8,6 +8,13 @@ given (nearest image), and returns what VGGT returns for them: `depth [1, S, h, 
 quaternion xyzw, two fields of view), in its own frame: the true cameras and depth under a
 random similarity transform drawn per call (scale in [0.2, 5]), plus relative noise on
 depth and camera centres. Rotations are encoded with scipy's `Rotation`, independently of cameo.
+
+`VGGT().aggregator` is a tiny random `Aggregator` with the real one's interface and weight
+names: `aggregator(images [B, S, 3, H, W] in [0, 1])` -> (a list of `LAYERS` tensors
+`[B, S, 5 + patches, 2 * EMBED]`, 5 = `patch_start_idx`): ImageNet normalisation inside, a
+/`PATCH` patch embedding (`patch_embed.patch_embed.proj`), a camera and 4 register tokens (the
+first frame's own), then per layer an attention block within each frame and one across all
+frames, their outputs concatenated. `save_weights(path)` writes `VGGT()`'s weights.
 """
 
 from __future__ import annotations
@@ -19,7 +26,73 @@ import types
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from scipy.spatial.transform import Rotation
+
+PATCH, EMBED, LAYERS, REGISTERS = 2, 6, 3, 4
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class _Attention(torch.nn.Module):
+    """x + proj(softmax attention of x over its sequence)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = torch.nn.Linear(EMBED, 3 * EMBED)
+        self.proj = torch.nn.Linear(EMBED, EMBED)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return x + self.proj(F.scaled_dot_product_attention(q, k, v))
+
+
+class _PatchTrunk(torch.nn.Module):
+    """Where VGGT holds its DINOv2 trunk: `patch_embed.proj` is the patch convolution."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch_embed = torch.nn.Module()
+        self.patch_embed.proj = torch.nn.Conv2d(3, EMBED, PATCH, stride=PATCH)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.patch_embed.proj(x).flatten(2).transpose(1, 2)
+
+
+class Aggregator(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch_embed = _PatchTrunk()
+        self.camera_token = torch.nn.Parameter(torch.randn(1, 2, 1, EMBED))
+        self.register_token = torch.nn.Parameter(torch.randn(1, 2, REGISTERS, EMBED))
+        self.frame_blocks = torch.nn.ModuleList(_Attention() for _ in range(LAYERS))
+        self.global_blocks = torch.nn.ModuleList(_Attention() for _ in range(LAYERS))
+        self.patch_start_idx = 1 + REGISTERS
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 1, 3, 1, 1), False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 1, 3, 1, 1), False)
+
+    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], int]:
+        batch, views, _, height, width = images.shape
+        assert height % PATCH == 0 and width % PATCH == 0
+        patches = self.patch_embed(((images - self.mean) / self.std).flatten(0, 1))
+        special = torch.cat([self.camera_token, self.register_token], dim=2)  # [1, 2, 5, E]
+        first, others = special[:, :1], special[:, 1:].expand(1, views - 1, -1, -1)
+        special = torch.cat([first, others], dim=1).expand(batch, -1, -1, -1)
+        tokens = torch.cat([special.flatten(0, 1), patches], dim=1)  # [B*S, P, E]
+        outputs = []
+        for frame_block, global_block in zip(self.frame_blocks, self.global_blocks, strict=True):
+            framed = frame_block(tokens)
+            joint = global_block(framed.reshape(batch, -1, EMBED)).reshape(framed.shape)
+            outputs.append(torch.cat([framed, joint], dim=-1).unflatten(0, (batch, views)))
+            tokens = joint
+        return outputs, self.patch_start_idx
+
+
+def save_weights(path, seed: int = 0) -> None:
+    """Write the weights of `VGGT()` (its aggregator, seeded) as safetensors."""
+    torch.manual_seed(seed)
+    state = {f"aggregator.{k}": v.contiguous() for k, v in Aggregator().state_dict().items()}
+    save_file(state, str(path))
 
 
 def pose_encoding_to_extri_intri(pose_enc: torch.Tensor, image_size_hw) -> tuple:
@@ -44,15 +117,26 @@ def _nearest(size: int, out: int) -> np.ndarray:
 
 
 def install(
-    monkeypatch, render, *, depth_noise: float = 0.003, pose_noise: float = 0.003, seed: int = 0
+    monkeypatch,
+    render=None,
+    *,
+    depth_noise: float = 0.003,
+    pose_noise: float = 0.003,
+    seed: int = 0,
 ) -> dict:
-    """Install the stand-in for `render` (a `SceneRender`); returns its state (`calls`: the
-    frames of every call, `similarity`: (scale, R, t) of every call)."""
+    """Install the stand-in for `render` (a `SceneRender`; None: the aggregator only); returns
+    its state (`calls`: the frames of every call, `similarity`: (scale, R, t) of every call)."""
     state = {"calls": [], "similarity": [], "rng": np.random.default_rng(seed)}
-    truth = torch.from_numpy(render.images).permute(0, 3, 1, 2).double() / 255.0
+    if render is not None:
+        truth = torch.from_numpy(render.images).permute(0, 3, 1, 2).double() / 255.0
 
     class VGGT(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.aggregator = Aggregator()
+
         def forward(self, images: torch.Tensor) -> dict:
+            assert render is not None, "the stand-in was installed without a render"
             rng = state["rng"]
             _, views, _, height, width = images.shape
             small = F.interpolate(images[0].double(), size=truth.shape[-2:], mode="area")

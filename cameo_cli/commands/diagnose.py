@@ -69,6 +69,13 @@ def parse_timesteps(text: str) -> tuple[int, ...]:
 @device_option
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
 @click.option(
+    "--top-k",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Recommend the K most precise multi-view layers (for `cameo train --layer auto:K`).",
+)
+@click.option(
     "--no-recommend",
     is_flag=True,
     help="Do not store the recommended layer in $CAMEO_HOME/recommended_layers.json.",
@@ -95,6 +102,7 @@ def diagnose(
     lpips_weights: Path | None,
     device: str | None,
     overwrite: bool,
+    top_k: int,
     no_recommend: bool,
 ) -> None:
     """Where does the backbone's attention follow geometric correspondence?
@@ -130,6 +138,7 @@ def diagnose(
         device=device,
         overwrite=overwrite,
         save_recommendation=not no_recommend,
+        top_k=top_k,
     )
     console = Console()
     result = run_diagnose(request, console)
@@ -139,4 +148,7 @@ def diagnose(
             f"recommended layer: {recommended['layer']} ({recommended['path']}, precision "
             f"{recommended['precision']:.3f} within {result['radii']['pixels']:g} px)"
         )
+        if top_k > 1:
+            layers = ",".join(str(row["layer"]) for row in recommended["top"])
+            console.print(f"top {top_k} layers: {layers} (cameo train --layer auto:{top_k})")
     console.print(f"wrote {out}/diagnose.json and plots")

@@ -316,18 +316,18 @@ def _batches(views: list[ViewSet]) -> list[list[ViewSet]]:
     return list(groups.values())
 
 
-def recommend(summaries: list[dict], metric: str = "pixels") -> dict | None:
-    """The multi-view layer with the highest precision (`metric`), ties to the earlier one."""
-    best = None
-    for summary in summaries:
-        value = summary["attention"]["precision"][metric]
-        if not summary["multiview"] or value is None:
-            continue
-        if best is None or value > best["precision"]:
-            best = {"layer": summary["layer"], "path": summary["path"], "precision": value}
-    if best is not None:
-        best["metric"] = metric
-    return best
+def recommend(summaries: list[dict], metric: str = "pixels", top_k: int = 1) -> dict | None:
+    """The multi-view layer with the highest precision (`metric`), ties to the earlier one,
+    and under "top" the `top_k` most precise ones, best first (fewer if fewer were scored)."""
+    scored = [
+        {"layer": s["layer"], "path": s["path"], "precision": s["attention"]["precision"][metric]}
+        for s in summaries
+        if s["multiview"] and s["attention"]["precision"][metric] is not None
+    ]
+    if not scored:
+        return None
+    top = sorted(scored, key=lambda row: -row["precision"])[:top_k]  # stable: earlier first
+    return dict(top[0], metric=metric, top=top)
 
 
 def over_training_layer(model: DiagnosedModel, layers: list[int], recommended: dict | None) -> int:
@@ -360,6 +360,12 @@ def run_diagnose(request: DiagnoseRequest, console: Console | None = None) -> di
     first = checkpoints[-1] if checkpoints else request.checkpoint
     model = load_model(request, first, device)
     layers = parse_layers(request.layers, model.backbone)
+    multiview = [layer for layer in layers if layer in model.backbone.multiview_layers]
+    if request.top_k > len(multiview):
+        raise CameoError(
+            f"--top-k {request.top_k}: only {len(multiview)} of the diagnosed layers attend "
+            "across views; diagnose more layers (--layers) or ask for fewer"
+        )
     dataset = open_diagnose_dataset(Path(request.dataset), model.recipe)
     views = evaluation_views(dataset, request.scenes)
     width = ViewBatch.from_item(dataset.get_views(*views[0])).image_size[1]
@@ -383,7 +389,7 @@ def run_diagnose(request: DiagnoseRequest, console: Console | None = None) -> di
     diagnosis = Diagnosis(request, model, dataset, views)
     with Progress(console=console, transient=True) as progress:
         result["layers"] = layer_precision(diagnosis, layers, progress)
-        result["recommended_layer"] = recommend(result["layers"])
+        result["recommended_layer"] = recommend(result["layers"], top_k=request.top_k)
         if checkpoints:
             chosen = over_training_layer(model, layers, result["recommended_layer"])
             result["over_training"] = {
@@ -443,8 +449,10 @@ def _score_checkpoints(
 
 
 def results_table(result: dict) -> Table:
-    """Per-layer precision as a rich table (the recommended layer marked)."""
-    recommended = (result.get("recommended_layer") or {}).get("layer")
+    """Per-layer precision as a rich table (the recommended layer starred, the rest of the
+    top k ranked)."""
+    top = (result.get("recommended_layer") or {}).get("top", [])
+    ranks = {row["layer"]: rank for rank, row in enumerate(top, start=1)}
     radii = result["radii"]
     table = Table(title=f"cameo diagnose: {result['backbone']}/{result['variant']}")
     table.add_column("layer", justify="right")
@@ -466,7 +474,8 @@ def results_table(result: dict) -> Table:
             for m in ("exact", "tokens", "pixels", "3d")
         ]
         drop = drops.get(summary["layer"])
-        mark = " ★" if summary["layer"] == recommended else ""
+        rank = ranks.get(summary["layer"])
+        mark = "" if rank is None else " ★" if rank == 1 else f" #{rank}"
         table.add_row(
             f"{summary['layer']}{mark}",
             summary["path"],

@@ -44,6 +44,7 @@ class DiagnoseRequest:
     device: str | None = None
     overwrite: bool = False
     save_recommendation: bool = True
+    top_k: int = 1  # how many layers to recommend (for `cameo train --layer auto:K`)
 
 
 @dataclass

@@ -5,21 +5,24 @@ no fallback and no download. `VGGTDepth` runs one call on a window of frames and
 VGGT's depth, its confidence and its cameras, all in VGGT's own frame and scale (defined per
 call). Points are never taken from VGGT's point head: following VGGT's authors (depth +
 cameras is more accurate), cameo unprojects the depth with the dataset's own cameras once one
-scale per scene is fitted (`cameo_cli.geometry.scale_fit`).
+scale per scene is fitted (`cameo_cli.geometry.scale_fit`). `load_vggt` and
+`aggregator_facts` are also the Geometry Forcing teacher's (`alignments/geometry_forcing.py`).
 """
 
 from __future__ import annotations
 
 import importlib
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from cameo_cli import cameras
 from cameo_cli.errors import CameoError
-from cameo_cli.io import load_safetensors
+from cameo_cli.io import load_safetensors, safetensors_shapes
 
 INSTALL_HINT = (
     "install it with `pip install git+https://github.com/facebookresearch/vggt` (or clone the "
@@ -37,9 +40,7 @@ def import_vggt():
         model_module = importlib.import_module("vggt.models.vggt")
         pose_module = importlib.import_module("vggt.utils.pose_enc")
     except ImportError as error:
-        raise CameoError(
-            f"--geometry vggt needs the `vggt` package ({error}); {INSTALL_HINT}"
-        ) from None
+        raise CameoError(f"VGGT needs the `vggt` package ({error}); {INSTALL_HINT}") from None
     return model_module.VGGT, pose_module.pose_encoding_to_extri_intri
 
 
@@ -58,10 +59,49 @@ def weights_file(weights: str | Path) -> Path:
     return path
 
 
-def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def _load_state_dict(path: Path, *, mmap: bool = False) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         return load_safetensors(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except (RuntimeError, ValueError, OSError, pickle.UnpicklingError) as error:
+        raise CameoError(f"{path}: not VGGT weights ({str(error).splitlines()[0]})") from None
+
+
+def load_vggt(weights: str | Path, device: torch.device) -> nn.Module:
+    """The installed package's `VGGT()` with local weights, in eval mode on `device`."""
+    model_class, _ = import_vggt()
+    path = weights_file(weights)
+    model = model_class()
+    try:
+        model.load_state_dict(_load_state_dict(path))
+    except (RuntimeError, ValueError) as error:
+        raise CameoError(f"{path}: not VGGT weights ({str(error).splitlines()[0]})") from None
+    return model.eval().to(device)
+
+
+@dataclass(frozen=True)
+class AggregatorFacts:
+    """The shape of VGGT's aggregator, read from its weights without loading them."""
+
+    patch: int  # patch size in px
+    channels: int  # channels of each layer's output: frame and global attention concatenated
+    layers: int  # layers in its output list (24 for VGGT-1B)
+
+
+def aggregator_facts(weights: str | Path) -> AggregatorFacts:
+    """Patch size, output channels and depth of the aggregator of the weights `weights`."""
+    path = weights_file(weights)
+    if path.suffix == ".safetensors":
+        shapes = safetensors_shapes(path)
+    else:
+        shapes = {k: tuple(v.shape) for k, v in _load_state_dict(path, mmap=True).items()}
+    patch_key = "aggregator.patch_embed.patch_embed.proj.weight"
+    token_key = "aggregator.camera_token"
+    if patch_key not in shapes or token_key not in shapes:
+        raise CameoError(f"{path}: not VGGT weights (no {patch_key} or {token_key})")
+    blocks = {k.split(".")[2] for k in shapes if k.startswith("aggregator.frame_blocks.")}
+    return AggregatorFacts(shapes[patch_key][-1], 2 * shapes[token_key][-1], len(blocks))
 
 
 @dataclass
@@ -83,16 +123,10 @@ class VGGTDepth:
         device: torch.device | str | None = None,
         resolution: int = 518,
     ) -> None:
-        model_class, self._pose_to_cameras = import_vggt()
-        path = weights_file(weights)
+        _, self._pose_to_cameras = import_vggt()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.resolution = resolution
-        model = model_class()
-        try:
-            model.load_state_dict(_load_state_dict(path))
-        except (RuntimeError, ValueError) as error:
-            raise CameoError(f"{path}: not VGGT weights ({str(error).splitlines()[0]})") from None
-        self.model = model.eval().to(self.device)
+        self.model = load_vggt(weights, self.device)
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         """The longer side at `resolution`, both sides rounded to multiples of the patch size."""

@@ -51,11 +51,9 @@ def start_trackers(
     names = [str(tracker) for tracker in recipe.train.trackers]
     if not names:
         return
-    ids_file = output / TRACKER_IDS
-    # a run resumed from another run's checkpoint has no ids yet: its trackers start afresh
-    saved = (
-        read_json(ids_file, "tracker ids") if resumed_at is not None and ids_file.is_file() else {}
-    )
+    # only trackers with run ids (mlflow, wandb) write the file: TensorBoard alone has none
+    has_ids = resumed_at is not None and (output / TRACKER_IDS).is_file()
+    saved = read_json(output / TRACKER_IDS, "tracker ids") if has_ids else {}
     if not isinstance(saved, dict):
         saved = {}
     options: dict[str, dict[str, Any]] = {}

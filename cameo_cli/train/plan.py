@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from cameo_cli.alignment.method import AlignmentMethod, parse_options
 from cameo_cli.backbone import MultiViewBackbone
-from cameo_cli.config import LayerChoice, Recipe
+from cameo_cli.config import LayerChoice, Recipe, auto_layer_count
 from cameo_cli.errors import CameoError
 from cameo_cli.registry import get_alignment_spec, get_spec
 
@@ -57,20 +57,23 @@ def check_recipe(recipe: Recipe) -> None:
 
 def resolve_layer(recipe: Recipe, backbone: MultiViewBackbone) -> int | list[int]:
     """The supervised layer(s), from alignment.layer: None = the backbone's default, "auto" =
-    diagnose's recommendation for the recipe's (backbone, variant), else a number or a list
-    of numbers; each must exist in the built backbone and, for a method that probes
-    attention, attend across views."""
+    diagnose's recommendation for the recipe's (backbone, variant) ("auto:K": its K best, a
+    list), else a number or a list of numbers; each must exist in the built backbone and, for
+    a method that probes attention, attend across views."""
     layer: LayerChoice = recipe.alignment.layer
     if layer is None:
         return backbone.default_layer
-    if layer == "auto":
-        from cameo_cli.layers import read_recommended_layer
+    count = auto_layer_count(layer)
+    if count is not None:
+        from cameo_cli.layers import read_recommended_layers
 
-        layer = read_recommended_layer(recipe.backbone.name, recipe.backbone.variant)
+        layer = read_recommended_layers(recipe.backbone.name, recipe.backbone.variant, count)
+        layer = layer[0] if count == 1 else layer
     numbers = layer if isinstance(layer, list) else [layer]
     if not numbers or any(isinstance(n, bool) or not isinstance(n, int) for n in numbers):
         raise CameoError(
-            f"alignment.layer must be a layer number, a list of them, 'auto' or null, got {layer!r}"
+            "alignment.layer must be a layer number, a list of them, 'auto', 'auto:K' or null, "
+            f"got {layer!r}"
         )
     probes = "probe" in get_alignment_spec(recipe.alignment.method).needs
     for number in numbers:
