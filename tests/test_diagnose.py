@@ -22,6 +22,7 @@ from cameo_cli.diagnose.precision import (
     Radii,
     rotation_bins,
     score_matches,
+    token_footprints,
 )
 from cameo_cli.diagnose.request import Diagnosis
 from cameo_cli.errors import CameoError
@@ -69,19 +70,44 @@ def test_score_matches_counts_each_metric_by_hand():
     valid[0, 1, 3] = False  # query 3 predicts a key without geometry: never 3D-correct
     bins = torch.zeros(1, 2, 2, dtype=torch.long)
     bins[0, 0, 1] = 2
-    counts = score_matches(
-        predicted, target, mask, grid, stride, points, valid, bins, Radii(1.0, 4.0, 0.1)
-    )
+    radii = Radii(1.0, 4.0, (1.0, 10.0, 60.0))
+    args = (predicted, target, mask, grid, stride, points, valid, bins, radii)
+    counts = score_matches(*args, metres_per_unit=torch.ones(1))
+    assert counts.metrics == ("exact", "tokens", "pixels", "3d@1cm", "3d@10cm", "3d@60cm")
     assert counts.rows.tolist() == [0, 0, 4, 0]
-    exact, tokens, pixels, world = counts.hits[:, 2].tolist()
+    exact, tokens, pixels, *world = counts.hits[:, 2].tolist()
     assert exact == 1  # query 0
     assert tokens == 3  # queries 0, 1, 2
     assert pixels == 2  # queries 0, 2 (query 1 is 8 px away)
-    # 3D: q0 -> key0 (0 vs 0), q1 -> key2 (1 vs 1.05), q2 -> key1 (2 vs 0.9), q3 invalid
-    assert world == 2
+    # 3D: q0 -> key0 (0 m), q1 -> key2 (0.05 m), q2 -> key1 (1.1 m), q3 has no key point
+    assert world == [1, 2, 2]
+    # a world unit of half a metre: q2 is 0.55 m off, within 60 cm
+    halved = score_matches(*args, metres_per_unit=torch.tensor([0.5]))
+    assert halved.hits[3:, 2].tolist() == [1, 2, 3]
     summary = counts.summary()
     assert summary["precision"]["tokens"] == pytest.approx(0.75)
+    assert summary["precision"]["3d@10cm"] == pytest.approx(0.5)
     assert summary["by_rotation"]["0-30"]["precision"]["exact"] is None
+    # unitless data: within one token footprint (here 0.06 world units at every query)
+    footprints = torch.full((1, 2, 2, 6), 0.06)
+    unitless = score_matches(*args, footprints=footprints)
+    assert unitless.metrics[-1] == "3d@1tok" and unitless.hits[3:, 2].tolist() == [2]
+    with pytest.raises(ValueError, match="not both"):
+        score_matches(*args)
+
+
+def test_token_footprint_is_depth_times_stride_over_focal():
+    """A point 2 in front of camera 0 and 3 in front of camera 1 (moved back by 1), f = 100
+    px, 8 px per token: one token spans 0.16 and 0.24 world units there."""
+    w2c = torch.eye(4, dtype=torch.float64).repeat(1, 2, 1, 1)
+    w2c[0, 1, 2, 3] = 1.0
+    K = torch.tensor([[100.0, 0, 16], [0, 100.0, 16], [0, 0, 1]], dtype=torch.float64)
+    points = torch.tensor([0.3, -0.2, 2.0], dtype=torch.float64).expand(1, 2, 1, 3)
+    footprints = token_footprints(points, K.expand(1, 2, 3, 3), w2c, (8.0, 8.0))
+    assert footprints.shape == (1, 2, 2, 1)
+    assert torch.allclose(
+        footprints[0, :, :, 0], torch.tensor([[0.16, 0.24], [0.16, 0.24]]).double()
+    )
 
 
 def plant(hook, capture):
@@ -145,8 +171,12 @@ def test_planted_layer_scores_one_and_random_layer_scores_chance(synthetic_datas
     )
     distance = (keys - points[:, :, None]).norm(dim=-1)
     mask = targets.mask & ~torch.eye(4, dtype=torch.bool)[None, :, :, None]
-    expected = (distance[mask] <= request.radii.world).double().mean().item()
-    assert planted["precision"]["3d"] == pytest.approx(expected)
+    stride = (32 / grid[0], 32 / grid[1])
+    footprint = token_footprints(points, batch.intrinsics, batch.world_to_camera, stride)
+    expected = (distance[mask] <= footprint[mask]).double().mean().item()
+    # the synthetic rooms are not metric: the 3D radius is one token footprint, which the
+    # nearest key point mostly lies within (a fixed 2-unit-cm radius gave 0.000 here)
+    assert planted["precision"]["3d@1tok"] == pytest.approx(expected) and expected > 0.5
 
 
 def test_perturbation_cross_view_effects():

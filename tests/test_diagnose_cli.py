@@ -60,7 +60,13 @@ def test_whole_diagnose_on_synthetic_writes_json_plots_and_recommendation(
     assert result.exit_code == 0, result.output
     report = json.loads((out / "diagnose.json").read_text())
     assert [s["layer"] for s in report["layers"]] == list(range(16))
-    assert report["radii"] == {"tokens": 1.0, "pixels": 4.0, "world": 0.02}  # 32 px / 8
+    assert report["radii"] == {  # 32 px / 8; the synthetic rooms are not metric
+        "tokens": 1.0,
+        "pixels": 4.0,
+        "3d": {"unit": "token footprints", "values": [1.0]},
+    }
+    assert report["metric"] is False
+    assert report["metrics"] == ["exact", "tokens", "pixels", "3d@1tok"]
     assert len(report["scenes"]) == 4
     for summary in report["layers"]:
         assert summary["attention"]["rows"] > 0
