@@ -15,6 +15,7 @@ from cameo_cli.diagnose.job import (
     layer_precision,
     open_diagnose_dataset,
     over_training_layer,
+    probe3d_pairs,
 )
 from cameo_cli.diagnose.job import load_model as load_diagnosed_model
 from cameo_cli.diagnose.precision import (
@@ -27,6 +28,21 @@ from cameo_cli.diagnose.precision import (
 from cameo_cli.diagnose.request import Diagnosis
 from cameo_cli.errors import CameoError
 from cameo_cli.geometry import correspondence_targets, resize_point_map
+from tests.navi_fixture import STEP_DEG, write_navi
+
+
+@pytest.fixture(scope="module")
+def navi_dataset(tmp_path_factory: pytest.TempPathFactory):
+    """Two NAVI scenes (v1.0 and v1.5 names) of 8 views 25 degrees apart, prepared."""
+    from rich.console import Console
+
+    from cameo_cli.data.navi import NaviSource
+    from cameo_cli.data.shards import prepare_dataset
+
+    folder = tmp_path_factory.mktemp("navi")
+    root = write_navi(folder / "raw", {"multiview_00_pixel4a": 8, "multiview-01-pixel5": 8})
+    prepare_dataset(NaviSource(root), folder / "prepared", console=Console(quiet=True))
+    return folder / "prepared"
 
 
 def yaw_camera(degrees: float) -> torch.Tensor:
@@ -243,3 +259,60 @@ def test_over_training_follows_supervised_then_default_then_recommended_layer(
     assert over_training_layer(model, [4, 6], {"layer": 6}) == 6
     model.supervised_layer = 4
     assert over_training_layer(model, [4, 10], {"layer": 10}) == 4
+
+
+def test_probe3d_pairs_within_120_degrees_every_fourth_query(navi_dataset):
+    request = DiagnoseRequest(backbone="cat3d", dataset=navi_dataset, out=None)
+    model = load_diagnosed_model(request, None, torch.device("cpu"))
+    dataset = open_diagnose_dataset(navi_dataset, model.recipe)
+    pairs = probe3d_pairs(dataset, 2)
+    assert pairs == probe3d_pairs(dataset, 2)  # one generator seeded 8: reproducible
+    # 16 query images (8 per scene), every 4th kept: queries 0 and 4 of each scene
+    assert [(scene.split("__")[1], frames[0]) for scene, frames, _ in pairs] == [
+        ("multiview-01-pixel5", 0), ("multiview-01-pixel5", 4),
+        ("multiview_00_pixel4a", 0), ("multiview_00_pixel4a", 4),
+    ]  # fmt: skip
+    for _, (query, partner), refs in pairs:
+        # the cameras are STEP_DEG apart about the object: 5 steps (125 degrees) is too far
+        assert refs == 1 and 1 <= abs(query - partner) <= 4
+        assert 0 < abs(query - partner) * STEP_DEG <= 120
+
+
+def test_planted_correspondence_scores_one_at_2cm_on_navi(navi_dataset):
+    """Metric data (mm): Precision@{1,2,5}cm per layer and rotation bin; a layer whose
+    argmax is the true nearest 3D point scores 1.0 at 2 cm. Beyond 120 degrees (the views
+    protocol's widest pairs, 175 degrees) much of the sphere one camera sees is hidden from
+    the other, and even the true nearest point can lie beyond 2 cm; probe3d stops at 120."""
+    for protocol in ("views", "probe3d"):
+        request = DiagnoseRequest(
+            backbone="cat3d", dataset=navi_dataset, out=None, protocol=protocol
+        )
+        model = load_diagnosed_model(request, None, torch.device("cpu"))
+        dataset = open_diagnose_dataset(navi_dataset, model.recipe)
+        views = evaluation_views(dataset, 2) if protocol == "views" else probe3d_pairs(dataset, 2)
+        batch = collate(dataset, views)
+        layer = 10
+        grid = model.backbone.token_grid(layer, (32, 32))
+        heads = model.backbone.layers(32)[layer].heads
+        planted = geometric_queries_and_keys(batch, grid, heads)
+        plant(model.backbone.hooks[layer], lambda q, k, planted=planted: (*planted, 1.0))
+        summary = layer_precision(Diagnosis(request, model, dataset, views), [layer])[0]
+        attention = summary["attention"]
+        assert list(attention["precision"]) == [
+            "exact", "tokens", "pixels", "3d@1cm", "3d@2cm", "3d@5cm"
+        ]  # fmt: skip
+        assert attention["rows"] > 50, protocol
+        assert attention["precision"]["exact"] == 1.0
+        assert attention["precision"]["3d@5cm"] == 1.0
+        by_rotation = attention["by_rotation"]
+        assert by_rotation["0-30"]["rows"] and by_rotation["60-90"]["rows"]
+        for name in ("0-30", "30-60", "60-90"):
+            assert by_rotation[name]["precision"]["3d@2cm"] in (1.0, None), (protocol, name)
+        # 1 cm is below the token footprint (about 7 mm here) plus the sphere's curvature
+        assert 0.5 < attention["precision"]["3d@1cm"] < 1.0
+        if protocol == "probe3d":
+            assert attention["precision"]["3d@2cm"] == 1.0
+            assert by_rotation[">90"]["rows"] and by_rotation[">90"]["precision"]["3d@2cm"] == 1.0
+            # one direction only: the rows are the query view's tokens with a target
+            targets = correspondence_targets(batch.point_map, batch.point_valid, grid)
+            assert attention["rows"] == int(targets.mask[:, 0, 1].sum())

@@ -75,6 +75,14 @@ def parse_radii_cm(text: str) -> tuple[float, ...]:
     "--radius-tokens token footprints.",
 )
 @click.option("--epsilon", type=float, default=1.5, help="Cycle-consistency threshold (tokens).")
+@click.option(
+    "--protocol",
+    type=click.Choice(["views", "probe3d"]),
+    default="views",
+    help="views: view sets of the recipe's size (evaluation index), every view pair; "
+    "probe3d: NAVI's image pairs (partner within 120 degrees, every 4th query image, "
+    "query into partner only).",
+)
 @click.option("--seed", type=int, default=0, help="Noise seed.")
 @path_option(
     "--lpips-weights",
@@ -105,6 +113,7 @@ def diagnose(
     radius_px: float | None,
     radius_cm: str,
     epsilon: float,
+    protocol: str,
     seed: int,
     lpips_weights: Path | None,
     device: str | None,
@@ -139,6 +148,7 @@ def diagnose(
         sample_steps=sample_steps,
         radii=Radii(tokens=radius_tokens, pixels=radius_px, metric_cm=parse_radii_cm(radius_cm)),
         epsilon=epsilon,
+        protocol=protocol,
         seed=seed,
         lpips_weights=lpips_weights,
         device=device,

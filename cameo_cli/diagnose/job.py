@@ -43,6 +43,10 @@ if TYPE_CHECKING:
     from cameo_cli.data.dataset import MultiViewDataset
 
 DEFAULT_RECIPE = "quickstart-cpu"
+PROTOCOLS = ("views", "probe3d")
+PROBE3D_MAX_ANGLE = 120.0  # degrees: partners within (0, 120] of the query image
+PROBE3D_SEED = 8  # probe3d's torch.manual_seed(8)
+PROBE3D_EVERY = 4  # probe3d keeps instances[::4]
 
 
 # -- inputs ------------------------------------------------------------------------------------
@@ -177,6 +181,43 @@ def evaluation_views(dataset: MultiViewDataset, count: int) -> list[ViewSet]:
     return chosen
 
 
+def probe3d_pairs(dataset: MultiViewDataset, count: int) -> list[ViewSet]:
+    """probe3d's NAVI pairs over the first `count` scenes: for every image a partner drawn
+    uniformly (one generator seeded 8) among the scene's images at a relative rotation in
+    (0, 120] degrees, then every 4th of these (query, partner) pairs; the query is the
+    reference view."""
+    from cameo_cli.cameras import relative_rotation_angle
+
+    generator = torch.Generator().manual_seed(PROBE3D_SEED)
+    instances = []
+    for scene in dataset.scenes[:count]:
+        w2c = torch.from_numpy(dataset.reader.cameras(scene)[1])
+        angles = relative_rotation_angle(w2c[:, None], w2c[None, :])
+        for query in range(len(w2c)):
+            partners = torch.nonzero(
+                (angles[query] > 0) & (angles[query] <= PROBE3D_MAX_ANGLE)
+            ).flatten()
+            if len(partners):
+                pick = partners[torch.randint(len(partners), (1,), generator=generator)]
+                instances.append((scene, [query, int(pick)], 1))
+    if not instances:
+        raise CameoError(
+            f"{dataset.root}: no image pair within {PROBE3D_MAX_ANGLE:g} degrees "
+            "in the scored scenes (--protocol probe3d)"
+        )
+    return instances[::PROBE3D_EVERY]
+
+
+def scored_pairs(protocol: str, views: int) -> torch.Tensor:
+    """[F, F] (query view, key view) pairs scored: every ordered pair of distinct views, or
+    under probe3d the query image (view 0) into its partner (view 1) only."""
+    if protocol == "probe3d":
+        pairs = torch.zeros(views, views, dtype=torch.bool)
+        pairs[0, 1] = True
+        return pairs
+    return ~torch.eye(views, dtype=torch.bool)
+
+
 def collate(dataset: MultiViewDataset, views: list[ViewSet]) -> ViewBatch:
     """Items of `views` stacked into one batch (all with the same number of references)."""
     return ViewBatch.collate(
@@ -224,9 +265,11 @@ def score_probe(
     epsilon: float,
     alignment: CameoLoss | None = None,
     metres_per_unit: torch.Tensor | None = None,
+    pairs: torch.Tensor | None = None,
 ) -> tuple[PrecisionCounts, PrecisionCounts | None]:
     """Counts of the head-averaged attention (and of the projection head's map if given);
-    3D radii in cm with `metres_per_unit` [B] (metric data), else in token footprints."""
+    3D radii in cm with `metres_per_unit` [B] (metric data), else in token footprints; only
+    the (query view, key view) `pairs` [F, F] when given."""
     from cameo_cli.geometry import correspondence_targets, resize_point_map
 
     device = probe.q.device
@@ -234,6 +277,7 @@ def score_probe(
     valid = batch.point_valid.to(device)
     grid = probe.grid
     targets = correspondence_targets(points, valid, grid, epsilon=epsilon)
+    rows = targets.mask if pairs is None else targets.mask & pairs.to(device)[None, :, :, None]
     token_points, token_valid = resize_point_map(points, valid, grid)
     token_points = token_points.flatten(-2).transpose(-1, -2)
     token_valid = token_valid.flatten(-2)
@@ -250,7 +294,7 @@ def score_probe(
         return score_matches(
             predicted,
             targets.index,
-            targets.mask,
+            rows,
             grid,
             stride,
             token_points,
@@ -292,12 +336,13 @@ def layer_precision(
         for group in batches:
             batch = collate(dataset, group)
             scale = torch.tensor([units[s] for s in batch.scenes]) if units else None
+            pairs = scored_pairs(request.protocol, batch.num_views)
             for timestep in request.timesteps:
                 results = probe_all(model, batch, layers, timestep, request.seed)
                 for layer, probe in results.items():
                     head = model.alignment if layer == model.supervised_layer else None
                     counts, head_counts = score_probe(
-                        probe, batch, request.radii, request.epsilon, head, scale
+                        probe, batch, request.radii, request.epsilon, head, scale, pairs
                     )
                     per_layer[layer].add(counts)
                     per_step[(layer, timestep)].add(counts)
@@ -389,7 +434,12 @@ def run_diagnose(request: DiagnoseRequest, console: Console | None = None) -> di
     model = load_model(request, first, device)
     layers = parse_layers(request.layers, model.backbone)
     dataset = open_diagnose_dataset(Path(request.dataset), model.recipe)
-    views = evaluation_views(dataset, request.scenes)
+    if request.protocol not in PROTOCOLS:
+        raise CameoError(f"--protocol: {request.protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    if request.protocol == "probe3d":
+        views = probe3d_pairs(dataset, request.scenes)
+    else:
+        views = evaluation_views(dataset, request.scenes)
     width = ViewBatch.from_item(dataset.get_views(*views[0])).image_size[1]
     request = dataclasses.replace(request, radii=request.radii.resolved(width))
     metric = world_units(dataset, views) is not None
@@ -399,6 +449,7 @@ def run_diagnose(request: DiagnoseRequest, console: Console | None = None) -> di
         "model": model.source,
         "step": model.step,
         "dataset": str(request.dataset),
+        "protocol": request.protocol,
         "scenes": [{"scene": s, "frames": f, "references": n} for s, f, n in views],
         "timesteps": list(request.timesteps),
         "metric": metric,
