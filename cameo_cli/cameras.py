@@ -132,6 +132,27 @@ def relative_rotation_angle(w2c_a: torch.Tensor, w2c_b: torch.Tensor) -> torch.T
     return torch.rad2deg(torch.atan2(sine, cosine))
 
 
+@_full_precision
+def quaternion_to_rotation(quaternion: torch.Tensor) -> torch.Tensor:
+    """Unit quaternions [..., 4] in (w, x, y, z) order -> rotation matrices [..., 3, 3]
+    (active: R @ v rotates v by the quaternion; q and -q give the same R)."""
+    w, x, y, z = quaternion.unbind(-1)
+    rows = [
+        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+    ]
+    return torch.stack([torch.stack(row, dim=-1) for row in rows], dim=-2)
+
+
+@_full_precision
+def pose_from_quaternion(quaternion: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
+    """The rigid 4x4 [..., 4, 4] ``translate(t) @ R(q)`` (x -> R x + t) from unit quaternions
+    [..., 4] (w, x, y, z) and translations [..., 3]."""
+    rotation = quaternion_to_rotation(quaternion)
+    return pose_from_3x4(torch.cat([rotation, translation[..., :, None]], dim=-1))
+
+
 # -- intrinsics -------------------------------------------------------------------------------
 
 

@@ -345,3 +345,24 @@ def test_results_unchanged_under_bf16_autocast() -> None:
     assert under.dtype == torch.float32 and uv_under.dtype == torch.float32
     assert torch.equal(plain, under) and torch.equal(uv, uv_under)
     assert torch.equal(depth, depth_under)
+
+
+def test_quaternion_rotation_analytic_and_pose_order() -> None:
+    """90° about z: (w, x, y, z) = (cos 45°, 0, 0, sin 45°) maps x to y; q and -q agree."""
+    half = math.sqrt(0.5)
+    q = torch.tensor([half, 0.0, 0.0, half], dtype=torch.float64)
+    rotation = cameras.quaternion_to_rotation(q)
+    expected = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    assert torch.allclose(rotation, expected.double(), atol=1e-12)
+    assert torch.allclose(cameras.quaternion_to_rotation(-q), rotation)
+    angle = math.radians(30.0)  # 30° about x, against the textbook matrix
+    q = torch.tensor([math.cos(angle / 2), math.sin(angle / 2), 0.0, 0.0], dtype=torch.float64)
+    c, s = math.cos(angle), math.sin(angle)
+    about_x = torch.tensor([[1.0, 0, 0], [0, c, -s], [0, s, c]], dtype=torch.float64)
+    assert torch.allclose(cameras.quaternion_to_rotation(q), about_x, atol=1e-12)
+    # translate(t) @ R(q): the point is rotated first, then moved
+    t = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    pose = cameras.pose_from_quaternion(q, t)
+    point = torch.tensor([[0.0, 1.0, 0.0]], dtype=torch.float64)
+    moved = cameras.transform_points(pose, point)
+    assert torch.allclose(moved[0], about_x @ point[0] + t)

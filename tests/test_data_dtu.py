@@ -115,6 +115,7 @@ def test_mvsnet_layout_with_masks_depth_and_a_bad_image(tmp_path):
     assert len(reasons) == 1 + 14
     ds = MultiViewDataset(out, num_views=3)
     assert ds.has_geometry and ds.has_masks
+    assert ds.index["scenes"]["scan8"]["metres_per_unit"] == 0.001  # DTU's millimetres
     views = load_eval_index(out)["scan8"]
     frames = ds.index["scenes"]["scan8"]["frames"]
     assert [frames[i] for i in views["context"]] == ["25", "22", "28"]
@@ -149,6 +150,7 @@ def test_pixelnerf_layout(tmp_path):
     np.savez(scan / "cameras.npz", **arrays)
     data = DTUSource(tmp_path / "rs_dtu_4", split="all").load_scene("scan114")
     assert [f.name for f in data.frames] == ["22", "25", "28", "30"]
+    assert data.metres_per_unit == pytest.approx(0.2)  # a normalised unit is 200 mm
     for frame in data.frames:
         assert np.allclose(frame.intrinsics, K)
         target = expected[int(frame.name)]

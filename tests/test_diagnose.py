@@ -15,6 +15,7 @@ from cameo_cli.diagnose.job import (
     layer_precision,
     open_diagnose_dataset,
     over_training_layer,
+    probe3d_pairs,
 )
 from cameo_cli.diagnose.job import load_model as load_diagnosed_model
 from cameo_cli.diagnose.precision import (
@@ -22,10 +23,26 @@ from cameo_cli.diagnose.precision import (
     Radii,
     rotation_bins,
     score_matches,
+    token_footprints,
 )
 from cameo_cli.diagnose.request import Diagnosis
 from cameo_cli.errors import CameoError
 from cameo_cli.geometry import correspondence_targets, resize_point_map
+from tests.navi_fixture import STEP_DEG, write_navi
+
+
+@pytest.fixture(scope="module")
+def navi_dataset(tmp_path_factory: pytest.TempPathFactory):
+    """Two NAVI scenes (v1.0 and v1.5 names) of 8 views 25 degrees apart, prepared."""
+    from rich.console import Console
+
+    from cameo_cli.data.navi import NaviSource
+    from cameo_cli.data.shards import prepare_dataset
+
+    folder = tmp_path_factory.mktemp("navi")
+    root = write_navi(folder / "raw", {"multiview_00_pixel4a": 8, "multiview-01-pixel5": 8})
+    prepare_dataset(NaviSource(root), folder / "prepared", console=Console(quiet=True))
+    return folder / "prepared"
 
 
 def yaw_camera(degrees: float) -> torch.Tensor:
@@ -69,19 +86,44 @@ def test_score_matches_counts_each_metric_by_hand():
     valid[0, 1, 3] = False  # query 3 predicts a key without geometry: never 3D-correct
     bins = torch.zeros(1, 2, 2, dtype=torch.long)
     bins[0, 0, 1] = 2
-    counts = score_matches(
-        predicted, target, mask, grid, stride, points, valid, bins, Radii(1.0, 4.0, 0.1)
-    )
+    radii = Radii(1.0, 4.0, (1.0, 10.0, 60.0))
+    args = (predicted, target, mask, grid, stride, points, valid, bins, radii)
+    counts = score_matches(*args, metres_per_unit=torch.ones(1))
+    assert counts.metrics == ("exact", "tokens", "pixels", "3d@1cm", "3d@10cm", "3d@60cm")
     assert counts.rows.tolist() == [0, 0, 4, 0]
-    exact, tokens, pixels, world = counts.hits[:, 2].tolist()
+    exact, tokens, pixels, *world = counts.hits[:, 2].tolist()
     assert exact == 1  # query 0
     assert tokens == 3  # queries 0, 1, 2
     assert pixels == 2  # queries 0, 2 (query 1 is 8 px away)
-    # 3D: q0 -> key0 (0 vs 0), q1 -> key2 (1 vs 1.05), q2 -> key1 (2 vs 0.9), q3 invalid
-    assert world == 2
+    # 3D: q0 -> key0 (0 m), q1 -> key2 (0.05 m), q2 -> key1 (1.1 m), q3 has no key point
+    assert world == [1, 2, 2]
+    # a world unit of half a metre: q2 is 0.55 m off, within 60 cm
+    halved = score_matches(*args, metres_per_unit=torch.tensor([0.5]))
+    assert halved.hits[3:, 2].tolist() == [1, 2, 3]
     summary = counts.summary()
     assert summary["precision"]["tokens"] == pytest.approx(0.75)
+    assert summary["precision"]["3d@10cm"] == pytest.approx(0.5)
     assert summary["by_rotation"]["0-30"]["precision"]["exact"] is None
+    # unitless data: within one token footprint (here 0.06 world units at every query)
+    footprints = torch.full((1, 2, 2, 6), 0.06)
+    unitless = score_matches(*args, footprints=footprints)
+    assert unitless.metrics[-1] == "3d@1tok" and unitless.hits[3:, 2].tolist() == [2]
+    with pytest.raises(ValueError, match="not both"):
+        score_matches(*args)
+
+
+def test_token_footprint_is_depth_times_stride_over_focal():
+    """A point 2 in front of camera 0 and 3 in front of camera 1 (moved back by 1), f = 100
+    px, 8 px per token: one token spans 0.16 and 0.24 world units there."""
+    w2c = torch.eye(4, dtype=torch.float64).repeat(1, 2, 1, 1)
+    w2c[0, 1, 2, 3] = 1.0
+    K = torch.tensor([[100.0, 0, 16], [0, 100.0, 16], [0, 0, 1]], dtype=torch.float64)
+    points = torch.tensor([0.3, -0.2, 2.0], dtype=torch.float64).expand(1, 2, 1, 3)
+    footprints = token_footprints(points, K.expand(1, 2, 3, 3), w2c, (8.0, 8.0))
+    assert footprints.shape == (1, 2, 2, 1)
+    assert torch.allclose(
+        footprints[0, :, :, 0], torch.tensor([[0.16, 0.24], [0.16, 0.24]]).double()
+    )
 
 
 def plant(hook, capture):
@@ -145,8 +187,12 @@ def test_planted_layer_scores_one_and_random_layer_scores_chance(synthetic_datas
     )
     distance = (keys - points[:, :, None]).norm(dim=-1)
     mask = targets.mask & ~torch.eye(4, dtype=torch.bool)[None, :, :, None]
-    expected = (distance[mask] <= request.radii.world).double().mean().item()
-    assert planted["precision"]["3d"] == pytest.approx(expected)
+    stride = (32 / grid[0], 32 / grid[1])
+    footprint = token_footprints(points, batch.intrinsics, batch.world_to_camera, stride)
+    expected = (distance[mask] <= footprint[mask]).double().mean().item()
+    # the synthetic rooms are not metric: the 3D radius is one token footprint, which the
+    # nearest key point mostly lies within (a fixed 2-unit-cm radius gave 0.000 here)
+    assert planted["precision"]["3d@1tok"] == pytest.approx(expected) and expected > 0.5
 
 
 def test_perturbation_cross_view_effects():
@@ -213,3 +259,60 @@ def test_over_training_follows_supervised_then_default_then_recommended_layer(
     assert over_training_layer(model, [4, 6], {"layer": 6}) == 6
     model.supervised_layer = 4
     assert over_training_layer(model, [4, 10], {"layer": 10}) == 4
+
+
+def test_probe3d_pairs_within_120_degrees_every_fourth_query(navi_dataset):
+    request = DiagnoseRequest(backbone="cat3d", dataset=navi_dataset, out=None)
+    model = load_diagnosed_model(request, None, torch.device("cpu"))
+    dataset = open_diagnose_dataset(navi_dataset, model.recipe)
+    pairs = probe3d_pairs(dataset, 2)
+    assert pairs == probe3d_pairs(dataset, 2)  # one generator seeded 8: reproducible
+    # 16 query images (8 per scene), every 4th kept: queries 0 and 4 of each scene
+    assert [(scene.split("__")[1], frames[0]) for scene, frames, _ in pairs] == [
+        ("multiview-01-pixel5", 0), ("multiview-01-pixel5", 4),
+        ("multiview_00_pixel4a", 0), ("multiview_00_pixel4a", 4),
+    ]  # fmt: skip
+    for _, (query, partner), refs in pairs:
+        # the cameras are STEP_DEG apart about the object: 5 steps (125 degrees) is too far
+        assert refs == 1 and 1 <= abs(query - partner) <= 4
+        assert 0 < abs(query - partner) * STEP_DEG <= 120
+
+
+def test_planted_correspondence_scores_one_at_2cm_on_navi(navi_dataset):
+    """Metric data (mm): Precision@{1,2,5}cm per layer and rotation bin; a layer whose
+    argmax is the true nearest 3D point scores 1.0 at 2 cm. Beyond 120 degrees (the views
+    protocol's widest pairs, 175 degrees) much of the sphere one camera sees is hidden from
+    the other, and even the true nearest point can lie beyond 2 cm; probe3d stops at 120."""
+    for protocol in ("views", "probe3d"):
+        request = DiagnoseRequest(
+            backbone="cat3d", dataset=navi_dataset, out=None, protocol=protocol
+        )
+        model = load_diagnosed_model(request, None, torch.device("cpu"))
+        dataset = open_diagnose_dataset(navi_dataset, model.recipe)
+        views = evaluation_views(dataset, 2) if protocol == "views" else probe3d_pairs(dataset, 2)
+        batch = collate(dataset, views)
+        layer = 10
+        grid = model.backbone.token_grid(layer, (32, 32))
+        heads = model.backbone.layers(32)[layer].heads
+        planted = geometric_queries_and_keys(batch, grid, heads)
+        plant(model.backbone.hooks[layer], lambda q, k, planted=planted: (*planted, 1.0))
+        summary = layer_precision(Diagnosis(request, model, dataset, views), [layer])[0]
+        attention = summary["attention"]
+        assert list(attention["precision"]) == [
+            "exact", "tokens", "pixels", "3d@1cm", "3d@2cm", "3d@5cm"
+        ]  # fmt: skip
+        assert attention["rows"] > 50, protocol
+        assert attention["precision"]["exact"] == 1.0
+        assert attention["precision"]["3d@5cm"] == 1.0
+        by_rotation = attention["by_rotation"]
+        assert by_rotation["0-30"]["rows"] and by_rotation["60-90"]["rows"]
+        for name in ("0-30", "30-60", "60-90"):
+            assert by_rotation[name]["precision"]["3d@2cm"] in (1.0, None), (protocol, name)
+        # 1 cm is below the token footprint (about 7 mm here) plus the sphere's curvature
+        assert 0.5 < attention["precision"]["3d@1cm"] < 1.0
+        if protocol == "probe3d":
+            assert attention["precision"]["3d@2cm"] == 1.0
+            assert by_rotation[">90"]["rows"] and by_rotation[">90"]["precision"]["3d@2cm"] == 1.0
+            # one direction only: the rows are the query view's tokens with a target
+            targets = correspondence_targets(batch.point_map, batch.point_valid, grid)
+            assert attention["rows"] == int(targets.mask[:, 0, 1].sum())

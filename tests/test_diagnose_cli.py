@@ -60,7 +60,13 @@ def test_whole_diagnose_on_synthetic_writes_json_plots_and_recommendation(
     assert result.exit_code == 0, result.output
     report = json.loads((out / "diagnose.json").read_text())
     assert [s["layer"] for s in report["layers"]] == list(range(16))
-    assert report["radii"] == {"tokens": 1.0, "pixels": 4.0, "world": 0.02}  # 32 px / 8
+    assert report["radii"] == {  # 32 px / 8; the synthetic rooms are not metric
+        "tokens": 1.0,
+        "pixels": 4.0,
+        "3d": {"unit": "token footprints", "values": [1.0]},
+    }
+    assert report["metric"] is False
+    assert report["metrics"] == ["exact", "tokens", "pixels", "3d@1tok"]
     assert len(report["scenes"]) == 4
     for summary in report["layers"]:
         assert summary["attention"]["rows"] > 0
@@ -193,3 +199,33 @@ def test_checkpoint_of_another_backbone(tiny_run: Path, synthetic_dataset: Path,
         "--dataset", str(synthetic_dataset), "--out", str(tmp_path / "o"),
     )  # fmt: skip
     assert both.exit_code == 2 and "not both" in both.output
+
+
+def test_navi_through_prepare_and_diagnose_reports_precision_at_1_2_5_cm(
+    tmp_path: Path, cameo_home: Path
+):
+    from tests.navi_fixture import write_navi
+
+    raw = write_navi(tmp_path / "raw", {"multiview_00_pixel4a": 8, "multiview-01-pixel5": 8})
+    prepared_navi = tmp_path / "navi"
+    result = CliRunner().invoke(
+        main, ["prepare", "navi", "--root", str(raw), "--out", str(prepared_navi)]
+    )
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "diagnose"
+    args = ["--backbone", "cat3d", "--dataset", str(prepared_navi), "--layers", "2,10"]
+    result = run(*args, "--protocol", "probe3d", "--out", str(out), "--no-recommend")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "diagnose.json").read_text())
+    assert report["metric"] is True and report["protocol"] == "probe3d"
+    assert report["radii"]["3d"] == {"unit": "cm", "values": [1.0, 2.0, 5.0]}
+    assert report["metrics"] == ["exact", "tokens", "pixels", "3d@1cm", "3d@2cm", "3d@5cm"]
+    assert all(len(s["frames"]) == 2 for s in report["scenes"])  # image pairs
+    for summary in report["layers"]:
+        assert summary["attention"]["rows"] > 0
+        for rotation in summary["attention"]["by_rotation"].values():
+            assert set(rotation["precision"]) == set(report["metrics"])
+    assert "≤2 cm" in result.output and "by relative rotation" in result.output
+    assert_png_shows_data(out / "precision_by_rotation.png")
+    bad = run(*args, "--radius-cm", "2,-1", "--out", str(tmp_path / "o"))
+    assert bad.exit_code == 2 and "positive radii in centimetres" in bad.output

@@ -18,6 +18,7 @@ from cameo_cli.cli import main
 from cameo_cli.config import load_recipe
 from cameo_cli.errors import CameoError
 from tests import vggt_standin
+from tests.teachers import planned_teacher, teacher_recipe
 
 DIM = 2 * vggt_standin.EMBED  # frame and global attention features, concatenated
 BLOCK = "up_blocks.2.attentions.0"  # tiny cat3d: 64 channels, 16x16 tokens at 32 px
@@ -35,25 +36,12 @@ def standin(monkeypatch):
     return vggt_standin.install(monkeypatch)
 
 
-def _recipe(weights: Path, *overrides: str):
-    return load_recipe(
-        "quickstart-cpu",
-        [
-            "alignment.method=geometry-forcing",
-            "alignment.weight=0.5",
-            f"alignment.options.teacher={weights}",
-        ]
-        + list(overrides),
-    )
+def _recipe(teacher: Path, *overrides: str):
+    return teacher_recipe("geometry-forcing", teacher, *overrides)
 
 
-def _planned(weights: Path, *overrides: str):
-    from cameo_cli.registry import build_backbone
-    from cameo_cli.train.plan import plan_run
-
-    torch.manual_seed(0)
-    backbone = build_backbone("cat3d", "tiny", in_channels=3)
-    return backbone, plan_run(_recipe(weights, *overrides), backbone)
+def _planned(teacher: Path, *overrides: str):
+    return planned_teacher("geometry-forcing", teacher, *overrides)
 
 
 def test_options_are_resolved_and_pinned(vggt_weights, standin):
@@ -153,8 +141,8 @@ def test_errors(vggt_weights, standin, tmp_path, monkeypatch):
     [
         ((), "geometry-forcing needs VGGT weights"),
         (
-            ("alignment.options.teacher=WEIGHTS", "alignment.options.teacher_resolution=16"),
-            "teacher grid 8x8",
+            ("alignment.options.teacher=WEIGHTS", "alignment.options.teacher_resolution=24"),
+            "teacher grid 12x12",
         ),
     ],
 )

@@ -16,6 +16,7 @@ from cameo_cli.alignment.method import AlignmentInputs
 from cameo_cli.cli import main
 from cameo_cli.config import load_recipe
 from cameo_cli.errors import CameoError
+from tests.teachers import planned_teacher, teacher_recipe
 
 PATCH, DIM = 2, 12  # the tiny teacher: 32 px views -> 16x16 tokens, as tiny cat3d's layer 10
 
@@ -38,26 +39,12 @@ def dino_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _recipe(dino_folder: Path, *overrides: str):
-    return load_recipe(
-        "quickstart-cpu",
-        [
-            "alignment.method=repa",
-            "alignment.weight=0.5",
-            f"alignment.options.teacher={dino_folder}",
-        ]
-        + list(overrides),
-    )
+def _recipe(teacher: Path, *overrides: str):
+    return teacher_recipe("repa", teacher, *overrides)
 
 
-def _planned(dino_folder: Path, *overrides: str):
-    from cameo_cli.registry import build_backbone
-    from cameo_cli.train.plan import plan_run
-
-    torch.manual_seed(0)
-    backbone = build_backbone("cat3d", "tiny", in_channels=3)
-    plan = plan_run(_recipe(dino_folder, *overrides), backbone)
-    return backbone, plan
+def _planned(teacher: Path, *overrides: str):
+    return planned_teacher("repa", teacher, *overrides)
 
 
 def test_options_are_resolved_and_pinned(dino_folder):

@@ -22,6 +22,17 @@ def parse_timesteps(text: str) -> tuple[int, ...]:
     return values
 
 
+def parse_radii_cm(text: str) -> tuple[float, ...]:
+    """ "1,2,5" -> (1.0, 2.0, 5.0); each positive."""
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise CameoError(f"--radius-cm: '{text}' is not a comma list of numbers") from None
+    if not values or any(not value > 0 for value in values):
+        raise CameoError(f"--radius-cm: '{text}': give positive radii in centimetres")
+    return values
+
+
 @click.command(context_settings={"show_default": True})
 @click.option("--backbone", required=True, help="Backbone name (see `cameo backbones`).")
 @path_option(
@@ -58,9 +69,20 @@ def parse_timesteps(text: str) -> tuple[int, ...]:
 @click.option("--radius-tokens", type=float, default=1.0, help="Token-grid radius.")
 @click.option("--radius-px", type=float, help="Pixel radius [1/8 of the image width].")
 @click.option(
-    "--radius-3d", type=float, default=0.02, help="3D radius in world units (0.02 m = 2 cm)."
+    "--radius-cm",
+    default="1,2,5",
+    help="3D radii in cm on metric datasets (DTU, NAVI); elsewhere the 3D radius is "
+    "--radius-tokens token footprints.",
 )
 @click.option("--epsilon", type=float, default=1.5, help="Cycle-consistency threshold (tokens).")
+@click.option(
+    "--protocol",
+    type=click.Choice(["views", "probe3d"]),
+    default="views",
+    help="views: view sets of the recipe's size (evaluation index), every view pair; "
+    "probe3d: NAVI's image pairs (partner within 120 degrees, every 4th query image, "
+    "query into partner only).",
+)
 @click.option("--seed", type=int, default=0, help="Noise seed.")
 @path_option(
     "--lpips-weights",
@@ -96,8 +118,9 @@ def diagnose(
     sample_steps: int | None,
     radius_tokens: float,
     radius_px: float | None,
-    radius_3d: float,
+    radius_cm: str,
     epsilon: float,
+    protocol: str,
     seed: int,
     lpips_weights: Path | None,
     device: str | None,
@@ -131,8 +154,9 @@ def diagnose(
         scenes=scenes,
         perturb=perturb,
         sample_steps=sample_steps,
-        radii=Radii(tokens=radius_tokens, pixels=radius_px, world=radius_3d),
+        radii=Radii(tokens=radius_tokens, pixels=radius_px, metric_cm=parse_radii_cm(radius_cm)),
         epsilon=epsilon,
+        protocol=protocol,
         seed=seed,
         lpips_weights=lpips_weights,
         device=device,

@@ -15,10 +15,10 @@ from cameo_cli.errors import CameoError
 
 # options that only some datasets read: giving one to another dataset is a mistake
 APPLIES_TO = {
-    "root": ("re10k", "dtu"),
+    "root": ("re10k", "dtu", "navi"),
     "videos": ("re10k",),
     "eval_index": ("re10k",),
-    "short_side": ("re10k", "dtu"),
+    "short_side": ("re10k", "dtu", "navi"),
     "scenes": ("synthetic",),
     "frames": ("synthetic",),
     "resolution": ("synthetic",),
@@ -29,6 +29,7 @@ MAX_LISTED = 50  # skipped items printed; index.json lists them all
 DATASETS = {
     "re10k": "RealEstate10K: pose .txt files + frames, local videos, or pixelSplat .torch chunks",
     "dtu": "DTU: MVSNet (Cameras/*_cam.txt) or pixelNeRF (cameras.npz) layout",
+    "navi": "NAVI v1.0 or v1.5: <object>/<scene>/annotations.json + images, depth, masks",
     "synthetic": "procedural textured rooms rendered with exact depth (no download)",
 }
 
@@ -59,6 +60,12 @@ def _make_source(dataset: str, opts: dict) -> SceneSource:
             videos=opts["videos"],
             geometry=opts["geometry"] or "none",
             eval_index=opts["eval_index"],
+        )
+    if dataset == "navi":
+        from cameo_cli.data.navi import NaviSource
+
+        return NaviSource(
+            root=root, split=opts["split"] or "multiview", geometry=opts["geometry"] or "depth"
         )
     from cameo_cli.data.dtu import DTUSource
 
@@ -101,11 +108,11 @@ def print_report(report: PrepareReport, console: Console) -> None:
 @click.command(context_settings={"show_default": True})
 @click.argument("dataset")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
-@click.option("--root", type=click.Path(), help="Raw dataset folder (re10k, dtu).")
+@click.option("--root", type=click.Path(), help="Raw dataset folder (re10k, dtu, navi).")
 @click.option(
     "--split",
     help="re10k: train|test [default: train]; dtu: test (15 scans)|train|all [default: test]; "
-    "synthetic: a label [default: train].",
+    "navi: multiview|wild_set|all [default: multiview]; synthetic: a label [default: train].",
 )
 @click.option("--videos", type=click.Path(), help="re10k: folder of local videos <clip>.mp4.")
 @click.option(
@@ -119,13 +126,13 @@ def print_report(report: PrepareReport, console: Console) -> None:
 @click.option(
     "--short-side",
     type=int,
-    help="re10k, dtu: store frames with the shorter side at most PX (e.g. 360); K follows.",
+    help="re10k, dtu, navi: store frames with the shorter side at most PX (e.g. 360); K follows.",
 )
 @click.option("--seed", type=int, default=0, help="Generator and evaluation-index seed.")
 @click.option(
     "--geometry",
     type=click.Choice(["depth", "vggt", "none"]),
-    help="Geometry stored with the frames [default: depth for synthetic, none otherwise].",
+    help="Geometry stored with the frames [default: depth for synthetic and navi, none otherwise].",
 )
 @click.option("--vggt-weights", type=click.Path(), help="Local VGGT weights (--geometry vggt).")
 @click.option("--vggt-window", type=int, default=24, help="--geometry vggt: frames per VGGT call.")
@@ -146,7 +153,7 @@ def print_report(report: PrepareReport, console: Console) -> None:
 @click.option("--scenes-per-shard", type=int, default=8, help="Scenes in one shard file.")
 @click.option("--overwrite", is_flag=True, help="Replace a dataset prepared with other options.")
 def prepare(dataset: str, out: str, **opts: object) -> None:
-    """Prepare DATASET (re10k, dtu or synthetic) into shards + index.json in --out."""
+    """Prepare DATASET (re10k, dtu, navi or synthetic) into shards + index.json in --out."""
     if dataset not in DATASETS:
         known = ", ".join(f"{name} ({desc})" for name, desc in DATASETS.items())
         raise CameoError(f"unknown dataset {dataset!r}; known datasets: {known}")

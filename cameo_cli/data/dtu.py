@@ -17,6 +17,9 @@ pixelNeRF/RegNeRF layout::
 ``world_mat_i`` is the 3x4 (or 4x4) projection P = K [R | t]; cameo decomposes ``P @
 scale_mat_i`` (the normalised world of IDR/pixelNeRF) with an RQ decomposition into K, R, t.
 
+DTU's world is in millimetres; a normalised world unit is ``scale_mat``'s scale in mm. The
+scene's unit in metres is recorded (``metres_per_unit`` in index.json) for metric precision.
+
 Object masks, where present: ``<scan>/mask/025.png`` or ``<root>/idrmasks/scan8[/mask]/025.png``.
 """
 
@@ -39,6 +42,7 @@ TEST_VIEWS = tuple(v for v in range(49) if v not in TRAIN_VIEWS + EXCLUDED_VIEWS
 ORIGINAL_SIZE = (1200, 1600)  # H, W of the DTU images the MVSNet cam files describe
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 LIGHTS = (3, 0, 1, 2, 4, 5, 6)  # Rectified/ lighting index, preferred first
+MM = 0.001  # DTU's world unit (millimetres) in metres
 
 
 def parse_cam_file(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float] | None]:
@@ -174,9 +178,10 @@ class DTUSource(SceneSource):
         number = int(scene[4:])
         folder = self._scan_folders()[number]
         if (folder / "cameras.npz").is_file():
-            views = self._pixelnerf_views(folder)
+            views, metres_per_unit = self._pixelnerf_views(folder)
         else:
-            views = self._mvsnet_views(folder)
+            views, metres_per_unit = self._mvsnet_views(folder), MM
+
         frames, skipped = [], []
         masks = self._mask_folder(folder, number)
         for view, image_path, K, w2c, depth_path in views:
@@ -201,7 +206,9 @@ class DTUSource(SceneSource):
                 skipped.append(Skip(where, str(exc)))
                 continue
             frames.append(frame)
-        return SceneData(scene, frames, split=self.split, skipped=skipped)
+        return SceneData(
+            scene, frames, split=self.split, skipped=skipped, metres_per_unit=metres_per_unit
+        )
 
     # layouts -------------------------------------------------------------------------------
 
@@ -234,7 +241,9 @@ class DTUSource(SceneSource):
             raise SkipScene(f"no view has both a cam file and an image in {folder}")
         return views
 
-    def _pixelnerf_views(self, folder: Path) -> list[tuple]:
+    def _pixelnerf_views(self, folder: Path) -> tuple[list[tuple], float]:
+        """The views, and the normalised world's unit in metres (DTU's millimetres times the
+        scale of ``scale_mat``)."""
         try:
             with np.load(folder / "cameras.npz", allow_pickle=False) as npz:
                 cams = {k: npz[k] for k in npz.files}
@@ -243,7 +252,7 @@ class DTUSource(SceneSource):
         images = sorted(
             p for p in (folder / "image").glob("*") if p.suffix.lower() in IMAGE_SUFFIXES
         )
-        views = []
+        views, scales = [], []
         for path in images:
             view = int(path.stem)
             P = cams.get(f"world_mat_{view}")
@@ -252,9 +261,12 @@ class DTUSource(SceneSource):
             scale = cams.get(f"scale_mat_{view}", np.eye(4))
             K, w2c = decompose_projection(P[:3] @ scale)
             views.append((view, path, K, w2c, None))
+            scales.append(float(np.cbrt(np.linalg.det(np.asarray(scale)[:3, :3]))))
         if not views:
             raise SkipScene(f"no image in {folder / 'image'} has a world_mat in cameras.npz")
-        return views
+        if max(scales) - min(scales) > 1e-6 * max(scales):
+            raise SkipScene("cameras.npz: the views' scale_mat scales differ")
+        return views, MM * scales[0]
 
     def _mask_folder(self, folder: Path, number: int) -> Path | None:
         candidates = [

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 ROTATION_TOLERANCE = 1e-3
 
@@ -44,6 +44,7 @@ class SceneData:
     frames: list[FrameData]
     split: str = "train"
     skipped: list[Skip] = field(default_factory=list)  # frames left out, with reasons
+    metres_per_unit: float | None = None  # world units in metres (None: not metric)
 
 
 class SceneSource(ABC):
@@ -97,12 +98,14 @@ def check_camera(intrinsics: np.ndarray, world_to_camera: np.ndarray) -> str | N
     return None
 
 
-def decode_image(data: bytes, what: str) -> np.ndarray:
-    """Fully decode image bytes to uint8 RGB; a truncated or corrupt file raises SkipScene."""
+def decode_image(data: bytes, what: str, *, exif: bool = False) -> np.ndarray:
+    """Fully decode image bytes to uint8 RGB (with ``exif``: turned as its EXIF orientation
+    says); a truncated or corrupt file raises SkipScene."""
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            return np.asarray(img.convert("RGB"))
+            oriented = ImageOps.exif_transpose(img) if exif else img
+            return np.asarray(oriented.convert("RGB"))
     except (OSError, ValueError, SyntaxError) as exc:
         raise SkipScene(f"{what}: unreadable image ({exc})") from None
 

@@ -2,7 +2,8 @@
 
 Layout of a prepared folder::
 
-    index.json          scenes, frames, shards (sha256), source, cameo version, skips
+    index.json          scenes, frames, shards (sha256), source, cameo version, skips;
+                        a scene's "metres_per_unit" when its world is metric (DTU, NAVI)
     eval_index.json     {scene: {"context": [...], "target": [...]}} (frame indices)
     shards/shard-00000.safetensors   one file per group of scenes
     shards/shard-00000.json          the shard's manifest (what index.json is assembled from)
@@ -192,6 +193,7 @@ def _scene_tensors(
         "geometry": geometry,
         **depth_meta,
         **({"vggt_fit": fit} if fit is not None else {}),
+        **({"metres_per_unit": data.metres_per_unit} if data.metres_per_unit else {}),
         "mask": has_mask,
     }
     return tensors, meta, skipped

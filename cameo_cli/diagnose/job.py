@@ -23,7 +23,16 @@ from rich.table import Table
 from cameo_cli.attention.hooks import head_averaged_argmax, predicted_matches
 from cameo_cli.backbone import MultiViewBackbone, ViewConditioning
 from cameo_cli.batch import ViewBatch
-from cameo_cli.diagnose.precision import PrecisionCounts, Radii, rotation_bins, score_matches
+from cameo_cli.diagnose.precision import (
+    ROTATION_BINS,
+    PrecisionCounts,
+    Radii,
+    headline_metric,
+    metric_label,
+    rotation_bins,
+    score_matches,
+    token_footprints,
+)
 from cameo_cli.diagnose.request import DiagnosedModel, DiagnoseRequest, Diagnosis, ViewSet
 from cameo_cli.errors import CameoError
 
@@ -34,6 +43,10 @@ if TYPE_CHECKING:
     from cameo_cli.data.dataset import MultiViewDataset
 
 DEFAULT_RECIPE = "quickstart-cpu"
+PROTOCOLS = ("views", "probe3d")
+PROBE3D_MAX_ANGLE = 120.0  # degrees: partners within (0, 120] of the query image
+PROBE3D_SEED = 8  # probe3d's torch.manual_seed(8)
+PROBE3D_EVERY = 4  # probe3d keeps instances[::4]
 
 
 # -- inputs ------------------------------------------------------------------------------------
@@ -168,6 +181,43 @@ def evaluation_views(dataset: MultiViewDataset, count: int) -> list[ViewSet]:
     return chosen
 
 
+def probe3d_pairs(dataset: MultiViewDataset, count: int) -> list[ViewSet]:
+    """probe3d's NAVI pairs over the first `count` scenes: for every image a partner drawn
+    uniformly (one generator seeded 8) among the scene's images at a relative rotation in
+    (0, 120] degrees, then every 4th of these (query, partner) pairs; the query is the
+    reference view."""
+    from cameo_cli.cameras import relative_rotation_angle
+
+    generator = torch.Generator().manual_seed(PROBE3D_SEED)
+    instances = []
+    for scene in dataset.scenes[:count]:
+        w2c = torch.from_numpy(dataset.reader.cameras(scene)[1])
+        angles = relative_rotation_angle(w2c[:, None], w2c[None, :])
+        for query in range(len(w2c)):
+            partners = torch.nonzero(
+                (angles[query] > 0) & (angles[query] <= PROBE3D_MAX_ANGLE)
+            ).flatten()
+            if len(partners):
+                pick = partners[torch.randint(len(partners), (1,), generator=generator)]
+                instances.append((scene, [query, int(pick)], 1))
+    if not instances:
+        raise CameoError(
+            f"{dataset.root}: no image pair within {PROBE3D_MAX_ANGLE:g} degrees "
+            "in the scored scenes (--protocol probe3d)"
+        )
+    return instances[::PROBE3D_EVERY]
+
+
+def scored_pairs(protocol: str, views: int) -> torch.Tensor:
+    """[F, F] (query view, key view) pairs scored: every ordered pair of distinct views, or
+    under probe3d the query image (view 0) into its partner (view 1) only."""
+    if protocol == "probe3d":
+        pairs = torch.zeros(views, views, dtype=torch.bool)
+        pairs[0, 1] = True
+        return pairs
+    return ~torch.eye(views, dtype=torch.bool)
+
+
 def collate(dataset: MultiViewDataset, views: list[ViewSet]) -> ViewBatch:
     """Items of `views` stacked into one batch (all with the same number of references)."""
     return ViewBatch.collate(
@@ -214,8 +264,12 @@ def score_probe(
     radii: Radii,
     epsilon: float,
     alignment: CameoLoss | None = None,
+    metres_per_unit: torch.Tensor | None = None,
+    pairs: torch.Tensor | None = None,
 ) -> tuple[PrecisionCounts, PrecisionCounts | None]:
-    """Counts of the head-averaged attention (and of the projection head's map if given)."""
+    """Counts of the head-averaged attention (and of the projection head's map if given);
+    3D radii in cm with `metres_per_unit` [B] (metric data), else in token footprints; only
+    the (query view, key view) `pairs` [F, F] when given."""
     from cameo_cli.geometry import correspondence_targets, resize_point_map
 
     device = probe.q.device
@@ -223,25 +277,32 @@ def score_probe(
     valid = batch.point_valid.to(device)
     grid = probe.grid
     targets = correspondence_targets(points, valid, grid, epsilon=epsilon)
+    rows = targets.mask if pairs is None else targets.mask & pairs.to(device)[None, :, :, None]
     token_points, token_valid = resize_point_map(points, valid, grid)
     token_points = token_points.flatten(-2).transpose(-1, -2)
     token_valid = token_valid.flatten(-2)
     height, width = batch.image_size
     stride = (height / grid[0], width / grid[1])
     radii = radii.resolved(width)
-    bins = rotation_bins(batch.world_to_camera.to(device))
+    w2c = batch.world_to_camera.to(device)
+    bins = rotation_bins(w2c)
+    footprints = None
+    if metres_per_unit is None:
+        footprints = token_footprints(token_points, batch.intrinsics.to(device), w2c, stride)
 
     def score(predicted: torch.Tensor) -> PrecisionCounts:
         return score_matches(
             predicted,
             targets.index,
-            targets.mask,
+            rows,
             grid,
             stride,
             token_points,
             token_valid,
             bins,
             radii,
+            metres_per_unit=metres_per_unit,
+            footprints=footprints,
         )
 
     attention = score(predicted_matches(probe, head_averaged_argmax))
@@ -260,9 +321,11 @@ def layer_precision(
 ) -> list[dict]:
     """Per-layer precision summaries over all timesteps (and per timestep)."""
     model, dataset, request = diagnosis.model, diagnosis.dataset, diagnosis.request
-    per_layer = {layer: PrecisionCounts() for layer in layers}
-    per_step = {(layer, t): PrecisionCounts() for layer in layers for t in request.timesteps}
-    projected = PrecisionCounts() if model.alignment is not None else None
+    units = world_units(dataset, diagnosis.views)
+    metrics = request.radii.metrics(units is not None)
+    per_layer = {layer: PrecisionCounts(metrics) for layer in layers}
+    per_step = {(layer, t): PrecisionCounts(metrics) for layer in layers for t in request.timesteps}
+    projected = PrecisionCounts(metrics) if model.alignment is not None else None
     batches = _batches(diagnosis.views)
     task = (
         progress.add_task("precision", total=len(batches) * len(request.timesteps))
@@ -272,12 +335,14 @@ def layer_precision(
     with torch.no_grad():
         for group in batches:
             batch = collate(dataset, group)
+            scale = torch.tensor([units[s] for s in batch.scenes]) if units else None
+            pairs = scored_pairs(request.protocol, batch.num_views)
             for timestep in request.timesteps:
                 results = probe_all(model, batch, layers, timestep, request.seed)
                 for layer, probe in results.items():
                     head = model.alignment if layer == model.supervised_layer else None
                     counts, head_counts = score_probe(
-                        probe, batch, request.radii, request.epsilon, head
+                        probe, batch, request.radii, request.epsilon, head, scale, pairs
                     )
                     per_layer[layer].add(counts)
                     per_step[(layer, timestep)].add(counts)
@@ -306,6 +371,14 @@ def layer_precision(
             summary["projection_head"] = projected.summary()
         summaries.append(summary)
     return summaries
+
+
+def world_units(dataset: MultiViewDataset, views: list[ViewSet]) -> dict[str, float] | None:
+    """Metres per world unit of each scored scene (index.json `metres_per_unit`), or None
+    unless every one of them is metric."""
+    scenes = dataset.index["scenes"]
+    units = {scene: scenes[scene].get("metres_per_unit") for scene, _, _ in views}
+    return units if all(units.values()) else None
 
 
 def _batches(views: list[ViewSet]) -> list[list[ViewSet]]:
@@ -367,21 +440,33 @@ def run_diagnose(request: DiagnoseRequest, console: Console | None = None) -> di
             "across views; diagnose more layers (--layers) or ask for fewer"
         )
     dataset = open_diagnose_dataset(Path(request.dataset), model.recipe)
-    views = evaluation_views(dataset, request.scenes)
+    if request.protocol not in PROTOCOLS:
+        raise CameoError(f"--protocol: {request.protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    if request.protocol == "probe3d":
+        views = probe3d_pairs(dataset, request.scenes)
+    else:
+        views = evaluation_views(dataset, request.scenes)
     width = ViewBatch.from_item(dataset.get_views(*views[0])).image_size[1]
     request = dataclasses.replace(request, radii=request.radii.resolved(width))
+    metric = world_units(dataset, views) is not None
     result = {
         "backbone": request.backbone,
         "variant": model.variant,
         "model": model.source,
         "step": model.step,
         "dataset": str(request.dataset),
+        "protocol": request.protocol,
         "scenes": [{"scene": s, "frames": f, "references": n} for s, f, n in views],
         "timesteps": list(request.timesteps),
+        "metric": metric,
         "radii": {
             "tokens": request.radii.tokens,
             "pixels": request.radii.pixels,
-            "world": request.radii.world,
+            "3d": (
+                {"unit": "cm", "values": list(request.radii.metric_cm)}
+                if metric
+                else {"unit": "token footprints", "values": [request.radii.tokens]}
+            ),
         },
         "epsilon": request.epsilon,
         "supervised_layer": model.supervised_layer,
@@ -389,6 +474,7 @@ def run_diagnose(request: DiagnoseRequest, console: Console | None = None) -> di
     diagnosis = Diagnosis(request, model, dataset, views)
     with Progress(console=console, transient=True) as progress:
         result["layers"] = layer_precision(diagnosis, layers, progress)
+        result["metrics"] = list(result["layers"][0]["attention"]["precision"])
         result["recommended_layer"] = recommend(result["layers"], top_k=request.top_k)
         if checkpoints:
             chosen = over_training_layer(model, layers, result["recommended_layer"])
@@ -420,6 +506,7 @@ def run_diagnose(request: DiagnoseRequest, console: Console | None = None) -> di
             write_recommended_layer(request.backbone, model.variant, entry)
         )
     console.print(results_table(result))
+    console.print(rotation_table(result))
     return result
 
 
@@ -448,31 +535,28 @@ def _score_checkpoints(
     return scored
 
 
+def _cell(value: float | None) -> str:
+    return f"{value:.3f}" if value is not None else "-"
+
+
 def results_table(result: dict) -> Table:
     """Per-layer precision as a rich table (the recommended layer starred, the rest of the
     top k ranked)."""
     top = (result.get("recommended_layer") or {}).get("top", [])
     ranks = {row["layer"]: rank for rank, row in enumerate(top, start=1)}
-    radii = result["radii"]
     table = Table(title=f"cameo diagnose: {result['backbone']}/{result['variant']}")
     table.add_column("layer", justify="right")
     table.add_column("path")
     table.add_column("3D", justify="center")
     table.add_column("grid", justify="right")
-    table.add_column("exact", justify="right")
-    table.add_column(f"≤{radii['tokens']:g} tok", justify="right")
-    table.add_column(f"≤{radii['pixels']:g} px", justify="right")
-    table.add_column(f"≤{radii['world']:g} world", justify="right")
+    for metric in result["metrics"]:
+        table.add_column(metric_label(metric, result["radii"]), justify="right")
     table.add_column("drop PSNR", justify="right")
     drops = {
         row["layer"]: row["psnr_drop"] for row in result.get("perturbation", {}).get("layers", [])
     }
     for summary in result["layers"]:
         precision = summary["attention"]["precision"]
-        cells = [
-            f"{precision[m]:.3f}" if precision[m] is not None else "-"
-            for m in ("exact", "tokens", "pixels", "3d")
-        ]
         drop = drops.get(summary["layer"])
         rank = ranks.get(summary["layer"])
         mark = "" if rank is None else " ★" if rank == 1 else f" #{rank}"
@@ -481,7 +565,27 @@ def results_table(result: dict) -> Table:
             summary["path"],
             "yes" if summary["multiview"] else "no",
             "x".join(map(str, summary["grid"])),
-            *cells,
+            *(_cell(precision[m]) for m in result["metrics"]),
             f"{drop:.2f}" if drop is not None else "-",
+        )
+    return table
+
+
+def rotation_table(result: dict) -> Table:
+    """The 3D headline metric (Precision@2cm on metric data) per layer and rotation bin."""
+    metric = headline_metric(result["metrics"])
+    label = metric_label(metric, result["radii"])
+    table = Table(title=f"precision {label} by relative rotation (rows scored)")
+    table.add_column("layer", justify="right")
+    for name in ROTATION_BINS:
+        table.add_column(f"{name}°", justify="right")
+    for summary in result["layers"]:
+        by_rotation = summary["attention"]["by_rotation"]
+        table.add_row(
+            str(summary["layer"]),
+            *(
+                f"{_cell(by_rotation[b]['precision'][metric])} ({by_rotation[b]['rows']})"
+                for b in ROTATION_BINS
+            ),
         )
     return table

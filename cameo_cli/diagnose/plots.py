@@ -10,10 +10,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cameo_cli.diagnose.precision import METRICS, ROTATION_BINS  # noqa: E402
+from cameo_cli.diagnose.precision import (  # noqa: E402
+    ROTATION_BINS,
+    headline_metric,
+    metric_label,
+)
 from cameo_cli.io import save_with  # noqa: E402
-
-LABELS = {"exact": "exact token", "tokens": "≤ r tokens", "pixels": "≤ r px", "3d": "≤ r (3D)"}
 
 
 def _save(figure, path: Path) -> None:
@@ -32,60 +34,66 @@ def _value(value: float | None) -> float:
 
 def precision_by_layer(result: dict, path: Path) -> None:
     """Grouped bars: each metric per layer; multi-view layers shaded, the recommended starred."""
-    layers = result["layers"]
+    layers, metrics = result["layers"], result["metrics"]
     x = np.arange(len(layers))
-    width = 0.8 / len(METRICS)
+    width = 0.8 / len(metrics)
     figure, axis = plt.subplots(figsize=(max(6, 0.6 * len(layers) + 2), 4))
     for position, summary in enumerate(layers):
         if summary["multiview"]:
             axis.axvspan(position - 0.45, position + 0.45, color="0.92", zorder=0)
-    for number, metric in enumerate(METRICS):
+    for number, metric in enumerate(metrics):
         values = [_value(s["attention"]["precision"][metric]) for s in layers]
-        axis.bar(x + (number - 1.5) * width, values, width, label=LABELS[metric], zorder=2)
+        offset = (number - (len(metrics) - 1) / 2) * width
+        label = metric_label(metric, result["radii"])
+        axis.bar(x + offset, values, width, label=label, zorder=2)
     recommended = (result.get("recommended_layer") or {}).get("layer")
     names = [f"{s['layer']}{'★' if s['layer'] == recommended else ''}" for s in layers]
     axis.set_xticks(x, names)
     axis.set_xlabel("layer (shaded: multi-view attention, ★ recommended)")
     axis.set_ylabel("precision")
     axis.set_ylim(0, 1)
-    radii = result["radii"]
+    world = "metric" if result["metric"] else "unitless: 3D radius in token footprints"
     axis.set_title(
-        f"{result['backbone']}/{result['variant']}: argmax attention vs ground truth "
-        f"(r = {radii['tokens']:g} tok, {radii['pixels']:g} px, {radii['world']:g} world)"
+        f"{result['backbone']}/{result['variant']}: argmax attention vs ground truth ({world})"
     )
     axis.legend(fontsize=8)
     _save(figure, path)
 
 
 def precision_by_rotation(result: dict, path: Path) -> None:
-    """Heat map: pixel-radius precision per layer and rotation bin (blank: no view pair)."""
+    """Heat maps: pixel-radius and 3D (Precision@2cm on metric data) precision per layer and
+    rotation bin (blank: no view pair)."""
     layers = result["layers"]
-    grid = np.array(
-        [
-            [_value(s["attention"]["by_rotation"][b]["precision"]["pixels"]) for b in ROTATION_BINS]
-            for s in layers
-        ]
-    )
-    figure, axis = plt.subplots(figsize=(5, max(3, 0.35 * len(layers) + 1)))
-    image = axis.imshow(np.ma.masked_invalid(grid), vmin=0, vmax=1, cmap="viridis", aspect="auto")
-    for row in range(grid.shape[0]):
-        for col in range(grid.shape[1]):
-            if not np.isnan(grid[row, col]):
-                axis.text(
-                    col,
-                    row,
-                    f"{grid[row, col]:.2f}",
-                    ha="center",
-                    va="center",
-                    color="white" if grid[row, col] < 0.5 else "black",
-                    fontsize=7,
-                )
-    axis.set_xticks(range(len(ROTATION_BINS)), [f"{b}°" for b in ROTATION_BINS])
-    axis.set_yticks(range(len(layers)), [str(s["layer"]) for s in layers])
-    axis.set_xlabel("relative rotation between the views")
-    axis.set_ylabel("layer")
-    axis.set_title(f"precision ≤ {result['radii']['pixels']:g} px by viewpoint change")
-    figure.colorbar(image, ax=axis)
+    metrics, bins = ("pixels", headline_metric(result["metrics"])), ROTATION_BINS
+    figure, axes = plt.subplots(1, 2, figsize=(10, max(3, 0.35 * len(layers) + 1)))
+    for axis, metric in zip(axes, metrics, strict=True):
+        grid = np.array(
+            [
+                [_value(s["attention"]["by_rotation"][b]["precision"][metric]) for b in bins]
+                for s in layers
+            ]
+        )
+        image = axis.imshow(
+            np.ma.masked_invalid(grid), vmin=0, vmax=1, cmap="viridis", aspect="auto"
+        )
+        for row in range(grid.shape[0]):
+            for col in range(grid.shape[1]):
+                if not np.isnan(grid[row, col]):
+                    axis.text(
+                        col,
+                        row,
+                        f"{grid[row, col]:.2f}",
+                        ha="center",
+                        va="center",
+                        color="white" if grid[row, col] < 0.5 else "black",
+                        fontsize=7,
+                    )
+        axis.set_xticks(range(len(ROTATION_BINS)), [f"{b}°" for b in ROTATION_BINS])
+        axis.set_yticks(range(len(layers)), [str(s["layer"]) for s in layers])
+        axis.set_xlabel("relative rotation between the views")
+        axis.set_ylabel("layer")
+        axis.set_title(f"precision {metric_label(metric, result['radii'])}")
+        figure.colorbar(image, ax=axis)
     _save(figure, path)
 
 
@@ -94,12 +102,12 @@ def precision_over_training(result: dict, path: Path) -> None:
     over = result["over_training"]
     steps = [c["step"] for c in over["checkpoints"]]
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for metric in METRICS:
+    for metric in result["metrics"]:
         left.plot(
             steps,
             [_value(c["precision"][metric]) for c in over["checkpoints"]],
             marker="o",
-            label=LABELS[metric],
+            label=metric_label(metric, result["radii"]),
         )
     head = [c["projection_head"] for c in over["checkpoints"]]
     if any(h is not None for h in head):

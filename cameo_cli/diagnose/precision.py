@@ -10,8 +10,12 @@ head's map. A prediction counts as correct:
 - `tokens`: within `radius_tokens` of it on the token grid (Euclidean, token units);
 - `pixels`: within `radius_px` of it in image pixels (token distance times the layer's
   stride, so layers of different resolution are comparable; by default 1/8 of the width);
-- `3d`: the predicted token's 3D point lies within `radius_3d` (world units; 0.02 = 2 cm
-  on metric data, the paper's Precision@2cm) of the query token's 3D point.
+- 3D: the predicted token's 3D point lies near the query token's 3D point. On metric data
+  (every scored scene records `metres_per_unit` in index.json: DTU, NAVI) one metric per
+  radius in centimetres, `3d@1cm`, `3d@2cm`, `3d@5cm` (the paper's Precision@2cm); on other
+  data one metric `3d@{r}tok`: within `radius_tokens` token footprints, a footprint being
+  the width one token of the layer covers at the query point's depth in view j
+  (``z_j * stride / f_j``), so the radius follows the data's scale and the layer's grid.
 
 Counts are kept per bin of the relative rotation between the two cameras.
 """
@@ -26,7 +30,9 @@ from cameo_cli.cameras import relative_rotation_angle
 
 ROTATION_EDGES = (30.0, 60.0, 90.0)
 ROTATION_BINS = ("0-30", "30-60", "60-90", ">90")
-METRICS = ("exact", "tokens", "pixels", "3d")
+GRID_METRICS = ("exact", "tokens", "pixels")
+METRIC_RADII_CM = (1.0, 2.0, 5.0)
+HEADLINE_CM = 2.0  # the paper's Precision@2cm
 PIXEL_RADIUS_DIVISOR = 8  # default pixel radius: 4 px at 32 px, 64 px at 512 px
 
 
@@ -39,30 +45,75 @@ def rotation_bins(world_to_camera: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Radii:
-    """Radii of the `tokens`, `pixels` and `3d` metrics (pixels None: 1/8 of the image width)."""
+    """Radii of the `tokens` and `pixels` metrics (pixels None: 1/8 of the image width) and
+    the 3D radii in cm used on metric data (on other data the 3D radius is `tokens`
+    token footprints)."""
 
     tokens: float = 1.0
     pixels: float | None = None
-    world: float = 0.02
+    metric_cm: tuple[float, ...] = METRIC_RADII_CM
 
     def resolved(self, image_width: int) -> Radii:
         if self.pixels is not None:
             return self
-        return Radii(self.tokens, image_width / PIXEL_RADIUS_DIVISOR, self.world)
+        return Radii(self.tokens, image_width / PIXEL_RADIUS_DIVISOR, self.metric_cm)
+
+    def metrics(self, metric: bool) -> tuple[str, ...]:
+        """The metric names scored on metric (True) or unitless (False) data."""
+        if metric:
+            return GRID_METRICS + tuple(f"3d@{r:g}cm" for r in self.metric_cm)
+        return (*GRID_METRICS, f"3d@{self.tokens:g}tok")
+
+
+def headline_metric(metrics: tuple[str, ...] | list[str]) -> str:
+    """The 3D metric shown by rotation bin: `3d@2cm` when scored, else the last 3D one."""
+    wanted = f"3d@{HEADLINE_CM:g}cm"
+    return wanted if wanted in metrics else [m for m in metrics if m.startswith("3d@")][-1]
+
+
+def metric_label(metric: str, radii: dict) -> str:
+    """A column heading: `exact`, `≤1 tok`, `≤4 px`, `≤2 cm`, `≤1 tok (3D)`."""
+    if metric == "tokens":
+        return f"≤{radii['tokens']:g} tok"
+    if metric == "pixels":
+        return f"≤{radii['pixels']:g} px"
+    if metric.startswith("3d@"):
+        radius = metric.removeprefix("3d@")
+        return f"≤{radius[:-2]} cm" if radius.endswith("cm") else f"≤{radius[:-3]} tok (3D)"
+    return metric
+
+
+def token_footprints(
+    token_points: torch.Tensor,
+    intrinsics: torch.Tensor,
+    world_to_camera: torch.Tensor,
+    stride: tuple[float, float],
+) -> torch.Tensor:
+    """[B, F, F, hw] world width of one token of view j at query token n of view i:
+    ``z_j(p_in) * stride / f_j`` (token_points [B, F, hw, 3] world, K [B, F, 3, 3] px)."""
+    w2c = world_to_camera.to(token_points.dtype)
+    depth = torch.einsum("bjc,binc->bijn", w2c[:, :, 2, :3], token_points)
+    depth = depth + w2c[:, None, :, 2, 3, None]
+    focal = intrinsics.to(token_points.dtype)[:, :, 0, 0]
+    return depth * stride[1] / focal[:, None, :, None]
 
 
 @dataclass
 class PrecisionCounts:
-    """Correct predictions per metric and rotation bin, and the rows scored per bin."""
+    """Correct predictions per metric (`metrics`) and rotation bin, and the rows scored."""
 
-    hits: torch.Tensor = field(
-        default_factory=lambda: torch.zeros(len(METRICS), len(ROTATION_BINS), dtype=torch.long)
-    )
+    metrics: tuple[str, ...]
+    hits: torch.Tensor = field(init=False)
     rows: torch.Tensor = field(
         default_factory=lambda: torch.zeros(len(ROTATION_BINS), dtype=torch.long)
     )
 
+    def __post_init__(self) -> None:
+        self.hits = torch.zeros(len(self.metrics), len(ROTATION_BINS), dtype=torch.long)
+
     def add(self, other: PrecisionCounts) -> None:
+        if other.metrics != self.metrics:
+            raise ValueError(f"cannot add counts of {other.metrics} to {self.metrics}")
         self.hits += other.hits
         self.rows += other.rows
 
@@ -71,7 +122,8 @@ class PrecisionCounts:
 
         def ratios(hits: torch.Tensor, rows: int) -> dict[str, float | None]:
             return {
-                m: (int(h) / rows if rows else None) for m, h in zip(METRICS, hits, strict=True)
+                m: (int(h) / rows if rows else None)
+                for m, h in zip(self.metrics, hits, strict=True)
             }
 
         total = int(self.rows.sum())
@@ -98,15 +150,22 @@ def score_matches(
     token_valid: torch.Tensor,
     bins: torch.Tensor,
     radii: Radii,
+    *,
+    metres_per_unit: torch.Tensor | None = None,
+    footprints: torch.Tensor | None = None,
 ) -> PrecisionCounts:
     """Count correct predictions.
 
     predicted, target_index [B, F, F, hw] key tokens; target_mask [B, F, F, hw] rows to
     score; stride (pixels per token down, across); token_points [B, F, hw, 3] and
     token_valid [B, F, hw] the point map on the token grid; bins [B, F, F] rotation bins.
+    3D: on metric data `metres_per_unit` [B] (each sample's world unit), else `footprints`
+    [B, F, F, hw] (`token_footprints`).
     """
     if radii.pixels is None:
         raise ValueError("resolve the pixel radius first (Radii.resolved)")
+    if (metres_per_unit is None) == (footprints is None):
+        raise ValueError("give metres_per_unit (metric data) or footprints, not both")
     width = grid[1]
     rows = target_mask.clone()
     views = rows.shape[1]
@@ -122,17 +181,22 @@ def score_matches(
     predicted_ok = token_valid[:, None].expand(batch, views, views, hw).gather(3, predicted)
     query_points = token_points[:, :, None].expand(batch, views, views, hw, 3)
     world_distance = torch.linalg.vector_norm((predicted_points - query_points).double(), dim=-1)
+    if metres_per_unit is not None:
+        metres = world_distance * metres_per_unit.double().to(rows.device)[:, None, None, None]
+        near = [metres <= radius / 100.0 for radius in radii.metric_cm]
+    else:
+        near = [world_distance <= radii.tokens * footprints.double()]
 
     correct = torch.stack(
         [
             predicted == target_index,
             token_distance <= radii.tokens,
             pixel_distance <= radii.pixels,
-            predicted_ok & (world_distance <= radii.world),
+            *(predicted_ok & hit for hit in near),
         ]
     )  # [metrics, B, F, F, hw]
     bin_rows = bins[:, :, :, None].expand_as(rows)
-    counts = PrecisionCounts()
+    counts = PrecisionCounts(radii.metrics(metres_per_unit is not None))
     for b in range(len(ROTATION_BINS)):
         selected = rows & (bin_rows == b)
         counts.rows[b] = int(selected.sum())

@@ -39,6 +39,7 @@ class DiagnoseRequest:
     sample_steps: int | None = None
     radii: Radii = field(default_factory=Radii)
     epsilon: float = 1.5
+    protocol: str = "views"  # "views" (view sets, all pairs) or "probe3d" (image pairs)
     seed: int = 0
     lpips_weights: Path | None = None
     device: str | None = None
