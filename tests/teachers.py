@@ -30,3 +30,13 @@ def planned_teacher(method: str, teacher: Path, *overrides: str):
     torch.manual_seed(0)
     backbone = build_backbone("cat3d", "tiny", in_channels=3)
     return backbone, plan_run(teacher_recipe(method, teacher, *overrides), backbone)
+
+
+def evaluate_cli(run: Path, dataset: Path, out: Path):
+    """`cameo evaluate` of `run` on `dataset` (PSNR, 2 steps): the CliRunner result."""
+    from click.testing import CliRunner
+
+    from cameo_cli.cli import main
+
+    args = ["evaluate", "--checkpoint", run, "--dataset", dataset, "--out", out]
+    return CliRunner().invoke(main, [*map(str, args), "--metrics", "psnr", "--steps", "2"])

@@ -132,7 +132,7 @@ def test_cli_prepare_navi_and_refusals(navi_root: Path, tmp_path: Path):
     result = runner.invoke(
         main, ["prepare", "navi", "--root", str(navi_root), "--out", str(out), "--split", "x"]
     )
-    assert result.exit_code == 2 and "--split must be multiview, wild_set, all" in result.output
+    assert result.exit_code == 2 and "--split must be multiview, wild_set or all" in result.output
     assert "Traceback" not in result.output
 
 

@@ -18,7 +18,7 @@ from cameo_cli.cli import main
 from cameo_cli.config import load_recipe
 from cameo_cli.errors import CameoError
 from tests import vggt_standin
-from tests.teachers import planned_teacher, teacher_recipe
+from tests.teachers import evaluate_cli, planned_teacher, teacher_recipe
 
 DIM = 2 * vggt_standin.EMBED  # frame and global attention features, concatenated
 BLOCK = "up_blocks.2.attentions.0"  # tiny cat3d: 64 channels, 16x16 tokens at 32 px
@@ -192,22 +192,7 @@ def test_train_two_steps_resume_and_evaluate(vggt_weights, standin, synthetic_da
     assert loaded.recipe.alignment.method == "geometry-forcing"
     options = dataclasses.asdict(loaded.recipe)["alignment"]["options"]
     assert (options["teacher_dim"], options["teacher_layer"]) == (DIM, vggt_standin.LAYERS - 1)
-    result = CliRunner().invoke(
-        main,
-        [
-            "evaluate",
-            "--checkpoint",
-            str(tmp_path / "a"),
-            "--dataset",
-            str(synthetic_dataset),
-            "--out",
-            str(tmp_path / "eval"),
-            "--metrics",
-            "psnr",
-            "--steps",
-            "2",
-        ],
-    )
+    result = evaluate_cli(tmp_path / "a", synthetic_dataset, tmp_path / "eval")
     assert result.exit_code == 0, result.output
     metrics = [
         line

@@ -9,14 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from cameo_cli.alignment.method import AlignmentInputs
-from cameo_cli.cli import main
 from cameo_cli.config import load_recipe
 from cameo_cli.errors import CameoError
-from tests.teachers import planned_teacher, teacher_recipe
+from tests.teachers import evaluate_cli, planned_teacher, teacher_recipe
 
 PATCH, DIM = 2, 12  # the tiny teacher: 32 px views -> 16x16 tokens, as tiny cat3d's layer 10
 
@@ -165,20 +163,5 @@ def test_train_two_steps_resume_and_evaluate(dino_folder, synthetic_dataset, tmp
     loaded = load_for_inference(tmp_path / "a")
     assert loaded.recipe.alignment.method == "repa"
     assert dataclasses.asdict(loaded.recipe)["alignment"]["options"]["teacher_dim"] == DIM
-    result = CliRunner().invoke(
-        main,
-        [
-            "evaluate",
-            "--checkpoint",
-            str(tmp_path / "a"),
-            "--dataset",
-            str(synthetic_dataset),
-            "--out",
-            str(tmp_path / "eval"),
-            "--metrics",
-            "psnr",
-            "--steps",
-            "2",
-        ],
-    )
+    result = evaluate_cli(tmp_path / "a", synthetic_dataset, tmp_path / "eval")
     assert result.exit_code == 0, result.output

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cameo_cli.data import records
 from cameo_cli.data.records import FrameData, SceneData, SceneSource, Skip, SkipScene, decode_image
-from cameo_cli.errors import CameoError
 
 TEST_SCANS = (8, 21, 30, 31, 34, 38, 40, 41, 45, 55, 63, 82, 103, 110, 114)
 INPUT_VIEWS = (25, 22, 28)
@@ -127,11 +127,9 @@ class DTUSource(SceneSource):
     dataset = "dtu"
 
     def __init__(self, root: Path, split: str = "test", geometry: str = "none") -> None:
-        if split not in ("test", "train", "all"):
-            raise CameoError(f"dtu: --split must be test, train or all, got {split!r}")
-        if geometry not in ("depth", "vggt", "none"):
-            raise CameoError(f"dtu: --geometry must be depth, vggt or none, got {geometry!r}")
-        self.root, self.split, self.geometry = Path(root), split, geometry
+        self.root = Path(root)
+        self.split = records.check_option("dtu", "split", split, ("test", "train", "all"))
+        self.geometry = records.check_option("dtu", "geometry", geometry, ("depth", "vggt", "none"))
 
     def options(self) -> dict:
         return {"root": str(self.root), "split": self.split, "geometry": self.geometry}

@@ -37,6 +37,7 @@ from cameo_cli.data.records import (
     SceneSource,
     Skip,
     SkipScene,
+    check_option,
     decode_image,
     nearest_indices,
 )
@@ -118,11 +119,9 @@ class NaviSource(SceneSource):
     dataset = "navi"
 
     def __init__(self, root: Path, split: str = "multiview", geometry: str = "depth") -> None:
-        if split not in SPLITS:
-            raise CameoError(f"navi: --split must be {', '.join(SPLITS)}, got {split!r}")
-        if geometry not in ("depth", "vggt", "none"):
-            raise CameoError(f"navi: --geometry must be depth, vggt or none, got {geometry!r}")
-        self.root, self.split, self.geometry = Path(root), split, geometry
+        self.root = Path(root)
+        self.split = check_option("navi", "split", split, SPLITS)
+        self.geometry = check_option("navi", "geometry", geometry, ("depth", "vggt", "none"))
 
     def options(self) -> dict:
         return {"root": str(self.root), "split": self.split, "geometry": self.geometry}

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from cameo_cli.errors import CameoError
+
 ROTATION_TOLERANCE = 1e-3
 
 
@@ -159,3 +161,11 @@ def encode_png(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
+
+
+def check_option(dataset: str, flag: str, value: str, choices: tuple[str, ...]) -> str:
+    """`value` if it is one of `choices`, else a CameoError naming the reader's --flag."""
+    if value not in choices:
+        allowed = ", ".join(choices[:-1]) + f" or {choices[-1]}"
+        raise CameoError(f"{dataset}: --{flag} must be {allowed}, got {value!r}")
+    return value
