@@ -278,15 +278,21 @@ def test_probe3d_pairs_within_120_degrees_every_fourth_query(navi_dataset):
         assert 0 < abs(query - partner) * STEP_DEG <= 120
 
 
-def test_planted_correspondence_scores_one_at_2cm_on_navi(navi_dataset):
+def test_planted_correspondence_scores_one_at_2cm_on_navi(navi_dataset, tmp_path):
     """Metric data (mm): Precision@{1,2,5}cm per layer and rotation bin; a layer whose
     argmax is the true nearest 3D point scores 1.0 at 2 cm. Beyond 120 degrees (the views
     protocol's widest pairs, 175 degrees) much of the sphere one camera sees is hidden from
-    the other, and even the true nearest point can lie beyond 2 cm; probe3d stops at 120."""
+    the other, and even the true nearest point can lie beyond 2 cm; probe3d stops at 120.
+    Pixel space (a 16x16 grid at layer 10), so a token covers about 7 mm of the sphere."""
+    from cameo_cli.config import dump_recipe, load_recipe
+
+    recipe = tmp_path / "pixels.yaml"
+    dump_recipe(load_recipe("quickstart-cpu", ["codec.kind=none"]), recipe)
     for protocol in ("views", "probe3d"):
         request = DiagnoseRequest(
-            backbone="cat3d", dataset=navi_dataset, out=None, protocol=protocol
-        )
+            backbone="cat3d", dataset=navi_dataset, out=None, protocol=protocol,
+            recipe=str(recipe),
+        )  # fmt: skip
         model = load_diagnosed_model(request, None, torch.device("cpu"))
         dataset = open_diagnose_dataset(navi_dataset, model.recipe)
         views = evaluation_views(dataset, 2) if protocol == "views" else probe3d_pairs(dataset, 2)
