@@ -9,7 +9,7 @@ from pathlib import Path
 import cameo_cli
 
 PACKAGE = Path(cameo_cli.__file__).parent
-JOBS = ("train", "sample", "evaluate", "diagnose", "export")
+JOBS = ("train", "sample", "evaluate", "diagnose", "export", "compare")
 # Imports of `cameo_cli.sample.outputs` that the shared `cameo_cli.io` module replaces
 # (issue 10, io part); the coordinator removes this entry when that branch lands.
 AWAITING_IO = "cameo_cli.sample.outputs"
