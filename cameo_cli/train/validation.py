@@ -86,9 +86,15 @@ class FixedNoisePass:
     probe: ProbeResult | None  # the probed layer's q and k, when asked for
 
 
+def encode_views(codec, batch: ViewBatch) -> torch.Tensor:
+    """[B, F, C, h, w] latents of the batch's views."""
+    b, f = batch.images.shape[:2]
+    return codec.encode(batch.images.flatten(0, 1)).unflatten(0, (b, f))
+
+
 def fixed_noise_pass(
     backbone: MultiViewBackbone,
-    codec,
+    latents: torch.Tensor,
     scheduler: DDPMScheduler,
     batch: ViewBatch,
     timestep: int,
@@ -96,12 +102,12 @@ def fixed_noise_pass(
     seed: int,
     probe: tuple[int, tuple[int, int]] | None = None,
 ) -> FixedNoisePass:
-    """Targets noised to `timestep` with noise from `seed` (the same noise at every timestep),
-    references clean; `probe` = (layer, token grid) also captures that layer."""
-    images, ref_mask = batch.images, batch.ref_mask
-    b, f = images.shape[:2]
-    device = images.device
-    latents = codec.encode(images.flatten(0, 1)).unflatten(0, (b, f))
+    """The batch's `latents` (`encode_views`) noised to `timestep` on the targets with noise
+    from `seed` (the same noise at every timestep), references clean; `probe` = (layer,
+    token grid) also captures that layer."""
+    ref_mask = batch.ref_mask
+    b, f = latents.shape[:2]
+    device = latents.device
     generator = torch.Generator(device=device).manual_seed(seed)
     noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
     timesteps = torch.full((b,), timestep, device=device, dtype=torch.long)
@@ -139,7 +145,8 @@ def one_step_views(
 ) -> torch.Tensor:
     """`[B, F, 3, H, W]` in [0, 1]: references as given, targets as x̂0 at t = 500."""
     batch = batch.to(next(backbone.parameters()).device)
-    run = fixed_noise_pass(backbone, codec, scheduler, batch, VALIDATION_TIMESTEP, seed=seed)
+    latents = encode_views(codec, batch)
+    run = fixed_noise_pass(backbone, latents, scheduler, batch, VALIDATION_TIMESTEP, seed=seed)
     return _one_step_images(codec, scheduler, batch, run)
 
 
@@ -186,10 +193,11 @@ def held_out_metrics(
     batch = batch.to(next(backbone.parameters()).device)
     metrics: dict[str, float] = {}
     one_step = None
+    latents = encode_views(codec, batch)  # once for every timestep
     for timestep in HELD_OUT_TIMESTEPS:
         at_probe = timestep == VALIDATION_TIMESTEP
         run = fixed_noise_pass(
-            backbone, codec, scheduler, batch, timestep, seed=seed,
+            backbone, latents, scheduler, batch, timestep, seed=seed,
             probe=probe if at_probe and batch.point_map is not None else None,
         )  # fmt: skip
         loss = denoising_loss(run.prediction, run.noised, batch.ref_mask, scheduler, None)
