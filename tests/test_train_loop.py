@@ -9,9 +9,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cameo_cli.attention.hooks import ProbeResult
+from cameo_cli.batch import ViewBatch
 from cameo_cli.checkpoints import load_for_inference
 from cameo_cli.config import load_recipe
+from cameo_cli.data.dataset import MultiViewDataset
+from cameo_cli.geometry import correspondence_targets
 from cameo_cli.train.loop import TrainingDiverged, run_training
+from cameo_cli.train.validation import attention_precision
 
 
 def _recipe(dataset: Path, *overrides: str):
@@ -43,11 +48,33 @@ def test_tiny_run_folder(tiny_run):
     for t in (250, 500, 750):  # the held-out convergence metrics
         assert validation[0][f"val/denoise_t{t}"] > 0
     assert 0 <= validation[0]["val/precision"] <= validation[0]["val/precision_1tok"] <= 1
+    head = validation[0]["val/precision_head"], validation[0]["val/precision_head_1tok"]
+    assert 0 <= head[0] <= head[1] <= 1  # CAMEO's projection head, scored the same way
     assert (tiny_run / "samples" / "step-000004.png").is_file()
     assert any((tiny_run / "tensorboard").iterdir())
     names = sorted(p.name for p in (tiny_run / "checkpoints").iterdir())
     assert names == ["step-000002", "step-000004"]
     assert not list(tiny_run.rglob("*.pt")) and not list(tiny_run.rglob("*.pkl"))
+
+
+def test_held_out_precision_scores_any_argmax_against_per_pair_truth(synthetic_dataset):
+    dataset = MultiViewDataset(synthetic_dataset, num_views=4)
+    batch = ViewBatch.collate([dataset[i] for i in range(2)])
+    grid = (8, 8)
+    truth = correspondence_targets(batch.point_map, batch.point_valid, grid, 1.5, "per_pair")
+    assert truth.mask.any()
+    zeros = torch.zeros(2, 4, 1, 64, 4)
+    probe = ProbeResult(zeros, zeros, 0.5, grid)
+
+    def planted(shift: int):  # the true key moved `shift` tokens to the right (clamped)
+        column = (truth.index % 8 + shift).clamp(max=7)
+        return lambda p, i, j: (truth.index - truth.index % 8 + column)[:, i, j]
+
+    assert attention_precision(probe, batch, 1.5, planted(0)) == {"exact": 1.0, "within1": 1.0}
+    shifted = attention_precision(probe, batch, 1.5, planted(1))
+    moved = ((truth.index % 8) < 7)[truth.mask].float().mean().item()  # rows a shift changes
+    assert shifted["within1"] == 1.0 and shifted["exact"] == pytest.approx(1 - moved)
+    assert attention_precision(probe, batch, 1.5, planted(3))["within1"] < 0.5
 
 
 def test_load_for_inference_uses_the_ema_weights(tiny_run):

@@ -437,3 +437,7 @@ class CameoLoss(nn.Module):
                 logits = torch.einsum("bhcd,bhkd->bckh", q[:, :, part], k) * probe.scale
                 parts.append(_log_probabilities(logits, params))
             return torch.cat(parts, dim=1)
+
+    def predicted_match(self, probe: ProbeResult, i: int, j: int) -> torch.Tensor:
+        """[B, hw] the key token of view j that the head ranks first, per query of view i."""
+        return self.correspondence_logits(probe, i, j).argmax(dim=-1)

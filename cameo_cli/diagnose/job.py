@@ -308,11 +308,7 @@ def score_probe(
     attention = score(predicted_matches(probe, head_averaged_argmax))
     projected = None
     if alignment is not None:
-
-        def head_argmax(p: ProbeResult, i: int, j: int) -> torch.Tensor:
-            return alignment.correspondence_logits(p, i, j).argmax(dim=-1)
-
-        projected = score(predicted_matches(probe, head_argmax))
+        projected = score(predicted_matches(probe, alignment.predicted_match))
     return attention, projected
 
 

@@ -334,6 +334,11 @@ class Trainer:
         accelerator.wait_for_everyone()
         return self.checkpoints.root / ckpt.checkpoint_name(self.step)
 
+    def _watched_head(self, model: CameoTrainingModel):
+        """CAMEO's trained projection head of the watched layer; None for other methods."""
+        heads = getattr(model.alignment, "correspondence_head", None)
+        return None if heads is None else heads(self.watched_layer[0])
+
     def _validate(self, step: int) -> None:
         """Main process: the held-out metrics of the validation batch (see
         `cameo_cli.train.validation`) and a grid of its truth, sampled and one-step views."""
@@ -366,6 +371,7 @@ class Trainer:
             seed=recipe.train.seed,
             probe=self.watched_layer,
             epsilon=recipe.alignment.epsilon,
+            head=self._watched_head(model),
         )
         model.train()
         truth = (batch.images + 1) / 2

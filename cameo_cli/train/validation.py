@@ -7,7 +7,8 @@ On a fixed held-out batch, given its clean references, with fixed noise:
 - `val/psnr_x0`: the model's one-step estimate x̂0 at t = 500 (`VALIDATION_TIMESTEP`);
 - `val/denoise_t*`: the denoising loss at t = 250, 500, 750 (`HELD_OUT_TIMESTEPS`);
 - `val/precision`, `val/precision_1tok`: the supervised layer's head-averaged attention
-  against the geometric correspondence (exact, within one token), at t = 500.
+  against the geometric correspondence (exact, within one token), at t = 500;
+- `val/precision_head`, `val/precision_head_1tok`: the same through CAMEO's projection head.
 
 All but `val/psnr` cost one forward pass each, so they can be logged often.
 """
@@ -15,6 +16,7 @@ All but `val/psnr` cost one forward pass each, so they can be logged often.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +24,8 @@ import torch
 from diffusers import DDPMScheduler
 from einops import rearrange
 
-from cameo_cli.attention.hooks import ProbeResult, predicted_matches
+from cameo_cli.alignment.cameo_loss import CameoLoss
+from cameo_cli.attention.hooks import ProbeResult, head_averaged_argmax, predicted_matches
 from cameo_cli.backbone import MultiViewBackbone, ViewConditioning
 from cameo_cli.batch import ViewBatch
 from cameo_cli.camera_files import CameraSet
@@ -150,9 +153,15 @@ def one_step_views(
     return _one_step_images(codec, scheduler, batch, run)
 
 
-def attention_precision(probe: ProbeResult, batch: ViewBatch, epsilon: float) -> dict[str, float]:
-    """The probed layer's head-averaged attention against per-pair correspondence: the share
-    of kept rows whose argmax key is the true one (`exact`) or within one token (`within1`)."""
+def attention_precision(
+    probe: ProbeResult,
+    batch: ViewBatch,
+    epsilon: float,
+    argmax: Callable[[ProbeResult, int, int], torch.Tensor] = head_averaged_argmax,
+) -> dict[str, float]:
+    """The probed layer's correspondence against per-pair truth: the share of kept rows whose
+    `argmax` key (by default of the head-averaged attention) is the true one (`exact`) or
+    within one token (`within1`)."""
     from cameo_cli.geometry import correspondence_targets
 
     targets = correspondence_targets(
@@ -161,7 +170,7 @@ def attention_precision(probe: ProbeResult, batch: ViewBatch, epsilon: float) ->
     kept = targets.mask
     if not kept.any():
         return {}
-    predicted = predicted_matches(probe)[kept]
+    predicted = predicted_matches(probe, argmax)[kept]
     truth = targets.index[kept]
     width = probe.grid[1]
     rows = torch.div(predicted, width, rounding_mode="floor") - torch.div(
@@ -184,12 +193,14 @@ def held_out_metrics(
     seed: int,
     probe: tuple[int, tuple[int, int]] | None,
     epsilon: float,
+    head: CameoLoss | None = None,
 ) -> tuple[dict[str, float], torch.Tensor]:
     """Cheap, low-variance convergence metrics of a fixed held-out batch (fixed noise):
     `val/denoise_t*` (the training loss on target views) at `HELD_OUT_TIMESTEPS`,
     `val/psnr_x0` (the one-step x̂0 at t = 500) and, with point maps and `probe` = (layer,
-    grid), `val/precision` and `val/precision_1tok` of that layer's attention at t = 500.
-    Returns the metrics and the one-step views."""
+    grid), `val/precision` and `val/precision_1tok` of that layer's attention at t = 500;
+    with CAMEO's projection `head` of that layer also `val/precision_head` and
+    `val/precision_head_1tok`, the head's argmax. Returns the metrics and the one-step views."""
     batch = batch.to(next(backbone.parameters()).device)
     metrics: dict[str, float] = {}
     one_step = None
@@ -206,10 +217,14 @@ def held_out_metrics(
             one_step = _one_step_images(codec, scheduler, batch, run)
             metrics["val/psnr_x0"] = target_psnr(one_step, batch)
             if run.probe is not None:
-                precision = attention_precision(run.probe, batch, epsilon)
-                if precision:
-                    metrics["val/precision"] = precision["exact"]
-                    metrics["val/precision_1tok"] = precision["within1"]
+                scorers = {"val/precision": head_averaged_argmax}
+                if head is not None:
+                    scorers["val/precision_head"] = head.predicted_match
+                for name, argmax in scorers.items():
+                    precision = attention_precision(run.probe, batch, epsilon, argmax)
+                    if precision:
+                        metrics[name] = precision["exact"]
+                        metrics[f"{name}_1tok"] = precision["within1"]
     return metrics, one_step
 
 
