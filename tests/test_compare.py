@@ -95,6 +95,28 @@ def test_groups_by_glob_and_seeds_give_an_interval(tmp_path: Path) -> None:
     assert compare(*runs, "--out", out).exit_code == 2  # exists: needs --overwrite
 
 
+def test_a_metric_of_one_method_is_plotted_for_it_and_not_tabulated(tmp_path: Path) -> None:
+    psnr = {"val/psnr": [10.0, 12.0, 14.0, 15.0]}
+    head = {**psnr, "val/precision_head": [0.1, 0.2, 0.3, 0.4]}  # CAMEO's head: CAMEO only
+    runs = [fake_run(tmp_path / f"base-s{s}", "none", s, psnr) for s in (0, 1)]
+    runs += [fake_run(tmp_path / f"cameo-s{s}", "cameo", s, head) for s in (0, 1)]
+    out = tmp_path / "out"
+    result = compare(*runs, "--out", out)
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "compare.json").read_text())
+    assert data["metrics"] == ["val/precision_head", "val/psnr"]
+    assert {r["metric"] for r in data["steps_to_baseline_best"]} == {"val/psnr"}
+    assert (out / "val_precision_head.png").is_file()
+    # a metric only the baseline logs leaves nothing to compare
+    only_base = [fake_run(tmp_path / f"b{s}", "none", s, head) for s in (0, 1)]
+    only_base += [
+        fake_run(tmp_path / f"c{s}", "cameo", s, {"val/psnr_x0": [1.0] * 4}) for s in (0, 1)
+    ]
+    result = compare(*only_base, "--out", tmp_path / "out2")
+    assert result.exit_code == 2
+    assert "shares no held-out metric with the other methods" in result.output
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [

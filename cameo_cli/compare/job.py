@@ -3,12 +3,15 @@
 Every run folder's `metrics.jsonl` holds the held-out metrics its trainer logged (the names
 starting with `val/`). Runs are grouped into methods: by `--group NAME=GLOB` patterns, or by
 their recipes (runs whose resolved recipes differ only in `train.seed` and the dataset path
-are seeds of one method). For each metric:
+are seeds of one method). The seeds of a method must log the same metrics; methods may
+differ (only CAMEO logs its projection head's precision). For each metric:
 
-- a PNG of every method's mean curve over its seeds, with the seeds' range as a band;
-- the steps each method needs to reach the baseline's best value (of the baseline's mean
-  curve), the baseline's own steps to that value, and their ratio, with a bootstrap
-  confidence interval over seeds (seeds resampled with replacement within every method).
+- a PNG of the mean curve over its seeds of every method that logs it, with the seeds' range
+  as a band;
+- where the baseline logs it, the steps each method needs to reach the baseline's best value
+  (of the baseline's mean curve), the baseline's own steps to that value, and their ratio,
+  with a bootstrap confidence interval over seeds (seeds resampled with replacement within
+  every method).
 
 Lower is better for metrics whose name holds "loss" or "denoise"; higher otherwise.
 """
@@ -202,16 +205,22 @@ def _pick_baseline(methods: list[Method], name: str | None) -> Method:
     return methods[0]
 
 
-def _check_metrics(runs: list[RunCurves]) -> list[str]:
-    names = sorted(set().union(*(run.curves for run in runs)))
-    for run in runs:
-        missing = [name for name in names if name not in run.curves]
-        if missing:
-            raise CameoError(
-                f"{run.run}: logged no {', '.join(missing)} (which other runs logged); "
-                "compare runs with the same held-out metrics"
-            )
-    return names
+def _check_metrics(methods: list[Method]) -> None:
+    """Every seed of a method must log the same held-out metrics (methods may differ: only
+    CAMEO logs its projection head's precision)."""
+    for method in methods:
+        names = set().union(*(run.curves for run in method.runs))
+        for run in method.runs:
+            missing = sorted(names - set(run.curves))
+            if missing:
+                raise CameoError(
+                    f"{run.run}: logged no {', '.join(missing)} (which other runs of method "
+                    f"'{method.name}' logged); compare runs with the same held-out metrics"
+                )
+
+
+def _logs(method: Method, metric: str) -> bool:
+    return metric in method.runs[0].curves
 
 
 def compare_runs(
@@ -229,20 +238,27 @@ def compare_runs(
     if len(run_dirs) < 2:
         raise CameoError("cameo compare needs at least two runs")
     runs = [read_run(Path(run)) for run in run_dirs]
-    metrics = _check_metrics(runs)
     methods = group_runs(runs, groups)
     if len(methods) < 2:
         raise CameoError(
             "all runs form one method (their recipes differ only in seed): "
             "group them with --group NAME=GLOB"
         )
+    _check_metrics(methods)
+    metrics = sorted(set().union(*(run.curves for run in runs)))
     base = _pick_baseline(methods, baseline)
     rng = np.random.default_rng(seed)
     rows = [
         steps_to_baseline_best(base, method, metric, rng)
         for metric in metrics
+        if _logs(base, metric)
         for method in methods
+        if _logs(method, metric)
     ]
+    if all(row["method"] == base.name for row in rows):
+        raise CameoError(
+            f"the baseline '{base.name}' shares no held-out metric with the other methods"
+        )
     result = {
         "baseline": base.name,
         "methods": {m.name: [str(run.run) for run in m.runs] for m in methods},
@@ -267,7 +283,7 @@ def compare_runs(
     ]
     with staged_folder(out, overwrite) as staging:
         for metric in metrics:
-            curves = {method.name: method.mean_curve(metric) for method in methods}
+            curves = {m.name: m.mean_curve(metric) for m in methods if _logs(m, metric)}
             metric_curves(curves, metric, staging / f"{metric.replace('/', '_')}.png")
         write_json(staging / "compare.json", result)
         write_csv(staging / "compare.csv", table)
