@@ -196,6 +196,7 @@ _RETIRED_KEYS: dict[str, tuple[Any, str]] = {
 }
 
 _RECIPE_SUFFIXES = (".yaml", ".yml")
+EXTENDS = "extends"  # a recipe's top-level key naming the recipe it changes (name or path)
 
 
 class _RecipeLoader(yaml.SafeLoader):
@@ -722,6 +723,25 @@ def _resolve(name_or_path: str | os.PathLike) -> Path:
     return path
 
 
+def _recipe_data(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[str, int]]:
+    """The mapping of the recipe file `path` with its `extends:` parents merged beneath it
+    (the file's own values win, section by section), and the file's key lines."""
+    data, lines = _parse_yaml_file(path)
+    data = {} if data is None else dict(data)
+    if EXTENDS not in data:
+        return data, lines
+    parent_name = data.pop(EXTENDS)
+    where = f"{path}:{lines[EXTENDS]}: {EXTENDS}"
+    if not isinstance(parent_name, str) or not parent_name:
+        raise CameoError(f"{where}: expected a recipe name or path, got {_describe(parent_name)}")
+    relative = path.parent / parent_name
+    parent = _resolve(relative if relative.is_file() else parent_name)
+    if parent.resolve() in chain + (path.resolve(),):
+        raise CameoError(f"{where}: '{parent_name}' extends this recipe again (a loop)")
+    parent_data, _ = _recipe_data(parent, chain + (path.resolve(),))
+    return _merged({"": parent_data}, [""], data), lines
+
+
 def load_recipe(
     name_or_path: str | os.PathLike,
     overrides: Sequence[str] = (),
@@ -731,9 +751,9 @@ def load_recipe(
     `values`: typed values of command-line flags, `{dotted key: (flag, value)}` (e.g.
     `{"alignment.layer": ("--layer", 10)}`), set as given, not parsed from text."""
     path = _resolve(name_or_path)
-    data, lines = _parse_yaml_file(path)
+    data, lines = _recipe_data(path, ())
     file_source = _Source(str(path), lines)
-    recipe = _convert({} if data is None else data, Recipe, "", file_source)
+    recipe = _convert(data, Recipe, "", file_source)
     override_sources: dict[str, _Source] = {}
     for override in overrides:
         recipe = apply_override(recipe, override)

@@ -38,6 +38,18 @@ SHIPPED = {
     "hunyuan-dit-re10k",
     "quickstart-cpu",
 }
+# the small-scale reproduction (benchmarks/reproduction.py): each changes one setting of
+# repro-cpu-cameo, which is the quick start validated every 50 steps
+REPRODUCTION = {
+    "repro-cpu-baseline": "alignment.method=none",
+    "repro-cpu-cameo-joint": "alignment.targets=joint",
+    "repro-cpu-layer2": "alignment.layer=2",
+    "repro-cpu-layer6": "alignment.layer=6",
+    "repro-cpu-no-head": "alignment.head=none",
+    "repro-cpu-l1": "alignment.loss=l1",
+    "repro-cpu-no-mask": "alignment.epsilon=.inf",
+}
+SHIPPED |= {"repro-cpu-cameo", *REPRODUCTION}
 PAPER = {"cat3d-re10k": 10, "mvgenmaster-re10k": 10, "hunyuan-dit-re10k": 32}
 
 
@@ -243,6 +255,52 @@ def test_override_leaves_the_input_recipe_unchanged():
     recipe = Recipe()
     apply_override(recipe, "train.steps=5")
     assert recipe == Recipe()
+
+
+def test_reproduction_recipes_change_one_setting_of_the_quick_start():
+    cameo = load_recipe("repro-cpu-cameo")
+    schedule = ["train.steps=800", "train.validate_every=50", "train.checkpoint_every=100"]
+    schedule += ["train.keep_checkpoints=8", "train.trackers=[]"]
+    assert cameo == load_recipe("quickstart-cpu", schedule)
+    for name, change in REPRODUCTION.items():
+        assert load_recipe(name) == load_recipe("repro-cpu-cameo", [change]), name
+        assert load_recipe(name) != cameo
+
+
+# ------------------------------------------------------------------ extends
+
+
+def test_extends_merges_the_parent_beneath_section_by_section(tmp_path):
+    write(tmp_path, "train:\n  steps: 10\n  batch_size: 3\nalignment: {weight: 0.5}\n", "base.yaml")
+    child = write(tmp_path, "extends: base.yaml\ntrain:\n  steps: 20\nalignment: {loss: l1}\n")
+    recipe = load_recipe(child)
+    assert (recipe.train.steps, recipe.train.batch_size) == (20, 3)
+    assert (recipe.alignment.weight, recipe.alignment.loss) == (0.5, "l1")
+    grandchild = write(tmp_path, "extends: recipe.yaml\ntrain: {batch_size: 5}\n", "leaf.yaml")
+    assert load_recipe(grandchild) == load_recipe(child, ["train.batch_size=5"])
+    by_name = write(tmp_path, "extends: quickstart-cpu\nalignment: {method: none}\n")
+    assert load_recipe(by_name) == load_recipe("quickstart-cpu", ["alignment.method=none"])
+    dumped = tmp_path / "dumped.yaml"
+    dump_recipe(load_recipe(by_name), dumped)  # a run's config.yaml is whole, no `extends`
+    assert "extends" not in dumped.read_text() and load_recipe(dumped) == load_recipe(by_name)
+
+
+def test_extends_errors_name_the_file_and_line(tmp_path):
+    a = write(tmp_path, "extends: b.yaml\n", "a.yaml")
+    b = write(tmp_path, "train: {steps: 3}\nextends: a.yaml\n", "b.yaml")
+    assert error_of(lambda: load_recipe(b)) == (
+        f"{a}:1: extends: 'b.yaml' extends this recipe again (a loop)"
+    )
+    message = error_of(lambda: load_recipe(write(tmp_path, "extends: quickstart-cpuu\n")))
+    assert message.startswith("unknown recipe 'quickstart-cpuu' (did you mean 'quickstart-cpu'?)")
+    path = write(tmp_path, "extends: 3\n")
+    assert error_of(lambda: load_recipe(path)) == (
+        f"{path}:1: extends: expected a recipe name or path, got int 3"
+    )
+    path = write(tmp_path, "extends: quickstart-cpu\n\nalignment:\n  wieght: 0.1\n")
+    assert error_of(lambda: load_recipe(path)) == (
+        f"{path}:4: unknown key 'alignment.wieght' (did you mean 'alignment.weight'?)"
+    )
 
 
 # ------------------------------------------------------------------ errors
