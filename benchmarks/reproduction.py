@@ -115,12 +115,26 @@ def compare(out: Path, seeds: int) -> dict:
 
 
 def diagnose(out: Path, data: Path, run: str) -> dict:
-    """(a): every layer's attention precision over the run's checkpoints."""
+    """(a): every layer's attention precision at the run's last checkpoint (with chance, 1/hw,
+    since layers differ in grid), and the watched layer over its checkpoints."""
     folder = out / f"diagnose-{run}"
     command = cameo("diagnose", "--backbone", "cat3d", "--run", str(out / "runs" / run))
     command += ["--dataset", str(data), "--out", str(folder), "--overwrite", "--no-recommend"]
     subprocess.run(command, check=True)
-    return read_json(folder / "diagnose.json")
+    diagnosis = read_json(folder / "diagnose.json")
+    layers = [
+        {
+            "layer": entry["layer"],
+            "grid": entry["grid"],
+            "multiview": entry["multiview"],
+            "chance_exact": 1 / (entry["grid"][0] * entry["grid"][1]),
+            **entry["attention"]["precision"],
+            "rows": entry["attention"]["rows"],
+        }
+        for entry in diagnosis["layers"]
+    ]
+    keys = ("step", "recommended_layer", "over_training")
+    return {"layers": layers, **{key: diagnosis.get(key) for key in keys}}
 
 
 def held_out(run: Path) -> dict[str, dict[int, float]]:
@@ -239,6 +253,18 @@ def main() -> None:
         cells = (f"{values[m]:.4f}" if m in values else "-" for m in ABLATION_METRICS)
         table.add_row(method, *cells)
     console.print(table)
+    for run, diagnosis in report["a_layers"].items():
+        layers = Table(title=f"{run}: attention precision by layer (step {diagnosis['step']})")
+        for column in ("layer", "grid", "multiview", "exact", "chance", "tokens", "pixels"):
+            layers.add_column(column, justify="right")
+        for entry in diagnosis["layers"]:
+            layers.add_row(
+                str(entry["layer"]),
+                "x".join(map(str, entry["grid"])),
+                "yes" if entry["multiview"] else "no",
+                *(f"{entry[key]:.3f}" for key in ("exact", "chance_exact", "tokens", "pixels")),
+            )
+        console.print(layers)
     for run, pairs in report["b_precision_vs_psnr"].items():
         for metric, values in pairs.items():
             pearson, spearman = (values.get(k, float("nan")) for k in ("pearson", "spearman"))
