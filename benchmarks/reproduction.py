@@ -4,7 +4,8 @@ Trains the `repro-cpu-*` recipes through `cameo train` (the baseline and CAMEO w
 seeds, then CAMEO with official joint targets and the paper's ablations with one seed), then
 measures with cameo's own jobs and writes `OUT/report.json` and a table:
 
-(a) where correspondence lives in the trained baseline: `cameo diagnose` of every layer;
+(a) where correspondence lives: `cameo diagnose` of every layer of each baseline seed and of
+    CAMEO seed 0;
 (b) the baseline's held-out precision rising with training, and its correlation with the
     held-out PSNR over validations (Pearson and Spearman, per seed);
 (c) steps to the baseline's best held-out value, CAMEO against the baseline: `cameo compare`
@@ -225,7 +226,10 @@ def main() -> None:
         "command": " ".join(sys.argv),
         "runs": {job.name: finished(out / "runs" / job.name, job.steps) for job in jobs},
         "train_seconds": read_json(out / "times.json") if (out / "times.json").is_file() else {},
-        "a_layers": {run: diagnose(out, data, run) for run in ("baseline-seed0", "cameo-seed0")},
+        "a_layers": {
+            run: diagnose(out, data, run)
+            for run in [f"baseline-seed{s}" for s in range(args.seeds)] + ["cameo-seed0"]
+        },
         "b_precision_vs_psnr": {
             f"{m}-seed{s}": {
                 metric: correlations(out / "runs" / f"{m}-seed{s}", precision, metric)
