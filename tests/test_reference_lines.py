@@ -4,6 +4,8 @@ of 1 moves the plane's image by f * 1 / z = 2 pixels."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -138,3 +140,29 @@ def test_the_flat_line_is_the_references_mean_colour() -> None:
     assert torch.equal(lines.copy[0], references[0]) and torch.equal(lines.copy[1], references[1])
     assert lines.reproject is None and lines.seen is None  # no point maps
     assert sorted(lines.images()) == ["copy", "flat"]
+
+
+def test_validation_averages_the_lines_over_the_batchs_target_views() -> None:
+    from cameo_cli.batch import ViewBatch
+    from cameo_cli.train.validation import reference_line_psnr
+
+    items = []
+    for shift in (0.0, 1.0):  # the target is the reference's view, then one moved by 1
+        images, k, w2c, ref_mask, points, valid = sample([0.0, shift], [True, False])
+        colour = torch.tensor([0.2, 0.4, 0.6])[:, None, None]
+        images[0] = colour + 0.1 if shift else images[0]  # a flat reference, 0.1 off
+        images[1] = colour if shift else images[0]
+        items.append(
+            {"images": images * 2 - 1, "intrinsics": k, "world_to_camera": w2c,
+             "ref_mask": ref_mask, "scene": "plane", "frames": torch.arange(2),
+             "point_map": points, "point_valid": valid}
+        )  # fmt: skip
+    batch = ViewBatch.collate(items)
+    lines = reference_line_psnr(batch)
+    first = (items[0]["images"][0] + 1) / 2
+    flat = -10 * math.log10(((first - first.mean(dim=(1, 2), keepdim=True)) ** 2).mean().item())
+    # first target: copied and reprojected exactly (the cap, 100 dB); second: 0.1 off: 20 dB
+    assert lines["val/line_copy_psnr"] == pytest.approx((100 + 20) / 2, abs=1e-4)
+    assert lines["val/line_reproject_psnr"] == pytest.approx((100 + 20) / 2, abs=1e-4)
+    assert lines["val/line_flat_psnr"] == pytest.approx((flat + 20) / 2, abs=1e-4)
+    assert lines["val/line_reproject_seen"] == pytest.approx((1 + 6 / 8) / 2)
