@@ -1,4 +1,4 @@
-"""PSNR and SSIM on images in [0, 1], `[N, 3, H, W]`, one value per image.
+"""PSNR, SSIM and sharpness on images in [0, 1], `[N, 3, H, W]`, one value per image.
 
 - PSNR = 10 log10(1 / MSE) over all pixels and channels. Identical images (MSE = 0) get
   `cap` (100 dB by default, `evaluate.psnr_cap`), so means stay finite.
@@ -100,3 +100,23 @@ def ssim(
     r = SSIM_RADIUS
     inside = mask[:, None, r:-r, r:-r].to(values.dtype).expand_as(values)
     return ((values * inside).sum(dim=(1, 2, 3)) / inside.sum(dim=(1, 2, 3)).clamp(min=1)).float()
+
+
+LAPLACIAN = ((0.0, 1.0, 0.0), (1.0, -4.0, 1.0), (0.0, 1.0, 0.0))
+
+
+def high_frequency_energy(images: torch.Tensor) -> torch.Tensor:
+    """Sum of the squared Laplacian response [N] (float64) of `[N, C, H, W]` images."""
+    channels = images.shape[1]
+    kernel = torch.tensor(LAPLACIAN, dtype=torch.float64, device=images.device)
+    response = F.conv2d(images.double(), kernel.expand(channels, 1, 3, 3), groups=channels)
+    return (response**2).sum(dim=(1, 2, 3))
+
+
+def sharpness(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """High-frequency energy of `prediction` over that of `target` [N] (1 = as sharp)."""
+    _check(prediction, target)
+    made, truth = high_frequency_energy(prediction), high_frequency_energy(target)
+    flat = torch.where(made > 0, torch.full_like(made, torch.inf), torch.ones_like(made))
+    ratio = made / truth.clamp(min=torch.finfo(truth.dtype).tiny)
+    return torch.where(truth > 0, ratio, flat).float()

@@ -15,8 +15,15 @@ from cameo_cli.io import read_json_lines
 STEPS = [100, 200, 300, 400]
 
 
-def fake_run(folder: Path, method: str, seed: int, curves: dict[str, list[float]]) -> Path:
-    """A run folder with a resolved recipe and the given held-out curves at STEPS."""
+def fake_run(
+    folder: Path,
+    method: str,
+    seed: int,
+    curves: dict[str, list[float]],
+    reference: dict[str, float] | None = None,
+) -> Path:
+    """A run folder with a resolved recipe and the given held-out curves at STEPS, and the
+    `reference` lines logged at the first."""
     folder.mkdir(parents=True)
     recipe = load_recipe("quickstart-cpu", [f"alignment.method={method}", f"train.seed={seed}"])
     dump_recipe(recipe, folder / "config.yaml")
@@ -24,6 +31,7 @@ def fake_run(folder: Path, method: str, seed: int, curves: dict[str, list[float]
     for index, step in enumerate(STEPS):
         lines.append({"step": step, "loss": 1.0 / step})  # a training metric: not compared
         lines.append({"step": step, **{name: values[index] for name, values in curves.items()}})
+    lines[1].update(reference or {})
     (folder / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     return folder
 
@@ -117,6 +125,64 @@ def test_a_metric_of_one_method_is_plotted_for_it_and_not_tabulated(tmp_path: Pa
     assert "shares no held-out metric with the other methods" in result.output
 
 
+def test_reference_lines_are_drawn_on_the_psnr_plots_and_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import matplotlib.pyplot as plt
+
+    from cameo_cli.compare import plots
+
+    drawn: dict[str, dict[str, tuple[float, ...]]] = {}
+
+    def record(path: Path, save) -> None:  # the horizontal lines of each figure, by label
+        axis = plt.gcf().axes[0]
+        drawn[path.name] = {
+            line.get_label(): tuple(line.get_ydata())
+            for line in axis.get_lines()
+            if len(set(line.get_ydata())) == 1
+        }
+        save(path)
+
+    monkeypatch.setattr(plots, "save_with", record)
+    curves = {
+        "val/psnr": [10.0, 12.0, 14.0, 15.0],
+        "val/psnr_x0": [11.0, 12.0, 13.0, 14.0],
+        "val/denoise_t500": [0.5, 0.4, 0.3, 0.3],
+    }
+    runs = [
+        fake_run(
+            tmp_path / f"{method}-s{seed}",
+            method,
+            seed,
+            curves,
+            {
+                "val/line_flat_psnr": 17.0 + seed,  # the seeds' validation batches differ
+                "val/line_copy_psnr": 18.0,
+                "val/line_reproject_psnr": 28.0,
+                "val/line_reproject_seen": 0.9,
+            },
+        )
+        for method in ("none", "cameo")
+        for seed in (0, 1)
+    ]
+    out = tmp_path / "out"
+    result = compare(*runs, "--out", out)
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "compare.json").read_text())
+    assert data["metrics"] == ["val/denoise_t500", "val/psnr", "val/psnr_x0"]  # no curves
+    lines = data["reference_lines"]
+    assert lines["val/line_flat_psnr"] == {
+        "value": 17.5,
+        "methods": {"alignment.method=none": 17.5, "alignment.method=cameo": 17.5},
+    }
+    assert lines["val/line_reproject_seen"]["value"] == pytest.approx(0.9)
+    psnr_lines = {"flat 17.50": (17.5, 17.5), "copy 18.00": (18.0, 18.0),
+                  "reproject 28.00": (28.0, 28.0)}  # fmt: skip
+    assert drawn["val_psnr.png"] == drawn["val_psnr_x0.png"] == psnr_lines
+    assert drawn["val_denoise_t500.png"] == {}
+    assert "reference lines" in result.output and "val/line_copy_psnr" in result.output
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
@@ -187,6 +253,13 @@ def test_compare_runs_written_by_real_trainings(synthetic_dataset: Path, tmp_pat
     assert result.exit_code == 0, result.output
     data = json.loads((out / "compare.json").read_text())
     assert "alignment.method=none" in data["baseline"]  # the trainer resolves CAMEO's layer
-    assert {"val/psnr", "val/psnr_x0"} <= set(data["metrics"])
+    assert {"val/psnr", "val/psnr_x0", "val/sharpness"} <= set(data["metrics"])
+    assert {"val/line_flat_psnr", "val/line_copy_psnr", "val/line_reproject_psnr"} <= set(
+        data["reference_lines"]
+    )
+    for run in runs:  # the lines at the first of the two validations, sharpness at both
+        logged = [r for r in read_json_lines(run / "metrics.jsonl") if "val/psnr" in r]
+        assert ["val/line_copy_psnr" in r for r in logged] == [True, False]
+        assert all(r["val/sharpness"] > 0 for r in logged)
     for metric in data["metrics"]:
         assert (out / f"{metric.replace('/', '_')}.png").stat().st_size > 0

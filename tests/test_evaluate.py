@@ -51,6 +51,28 @@ def evaluate(run: Path, dataset: Path, out: Path, *args: object) -> object:
     return CliRunner().invoke(main, ["evaluate", *map(str, common), *map(str, args)])
 
 
+def check_lines_by_hand(dataset: Path, index: dict, results: dict) -> None:
+    """The flat and copy lines of the first scene, recomputed with numpy from the dataset."""
+    from cameo_cli.data.dataset import MultiViewDataset
+
+    scene, entry = next(iter(index.items()))
+    refs = len(entry["context"])
+    views = MultiViewDataset(dataset, num_views=2, resolution=32).get_views(
+        scene, entry["context"] + entry["target"], refs
+    )
+    images = ((views["images"].double().numpy() + 1) / 2).transpose(0, 2, 3, 1)
+    w2c = views["world_to_camera"].double().numpy()
+    centres = [-w[:3, :3].T @ w[:3, 3] for w in w2c]
+    per_view = results["per_scene"][0]["per_view"]
+    flat = images[:refs].mean(axis=(0, 1, 2))
+    for k, truth in enumerate(images[refs:]):
+        nearest = min(range(refs), key=lambda r: np.linalg.norm(centres[r] - centres[refs + k]))
+        for line, guess in (("flat", flat), ("copy", images[nearest])):
+            expected = 10 * np.log10(1 / ((guess - truth) ** 2).mean())
+            assert per_view[f"{line}_psnr"][k] == pytest.approx(expected, abs=1e-4)
+        assert 0 < per_view["reproject_seen"][k] <= 1 and per_view["sharpness"][k] > 0
+
+
 def test_evaluate_end_to_end_and_resume(tiny_run: Path, eval_dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
     args = [
@@ -70,7 +92,9 @@ def test_evaluate_end_to_end_and_resume(tiny_run: Path, eval_dataset: Path, tmp_
     results = json.loads((out / "results.json").read_text())
     assert [s["scene"] for s in results["per_scene"]] == list(index)
     names = ["psnr", "psnr_masked", "ssim", "ssim_masked"]
-    assert sorted(results["mean"]) == names
+    lines = [f"{line}_{name}" for line in ("flat", "copy", "reproject") for name in names]
+    assert sorted(results["mean"]) == sorted([*names, "sharpness", *lines, "reproject_seen"])
+    check_lines_by_hand(eval_dataset, index, results)
     views = sum(len(entry["target"]) for entry in index.values())
     assert results["views"] == views
     all_psnr = [v for s in results["per_scene"] for v in s["per_view"]["psnr"]]
@@ -84,6 +108,9 @@ def test_evaluate_end_to_end_and_resume(tiny_run: Path, eval_dataset: Path, tmp_
     assert [r["scene"] for r in rows] == [*index, "mean"]
     assert float(rows[-1]["ssim"]) == pytest.approx(results["mean"]["ssim"], abs=1e-6)
     assert rows[0]["steps"] == "3" and rows[0]["ssim_sigma"] == "1.5"
+    for name in ("sharpness", "flat_psnr", "copy_ssim", "reproject_psnr", "reproject_seen"):
+        assert float(rows[-1][name]) == pytest.approx(results["mean"][name], abs=1e-6)
+    assert config["reference_lines"]["lines"] == ["flat", "copy", "reproject"]
     first_scene = next(iter(index))
     saved = out / "images" / first_scene
     targets = len(index[first_scene]["target"])
@@ -115,6 +142,9 @@ def test_evaluate_end_to_end_and_resume(tiny_run: Path, eval_dataset: Path, tmp_
     assert sample_result.exit_code == 0, sample_result.output
     assert len(list(sampled.glob("target_*.png"))) == targets
     assert "mean" in result.output and "psnr" in result.output
+    assert "sharpness" in result.output and "reference lines" in result.output
+    for line in ("model", "flat", "copy", "reproject"):
+        assert f"\n│ {line} " in result.output
 
     # resume: one scene lost -> only that one is recomputed, to the same numbers
     scene_files = sorted((out / "scenes").glob("*.json"))
@@ -163,7 +193,9 @@ def test_evaluate_lpips_from_local_weights(
     )
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
-    assert sorted(results["mean"]) == ["lpips", "lpips_masked"]
+    names = ["lpips", "lpips_masked"]
+    lines = [f"{line}_{name}" for line in ("flat", "copy", "reproject") for name in names]
+    assert sorted(results["mean"]) == sorted([*names, "sharpness", *lines, "reproject_seen"])
     assert results["mean"]["lpips"] > 0
     assert results["config"]["lpips"]["net"] == "alex"
 

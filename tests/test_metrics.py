@@ -1,4 +1,5 @@
-"""PSNR and SSIM against scikit-image; LPIPS against torchmetrics with the same weights."""
+"""PSNR and SSIM against scikit-image; sharpness by hand and against scipy; LPIPS against
+torchmetrics with the same weights."""
 
 from __future__ import annotations
 
@@ -132,3 +133,34 @@ def test_lpips_with_real_weights_matches_torchmetrics() -> None:
     with torch.no_grad():
         expected = reference(prediction, target, normalize=True).flatten()
     torch.testing.assert_close(ours(prediction, target), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_sharpness_of_a_single_bright_pixel_by_hand() -> None:
+    from cameo_cli.image_metrics import high_frequency_energy, sharpness
+
+    truth = torch.zeros(1, 3, 7, 7)
+    truth[0, :, 3, 3] = 1.0
+    # Laplacian response: -4 at the pixel, +1 at its four neighbours: 16 + 4 per channel
+    assert high_frequency_energy(truth).item() == 3 * 20.0
+    assert sharpness(truth, truth).item() == 1.0
+    assert sharpness(0.5 * truth, truth).item() == 0.25  # half the contrast, a quarter
+    flat = torch.full_like(truth, 0.3)
+    assert sharpness(flat, truth).item() == 0.0
+    assert sharpness(flat, flat).item() == 1.0 and sharpness(truth, flat).item() == float("inf")
+
+
+def test_sharpness_of_a_blurred_image_is_below_one() -> None:
+    from scipy.ndimage import gaussian_filter, laplace
+
+    from cameo_cli.image_metrics import high_frequency_energy, sharpness
+
+    _, truth = random_pairs()
+    energy = high_frequency_energy(truth)
+    for i in range(len(truth)):  # scipy's 4-neighbour Laplacian, border pixels left out
+        reference = sum((laplace(truth[i, c].numpy())[1:-1, 1:-1] ** 2).sum() for c in range(3))
+        assert energy[i].item() == pytest.approx(reference, rel=1e-12)
+    blurred = torch.from_numpy(gaussian_filter(truth.numpy(), sigma=(0, 0, 1, 1)))
+    assert (sharpness(truth, truth) == 1).all()
+    assert (sharpness(blurred, truth) < 0.2).all()
+    noisy, _ = random_pairs()
+    assert (sharpness(noisy, truth) > 1).all()  # added noise: more than the truth

@@ -50,6 +50,11 @@ def test_tiny_run_folder(tiny_run):
     assert 0 <= validation[0]["val/precision"] <= validation[0]["val/precision_1tok"] <= 1
     head = validation[0]["val/precision_head"], validation[0]["val/precision_head_1tok"]
     assert 0 <= head[0] <= head[1] <= 1  # CAMEO's projection head, scored the same way
+    assert validation[0]["val/sharpness"] > 0
+    # the reference lines of the validation batch, at the first validation
+    lines = ("flat", "copy", "reproject")
+    assert all(0 < validation[0][f"val/line_{line}_psnr"] <= 100 for line in lines)
+    assert 0 < validation[0]["val/line_reproject_seen"] <= 1
     assert (tiny_run / "samples" / "step-000004.png").is_file()
     assert any((tiny_run / "tensorboard").iterdir())
     names = sorted(p.name for p in (tiny_run / "checkpoints").iterdir())

@@ -70,7 +70,27 @@ def compare(
         )
     console = Console()
     console.print(table)
+    if result["reference_lines"]:
+        console.print(_lines_table(result))
     console.print(f"curves and tables in {out}")
+
+
+def _lines_table(result: dict):
+    """The reference lines the runs logged: their mean over all runs and per method."""
+    from rich.table import Table
+
+    methods = list(result["methods"])
+    table = Table(title="reference lines (mean over the runs that logged them)")
+    for column in ("line", "all runs", *methods):
+        table.add_column(column)
+    for name, line in result["reference_lines"].items():
+        per_method = line["methods"]
+        table.add_row(
+            name,
+            f"{line['value']:.4g}",
+            *(f"{per_method[m]:.4g}" if m in per_method else "-" for m in methods),
+        )
+    return table
 
 
 def _steps(value: float) -> str:

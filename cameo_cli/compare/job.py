@@ -14,6 +14,11 @@ differ (only CAMEO logs its projection head's precision). For each metric:
   every method).
 
 Lower is better for metrics whose name holds "loss" or "denoise"; higher otherwise.
+
+Reference lines (`val/line_<line>_<measure>`, e.g. `val/line_copy_psnr`, logged once by the
+trainer) are not curves: each is the mean of its logged values over every run that logged it
+(per method too, in `compare.json`'s `reference_lines`), drawn as a horizontal line on the
+plots of the metrics of its measure (`psnr`: `val/psnr`, `val/psnr_x0`).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from cameo_cli.errors import CameoError
 from cameo_cli.io import read_json_lines, staged_folder, write_csv, write_json
 
 HELD_OUT_PREFIX = "val/"
+LINE_PREFIX = "val/line_"
 IGNORED_KEYS = ("train.seed", "data.dataset")  # what may differ between seeds of a method
 BOOTSTRAP_SAMPLES = 1000
 
@@ -40,6 +46,7 @@ class RunCurves:
     run: Path
     curves: dict[str, tuple[np.ndarray, np.ndarray]]
     recipe: dict
+    lines: dict[str, float] = field(default_factory=dict)  # reference line -> mean value
 
 
 @dataclass
@@ -86,6 +93,11 @@ def read_run(run: Path) -> RunCurves:
         for name, value in record.items():
             if name.startswith(HELD_OUT_PREFIX) and value is not None and step is not None:
                 points.setdefault(name, {})[int(step)] = float(value)
+    lines = {
+        name: float(np.mean(list(points.pop(name).values())))
+        for name in list(points)
+        if name.startswith(LINE_PREFIX)
+    }
     if not points:
         raise CameoError(
             f"{metrics_file}: no held-out metrics ({HELD_OUT_PREFIX}*) were logged; "
@@ -96,7 +108,7 @@ def read_run(run: Path) -> RunCurves:
         for name, values in points.items()
     }
     recipe = recipe_to_dict(load_recipe(str(run / "config.yaml")))
-    return RunCurves(run, curves, recipe)
+    return RunCurves(run, curves, recipe, lines)
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
@@ -223,6 +235,34 @@ def _logs(method: Method, metric: str) -> bool:
     return metric in method.runs[0].curves
 
 
+def reference_lines(methods: list[Method]) -> dict[str, dict]:
+    """Line name -> {"value": mean over every run that logged it, "methods": {name: mean over
+    its runs}}."""
+    names = sorted(set().union(*(run.lines for m in methods for run in m.runs)))
+    lines = {}
+    for name in names:
+        per_method = {
+            m.name: float(np.mean([run.lines[name] for run in m.runs if name in run.lines]))
+            for m in methods
+            if any(name in run.lines for run in m.runs)
+        }
+        values = [run.lines[name] for m in methods for run in m.runs if name in run.lines]
+        lines[name] = {"value": float(np.mean(values)), "methods": per_method}
+    return lines
+
+
+def lines_on(metric: str, lines: dict[str, dict]) -> dict[str, float]:
+    """The lines drawn on `metric`'s plot, by short name: those of its measure (`val/psnr_x0`
+    and `val/psnr` take `val/line_*_psnr`)."""
+    measure = metric.removeprefix(HELD_OUT_PREFIX).split("_")[0]
+    drawn = {}
+    for name, line in lines.items():
+        label, _, line_measure = name.removeprefix(LINE_PREFIX).rpartition("_")
+        if line_measure == measure:
+            drawn[label] = line["value"]
+    return drawn
+
+
 def compare_runs(
     run_dirs: list[Path],
     out: Path,
@@ -259,11 +299,13 @@ def compare_runs(
         raise CameoError(
             f"the baseline '{base.name}' shares no held-out metric with the other methods"
         )
+    lines = reference_lines(methods)
     result = {
         "baseline": base.name,
         "methods": {m.name: [str(run.run) for run in m.runs] for m in methods},
         "metrics": metrics,
         "steps_to_baseline_best": rows,
+        "reference_lines": lines,
     }
     header = ["metric", "method", "baseline", "baseline_best", "baseline_steps", "steps",
               "ratio", "ratio_ci95_low", "ratio_ci95_high", "seeds"]  # fmt: skip
@@ -284,7 +326,8 @@ def compare_runs(
     with staged_folder(out, overwrite) as staging:
         for metric in metrics:
             curves = {m.name: m.mean_curve(metric) for m in methods if _logs(m, metric)}
-            metric_curves(curves, metric, staging / f"{metric.replace('/', '_')}.png")
+            path = staging / f"{metric.replace('/', '_')}.png"
+            metric_curves(curves, metric, path, lines_on(metric, lines))
         write_json(staging / "compare.json", result)
         write_csv(staging / "compare.csv", table)
     return result

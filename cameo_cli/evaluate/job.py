@@ -11,7 +11,10 @@ Layout of the output folder (resumable: finished scenes are skipped)::
                          truth_K.png, references.json and targets.json (cameo camera
                          files at the evaluation size: ready for `cameo sample`)
 
-Means are over all evaluated target views. Each scene's noise comes from its own generator
+Beside the model's metrics, every target view holds its `sharpness` (image_metrics) and the
+same metrics of the reference lines, `<line>_<metric>` for `flat`, `copy` and (with depth)
+`reproject`, and `reproject_seen` (`cameo_cli.reference_lines`). Means are over all evaluated
+target views. Each scene's noise comes from its own generator
 (seed + CRC32 of the scene name), so results do not depend on the order or on resuming.
 """
 
@@ -34,9 +37,10 @@ from cameo_cli import io as cameo_io
 from cameo_cli.batch import ViewBatch
 from cameo_cli.camera_files import CameraSet, to_cameo_json
 from cameo_cli.errors import CameoError
-from cameo_cli.image_metrics import SSIM_CONFIG, psnr, ssim
+from cameo_cli.image_metrics import SSIM_CONFIG, psnr, sharpness, ssim
 from cameo_cli.lpips import LPIPS, default_backbone_path
 from cameo_cli.pipeline import MultiViewPipeline
+from cameo_cli.reference_lines import DEPTH_TOLERANCE, LINES, reference_lines
 
 METRICS = ("psnr", "ssim", "lpips")
 LPIPS_NETS = ("vgg", "alex")
@@ -165,6 +169,7 @@ def run_evaluation(request: EvaluateRequest, console: Console | None = None) -> 
         "noise": "per scene: seed + CRC32(scene name)",
         "averaging": "mean over all target views",
     }
+    config["reference_lines"] = _lines_config(dataset.has_geometry)
     _prepare_output(request.out, config, request.overwrite)
 
     todo = [s for s in index if not (request.out / "scenes" / f"{_file_name(s)}.json").is_file()]
@@ -193,6 +198,7 @@ def run_evaluation(request: EvaluateRequest, console: Console | None = None) -> 
     _write_csv(request.out / "results.csv", results, config)
     cameo_io.write_json(request.out / "results.json", results)
     console.print(_table(results))
+    console.print(_lines_table(results))
     return results
 
 
@@ -248,6 +254,7 @@ def _evaluate_scene(
         per_view[name] = _score(name, generated, truth, None, lpips, psnr_cap)
         if mask is not None:
             per_view[f"{name}_masked"] = _score(name, generated, truth, mask, lpips, psnr_cap)
+    per_view.update(_line_scores(views, generated, truth, mask, metrics, lpips, psnr_cap))
     if request.save_images:
         _save_scene_images(request.out / "images" / _file_name(scene), views, generated, refs)
     return {
@@ -258,6 +265,51 @@ def _evaluate_scene(
         "mean": {name: sum(values) / len(values) for name, values in per_view.items()},
         "seconds": round(time.perf_counter() - started, 3),
     }
+
+
+def _lines_config(has_geometry: bool) -> dict:
+    """What the reference-line and sharpness columns mean (`cameo_cli.reference_lines`)."""
+    return {
+        "lines": list(LINES if has_geometry else LINES[:2]),
+        "flat": "every pixel the references' mean colour",
+        "copy": "the reference whose camera centre is nearest, as is",
+        "reproject": "each pixel from the nearest reference that sees it (exact depth, "
+        f"z-depth agreement within {DEPTH_TOLERANCE:.0%}), the mean colour elsewhere; "
+        "reproject_seen: the share of pixels seen",
+        "sharpness": "Laplacian energy of the generated view over the truth's (1 = as sharp)",
+    }
+
+
+def _line_scores(
+    views: ViewBatch,
+    generated: torch.Tensor,
+    truth: torch.Tensor,
+    mask: torch.Tensor | None,
+    metrics: list[str],
+    lpips: LPIPS | None,
+    psnr_cap: float,
+) -> dict[str, list[float]]:
+    """Per target view: the model's `sharpness`, `<line>_<metric>` of every reference line
+    (and `_masked`), and `reproject_seen`."""
+    point_map = None if views.point_map is None else views.point_map[0]
+    point_valid = None if views.point_valid is None else views.point_valid[0]
+    lines = reference_lines(
+        (views.images[0] + 1) / 2,
+        views.intrinsics[0],
+        views.world_to_camera[0],
+        views.ref_mask[0],
+        point_map,
+        point_valid,
+    )
+    scores = {"sharpness": [float(v) for v in sharpness(generated, truth)]}
+    for line, images in lines.images().items():
+        for name in metrics:
+            scores[f"{line}_{name}"] = _score(name, images, truth, None, lpips, psnr_cap)
+            if mask is not None:
+                scores[f"{line}_{name}_masked"] = _score(name, images, truth, mask, lpips, psnr_cap)
+    if lines.seen is not None:
+        scores["reproject_seen"] = [float(v) for v in lines.seen]
+    return scores
 
 
 def _save_scene_images(folder: Path, views: ViewBatch, generated: torch.Tensor, refs: int) -> None:
@@ -345,8 +397,13 @@ def _format(value: float) -> str:
     return "inf" if math.isinf(value) else f"{value:.6f}"
 
 
+def _is_line(name: str) -> bool:
+    """A reference line's column (`flat_psnr`, `reproject_seen`, ...)."""
+    return name.split("_")[0] in LINES
+
+
 def _table(results: dict) -> Table:
-    names = list(results["mean"])
+    names = [name for name in results["mean"] if not _is_line(name)]
     table = Table(title=f"evaluation ({results['views']} target views)")
     table.add_column("scene")
     for name in names:
@@ -354,4 +411,21 @@ def _table(results: dict) -> Table:
     for scene in results["per_scene"]:
         table.add_row(scene["scene"], *(f"{scene['mean'][n]:.4f}" for n in names))
     table.add_row("[bold]mean[/bold]", *(f"[bold]{results['mean'][n]:.4f}[/bold]" for n in names))
+    return table
+
+
+def _lines_table(results: dict) -> Table:
+    """The model's mean metrics beside those of the reference lines."""
+    mean = results["mean"]
+    names = [name for name in mean if not _is_line(name) and name != "sharpness"]
+    lines = [line for line in LINES if f"{line}_{names[0]}" in mean]
+    table = Table(title=f"beside the reference lines ({results['views']} target views)")
+    table.add_column("predictor")
+    for name in names:
+        table.add_column(name, justify="right")
+    table.add_row("model", *(f"{mean[name]:.4f}" for name in names))
+    for line in lines:
+        table.add_row(line, *(f"{mean[f'{line}_{name}']:.4f}" for name in names))
+    if "reproject_seen" in mean:
+        table.caption = f"reproject: {mean['reproject_seen']:.0%} of the pixels seen"
     return table

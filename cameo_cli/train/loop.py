@@ -37,8 +37,10 @@ from cameo_cli.train.setup import build_training_backbone, open_dataset
 from cameo_cli.train.validation import (
     grid_image,
     held_out_metrics,
+    reference_line_psnr,
     sampled_views,
     target_psnr,
+    target_sharpness,
 )
 
 log = logging.getLogger(__name__)
@@ -154,6 +156,7 @@ class Trainer:
         # the frozen teacher lives outside the trained module: never trained nor checkpointed
         self.teacher = None if alignment is None else alignment.load_teacher(recipe, self.device)
         self.validation_batch = self._validation_batch()
+        self.validation_lines = reference_line_psnr(self.validation_batch)  # logged once
         # the layer whose attention validation scores: the (first) supervised one, or the
         # recipe's layer for the baseline
         layer = resolve_layer(recipe, backbone)
@@ -378,7 +381,12 @@ class Trainer:
         grid = torch.stack([truth, sampled, one_step], dim=1)
         image = grid_image(grid)
         save_png(image, self.output / rundir.SAMPLES / f"step-{step:06d}.png")
-        self.logger.metrics.log(step, {"val/psnr": target_psnr(sampled, batch), **held_out})
+        sampled_metrics = {
+            "val/psnr": target_psnr(sampled, batch),
+            "val/sharpness": target_sharpness(sampled, batch),
+        }
+        lines, self.validation_lines = self.validation_lines, {}
+        self.logger.metrics.log(step, {**sampled_metrics, **held_out, **lines})
         self.logger.metrics.log_image(step, "val/samples", image)
 
     # -- the run ------------------------------------------------------------------------------

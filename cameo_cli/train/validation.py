@@ -8,7 +8,12 @@ On a fixed held-out batch, given its clean references, with fixed noise:
 - `val/denoise_t*`: the denoising loss at t = 250, 500, 750 (`HELD_OUT_TIMESTEPS`);
 - `val/precision`, `val/precision_1tok`: the supervised layer's head-averaged attention
   against the geometric correspondence (exact, within one token), at t = 500;
-- `val/precision_head`, `val/precision_head_1tok`: the same through CAMEO's projection head.
+- `val/precision_head`, `val/precision_head_1tok`: the same through CAMEO's projection head;
+- `val/sharpness`: the sampled target views' high-frequency energy over the truth's
+  (`image_metrics.sharpness`: 1 = as sharp, below 1 blurred), beside `val/psnr`;
+- `val/line_flat_psnr`, `val/line_copy_psnr`, `val/line_reproject_psnr` (with point maps) and
+  `val/line_reproject_seen`: the reference lines of the batch (`cameo_cli.reference_lines`),
+  which do not depend on the model: the trainer logs them at its first validation.
 
 All but `val/psnr` cost one forward pass each, so they can be logged often.
 """
@@ -30,7 +35,8 @@ from cameo_cli.backbone import MultiViewBackbone, ViewConditioning
 from cameo_cli.batch import ViewBatch
 from cameo_cli.camera_files import CameraSet
 from cameo_cli.diffusion import noise_targets, training_target
-from cameo_cli.image_metrics import psnr
+from cameo_cli.image_metrics import psnr, sharpness
+from cameo_cli.reference_lines import reference_lines
 from cameo_cli.train.objective import NoisedBatch, denoising_loss
 
 VALIDATION_TIMESTEP = 500
@@ -78,6 +84,33 @@ def target_psnr(views: torch.Tensor, batch: ViewBatch) -> float:
     targets = ~batch.ref_mask.cpu()
     truth = ((batch.images.cpu() + 1) / 2)[targets]
     return psnr(views[targets].cpu().clamp(0, 1), truth).mean().item()
+
+
+def target_sharpness(views: torch.Tensor, batch: ViewBatch) -> float:
+    """Mean sharpness over the target views of `views` [B, F, 3, H, W] in [0, 1]."""
+    targets = ~batch.ref_mask.cpu()
+    truth = ((batch.images.cpu() + 1) / 2)[targets]
+    return sharpness(views[targets].cpu().clamp(0, 1), truth).mean().item()
+
+
+def reference_line_psnr(batch: ViewBatch) -> dict[str, float]:
+    """`val/line_<line>_psnr`: the mean PSNR over the batch's target views of each reference
+    line, and `val/line_reproject_seen`, the mean share of pixels seen (with point maps)."""
+    batch = batch.to("cpu")
+    images = (batch.images + 1) / 2
+    values: dict[str, list[torch.Tensor]] = {}
+    for b in range(batch.batch_size):
+        point_map = None if batch.point_map is None else batch.point_map[b]
+        point_valid = None if batch.point_valid is None else batch.point_valid[b]
+        refs = batch.ref_mask[b]
+        lines = reference_lines(
+            images[b], batch.intrinsics[b], batch.world_to_camera[b], refs, point_map, point_valid
+        )
+        for line, guess in lines.images().items():
+            values.setdefault(f"val/line_{line}_psnr", []).append(psnr(guess, images[b][~refs]))
+        if lines.seen is not None:
+            values.setdefault("val/line_reproject_seen", []).append(lines.seen)
+    return {name: torch.cat(parts).mean().item() for name, parts in values.items()}
 
 
 @dataclass
