@@ -74,7 +74,9 @@ def test_a_corrupted_shard_is_rebuilt(synthetic_dataset, tmp_path):
     shard = copy / index["shards"][1]["file"]
     shard.write_bytes(shard.read_bytes()[:-10])  # damaged after the fact
     assert verify_shards(copy, index) == [index["shards"][1]["file"]]
-    source = SyntheticSource(scenes=3, resolution=32, frames=8, seed=0, geometry="depth")
+    source = SyntheticSource(
+        scenes=3, resolution=32, frames=8, seed=0, geometry="depth", test_scenes=1
+    )
     report = prepare_dataset(source, copy, scenes_per_shard=2, console=Console(quiet=True))
     assert (report.shards_reused, report.shards_written) == (1, 1)
     assert load_index(copy)["shards"] == index["shards"]
