@@ -145,7 +145,7 @@ def test_validation_reads_the_test_split_of_another_folder(
 
 
 def test_a_misspelt_validation_key_names_the_right_one():
-    with pytest.raises(CameoError, match="validation"):
+    with pytest.raises(CameoError, match="did you mean 'data.validation'"):
         load_recipe("quickstart-cpu", ["data.validaton=train"])
 
 
