@@ -114,7 +114,8 @@ def print_report(report: PrepareReport, console: Console) -> None:
 @click.option(
     "--split",
     help="re10k: train|test [default: train]; dtu: test (15 scans)|train|all [default: test]; "
-    "navi: multiview|wild_set|all [default: multiview]; synthetic: a label [default: train].",
+    "navi: multiview|wild_set|all [default: multiview]; synthetic: the training scenes' label "
+    "[default: train].",
 )
 @click.option("--videos", type=click.Path(), help="re10k: folder of local videos <clip>.mp4.")
 @click.option(
