@@ -274,7 +274,7 @@ def quickstart_step_seconds(steps: int) -> dict[str, float]:
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "synthetic"
-        source = SyntheticSource(scenes=4, resolution=64, frames=16, seed=0, geometry="depth")
+        source = SyntheticSource(scenes=4, resolution=64, frames=16, test_scenes=1)
         prepare_dataset(source, data, console=Console(quiet=True))
         accelerator = Accelerator(cpu=True)
         runs = {}

@@ -183,7 +183,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     train_set = prepare(args.out / "data-train", args.train_scenes, 0, "train", 32)
     test_set = prepare(args.out / "data-test", args.test_scenes, 1, "test", 32)
-    train_all(args.out, train_set, args.steps, args.parallel, args.extra)
+    held_out = [f"data.validation={test_set}", *args.extra]  # validation on the test set
+    train_all(args.out, train_set, args.steps, args.parallel, held_out)
     results = {}
     for method in METHODS:
         results[method] = evaluate(args.out / method, test_set, args.draws)

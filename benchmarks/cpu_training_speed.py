@@ -61,7 +61,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "synthetic"
-        source = SyntheticSource(scenes=8, resolution=64, frames=16, seed=0, geometry="depth")
+        source = SyntheticSource(scenes=8, resolution=64, frames=16, test_scenes=1)
         prepare_dataset(source, data, console=Console(quiet=True))
         accelerator = Accelerator(cpu=True)
         recipes = {"old (0.1.0)": OLD_QUICKSTART, "new": args.extra}

@@ -62,6 +62,9 @@ class DataConfig:
     order: str = "random"
     workers: int = 4
     domain: str = "others"  # the official domain switch: re10k, co3d or others
+    # held-out scenes for validation: a prepared folder's `test` split; None = the `dataset`
+    # folder's; "train" = the training scenes (an explicit opt-in, warned and recorded)
+    validation: str | None = None
 
 
 @dataclass

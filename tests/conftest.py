@@ -39,14 +39,17 @@ _register_builtin_alignments()
 
 @pytest.fixture(scope="session")
 def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A prepared synthetic dataset: 3 scenes x 8 frames at 32 px with depth (2 shards)."""
+    """A prepared synthetic dataset: 3 training scenes and 1 held-out (synth-test-00000), 8
+    frames at 32 px with depth (2 shards)."""
     from rich.console import Console
 
     from cameo_cli.data.shards import prepare_dataset
     from cameo_cli.data.synthetic import SyntheticSource
 
     out = tmp_path_factory.mktemp("synthetic") / "dataset"
-    source = SyntheticSource(scenes=3, resolution=32, frames=8, seed=0, geometry="depth")
+    source = SyntheticSource(
+        scenes=3, resolution=32, frames=8, seed=0, geometry="depth", test_scenes=1
+    )
     prepare_dataset(source, out, scenes_per_shard=2, console=Console(quiet=True))
     return out
 

@@ -74,7 +74,7 @@ def test_even_order_spaces_references():
 
 
 def test_items_follow_the_interface(synthetic_dataset):
-    ds = MultiViewDataset(synthetic_dataset, num_views=4, resolution=32, seed=1)
+    ds = MultiViewDataset(synthetic_dataset, num_views=4, resolution=32, seed=1, split="train")
     assert len(ds) == 3 and ds.has_geometry
     item = ds[0]
     assert item["images"].shape == (4, 3, 32, 32) and item["images"].dtype == torch.float32

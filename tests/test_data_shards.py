@@ -74,7 +74,9 @@ def test_a_corrupted_shard_is_rebuilt(synthetic_dataset, tmp_path):
     shard = copy / index["shards"][1]["file"]
     shard.write_bytes(shard.read_bytes()[:-10])  # damaged after the fact
     assert verify_shards(copy, index) == [index["shards"][1]["file"]]
-    source = SyntheticSource(scenes=3, resolution=32, frames=8, seed=0, geometry="depth")
+    source = SyntheticSource(
+        scenes=3, resolution=32, frames=8, seed=0, geometry="depth", test_scenes=1
+    )
     report = prepare_dataset(source, copy, scenes_per_shard=2, console=Console(quiet=True))
     assert (report.shards_reused, report.shards_written) == (1, 1)
     assert load_index(copy)["shards"] == index["shards"]
@@ -127,7 +129,8 @@ def test_frames_unlike_their_scene_are_skipped_with_the_reason(tmp_path):
 
     report = prepare_dataset(Uneven(), tmp_path / "o", console=Console(quiet=True))
     reasons = {s.item: s.reason for s in report.skipped}
-    assert report.frames == 2 and set(reasons) == {"s/c", "s/d", "s/e"}
+    assert report.frames == 2 and set(reasons) == {"s/c", "s/d", "s/e", "s (evaluation)"}
+    assert reasons["s (evaluation)"] == "2 frame(s): no target view between two context views"
     assert "differs from the scene's first frame" in reasons["s/c"]
     assert reasons["s/d"] == "depth of size (4, 4) for an image of (8, 8)"
     assert reasons["s/e"] == "no depth while other frames of the scene have one"

@@ -60,15 +60,16 @@ def test_neighbouring_frames_overlap():
 
 def test_prepare_synthetic_cli(tmp_path):
     out = tmp_path / "syn"
-    args = ["prepare", "synthetic", "--scenes", "3", "--frames", "4", "--resolution", "32"]
+    args = ["prepare", "synthetic", "--scenes", "3", "--test-scenes", "1", "--frames", "4"]
+    args += ["--resolution", "32"]
     result = CliRunner().invoke(main, [*args, "--out", str(out)])
     assert result.exit_code == 0, result.output
     index = json.loads((out / "index.json").read_text())
-    assert index["num_scenes"] == 3 and index["num_frames"] == 12
+    assert index["num_scenes"] == 4 and index["num_frames"] == 16
     assert index["source"]["dataset"] == "synthetic"
     assert all(s["geometry"] == ["depth_fp16"] for s in index["scenes"].values())
     evaluation = json.loads((out / "eval_index.json").read_text())
-    assert set(evaluation) == set(index["scenes"])
+    assert set(evaluation) == {"synth-test-00000"}  # the held-out scene only
     # a rerun with the same options reuses every shard; other options need --overwrite
     again = CliRunner().invoke(main, [*args, "--out", str(out)])
     assert again.exit_code == 0 and "reused 1" in again.output
@@ -88,4 +89,5 @@ def test_unknown_dataset_lists_the_known_ones(tmp_path):
 
 def test_synthetic_dataset_fixture(synthetic_dataset):
     index = json.loads((synthetic_dataset / "index.json").read_text())
-    assert index["num_scenes"] == 3 and len(index["shards"]) == 2
+    assert index["num_scenes"] == 4 and len(index["shards"]) == 2
+    assert [m["split"] for m in index["scenes"].values()] == ["train"] * 3 + ["test"]

@@ -20,6 +20,7 @@ APPLIES_TO = {
     "eval_index": ("re10k",),
     "short_side": ("re10k", "dtu", "navi"),
     "scenes": ("synthetic",),
+    "test_scenes": ("synthetic",),
     "frames": ("synthetic",),
     "resolution": ("synthetic",),
 }
@@ -45,6 +46,7 @@ def _make_source(dataset: str, opts: dict) -> SceneSource:
             seed=opts["seed"],
             split=opts["split"] or "train",
             geometry=opts["geometry"] or "depth",
+            test_scenes=16 if opts["test_scenes"] is None else opts["test_scenes"],
         )
     if opts["root"] is None:
         raise CameoError(f"prepare {dataset}: --root DIR is required")
@@ -112,7 +114,8 @@ def print_report(report: PrepareReport, console: Console) -> None:
 @click.option(
     "--split",
     help="re10k: train|test [default: train]; dtu: test (15 scans)|train|all [default: test]; "
-    "navi: multiview|wild_set|all [default: multiview]; synthetic: a label [default: train].",
+    "navi: multiview|wild_set|all [default: multiview]; synthetic: the training scenes' label "
+    "[default: train].",
 )
 @click.option("--videos", type=click.Path(), help="re10k: folder of local videos <clip>.mp4.")
 @click.option(
@@ -120,7 +123,13 @@ def print_report(report: PrepareReport, console: Console) -> None:
     type=click.Path(dir_okay=False),
     help="re10k: pixelSplat-style evaluation index {clip: {context, target}} to use.",
 )
-@click.option("--scenes", type=int, help="synthetic: number of scenes [default: 32].")
+@click.option("--scenes", type=int, help="synthetic: number of training scenes [default: 32].")
+@click.option(
+    "--test-scenes",
+    type=int,
+    help="synthetic: held-out scenes (split test, synth-test-NNNNN, never a training scene of "
+    "any seed; eval_index.json names only them) [default: 16].",
+)
 @click.option("--frames", type=int, help="synthetic: frames per scene [default: 16].")
 @click.option("--resolution", type=int, help="synthetic: image size [default: 64].")
 @click.option(

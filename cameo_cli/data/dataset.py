@@ -26,6 +26,7 @@ across a depth edge.
 
 from __future__ import annotations
 
+import logging
 import os
 import zlib
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ from cameo_cli.io import read_json
 if TYPE_CHECKING:
     from cameo_cli.config import Recipe
 
+log = logging.getLogger(__name__)
+
 ORDERS = ("official", "random", "even")
 OFFICIAL_SHUFFLE_RATE = 0.5  # `shuffle_train_rate` of the official configs/config.yaml
 
@@ -53,7 +56,9 @@ OFFICIAL_SHUFFLE_RATE = 0.5  # `shuffle_train_rate` of the official configs/conf
 def load_eval_index(location: str | os.PathLike) -> dict[str, dict[str, list[int]]]:
     """Read an evaluation index ``{scene: {"context": [...], "target": [...]}}``: the file
     ``location``, or ``location/eval_index.json`` of a prepared dataset folder. Every entry
-    must hold non-empty lists of frame indices (integers)."""
+    must hold lists of frame indices (integers), the context non-empty; a scene without
+    targets (written by cameo before it left them out, e.g. 2-frame scenes) is left out with
+    a warning."""
     location = Path(location)
     path = location / "eval_index.json" if location.is_dir() else location
     if not path.is_file():
@@ -64,15 +69,23 @@ def load_eval_index(location: str | os.PathLike) -> dict[str, dict[str, list[int
     for scene, entry in views.items():
         lists = isinstance(entry, dict) and all(
             isinstance(entry.get(key), list)
-            and entry[key]
             and all(isinstance(f, int) and not isinstance(f, bool) for f in entry[key])
             for key in ("context", "target")
         )
-        if not lists:
+        if not lists or not entry["context"]:
             raise CameoError(
-                f"{path}: scene {scene!r} needs non-empty integer lists 'context' and 'target'"
+                f"{path}: scene {scene!r} needs non-empty integer lists 'context' and 'target' "
+                "(an empty 'target' list leaves the scene out)"
             )
-    return views
+    empty = [scene for scene, entry in views.items() if not entry["target"]]
+    if empty:
+        log.warning(
+            "%s: left out %d scene(s) without target views: %s",
+            path,
+            len(empty),
+            ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else ""),
+        )
+    return {scene: entry for scene, entry in views.items() if entry["target"]}
 
 
 def sample_frames(

@@ -13,6 +13,8 @@ from PIL import Image, ImageOps
 from cameo_cli.errors import CameoError
 
 ROTATION_TOLERANCE = 1e-3
+TRAIN_SPLIT = "train"  # the split label of the scenes training reads
+HELD_OUT_SPLIT = "test"  # the split label of held-out scenes (validation, evaluation)
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ class FrameData:
 class SceneData:
     scene: str
     frames: list[FrameData]
-    split: str = "train"
+    split: str = TRAIN_SPLIT
     skipped: list[Skip] = field(default_factory=list)  # frames left out, with reasons
     metres_per_unit: float | None = None  # world units in metres (None: not metric)
 
@@ -66,17 +68,21 @@ class SceneSource(ABC):
     def load_scene(self, scene: str) -> SceneData:
         """Read one scene; raise `SkipScene` with the reason when it cannot be used."""
 
-    def eval_views(self, scene: str, meta: dict, rng: np.random.Generator) -> dict | str:
+    def eval_views(self, scene: str, meta: dict, rng: np.random.Generator) -> dict | str | None:
         """Evaluation views of a prepared scene (``meta`` from index.json), as frame indices,
-        or the reason the scene has none. Default: two context frames, two targets between."""
+        the reason the scene has none, or None when the scene is not meant for evaluation
+        (a training scene beside held-out ones). Default: two context frames, two targets
+        between."""
         return interpolation_views(meta["num_frames"], rng)
 
 
-def interpolation_views(num_frames: int, rng: np.random.Generator, max_gap: int = 48) -> dict:
-    """Context = the two ends of a window of frames, targets = two frames strictly inside."""
+def interpolation_views(num_frames: int, rng: np.random.Generator, max_gap: int = 48) -> dict | str:
+    """Context = the two ends of a window of frames, targets = two frames strictly inside
+    (one for three frames); with fewer than three frames, the reason there are none."""
+    if num_frames < 3:
+        return f"{num_frames} frame(s): no target view between two context views"
     if num_frames < 4:
-        context = [0, num_frames - 1] if num_frames > 1 else [0]
-        return {"context": context, "target": [i for i in range(num_frames) if i not in context]}
+        return {"context": [0, 2], "target": [1]}
     gap = min(num_frames - 1, max_gap)
     start = int(rng.integers(0, num_frames - gap))
     inside = np.sort(rng.choice(np.arange(start + 1, start + gap), size=2, replace=False))

@@ -533,11 +533,14 @@ def _assemble_index(
 
 def _eval_index(source: SceneSource, index: dict, seed: int) -> tuple[dict, list[Skip]]:
     """Fixed context/target frames per scene (a generator seeded by (seed, scene) where the
-    source draws them), and the scenes left out of the evaluation with the reason."""
+    source draws them), and the scenes left out of the evaluation with the reason (scenes the
+    source does not evaluate, such as training scenes beside held-out ones, are neither)."""
     views, left_out = {}, []
     for scene, meta in index["scenes"].items():
         rng = np.random.default_rng([seed, zlib.crc32(scene.encode())])
         entry = source.eval_views(scene, meta, rng)
+        if entry is None:
+            continue
         if isinstance(entry, str):
             left_out.append(Skip(f"{scene} (evaluation)", entry))
         else:

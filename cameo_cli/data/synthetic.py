@@ -1,8 +1,15 @@
 """Procedural multi-view scenes: textured boxes, spheres and panels in a room, ray cast in numpy.
 
-Every scene is a function of ``(seed, index)`` only, so a dataset is reproducible bit for bit
-without downloads. Rendering gives exact geometry: z-depth and world-space point maps at the
-pixel centres, with pixel ``(i, j)`` centred at ``(j + 0.5, i + 0.5)`` (the convention of
+Every scene is a function of ``(seed, index, held_out)`` only, so a dataset is reproducible
+bit for bit without downloads. Training scenes (``synth-00000``, ...) draw from the generator
+seeded ``[seed, index]``; held-out scenes (``synth-test-00000``, ...) from ``[seed, index,
+HELD_OUT_TAG]``. NumPy's seed sequence reads a seed as its list of 32-bit words, and a third
+non-zero word never reproduces a two-word seed, so for seeds and indices below 2**32 no
+held-out scene of any seed is a training scene of any seed (``--seed 1``'s training set never
+holds seed 0's held-out scenes).
+
+Rendering gives exact geometry: z-depth and world-space point maps at the pixel centres,
+with pixel ``(i, j)`` centred at ``(j + 0.5, i + 0.5)`` (the convention of
 ``cameo_cli.cameras``). Colours are view independent (Lambertian shading with a fixed light),
 so the same surface point has the same colour in every view.
 
@@ -11,16 +18,26 @@ World frame: y up, floor at y = 0. Cameras: OpenCV axes, world-to-camera 4x4, pi
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
-from cameo_cli.data.records import FrameData, SceneData, SceneSource, Skip
+from cameo_cli.data.records import (
+    HELD_OUT_SPLIT,
+    TRAIN_SPLIT,
+    FrameData,
+    SceneData,
+    SceneSource,
+    Skip,
+)
 from cameo_cli.errors import CameoError
 
 GENERATOR_VERSION = 1  # bump whenever a change alters rendered pixels
 EPS = 1e-9
 TEXTURES = ("checker", "stripes", "noise")
+HELD_OUT_TAG = zlib.crc32(HELD_OUT_SPLIT.encode())  # third seed word of held-out scenes (non-zero)
+TRAIN_PREFIX, HELD_OUT_PREFIX = "synth-", "synth-test-"
 
 
 @dataclass(frozen=True)
@@ -303,6 +320,11 @@ def _camera_rays(
     return np.broadcast_to(eye, dirs.shape), dirs
 
 
+def scene_rng(seed: int, index: int, held_out: bool = False) -> np.random.Generator:
+    """The generator of training scene ``index`` (or held-out scene, a disjoint stream)."""
+    return np.random.default_rng([seed, index, HELD_OUT_TAG] if held_out else [seed, index])
+
+
 def render_scene(
     seed: int,
     index: int,
@@ -310,11 +332,13 @@ def render_scene(
     num_frames: int = 16,
     fov_deg: float = 60.0,
     supersample: int = 2,
+    held_out: bool = False,
 ) -> SceneRender:
-    """Render scene ``index`` of the dataset seeded ``seed`` from ``num_frames`` cameras."""
+    """Render training scene ``index`` (``held_out``: held-out scene ``index``) of the
+    dataset seeded ``seed`` from ``num_frames`` cameras."""
     if not 16 <= resolution <= 1024:
         raise ValueError(f"resolution must be within 16..1024 px, got {resolution}")
-    rng = np.random.default_rng([seed, index])
+    rng = scene_rng(seed, index, held_out)
     prims, room, light = build_scene(rng)
     w2cs = camera_trajectory(rng, room, num_frames)
     K = pinhole_intrinsics(resolution, fov_deg)
@@ -340,7 +364,9 @@ def render_scene(
 
 
 class SyntheticSource(SceneSource):
-    """``scenes`` procedural scenes of ``frames`` views each, as a `SceneSource`."""
+    """``scenes`` procedural training scenes and ``test_scenes`` held-out ones (split
+    ``test``, from their own random stream: see the module docstring) of ``frames`` views
+    each, as a `SceneSource`. With held-out scenes the evaluation index names only them."""
 
     dataset = "synthetic"
 
@@ -350,8 +376,9 @@ class SyntheticSource(SceneSource):
         resolution: int = 64,
         frames: int = 16,
         seed: int = 0,
-        split: str = "train",
+        split: str = TRAIN_SPLIT,
         geometry: str = "depth",
+        test_scenes: int = 0,
     ) -> None:
         if geometry not in ("depth", "none"):
             raise CameoError(
@@ -359,10 +386,13 @@ class SyntheticSource(SceneSource):
             )
         if not 16 <= resolution <= 1024:
             raise CameoError(f"synthetic: --resolution must be within 16..1024, got {resolution}")
-        if frames < 2 or scenes < 1:
-            raise CameoError("synthetic: need at least 1 scene and 2 frames per scene")
+        if frames < 2 or scenes < 1 or test_scenes < 0:
+            raise CameoError(
+                "synthetic: need at least 1 scene, 2 frames per scene and --test-scenes >= 0"
+            )
         self.scenes, self.resolution, self.frames = scenes, resolution, frames
         self.seed, self.split, self.geometry = seed, split, geometry
+        self.test_scenes = test_scenes
 
     def options(self) -> dict:
         return {
@@ -373,18 +403,29 @@ class SyntheticSource(SceneSource):
             "split": self.split,
             "geometry": self.geometry,
             "generator_version": GENERATOR_VERSION,
+            **({"test_scenes": self.test_scenes} if self.test_scenes else {}),
         }
 
     def list_scenes(self) -> tuple[list[str], list[Skip]]:
-        return [f"synth-{i:05d}" for i in range(self.scenes)], []
+        train = [f"{TRAIN_PREFIX}{i:05d}" for i in range(self.scenes)]
+        return train + [f"{HELD_OUT_PREFIX}{i:05d}" for i in range(self.test_scenes)], []
 
     def load_scene(self, scene: str) -> SceneData:
-        render = render_scene(self.seed, int(scene.split("-")[1]), self.resolution, self.frames)
-        return scene_data(render, scene, with_depth=self.geometry == "depth", split=self.split)
+        held_out = scene.startswith(HELD_OUT_PREFIX)
+        index = int(scene.removeprefix(HELD_OUT_PREFIX if held_out else TRAIN_PREFIX))
+        render = render_scene(self.seed, index, self.resolution, self.frames, held_out=held_out)
+        split = HELD_OUT_SPLIT if held_out else self.split
+        return scene_data(render, scene, with_depth=self.geometry == "depth", split=split)
+
+    def eval_views(self, scene: str, meta: dict, rng: np.random.Generator) -> dict | str | None:
+        """The default views; with held-out scenes, None (not evaluated) for the others."""
+        if self.test_scenes and meta["split"] != HELD_OUT_SPLIT:
+            return None
+        return super().eval_views(scene, meta, rng)
 
 
 def scene_data(
-    render: SceneRender, scene: str, *, with_depth: bool, split: str = "train"
+    render: SceneRender, scene: str, *, with_depth: bool, split: str = TRAIN_SPLIT
 ) -> SceneData:
     """The frames of a render as a prepared scene (with its exact depth or without)."""
     frames = [

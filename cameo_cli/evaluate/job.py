@@ -5,7 +5,8 @@ Layout of the output folder (resumable: finished scenes are skipped)::
 
     config.json          the full metric configuration (checked on resume)
     scenes/<scene>.json  one file per finished scene: per-view and mean metrics
-    results.json         configuration, per-scene and mean results
+    results.json         configuration, per-scene and mean results, warnings (scored scenes
+                         marked `train` in the dataset's index.json)
     results.csv          one row per scene and a final "mean" row, with the configuration
     images/<scene>/      with --save-images: reference_K.png, target_K.png (generated),
                          truth_K.png, references.json and targets.json (cameo camera
@@ -36,6 +37,7 @@ from rich.table import Table
 from cameo_cli import io as cameo_io
 from cameo_cli.batch import ViewBatch
 from cameo_cli.camera_files import CameraSet, to_cameo_json
+from cameo_cli.data.records import TRAIN_SPLIT
 from cameo_cli.errors import CameoError
 from cameo_cli.image_metrics import SSIM_CONFIG, psnr, sharpness, ssim
 from cameo_cli.lpips import LPIPS, default_backbone_path
@@ -133,6 +135,9 @@ def run_evaluation(request: EvaluateRequest, console: Console | None = None) -> 
         request.dataset, num_views=2, min_refs=1, max_refs=1, resolution=resolution
     )
     _check_index(index, index_path, dataset, pipeline.num_views)
+    warnings = trained_scenes_warnings(index, dataset)
+    for warning in warnings:
+        console.print(f"[bold yellow]warning:[/] {warning}")
     lpips = None
     if "lpips" in metrics:
         lpips = LPIPS.load(lpips_net, backbone_path=request.lpips_weights).to(pipeline.device)
@@ -195,11 +200,26 @@ def run_evaluation(request: EvaluateRequest, console: Console | None = None) -> 
             progress.advance(task)
 
     results = _collect(request.out, index, config)
+    results["warnings"] = warnings
     _write_csv(request.out / "results.csv", results, config)
     cameo_io.write_json(request.out / "results.json", results)
     console.print(_table(results))
     console.print(_lines_table(results))
     return results
+
+
+def trained_scenes_warnings(index: dict, dataset) -> list[str]:
+    """A warning (for the console and results.json) when scenes of `index` are marked
+    `train` in the dataset's index.json: scores on them are not held-out scores."""
+    scenes = dataset.index["scenes"]
+    trained = [scene for scene in index if scenes[scene].get("split") == TRAIN_SPLIT]
+    if not trained:
+        return []
+    return [
+        f"{dataset.root}: {len(trained)} of the {len(index)} evaluated scenes are marked "
+        f"'{TRAIN_SPLIT}' in index.json (e.g. {trained[0]}): a model trained on them scores "
+        "them as seen scenes, not held-out ones"
+    ]
 
 
 def _check_index(index: dict, path: Path, dataset, num_views: int) -> None:

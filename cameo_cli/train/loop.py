@@ -33,7 +33,12 @@ from cameo_cli.train.model import CameoTrainingModel
 from cameo_cli.train.objective import add_training_noise, denoising_loss
 from cameo_cli.train.plan import RunPlan, check_recipe, needs_geometry, plan_run, resolve_layer
 from cameo_cli.train.progress import TrainingProgress
-from cameo_cli.train.setup import build_training_backbone, open_dataset
+from cameo_cli.train.setup import (
+    TRAIN_SPLIT,
+    build_training_backbone,
+    open_dataset,
+    open_validation_dataset,
+)
 from cameo_cli.train.validation import (
     grid_image,
     held_out_metrics,
@@ -46,8 +51,6 @@ from cameo_cli.train.validation import (
 log = logging.getLogger(__name__)
 
 VALIDATION_SAMPLES = 4
-TRAIN_SPLIT = "train"
-HELD_OUT_SPLIT = "test"
 SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)
 PRECISION_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -193,13 +196,21 @@ class Trainer:
 
     # -- set-up -----------------------------------------------------------------------------
     def _validation_batch(self) -> ViewBatch:
-        """A fixed batch of held-out samples (the dataset's test split, else its first items)."""
-        try:
-            held_out = open_dataset(self.recipe, needs_geometry=False, split=HELD_OUT_SPLIT)
-        except CameoError:
-            held_out = self.dataset
-        count = min(VALIDATION_SAMPLES, len(held_out))
-        batch = ViewBatch.collate([held_out[i] for i in range(count)])
+        """A fixed batch of held-out samples (`setup.open_validation_dataset`); training
+        scenes only when the recipe opts in (`data.validation: train`), with a warning."""
+        held_out = open_validation_dataset(self.recipe, self.dataset)
+        count = min(VALIDATION_SAMPLES, len(held_out.dataset))
+        batch = ViewBatch.collate([held_out.dataset[i] for i in range(count)])
+        self.validation_source = {
+            "dataset": held_out.folder,
+            "split": held_out.split,
+            "scenes": batch.scenes,
+        }
+        if held_out.on_training_scenes and self.accelerator.is_main_process:
+            log.warning(
+                "VALIDATION ON TRAINING SCENES (data.validation: train): every val/* metric of "
+                "this run is measured on scenes it trains on (recorded in meta.json)"
+            )
         return batch.with_domain(self.recipe.data.domain)
 
     def _prepare_run_dir(self, resume_from: Path | None, overwrite: bool, command: list[str]):
@@ -210,7 +221,13 @@ class Trainer:
                 rundir.reset_run_dir(self.output)
             rundir.create_run_dir(self.output)
             dump_recipe(self.recipe, self.output / rundir.CONFIG)
-            rundir.write_meta(self.output, command, self.accelerator.num_processes, resume_from)
+            rundir.write_meta(
+                self.output,
+                command,
+                self.accelerator.num_processes,
+                resume_from,
+                validation=self.validation_source,
+            )
         self.accelerator.wait_for_everyone()
 
     def _optimizer_state(self) -> dict:

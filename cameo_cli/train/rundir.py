@@ -58,9 +58,14 @@ def create_run_dir(output: Path) -> None:
 
 
 def write_meta(
-    output: Path, command: list[str], num_processes: int, resumed_from: Path | None
+    output: Path,
+    command: list[str],
+    num_processes: int,
+    resumed_from: Path | None,
+    validation: dict | None = None,
 ) -> None:
-    """meta.json: cameo version, git commit of the source tree (if any), command line.
+    """meta.json: cameo version, git commit of the source tree (if any), command line, and
+    what validation scores (`validation`: its dataset, split and scenes).
 
     A resumed run keeps the original entries and appends its own to `resumes`.
     """
@@ -70,6 +75,7 @@ def write_meta(
         "command": command,
         "python": sys.version.split()[0],
         "num_processes": num_processes,
+        **({"validation": validation} if validation is not None else {}),
     }
     path = output / META
     if resumed_from is not None and path.is_file():
