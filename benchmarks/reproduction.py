@@ -38,7 +38,8 @@ from rich.table import Table
 from cameo_cli.io import read_json, read_json_lines, save_with, write_json
 
 CORE = ("baseline", "cameo")  # trained with every seed
-ABLATIONS = ("cameo-joint", "layer2", "layer6", "no-head", "l1", "no-mask")  # seed 0
+# seed 0 only
+ABLATIONS = ("cameo-joint", "layer2", "layer6", "no-head", "monotone-head", "l1", "no-mask")
 ABLATION_METRICS = (
     "val/psnr",
     "val/psnr_x0",
