@@ -38,7 +38,8 @@ from rich.table import Table
 from cameo_cli.io import read_json, read_json_lines, save_with, write_json
 
 CORE = ("baseline", "cameo")  # trained with every seed
-ABLATIONS = ("cameo-joint", "layer2", "layer6", "no-head", "l1", "no-mask")  # seed 0
+# seed 0 only
+ABLATIONS = ("cameo-joint", "layer2", "layer6", "no-head", "monotone-head", "l1", "no-mask")
 ABLATION_METRICS = (
     "val/psnr",
     "val/psnr_x0",
@@ -116,8 +117,9 @@ def compare(out: Path, seeds: int) -> dict:
 
 
 def diagnose(out: Path, data: Path, run: str) -> dict:
-    """(a): every layer's attention precision at the run's last checkpoint (with chance, 1/hw,
-    since layers differ in grid), and the watched layer over its checkpoints."""
+    """(a): every layer's attention precision at the run's last checkpoint (with diagnose's
+    chance, shuffled keys, about 1/hw for `exact`, since layers differ in grid), and the
+    watched layer over its checkpoints."""
     folder = out / f"diagnose-{run}"
     command = cameo("diagnose", "--backbone", "cat3d", "--run", str(out / "runs" / run))
     command += ["--dataset", str(data), "--out", str(folder), "--overwrite", "--no-recommend"]
@@ -128,7 +130,7 @@ def diagnose(out: Path, data: Path, run: str) -> dict:
             "layer": entry["layer"],
             "grid": entry["grid"],
             "multiview": entry["multiview"],
-            "chance_exact": 1 / (entry["grid"][0] * entry["grid"][1]),
+            "chance_exact": entry["chance"]["exact"],
             **entry["attention"]["precision"],
             "rows": entry["attention"]["rows"],
         }

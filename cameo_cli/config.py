@@ -107,7 +107,9 @@ class AlignmentConfig:
     weight: float | list[float] = 0.02  # lambda; CAMEO: one number, or one per layer
     epsilon: float = 1.5  # cycle-consistency threshold in token units; .inf disables the mask
     loss: str = "ce"  # "ce" or "l1"
-    head: str = "mlp"  # "mlp" (H -> 4H -> 1 over heads) or "none" (head-averaged probabilities)
+    # "mlp" (official: H -> 4H -> GELU -> 1 over heads), "monotone" (cameo's, non-decreasing
+    # in every head's logit) or "none" (head-averaged probabilities)
+    head: str = "mlp"
     targets: str = "per_pair"  # "joint" (official: one target per query) or "per_pair"
     chunk_size: int | None = None  # query rows per chunk (memory bound); None: 256 GPU, 64 CPU
     options: dict[str, Any] = field(default_factory=dict)  # the method's own (its `parameters`)
@@ -177,7 +179,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "diffusion.prediction": ("v_prediction", "epsilon"),
     "diffusion.timestep_spacing": ("leading", "trailing"),
     "alignment.loss": ("ce", "l1"),
-    "alignment.head": ("mlp", "none"),
+    "alignment.head": ("mlp", "monotone", "none"),
     "alignment.targets": ("joint", "per_pair"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "train.camera_drop_scope": ("batch", "sample"),

@@ -1,9 +1,10 @@
 """The recommended supervision layer per backbone, kept in `$CAMEO_HOME/recommended_layers.json`.
 
 `cameo diagnose` writes `{"<backbone>/<variant>": {"layer": L, "top": [{"layer": L, ...}, ...],
-...}}` entries there (the most precise multi-view layer it measured, and its `--top-k` most
-precise ones, best first); `cameo train --layer auto` (or `auto:K`) reads them back through
-`read_recommended_layers`. Entries written before `top` existed hold one layer.
+...}}` entries there (the multi-view layer it measured most precise above chance, and its
+`--top-k` best ones by that lift, best first, each with precision, chance and lift);
+`cameo train --layer auto` (or `auto:K`) reads them back through `read_recommended_layers`.
+Entries written before `top` existed hold one layer.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ def write_recommended_layer(backbone: str, variant: str, entry: dict) -> Path:
 
 
 def read_recommended_layers(backbone: str, variant: str, count: int = 1) -> list[int]:
-    """The `count` most precise layers `cameo diagnose` recommended for this backbone and
-    variant, best first."""
+    """The `count` layers `cameo diagnose` recommended for this backbone and variant (most
+    precise above chance), best first."""
     path = cameo_home() / FILE_NAME
     key = _key(backbone, variant)
     entry = _read(path).get(key)

@@ -46,6 +46,7 @@ REPRODUCTION = {
     "repro-cpu-layer2": "alignment.layer=2",
     "repro-cpu-layer6": "alignment.layer=6",
     "repro-cpu-no-head": "alignment.head=none",
+    "repro-cpu-monotone-head": "alignment.head=monotone",
     "repro-cpu-l1": "alignment.loss=l1",
     "repro-cpu-no-mask": "alignment.epsilon=.inf",
 }

@@ -16,13 +16,17 @@ from cameo_cli.diagnose.job import (
     open_diagnose_dataset,
     over_training_layer,
     probe3d_pairs,
+    recommend,
 )
 from cameo_cli.diagnose.job import load_model as load_diagnosed_model
 from cameo_cli.diagnose.precision import (
     ROTATION_BINS,
     Radii,
+    chance_counts,
+    lift,
     rotation_bins,
     score_matches,
+    shuffled_keys,
     token_footprints,
 )
 from cameo_cli.diagnose.request import Diagnosis
@@ -174,6 +178,9 @@ def test_planted_layer_scores_one_and_random_layer_scores_chance(synthetic_datas
     assert planted["precision"]["exact"] == 1.0
     assert planted["precision"]["tokens"] == 1.0 and planted["precision"]["pixels"] == 1.0
     assert 0.2 / hw < random["precision"]["exact"] < 3.0 / hw
+    for layer in summaries:  # chance from shuffled keys: about 1 / hw, whatever the layer
+        assert 0.5 / hw < layer["chance"]["exact"] < 1.5 / hw
+    assert planted["lift"]["exact"] == 1.0 - summaries[0]["chance"]["exact"]
 
     # 3D precision of the planted layer: the share of kept rows whose nearest key point
     # lies within the radius, computed here directly from the ground truth.
@@ -322,3 +329,88 @@ def test_planted_correspondence_scores_one_at_2cm_on_navi(navi_dataset, tmp_path
             # one direction only: the rows are the query view's tokens with a target
             targets = correspondence_targets(batch.point_map, batch.point_valid, grid)
             assert attention["rows"] == int(targets.mask[:, 0, 1].sum())
+
+
+def grid_case(batch: int = 16, views: int = 3, grid: tuple[int, int] = (4, 4)):
+    """Every query's true key is the same token of the other view (each token once per
+    pair); world points on the token grid (one world unit per token), footprints 1."""
+    h, w = grid
+    hw = h * w
+    target = torch.arange(hw).expand(batch, views, views, hw).clone()
+    rows = ~torch.eye(views, dtype=torch.bool)[None, :, :, None].expand_as(target).clone()
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    plane = torch.stack([xs, ys, torch.zeros_like(xs)], dim=-1).reshape(hw, 3).double()
+    points = plane.expand(batch, views, hw, 3)
+    valid = torch.ones(batch, views, hw, dtype=torch.bool)
+    bins = torch.zeros(batch, views, views, dtype=torch.long)
+    footprints = torch.ones(batch, views, views, hw, dtype=torch.float64)
+
+    def score(predicted, radii):
+        return score_matches(
+            predicted, target, rows, grid, (8.0, 8.0), points, valid, bins, radii,
+            footprints=footprints,
+        )  # fmt: skip
+
+    return target, score
+
+
+@pytest.mark.parametrize("predictor", ["perfect", "constant", "random"])
+def test_chance_by_shuffled_keys_is_the_uniform_predictors_share_on_a_known_grid(predictor):
+    """4x4 tokens, 8 px each, every token once a target: a uniform key is exact 1/16 of the
+    time, within 1 token (or 8 px, or 1 footprint in 3D) of the target 64/256 (corners have
+    3 such tokens, edges 4, the inside 5), within 12 px (the 3x3 neighbourhood) 100/256."""
+    target, score = grid_case()
+    radii = Radii(tokens=1.0, pixels=12.0)
+    predicted = {
+        "perfect": target,
+        "constant": torch.zeros_like(target),
+        "random": torch.randint(0, 16, target.shape, generator=torch.Generator().manual_seed(1)),
+    }[predictor]
+    chance = chance_counts(lambda p: score(p, radii), predicted).summary()["precision"]
+    assert chance["exact"] == pytest.approx(1 / 16, abs=0.012)
+    assert chance["tokens"] == pytest.approx(64 / 256, abs=0.02)
+    assert chance["3d@1tok"] == chance["tokens"]  # a footprint is a token here
+    assert chance["pixels"] == pytest.approx(100 / 256, abs=0.02)
+    again = chance_counts(lambda p: score(p, radii), predicted).summary()["precision"]
+    assert again == chance  # a fixed seed
+
+
+def test_shuffled_keys_relabel_each_pairs_keys_by_one_permutation():
+    predicted = torch.tensor([0, 0, 1, 2, 3, 3]).expand(2, 2, 2, 6)
+    shuffled = shuffled_keys(predicted, torch.Generator().manual_seed(0))
+    assert shuffled.shape == predicted.shape
+    for b, i, j in [(0, 0, 1), (1, 1, 0)]:
+        row = shuffled[b, i, j]
+        assert row[0] == row[1] and row[4] == row[5]  # the same key, the same new label
+        assert len(set(row[[0, 2, 3, 4]].tolist())) == 4  # distinct keys stay distinct
+
+
+def summary(layer: int, precision: float, chance: float, multiview: bool = True) -> dict:
+    scored = {"pixels": precision}
+    return {
+        "layer": layer,
+        "path": f"block.{layer}",
+        "multiview": multiview,
+        "attention": {"precision": scored, "lift": lift(scored, {"pixels": chance})},
+        "chance": {"pixels": chance},
+    }
+
+
+def test_a_layer_at_chance_is_not_recommended_over_one_less_precise_but_above_chance():
+    """Layer 6 (2x2 tokens) is right as often as a shuffled key; layer 10 less often, but
+    far above its own chance: layer 10 is recommended, and the top 2 run by lift."""
+    layers = [summary(6, 0.25, 0.25), summary(10, 0.21, 0.05), summary(3, 0.9, 0.1, False)]
+    recommended = recommend(layers, top_k=2)
+    assert recommended["layer"] == 10
+    assert recommended["lift"] == pytest.approx(0.16)
+    assert (recommended["precision"], recommended["chance"]) == (0.21, 0.05)
+    assert [row["layer"] for row in recommended["top"]] == [10, 6]
+    below = recommend([summary(6, 0.21, 0.25), summary(8, 0.1, 0.08)])
+    assert below["layer"] == 8  # the 2x2 layer below its own chance loses to a weak one
+
+
+def test_lift_is_precision_minus_chance():
+    assert lift({"exact": 0.5, "pixels": None}, {"exact": 0.125, "pixels": 0.2}) == {
+        "exact": 0.375,
+        "pixels": None,
+    }

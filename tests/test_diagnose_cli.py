@@ -73,10 +73,17 @@ def test_whole_diagnose_on_synthetic_writes_json_plots_and_recommendation(
         assert set(summary["by_timestep"]) == {"250", "750"}
         rotation_rows = sum(b["rows"] for b in summary["attention"]["by_rotation"].values())
         assert rotation_rows == summary["attention"]["rows"]
+    for summary in report["layers"]:  # chance per metric, and the lift over it
+        for metric in report["metrics"]:
+            chance, precision = summary["chance"][metric], summary["attention"]["precision"][metric]
+            assert 0 < chance < 1
+            assert summary["attention"]["lift"][metric] == pytest.approx(precision - chance)
     recommended = report["recommended_layer"]
-    best = max(s["attention"]["precision"]["pixels"] for s in report["layers"] if s["multiview"])
-    assert recommended["precision"] == best
-    assert report["layers"][recommended["layer"]]["multiview"]
+    best = max(s["attention"]["lift"]["pixels"] for s in report["layers"] if s["multiview"])
+    assert recommended["lift"] == best
+    chosen = report["layers"][recommended["layer"]]
+    assert chosen["multiview"] and recommended["chance"] == chosen["chance"]["pixels"]
+    assert recommended["precision"] == chosen["attention"]["precision"]["pixels"]
     perturbation = report["perturbation"]
     assert [row["layer"] for row in perturbation["layers"]] == list(range(16))
     assert all(np.isfinite(row["psnr"]) for row in perturbation["layers"])
@@ -106,7 +113,10 @@ def test_run_scores_every_checkpoint_next_to_validation_psnr(
     assert result.exit_code == 0, result.output
     report = json.loads((out / "diagnose.json").read_text())
     assert report["supervised_layer"] == 10
-    assert "projection_head" in report["layers"][1]  # the trained head's own map
+    head = report["layers"][1]["projection_head"]  # the trained head's own map
+    chance = report["layers"][1]["chance"]
+    assert head["lift"]["pixels"] == pytest.approx(head["precision"]["pixels"] - chance["pixels"])
+    assert "10 head" in result.output  # its row beside the raw attention's
     over = report["over_training"]
     assert over["layer"] == 10
     assert [c["step"] for c in over["checkpoints"]] == [2, 4]
@@ -134,12 +144,12 @@ def test_top_k_layers_are_recommended_stored_and_read_back(
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads((out / "diagnose.json").read_text())
-    scored = {s["layer"]: s["attention"]["precision"]["pixels"] for s in report["layers"]}
+    scored = {s["layer"]: s["attention"]["lift"]["pixels"] for s in report["layers"]}
     ranked = sorted((layer for layer in scored if scored[layer] is not None), key=scored.get)
     top = report["recommended_layer"]["top"]
     assert [row["layer"] for row in top] == ranked[::-1][:2]
     assert report["recommended_layer"]["layer"] == top[0]["layer"]
-    assert [row["precision"] for row in top] == [scored[row["layer"]] for row in top]
+    assert [row["lift"] for row in top] == [scored[row["layer"]] for row in top]
     layers = [row["layer"] for row in top]
     assert f"top 2 layers: {layers[0]},{layers[1]}" in result.output
     assert read_recommended_layers("cat3d", "tiny", 2) == layers

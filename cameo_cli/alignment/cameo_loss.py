@@ -3,7 +3,8 @@
 For every ordered view pair i != j the logits `q_i · k_jᵀ · scale` of each head are
 projected across heads by a small MLP (`H -> 4H -> GELU -> 1`, one value per (query, key)
 pair) and soft-maxed over the hw keys of view j (without a head: each head soft-maxed, the
-probabilities averaged over heads), and scored against the one-hot ground-truth key on the
+probabilities averaged over heads; `monotone`: cameo's `MonotoneHead`, not the official
+code's), and scored against the one-hot ground-truth key on the
 rows the cycle mask keeps, as the official code does: cross-entropy
 `-sum(onehot * log(p + 1e-8))`, or (ablation) L1 averaged over rows x hw keys. A kept row
 with an all-zero target (target index -1, `joint` targets) adds nothing to the
@@ -34,7 +35,7 @@ from cameo_cli.attention.hooks import ProbeResult
 if TYPE_CHECKING:
     from cameo_cli.geometry.correspondence import CorrespondenceTargets
 
-HEADS = ("mlp", "none")
+HEADS = ("mlp", "monotone", "none")
 LOSSES = ("ce", "l1")
 
 
@@ -124,16 +125,78 @@ def _chunks(count: int, size: int) -> Iterator[slice]:
         yield slice(start, min(start + size, count))
 
 
-def _log_probabilities(logits: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
+def _activation(head: str, before: torch.Tensor) -> torch.Tensor:
+    """The hidden units of a head: GELU (erf) for the official `mlp`, softplus for
+    `monotone`."""
+    return F.softplus(before) if head == "monotone" else F.gelu(before)
+
+
+def _activation_backward(
+    head: str, grad_hidden: torch.Tensor, before: torch.Tensor
+) -> torch.Tensor:
+    """The gradient of the pre-activations, written into `before`'s buffer."""
+    if head == "monotone":
+        return torch.ops.aten.softplus_backward.grad_input(
+            grad_hidden, before, 1.0, 20.0, grad_input=before
+        )
+    return torch.ops.aten.gelu_backward.grad_input(
+        grad_hidden, before, approximate="none", grad_input=before
+    )
+
+
+def _project(logits: torch.Tensor, params: Sequence[torch.Tensor], head: str) -> torch.Tensor:
+    """[..., heads] logits -> [...] scores of a two-layer head with weights `params`."""
+    w1, b1, w2, b2 = params
+    return F.linear(_activation(head, F.linear(logits, w1, b1)), w2, b2).squeeze(-1)
+
+
+def _log_probabilities(
+    logits: torch.Tensor, params: Sequence[torch.Tensor], head: str
+) -> torch.Tensor:
     """[..., hw, heads] logits -> [..., hw] log-probabilities over the hw keys: a softmax of
-    the MLP head's scores, or (no head) the log of the mean over heads of each head's
+    the head's scores, or (no head) the log of the mean over heads of each head's
     softmax (the official `Softmax_HeadMean`)."""
     if not params:
         per_head = logits - torch.logsumexp(logits, dim=-2, keepdim=True)
         return torch.logsumexp(per_head, dim=-1) - math.log(logits.shape[-1])
-    w1, b1, w2, b2 = params
-    scores = F.linear(F.gelu(F.linear(logits, w1, b1)), w2, b2).squeeze(-1)
+    scores = _project(logits, params, head)
     return scores - torch.logsumexp(scores, dim=-1, keepdim=True)
+
+
+class MonotoneHead(nn.Module):
+    """cameo's projection head (not the official code's), non-decreasing in every attention
+    head's logit by construction: `score = w2⁺ · softplus(W1⁺ l + b1) + b2` with the weights
+    `W1⁺ = softplus(V1)`, `w2⁺ = softplus(V2)` positive, so `d score / d l_h = sum_u w2⁺_u
+    sigmoid(.) W1⁺_uh >= 0`. The CAMEO term can then only be lowered by raising the true
+    key's logits relative to the others', never by reading the attention upside down (which
+    the official MLP head may learn, pushing the raw attention away from the truth).
+
+    Initialised to the mean of the heads' logits: `W1⁺ = 1/H`, `w2⁺ = 1/(4H)`, the hidden
+    biases spread over [-2, 2] (so the units differ and learn apart), which scores a key by
+    a mean over units of `softplus(mean_h l_h + b_u)`, an increasing function of the mean
+    logit: the same ranking of keys."""
+
+    def __init__(self, num_heads: int) -> None:
+        super().__init__()
+        hidden = 4 * num_heads
+
+        def inverse_softplus(value: float) -> float:
+            return math.log(math.expm1(value))
+
+        self.raw_weight1 = nn.Parameter(
+            torch.full((hidden, num_heads), inverse_softplus(1 / num_heads))
+        )
+        self.bias1 = nn.Parameter(torch.linspace(-2.0, 2.0, hidden))
+        self.raw_weight2 = nn.Parameter(torch.full((1, hidden), inverse_softplus(1 / hidden)))
+        self.bias2 = nn.Parameter(torch.zeros(1))
+
+    def weights(self) -> list[torch.Tensor]:
+        """(W1⁺, b1, w2⁺, b2): the weights the scores are computed with (differentiable)."""
+        return [F.softplus(self.raw_weight1), self.bias1, F.softplus(self.raw_weight2), self.bias2]
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        """[..., heads] logits -> [..., 1] scores."""
+        return _project(logits, self.weights(), "monotone").unsqueeze(-1)
 
 
 def _row_losses(
@@ -156,13 +219,14 @@ def _chunk_loss_and_gradients(
     params: Sequence[torch.Tensor],
     loss: str,
     wants: Sequence[bool],
+    head: str,
 ) -> _ChunkGradients:
     """Weighted loss of some query rows of one view against the keys of the other views
     (keys [B, J, heads, hw, d]) and its gradients, written out by hand (no autograd graph,
     fewer kernels and buffers: the hidden activations are reused for their own gradients).
 
     wants: whether the gradient of q_rows, keys and each parameter is needed (none: the
-    value only).
+    value only); head: which activation the head's hidden units use.
     """
     q_rows, index, weight = chunk.q_rows, chunk.index, chunk.weight
     logits = torch.einsum("bhcd,bjhkd->bjckh", q_rows, keys) * scale  # [B, J, c, hw, H]
@@ -170,7 +234,7 @@ def _chunk_loss_and_gradients(
     if params:
         w1, b1, w2, b2 = params
         before = F.linear(logits, w1, b1)
-        hidden = F.gelu(before)
+        hidden = _activation(head, before)
         scores = F.linear(hidden, w2, b2).squeeze(-1)
         log_p = scores - torch.logsumexp(scores, dim=-1, keepdim=True)  # [B, J, c, hw]
         p_target = log_p.gather(-1, index.unsqueeze(-1)).squeeze(-1).exp()
@@ -194,9 +258,7 @@ def _chunk_loss_and_gradients(
         grad_b2 = flat_scores.sum().reshape(1)
         # the two [.., 4H] buffers are reused for their own gradients (elementwise, in place)
         grad_hidden = torch.mul(grad_scores.unsqueeze(-1), w2[0], out=hidden)
-        grad_before = torch.ops.aten.gelu_backward.grad_input(
-            grad_hidden, before, approximate="none", grad_input=before
-        )
+        grad_before = _activation_backward(head, grad_hidden, before)
         del hidden, grad_hidden
         flat_before = grad_before.reshape(-1, grad_before.shape[-1])
         grad_w1 = flat_before.T @ logits.reshape(-1, logits.shape[-1])
@@ -222,6 +284,7 @@ def _total_loss(
     params: Sequence[torch.Tensor],
     loss: str,
     chunk_size: int,
+    head: str,
 ) -> torch.Tensor:
     """The loss value only, chunk by chunk."""
     total = q.new_zeros(())
@@ -232,7 +295,9 @@ def _total_loss(
             chunk = view.chunk(queries, part)
             total = (
                 total
-                + _chunk_loss_and_gradients(chunk, keys, scale, params, loss, no_gradients).value
+                + _chunk_loss_and_gradients(
+                    chunk, keys, scale, params, loss, no_gradients, head
+                ).value
             )
     return total
 
@@ -244,8 +309,8 @@ class _ChunkedCameoLoss(torch.autograd.Function):
     outlives a chunk."""
 
     @staticmethod
-    def forward(ctx, plan, scale, loss, chunk_size, q, k, *params):
-        wants = ctx.needs_input_grad[4:]
+    def forward(ctx, plan, scale, loss, chunk_size, head, q, k, *params):
+        wants = ctx.needs_input_grad[5:]
         grad_q = torch.zeros_like(q) if wants[0] else None
         grad_k = torch.zeros_like(k) if wants[1] else None
         grad_params = [
@@ -259,7 +324,7 @@ class _ChunkedCameoLoss(torch.autograd.Function):
             grad_queries = torch.zeros_like(queries) if wants[0] else None
             for part in _chunks(view.count, chunk_size):
                 chunk = _chunk_loss_and_gradients(
-                    view.chunk(queries, part), keys, scale, params, loss, wants
+                    view.chunk(queries, part), keys, scale, params, loss, wants, head
                 )
                 if wants[0]:
                     grad_queries[:, :, part] = chunk.q_rows
@@ -288,7 +353,7 @@ class _ChunkedCameoLoss(torch.autograd.Function):
             g * grad_output if w else None
             for g, w in zip(ctx.saved_tensors, ctx.wants, strict=True)
         ]
-        return (None, None, None, None, *grads)
+        return (None, None, None, None, None, *grads)
 
 
 class CameoLoss(nn.Module):
@@ -314,13 +379,13 @@ class CameoLoss(nn.Module):
         self.loss_kind = loss
         self.chunk_size = chunk_size
         self.fused = fused  # None: the fused kernels where they can run; False: chunked path
-        self.head = (
-            nn.Sequential(
+        self.head = None
+        if head == "mlp":
+            self.head = nn.Sequential(
                 nn.Linear(num_heads, 4 * num_heads), nn.GELU(), nn.Linear(4 * num_heads, 1)
             )
-            if head == "mlp"
-            else None
-        )
+        elif head == "monotone":
+            self.head = MonotoneHead(num_heads)
 
     def extra_repr(self) -> str:
         return (
@@ -331,8 +396,12 @@ class CameoLoss(nn.Module):
     def _head_params(self, dtype: torch.dtype) -> list[torch.Tensor]:
         if self.head is None:
             return []
-        first, _, last = self.head
-        return [p.to(dtype) for p in (first.weight, first.bias, last.weight, last.bias)]
+        if isinstance(self.head, MonotoneHead):
+            params = self.head.weights()
+        else:
+            first, _, last = self.head
+            params = [first.weight, first.bias, last.weight, last.bias]
+        return [p.to(dtype) for p in params]
 
     def _check(self, probe: ProbeResult) -> None:
         if probe.q.shape != probe.k.shape or probe.q.dim() != 5:
@@ -394,17 +463,36 @@ class CameoLoss(nn.Module):
             if not needs_grad:
                 with torch.no_grad():
                     return _total_loss(
-                        q, k, probe.scale, plan, params, self.loss_kind, self.rows_per_chunk(q)
+                        q,
+                        k,
+                        probe.scale,
+                        plan,
+                        params,
+                        self.loss_kind,
+                        self.rows_per_chunk(q),
+                        self.head_kind,
                     )
             return _ChunkedCameoLoss.apply(
-                plan, probe.scale, self.loss_kind, self.rows_per_chunk(q), q, k, *params
+                plan,
+                probe.scale,
+                self.loss_kind,
+                self.rows_per_chunk(q),
+                self.head_kind,
+                q,
+                k,
+                *params,
             )
 
     def uses_fused(self, q: torch.Tensor) -> bool:
         """Whether `forward` takes the fused Triton kernels: by default (`fused=None`) on
-        CUDA with Triton importable, below fp64; `fused=False` never; `fused=True` always
-        (ValueError where they cannot run)."""
+        CUDA with Triton importable, below fp64, for the official head or none; `fused=False`
+        never; `fused=True` always (ValueError where they cannot run, and for the monotone
+        head, which only the chunked path computes)."""
         if self.fused is False:
+            return False
+        if self.head_kind == "monotone":
+            if self.fused:
+                raise ValueError("the fused CAMEO kernels compute head mlp|none, not monotone")
             return False
         from cameo_cli.alignment.fused import fused_available
 
@@ -435,7 +523,7 @@ class CameoLoss(nn.Module):
             parts = []
             for part in _chunks(q.shape[2], self.rows_per_chunk(q)):
                 logits = torch.einsum("bhcd,bhkd->bckh", q[:, :, part], k) * probe.scale
-                parts.append(_log_probabilities(logits, params))
+                parts.append(_log_probabilities(logits, params, self.head_kind))
             return torch.cat(parts, dim=1)
 
     def predicted_match(self, probe: ProbeResult, i: int, j: int) -> torch.Tensor:

@@ -95,7 +95,8 @@ def parse_radii_cm(text: str) -> tuple[float, ...]:
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Recommend the K most precise multi-view layers (for `cameo train --layer auto:K`).",
+    help="Recommend the K multi-view layers most precise above chance (for `cameo train "
+    "--layer auto:K`).",
 )
 @click.option(
     "--no-recommend",
@@ -170,8 +171,11 @@ def diagnose(
     if recommended is not None:
         console.print(
             f"recommended layer: {recommended['layer']} ({recommended['path']}, precision "
-            f"{recommended['precision']:.3f} within {result['radii']['pixels']:g} px)"
+            f"{recommended['precision']:.3f} within {result['radii']['pixels']:g} px, chance "
+            f"{recommended['chance']:.3f}, lift {recommended['lift']:+.3f})"
         )
+        if recommended["lift"] <= 0:
+            console.print("no diagnosed multi-view layer is more precise than chance")
         if top_k > 1:
             layers = ",".join(str(row["layer"]) for row in recommended["top"])
             console.print(f"top {top_k} layers: {layers} (cameo train --layer auto:{top_k})")

@@ -27,7 +27,9 @@ from cameo_cli.diagnose.precision import (
     ROTATION_BINS,
     PrecisionCounts,
     Radii,
+    chance_counts,
     headline_metric,
+    lift,
     metric_label,
     rotation_bins,
     score_matches,
@@ -47,6 +49,7 @@ PROTOCOLS = ("views", "probe3d")
 PROBE3D_MAX_ANGLE = 120.0  # degrees: partners within (0, 120] of the query image
 PROBE3D_SEED = 8  # probe3d's torch.manual_seed(8)
 PROBE3D_EVERY = 4  # probe3d keeps instances[::4]
+RECOMMEND_METRIC = "pixels"  # layers are recommended by their lift within the pixel radius
 
 
 # -- inputs ------------------------------------------------------------------------------------
@@ -266,10 +269,11 @@ def score_probe(
     alignment: CameoLoss | None = None,
     metres_per_unit: torch.Tensor | None = None,
     pairs: torch.Tensor | None = None,
-) -> tuple[PrecisionCounts, PrecisionCounts | None]:
-    """Counts of the head-averaged attention (and of the projection head's map if given);
-    3D radii in cm with `metres_per_unit` [B] (metric data), else in token footprints; only
-    the (query view, key view) `pairs` [F, F] when given."""
+) -> tuple[PrecisionCounts, PrecisionCounts, PrecisionCounts | None]:
+    """Counts of the head-averaged attention, of chance (its predictions with shuffled keys,
+    `chance_counts`) and of the projection head's map if given; 3D radii in cm with
+    `metres_per_unit` [B] (metric data), else in token footprints; only the (query view,
+    key view) `pairs` [F, F] when given."""
     from cameo_cli.geometry import correspondence_targets, resize_point_map
 
     device = probe.q.device
@@ -305,11 +309,11 @@ def score_probe(
             footprints=footprints,
         )
 
-    attention = score(predicted_matches(probe, head_averaged_argmax))
+    predicted = predicted_matches(probe, head_averaged_argmax)
     projected = None
     if alignment is not None:
         projected = score(predicted_matches(probe, alignment.predicted_match))
-    return attention, projected
+    return score(predicted), chance_counts(score, predicted), projected
 
 
 def layer_precision(
@@ -321,6 +325,7 @@ def layer_precision(
     metrics = request.radii.metrics(units is not None)
     per_layer = {layer: PrecisionCounts(metrics) for layer in layers}
     per_step = {(layer, t): PrecisionCounts(metrics) for layer in layers for t in request.timesteps}
+    chance = {layer: PrecisionCounts(metrics) for layer in layers}
     projected = PrecisionCounts(metrics) if model.alignment is not None else None
     batches = _batches(diagnosis.views)
     task = (
@@ -337,10 +342,11 @@ def layer_precision(
                 results = probe_all(model, batch, layers, timestep, request.seed)
                 for layer, probe in results.items():
                     head = model.alignment if layer == model.supervised_layer else None
-                    counts, head_counts = score_probe(
+                    counts, chance_part, head_counts = score_probe(
                         probe, batch, request.radii, request.epsilon, head, scale, pairs
                     )
                     per_layer[layer].add(counts)
+                    chance[layer].add(chance_part)
                     per_step[(layer, timestep)].add(counts)
                     if head_counts is not None:
                         projected.add(head_counts)
@@ -351,6 +357,8 @@ def layer_precision(
     summaries = []
     for layer in layers:
         info = infos[layer]
+        attention = per_layer[layer].summary()
+        at_chance = chance[layer].summary()["precision"]
         summary = {
             "layer": layer,
             "path": info.path,
@@ -358,13 +366,15 @@ def layer_precision(
             "grid": list(info.grid),
             "heads": info.heads,
             "stride_px": resolution / info.grid[1],
-            "attention": per_layer[layer].summary(),
+            "attention": dict(attention, lift=lift(attention["precision"], at_chance)),
+            "chance": at_chance,
             "by_timestep": {
                 str(t): per_step[(layer, t)].summary()["precision"] for t in request.timesteps
             },
         }
         if layer == model.supervised_layer and projected is not None:
-            summary["projection_head"] = projected.summary()
+            head = projected.summary()
+            summary["projection_head"] = dict(head, lift=lift(head["precision"], at_chance))
         summaries.append(summary)
     return summaries
 
@@ -385,17 +395,24 @@ def _batches(views: list[ViewSet]) -> list[list[ViewSet]]:
     return list(groups.values())
 
 
-def recommend(summaries: list[dict], metric: str = "pixels", top_k: int = 1) -> dict | None:
-    """The multi-view layer with the highest precision (`metric`), ties to the earlier one,
-    and under "top" the `top_k` most precise ones, best first (fewer if fewer were scored)."""
+def recommend(summaries: list[dict], metric: str = RECOMMEND_METRIC, top_k: int = 1) -> dict | None:
+    """The multi-view layer whose attention is most precise above chance (the highest lift
+    in `metric`, `precision.lift`), ties to the earlier one, and under "top" the `top_k`
+    best ones, best first (fewer if fewer were scored); each with precision, chance, lift."""
     scored = [
-        {"layer": s["layer"], "path": s["path"], "precision": s["attention"]["precision"][metric]}
+        {
+            "layer": s["layer"],
+            "path": s["path"],
+            "precision": s["attention"]["precision"][metric],
+            "chance": s["chance"][metric],
+            "lift": s["attention"]["lift"][metric],
+        }
         for s in summaries
-        if s["multiview"] and s["attention"]["precision"][metric] is not None
+        if s["multiview"] and s["attention"]["lift"][metric] is not None
     ]
     if not scored:
         return None
-    top = sorted(scored, key=lambda row: -row["precision"])[:top_k]  # stable: earlier first
+    top = sorted(scored, key=lambda row: -row["lift"])[:top_k]  # stable: earlier first
     return dict(top[0], metric=metric, top=top)
 
 
@@ -536,34 +553,51 @@ def _cell(value: float | None) -> str:
 
 
 def results_table(result: dict) -> Table:
-    """Per-layer precision as a rich table (the recommended layer starred, the rest of the
-    top k ranked)."""
+    """Per-layer precision as a rich table with the lift the recommendation ranks by (the
+    recommended layer starred, the rest of the top k ranked); under each layer its chance
+    and, for the supervised layer, its precision through the projection head."""
     top = (result.get("recommended_layer") or {}).get("top", [])
     ranks = {row["layer"]: rank for rank, row in enumerate(top, start=1)}
-    table = Table(title=f"cameo diagnose: {result['backbone']}/{result['variant']}")
-    table.add_column("layer", justify="right")
+    table = Table(
+        title=f"cameo diagnose: {result['backbone']}/{result['variant']}",
+        caption="chance: the same rows scored with the keys shuffled; lift = precision - "
+        "chance; 'N head': layer N through its CAMEO projection head",
+        collapse_padding=True,
+    )
+    table.add_column("layer", justify="right", no_wrap=True)
     table.add_column("path")
     table.add_column("3D", justify="center")
     table.add_column("grid", justify="right")
     for metric in result["metrics"]:
         table.add_column(metric_label(metric, result["radii"]), justify="right")
+    label = metric_label(RECOMMEND_METRIC, result["radii"])
+    table.add_column(f"lift {label}", justify="right", min_width=6)
     table.add_column("drop PSNR", justify="right")
     drops = {
         row["layer"]: row["psnr_drop"] for row in result.get("perturbation", {}).get("layers", [])
     }
     for summary in result["layers"]:
-        precision = summary["attention"]["precision"]
         drop = drops.get(summary["layer"])
         rank = ranks.get(summary["layer"])
         mark = "" if rank is None else " ★" if rank == 1 else f" #{rank}"
-        table.add_row(
-            f"{summary['layer']}{mark}",
+        layer = (
             summary["path"],
             "yes" if summary["multiview"] else "no",
             "x".join(map(str, summary["grid"])),
-            *(_cell(precision[m]) for m in result["metrics"]),
-            f"{drop:.2f}" if drop is not None else "-",
         )
+        rows = [(f"{summary['layer']}{mark}", layer, summary["attention"], None)]
+        rows.append(("chance", ("",) * 3, {"precision": summary["chance"], "lift": {}}, "dim"))
+        if "projection_head" in summary:
+            rows.append((f"{summary['layer']} head", layer, summary["projection_head"], None))
+        for name, about, scored, style in rows:
+            table.add_row(
+                name,
+                *about,
+                *(_cell(scored["precision"][m]) for m in result["metrics"]),
+                _cell(scored["lift"].get(RECOMMEND_METRIC)),
+                f"{drop:.2f}" if drop is not None and scored is summary["attention"] else "-",
+                style=style,
+            )
     return table
 
 

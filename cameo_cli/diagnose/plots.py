@@ -33,7 +33,9 @@ def _value(value: float | None) -> float:
 
 
 def precision_by_layer(result: dict, path: Path) -> None:
-    """Grouped bars: each metric per layer; multi-view layers shaded, the recommended starred."""
+    """Grouped bars: each metric per layer, its chance (shuffled keys) as a black tick and
+    the supervised layer through its projection head as diamonds; multi-view layers shaded,
+    the recommended (highest lift) starred."""
     layers, metrics = result["layers"], result["metrics"]
     x = np.arange(len(layers))
     width = 0.8 / len(metrics)
@@ -45,11 +47,32 @@ def precision_by_layer(result: dict, path: Path) -> None:
         values = [_value(s["attention"]["precision"][metric]) for s in layers]
         offset = (number - (len(metrics) - 1) / 2) * width
         label = metric_label(metric, result["radii"])
-        axis.bar(x + offset, values, width, label=label, zorder=2)
+        bars = axis.bar(x + offset, values, width, label=label, zorder=2)
+        axis.hlines(
+            [_value(s["chance"][metric]) for s in layers],
+            x + offset - width / 2,
+            x + offset + width / 2,
+            color="black",
+            zorder=3,
+            label="chance (shuffled keys)" if number == 0 else None,
+        )
+        for position, summary in enumerate(layers):
+            if "projection_head" in summary:
+                axis.plot(
+                    position + offset,
+                    _value(summary["projection_head"]["precision"][metric]),
+                    marker="D",
+                    markeredgecolor="black",
+                    color=bars.patches[0].get_facecolor(),
+                    zorder=4,
+                    label=f"layer {summary['layer']} through its projection head"
+                    if number == 0
+                    else None,
+                )
     recommended = (result.get("recommended_layer") or {}).get("layer")
     names = [f"{s['layer']}{'★' if s['layer'] == recommended else ''}" for s in layers]
     axis.set_xticks(x, names)
-    axis.set_xlabel("layer (shaded: multi-view attention, ★ recommended)")
+    axis.set_xlabel("layer (shaded: multi-view attention, ★ recommended: most above chance)")
     axis.set_ylabel("precision")
     axis.set_ylim(0, 1)
     world = "metric" if result["metric"] else "unitless: 3D radius in token footprints"

@@ -18,10 +18,16 @@ head's map. A prediction counts as correct:
   (``z_j * stride / f_j``), so the radius follows the data's scale and the layer's grid.
 
 Counts are kept per bin of the relative rotation between the two cameras.
+
+Chance: the same rows scored again with the key tokens shuffled (`chance_counts`), per
+metric, since a radius covers more of a coarse grid (within 4 px of a 2x2 grid at 32 px is
+one token in four: chance 0.25) than of a fine one (about 1/hw for `exact`). A layer is
+ranked by its lift, precision minus chance (`lift`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -34,6 +40,8 @@ GRID_METRICS = ("exact", "tokens", "pixels")
 METRIC_RADII_CM = (1.0, 2.0, 5.0)
 HEADLINE_CM = 2.0  # the paper's Precision@2cm
 PIXEL_RADIUS_DIVISOR = 8  # default pixel radius: 4 px at 32 px, 64 px at 512 px
+CHANCE_DRAWS = 8  # key shuffles per scored batch
+CHANCE_SEED = 0
 
 
 def rotation_bins(world_to_camera: torch.Tensor) -> torch.Tensor:
@@ -202,3 +210,40 @@ def score_matches(
         counts.rows[b] = int(selected.sum())
         counts.hits[:, b] = (correct & selected).flatten(1).sum(dim=1).cpu()
     return counts
+
+
+def shuffled_keys(predicted: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """`predicted` [B, F, F, hw] key tokens relabelled by a random permutation of view j's
+    hw key tokens, drawn per (sample, query view, key view): the prediction of an attention
+    map whose keys were shuffled before the argmax. Each predicted key lands on every token
+    with probability 1/hw, whatever the layer predicted, so scoring it measures chance."""
+    permutations = torch.rand(predicted.shape, generator=generator).argsort(dim=-1)
+    return permutations.to(predicted.device).gather(-1, predicted)
+
+
+def chance_counts(
+    score: Callable[[torch.Tensor], PrecisionCounts],
+    predicted: torch.Tensor,
+    *,
+    draws: int = CHANCE_DRAWS,
+    seed: int = CHANCE_SEED,
+) -> PrecisionCounts:
+    """Chance per metric: `score` (the rows and metrics of the real predictions) applied to
+    `draws` key shuffles of `predicted` (`shuffled_keys`, a generator seeded `seed`)."""
+    generator = torch.Generator().manual_seed(seed)
+    total, *others = [score(shuffled_keys(predicted, generator)) for _ in range(draws)]
+    for counts in others:
+        total.add(counts)
+    return total
+
+
+def lift(precision: dict[str, float | None], chance: dict[str, float | None]) -> dict:
+    """Precision minus chance per metric (None where either is).
+
+    A difference, not a ratio: it is in precision's units (0 = no better than shuffled
+    keys, negative = worse, at most 1 - chance), so a fine layer's few lucky hits over a
+    tiny chance (exact on 32x32 tokens: 1/1024) cannot outrank a coarse layer that is right
+    far above its chance, as a ratio would let them."""
+    return {
+        m: None if p is None or chance[m] is None else p - chance[m] for m, p in precision.items()
+    }
