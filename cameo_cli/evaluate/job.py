@@ -34,6 +34,7 @@ from cameo_cli import io as cameo_io
 from cameo_cli.batch import ViewBatch
 from cameo_cli.camera_files import CameraSet, to_cameo_json
 from cameo_cli.errors import CameoError
+from cameo_cli.evaluate import protocol
 from cameo_cli.image_metrics import SSIM_CONFIG, psnr, ssim
 from cameo_cli.lpips import LPIPS, default_backbone_path
 from cameo_cli.pipeline import MultiViewPipeline
@@ -61,6 +62,9 @@ class EvaluateRequest:
     save_images: bool = False
     overwrite: bool = False
     device: str | None = None
+    index_frames: str | None = None  # protocol.INDEX_FRAMES; None: refuse when ambiguous
+    exclude_context_targets: bool = False
+    score_size: str = "recipe"  # protocol.SCORE_SIZES
 
 
 def parse_metrics(text: str | list[str]) -> list[str]:
@@ -128,6 +132,7 @@ def run_evaluation(request: EvaluateRequest, console: Console | None = None) -> 
     dataset = MultiViewDataset(
         request.dataset, num_views=2, min_refs=1, max_refs=1, resolution=resolution
     )
+    index, context_targets = _protocol_index(index, index_path, dataset, request)
     _check_index(index, index_path, dataset, pipeline.num_views)
     lpips = None
     if "lpips" in metrics:
@@ -164,8 +169,17 @@ def run_evaluation(request: EvaluateRequest, console: Console | None = None) -> 
         "seed": seed,
         "noise": "per scene: seed + CRC32(scene name)",
         "averaging": "mean over all target views",
+        "index_frames": request.index_frames if request.index else "prepared",
+        "context_targets": context_targets,
+        "score_size": request.score_size,
     }
     _prepare_output(request.out, config, request.overwrite)
+    if context_targets["targets"]:
+        console.print(
+            f"{context_targets['targets']} target(s) in {context_targets['scenes']} scene(s) "
+            "equal a context frame (the model is handed them as references): "
+            + ("excluded" if context_targets["excluded"] else "kept (--exclude-context-targets)")
+        )
 
     todo = [s for s in index if not (request.out / "scenes" / f"{_file_name(s)}.json").is_file()]
     if len(todo) < len(index):
@@ -194,6 +208,28 @@ def run_evaluation(request: EvaluateRequest, console: Console | None = None) -> 
     cameo_io.write_json(request.out / "results.json", results)
     console.print(_table(results))
     return results
+
+
+def _protocol_index(
+    index: dict, path: Path, dataset, request: EvaluateRequest
+) -> tuple[dict, dict]:
+    """The index in prepared positions, its targets equal to a context frame counted (and
+    with --exclude-context-targets removed): (index, {"scenes", "targets", "excluded"})."""
+    if request.score_size not in protocol.SCORE_SIZES:
+        raise CameoError(f"--score-size must be recipe or pixelsplat, got {request.score_size!r}")
+    frames = request.index_frames if request.index else "prepared"
+    index = protocol.index_in_positions(index, frames, dataset.index["scenes"], path)
+    found = protocol.context_targets(index)
+    counts = {
+        "scenes": len(found),
+        "targets": sum(len(t) for t in found.values()),
+        "excluded": request.exclude_context_targets,
+    }
+    if request.exclude_context_targets:
+        index = protocol.without_context_targets(index)
+        if not index:
+            raise CameoError(f"{path}: no target is left once those equal to a context frame go")
+    return index, counts
 
 
 def _check_index(index: dict, path: Path, dataset, num_views: int) -> None:
@@ -243,6 +279,10 @@ def _evaluate_scene(
     ).images
     truth = images[refs:]
     mask = views.object_mask[0][refs:] if masked else None
+    if config["score_size"] == "pixelsplat":
+        stored = [dataset.reader.image(scene, f) for f in target]
+        masks = [dataset.reader.mask(scene, f) for f in target] if masked else None
+        generated, truth, mask = protocol.pixelsplat_views(generated, stored, masks)
     per_view: dict[str, list[float]] = {}
     for name in metrics:
         per_view[name] = _score(name, generated, truth, None, lpips, psnr_cap)
@@ -317,6 +357,7 @@ def _collect(out: Path, index: dict, config: dict) -> dict:
 def _csv_config(config: dict) -> dict[str, object]:
     return {
         "resolution": config["resolution"],
+        "score_size": config["score_size"],
         "scheduler": config["scheduler"],
         "steps": config["steps"],
         "guidance": config["guidance"],
