@@ -341,3 +341,31 @@ def test_protocols_give_their_published_views(tmp_path, protocol, scans, context
     views = source.eval_views("scan8", {"frames": shuffled}, np.random.default_rng(0))
     assert [int(shuffled[i]) for i in views["context"]] == context
     assert [int(shuffled[i]) for i in views["target"]] == target
+
+
+def test_prepare_cli_records_the_protocol(tmp_path):
+    from click.testing import CliRunner
+
+    from cameo_cli.cli import main
+
+    root = tmp_path / "dtu"
+    scan = root / "scan1"
+    (scan / "cams").mkdir(parents=True)
+    (scan / "images").mkdir()
+    for view in (31, 33, 32, 24):
+        (scan / "cams" / f"{view:08d}_cam.txt").write_text(SAMPLE.read_text())
+        _image(scan / "images" / f"{view:08d}.png", value=view)
+    out = tmp_path / "out"
+    args = ["prepare", "dtu", "--root", str(root), "--out", str(out), "--protocol", "mvsplat"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert (
+        json.loads((out / "index.json").read_text())["source"]["options"]["protocol"] == "mvsplat"
+    )
+    frames = json.loads((out / "index.json").read_text())["scenes"]["scan1"]["frames"]
+    views = load_eval_index(out)["scan1"]
+    assert [frames[i] for i in views["context"]] == ["33", "31"]
+    assert [frames[i] for i in views["target"]] == ["32", "24"]
+    args = ["prepare", "synthetic", "--out", str(tmp_path / "s"), "--protocol", "mvsplat"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "--protocol does not apply to synthetic" in result.output
