@@ -130,6 +130,7 @@ def test_evaluate_index_in_frame_numbers_after_a_dropped_frame(tiny_run: Path, t
         "--exclude-context-targets",
         "--score-size",
         "pixelsplat",
+        "--save-images",
     )
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "excluded" / "results.json").read_text())
@@ -137,3 +138,7 @@ def test_evaluate_index_in_frame_numbers_after_a_dropped_frame(tiny_run: Path, t
     assert results["views"] == 1 and results["config"]["score_size"] == "pixelsplat"
     assert results["config"]["context_targets"]["excluded"] is True
     assert np.isfinite(results["mean"]["psnr"])
+    # scored at 256 x 256, saved at the sampling size beside its truth and cameras
+    saved = tmp_path / "excluded" / "images" / "synth-00000"
+    assert Image.open(saved / "target_0.png").size == Image.open(saved / "truth_0.png").size
+    assert Image.open(saved / "target_0.png").size == (32, 32)

@@ -279,15 +279,16 @@ def _evaluate_scene(
     ).images
     truth = images[refs:]
     mask = views.object_mask[0][refs:] if masked else None
+    scored = generated  # what is scored; the saved images stay at the sampling size
     if config["score_size"] == "pixelsplat":
         stored = [dataset.reader.image(scene, f) for f in target]
         masks = [dataset.reader.mask(scene, f) for f in target] if masked else None
-        generated, truth, mask = protocol.pixelsplat_views(generated, stored, masks)
+        scored, truth, mask = protocol.pixelsplat_views(generated, stored, masks)
     per_view: dict[str, list[float]] = {}
     for name in metrics:
-        per_view[name] = _score(name, generated, truth, None, lpips, psnr_cap)
+        per_view[name] = _score(name, scored, truth, None, lpips, psnr_cap)
         if mask is not None:
-            per_view[f"{name}_masked"] = _score(name, generated, truth, mask, lpips, psnr_cap)
+            per_view[f"{name}_masked"] = _score(name, scored, truth, mask, lpips, psnr_cap)
     if request.save_images:
         _save_scene_images(request.out / "images" / _file_name(scene), views, generated, refs)
     return {
