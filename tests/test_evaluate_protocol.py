@@ -20,6 +20,7 @@ from cameo_cli.evaluate.protocol import (
     index_in_positions,
     pixelsplat_resize,
     pixelsplat_views,
+    read_index,
     without_context_targets,
 )
 
@@ -41,6 +42,18 @@ def test_source_frame_numbers_are_translated_or_refused():
     # nothing dropped: both readings agree, no question asked
     whole = {"clip": {"num_frames": 3, "source_index": [0, 1, 2]}}
     assert index_in_positions(pixelsplat_style, None, whole, PATH) == pixelsplat_style
+
+
+def test_pixelsplat_index_is_read_as_released(tmp_path):
+    """pixelSplat's evaluation_index_re10k.json lists clips it leaves out as null."""
+    path = tmp_path / "evaluation_index_re10k.json"
+    path.write_text(json.dumps({"a": {"context": [3, 60], "target": [10, 3]}, "b": None}))
+    assert read_index(path, "source") == {"a": {"context": [3, 60], "target": [10, 3]}}
+    with pytest.raises(CameoError, match="non-empty integer lists"):
+        read_index(path, "prepared")
+    path.write_text(json.dumps({"a": {"context": [3, 60], "target": []}}))
+    with pytest.raises(CameoError, match="'a' has an empty context or target list"):
+        read_index(path, "source")
 
 
 def test_context_equal_targets_are_found_and_excluded():
@@ -102,14 +115,24 @@ def test_evaluate_index_in_frame_numbers_after_a_dropped_frame(tiny_run: Path, t
     source = DroppedFrame(scenes=1, resolution=32, frames=6, seed=1, split="test")
     prepare_dataset(source, dataset, console=Console(quiet=True))
     index = tmp_path / "pixelsplat.json"
-    index.write_text(json.dumps({"synth-00000": {"context": [0, 4], "target": [3, 4]}}))
+    entries = {"synth-00000": {"context": [0, 4], "target": [3, 4]}, "left-out": None}
+    index.write_text(json.dumps(entries))
 
     def evaluate(out: str, *args: str) -> object:
         common = ["--checkpoint", tiny_run, "--dataset", dataset, "--index", index]
         args = [*common, "--out", tmp_path / out, "--metrics", "psnr", "--steps", 1, *args]
         return CliRunner().invoke(main, ["evaluate", *map(str, args)])
 
-    result = evaluate("refused")
+    index_positions = tmp_path / "positions.json"
+    index_positions.write_text(json.dumps({"synth-00000": entries["synth-00000"]}))
+    result = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            *map(str, ["--checkpoint", tiny_run, "--dataset", dataset, "--index", index_positions]),
+            *map(str, ["--out", tmp_path / "refused", "--metrics", "psnr", "--steps", 1]),
+        ],
+    )
     assert result.exit_code == 2 and "--index-frames" in result.output
 
     result = evaluate("source", "--index-frames", "source")

@@ -29,7 +29,8 @@ from cameo_cli.commands.options import (
     "--index-frames",
     type=click.Choice(["prepared", "source"]),
     help="What --index holds: positions in the prepared scenes (as eval_index.json) or the "
-    "source's frame numbers (as pixelSplat's index). Needed once prepare dropped frames.",
+    "source's frame numbers (pixelSplat's index as released, null entries skipped). Needed "
+    "once prepare dropped frames.",
 )
 @click.option(
     "--exclude-context-targets",

@@ -203,7 +203,7 @@ class RealEstate10KSource(SceneSource):
         if self.videos is not None and not self.videos.is_dir():
             raise CameoError(f"{self.videos}: --videos is not a folder")
         self.eval_index = Path(eval_index) if eval_index else None
-        self._eval_entries = _read_eval_index(self.eval_index) if self.eval_index else None
+        self._eval_entries = read_eval_index(self.eval_index) if self.eval_index else None
 
     def options(self) -> dict:
         return {
@@ -391,8 +391,9 @@ class RealEstate10KSource(SceneSource):
         return SceneData(scene, frames, split=self.split, skipped=skipped)
 
 
-def _read_eval_index(path: Path) -> dict[str, dict | None]:
-    """{clip: {"context": [int], "target": [int]} | null}, checked."""
+def read_eval_index(path: Path) -> dict[str, dict | None]:
+    """A pixelSplat-style index in source frame numbers: {clip: {"context": [int], "target":
+    [int]} | null (a clip it leaves out)}, checked."""
     entries = read_json(path, "evaluation index")
     if not isinstance(entries, dict):
         raise CameoError(f"{path}: expected {{clip: {{context, target}} | null}}")

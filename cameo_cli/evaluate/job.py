@@ -109,11 +109,11 @@ def _prepare_output(out: Path, config: dict, overwrite: bool) -> None:
 
 def run_evaluation(request: EvaluateRequest, console: Console | None = None) -> dict:
     """Evaluate; returns the content of results.json."""
-    from cameo_cli.data.dataset import MultiViewDataset, load_eval_index
+    from cameo_cli.data.dataset import MultiViewDataset
 
     console = console or Console(stderr=True)
     index_path = request.index or request.dataset / "eval_index.json"
-    index = load_eval_index(index_path)
+    index = protocol.read_index(index_path, request.index_frames if request.index else None)
     if not index:
         raise CameoError(
             f"{index_path}: expected a non-empty {{scene: {{context, target}}}} object"

@@ -27,6 +27,21 @@ SCORE_SIZES = ("recipe", "pixelsplat")
 PIXELSPLAT_SIZE = 256
 
 
+def read_index(path: Path, frames: str | None) -> dict[str, dict[str, list[int]]]:
+    """The index at ``path``: for ``source`` frames pixelSplat's file as it is (clips listed
+    as null left out, as ``prepare --eval-index`` reads it), else `load_eval_index`'s."""
+    from cameo_cli.data.dataset import load_eval_index
+    from cameo_cli.data.re10k import read_eval_index
+
+    if frames != "source":
+        return load_eval_index(path)
+    index = {scene: entry for scene, entry in read_eval_index(path).items() if entry is not None}
+    empty = [scene for scene, entry in index.items() if not entry["context"] or not entry["target"]]
+    if empty:
+        raise CameoError(f"{path}: scene {empty[0]!r} has an empty context or target list")
+    return index
+
+
 def index_in_positions(
     index: dict, frames: str | None, scenes: dict, path: Path
 ) -> dict[str, dict[str, list[int]]]:
