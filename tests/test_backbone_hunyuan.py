@@ -495,3 +495,16 @@ def test_save_and_load_offline_give_identical_outputs(tmp_path, monkeypatch):
     cond = make_cond(1, 4)
     with torch.no_grad():
         assert torch.equal(loaded(latents, timesteps, cond), backbone(latents, timesteps, cond))
+
+
+def test_view_positions_from_a_recipe_survive_save_and_load(tmp_path):
+    from cameo_cli.config import load_recipe
+    from cameo_cli.registry import load_backbone
+    from cameo_cli.train.setup import build_training_backbone
+
+    recipe = load_recipe(
+        "quickstart-cpu", ["backbone.name=hunyuan-dit", "backbone.view_positions=distinct"]
+    )
+    backbone = build_training_backbone(recipe, 12)
+    backbone.save_pretrained(tmp_path / "backbone")
+    assert load_backbone(tmp_path / "backbone").view_positions == "distinct"
