@@ -7,7 +7,8 @@ transformers `Dinov2Model` from a local folder, run on every view resized (bicub
 `teacher_resolution` and ImageNet-normalised; its tokens after the final LayerNorm, CLS
 dropped. The grids must match exactly (448 px for a 32x32 student with /14 patches) unless
 `resample: bilinear` upsamples the projection to the teacher grid (U-REPA's mid-block
-placement). Loss: the mean negative cosine over every token of every view, at every timestep.
+placement; the teacher then runs at REPA's 224 px per 256 px of image: 448 at 512 px).
+Loss: the mean negative cosine over every token of every view, at every timestep.
 """
 
 from __future__ import annotations
@@ -86,6 +87,13 @@ class TeacherAlignment(AlignmentMethod):
         """(patch size, feature channels) of the teacher at `options["teacher"]`."""
 
     @classmethod
+    def default_teacher_resolution(
+        cls, size: int, patch: int, grid: tuple[int, int], resample: str
+    ) -> int:
+        """The teacher's input size when the recipe leaves it out: the student's grid."""
+        return patch * grid[0]
+
+    @classmethod
     def resolve_options(cls, recipe: Recipe, backbone: MultiViewBackbone) -> dict[str, Any]:
         options = parse_options(cls.spec, recipe)
         name = cls.spec.name
@@ -100,7 +108,9 @@ class TeacherAlignment(AlignmentMethod):
         grid = block_grid(backbone, options["block"], (size, size))
         patch, channels = cls.teacher_facts(options)
         if options["teacher_resolution"] is None:
-            options["teacher_resolution"] = patch * grid[0]
+            options["teacher_resolution"] = cls.default_teacher_resolution(
+                size, patch, grid, options["resample"]
+            )
         resolution = options["teacher_resolution"]
         if resolution % patch:
             raise CameoError(
@@ -207,6 +217,17 @@ class DinoTeacher(nn.Module):
 
 class Repa(TeacherAlignment):
     spec = REPA
+
+    @classmethod
+    def default_teacher_resolution(
+        cls, size: int, patch: int, grid: tuple[int, int], resample: str
+    ) -> int:
+        """The student's grid, or for a resampled student REPA's own size: 16 patches per
+        256 px of image (``preprocess_raw_image``: 224 * (resolution // 256) with /14
+        patches), at least 16."""
+        if resample == "bilinear":
+            return patch * 16 * max(1, size // 256)
+        return patch * grid[0]
 
     @classmethod
     def teacher_facts(cls, options: dict[str, Any]) -> tuple[int, int]:

@@ -3,7 +3,9 @@
 Hunyuan-DiT's stock processor normalises q and k per head (LayerNorm) and rotates them with
 a 2D RoPE given as a `(cos, sin)` pair over one image's token grid. This processor does the
 same to each view (the F views of a sample are F consecutive batch items, so every view gets
-the same 2D positions; views differ only by their cameras), then hands q, k, v to cameo's
+the same 2D positions; views differ only by their cameras), or, with `view_rotary_emb` set
+(the backbone's `view_positions: distinct`), rotates the F·hw tokens of a sample by their
+positions on one canvas holding the views side by side; then hands q, k, v to cameo's
 `multiview_attention`: the F·hw tokens of a sample attend to each other in ONE
 `scaled_dot_product_attention` call, the probe sees q and k after norm and RoPE, and the
 identity switch returns V.
@@ -26,6 +28,8 @@ class HunyuanMultiViewProcessor:
 
     def __init__(self, hook: LayerHook) -> None:
         self.hook = hook
+        # (cos, sin) [F·hw, d] for the views side by side; None: every view shares one grid
+        self.view_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __call__(
         self,
@@ -60,7 +64,9 @@ class HunyuanMultiViewProcessor:
             query = attn.norm_q(query)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
-        if image_rotary_emb is not None:
+        if self.view_rotary_emb is not None:
+            query, key = self._rotate_views(query), self._rotate_views(key)
+        elif image_rotary_emb is not None:
             query = apply_rotary_emb(query, image_rotary_emb)
             key = apply_rotary_emb(key, image_rotary_emb)
 
@@ -70,3 +76,10 @@ class HunyuanMultiViewProcessor:
         if attn.residual_connection:
             out = out + hidden_states
         return out / attn.rescale_output_factor
+
+    def _rotate_views(self, tensor: torch.Tensor) -> torch.Tensor:
+        """[B·F, heads, hw, d] rotated by `view_rotary_emb` over each sample's F·hw tokens."""
+        samples = self.hook.split_views(tensor.shape[0])
+        views = tensor.unflatten(0, (samples, -1)).transpose(1, 2)  # [B, heads, F, hw, d]
+        rotated = apply_rotary_emb(views.flatten(2, 3), self.view_rotary_emb)
+        return rotated.unflatten(2, views.shape[2:4]).transpose(1, 2).flatten(0, 1)

@@ -3,6 +3,10 @@
 - Every `blocks.{i}.attn1` attends across the F views of a sample (`HunyuanMultiViewProcessor`:
   q/k LayerNorm and one view's 2D RoPE per view, as the stock processor). Layers are numbered
   by block index (sorted module names would put `blocks.32` 26th).
+- Option `view_positions`: `shared` (default; every view at the same 2D RoPE positions, so
+  the positional part of the logits favours the same pixel in another view) or `distinct`
+  (view v shifted right by v `rope_base`-wide squares: the views side by side, as one wide
+  image). docs/fidelity.md gives the measurement.
 - Cameras: a 6-channel Plücker raymap (relative to view 0, translations normalised) and a
   1-channel reference mask at the latent resolution, patch-embedded by a zero-initialised
   conv and added to the patch tokens (a forward hook on `pos_embed` during our forward, so
@@ -32,7 +36,10 @@ from typing import Any
 
 import torch
 from diffusers import HunyuanDiT2DModel
-from diffusers.models.embeddings import get_2d_rotary_pos_embed
+from diffusers.models.embeddings import (
+    get_2d_rotary_pos_embed,
+    get_2d_rotary_pos_embed_from_grid,
+)
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -102,7 +109,11 @@ class HunyuanDiT(MultiViewBackbone):
     spec = HUNYUAN_DIT
     model_class = HunyuanDiT2DModel
     pretrained_subfolder = "transformer"
-    option_defaults: dict[str, object] = {"qk_norm": True, "downsample": None}
+    option_defaults: dict[str, object] = {
+        "qk_norm": True,
+        "downsample": None,
+        "view_positions": "shared",
+    }
 
     def __init__(
         self,
@@ -110,12 +121,14 @@ class HunyuanDiT(MultiViewBackbone):
         *,
         variant: str,
         downsample: int,
+        view_positions: str = "shared",
     ) -> None:
         super().__init__()
         config = transformer.config
         self.model = transformer
         self.rope_base = VARIANTS[variant].rope_base
         self.downsample = downsample
+        self.view_positions = view_positions
         self.camera_encoder = zero_conv(
             CAMERA_CONDITION_CHANNELS,
             config.hidden_size,
@@ -129,8 +142,9 @@ class HunyuanDiT(MultiViewBackbone):
             LayerHook(index=i, path=f"blocks.{i}.attn1", multiview=True)
             for i in range(config.num_layers)
         ]
-        for hook in self.hooks:
-            transformer.get_submodule(hook.path).set_processor(HunyuanMultiViewProcessor(hook))
+        self.processors = [HunyuanMultiViewProcessor(hook) for hook in self.hooks]
+        for hook, processor in zip(self.hooks, self.processors, strict=True):
+            transformer.get_submodule(hook.path).set_processor(processor)
         self._checkpointing = False
 
     def enable_gradient_checkpointing(self) -> None:
@@ -147,10 +161,16 @@ class HunyuanDiT(MultiViewBackbone):
     def resolve_options(
         cls, variant: str, in_channels: int, options: dict[str, object]
     ) -> dict[str, object]:
-        """The base class's check, and `qk_norm` must stay on (Hunyuan-DiT has q/k norms)."""
+        """The base class's check, `qk_norm` must stay on (Hunyuan-DiT has q/k norms) and
+        `view_positions` is shared or distinct."""
         settings = super().resolve_options(variant, in_channels, options)
         if not settings["qk_norm"]:
             raise CameoError(f"backbone '{cls.name}': Hunyuan-DiT always normalises q and k")
+        if settings["view_positions"] not in ("shared", "distinct"):
+            raise CameoError(
+                f"backbone '{cls.name}': view_positions must be shared or distinct, got "
+                f"{settings['view_positions']!r}"
+            )
         return settings
 
     @classmethod
@@ -182,7 +202,12 @@ class HunyuanDiT(MultiViewBackbone):
     def _wrap(
         cls, model: HunyuanDiT2DModel, variant: str, settings: dict[str, object]
     ) -> HunyuanDiT:
-        return cls(model, variant=variant, downsample=int(settings["downsample"]))
+        return cls(
+            model,
+            variant=variant,
+            downsample=int(settings["downsample"]),
+            view_positions=str(settings["view_positions"]),
+        )
 
     # -- forward --------------------------------------------------------------------------
     def forward(
@@ -204,11 +229,17 @@ class HunyuanDiT(MultiViewBackbone):
         # Hunyuan's time embedding runs in the timestep's dtype (its pipeline casts to the
         # latents' dtype); an integer timestep fails inside diffusers.
         timestep = timesteps.to(dtype).repeat_interleave(views)
+        grid = (height // patch, width // patch)
+        side_by_side = None
+        if self.view_positions == "distinct":
+            side_by_side = self.rotary_embedding(*grid, device, views=views)
+        for processor in self.processors:
+            processor.view_rotary_emb = side_by_side
         with added_to_output(self.model.pos_embed, camera_tokens):
             output = self.model(
                 latents.flatten(0, 1),
                 timestep,
-                image_rotary_emb=self.rotary_embedding(height // patch, width // patch, device),
+                image_rotary_emb=self.rotary_embedding(*grid, device),
                 return_dict=False,
                 **self.null_conditions(items, cond.image_size, dtype, device),
             )[0]
@@ -237,17 +268,27 @@ class HunyuanDiT(MultiViewBackbone):
         }
 
     def rotary_embedding(
-        self, grid_h: int, grid_w: int, device: torch.device
+        self, grid_h: int, grid_w: int, device: torch.device, views: int = 1
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One view's 2D RoPE (cos, sin) [h·w, head_dim], positioned as Hunyuan's pipeline:
-        the grid is fitted into a `rope_base` square (aspect kept, centred)."""
+        """2D RoPE (cos, sin) [views·h·w, head_dim], positioned as Hunyuan's pipeline: the
+        grid is fitted into a `rope_base` square (aspect kept, centred); view v's square is
+        shifted right by v squares (the views side by side; the shift's rotation is added
+        to the angles, since diffusers' grid helper assumes a crop starting at 0)."""
         scale = self.rope_base / max(grid_h, grid_w)
         fitted_h, fitted_w = round(grid_h * scale), round(grid_w * scale)
         top = round((self.rope_base - fitted_h) / 2)
         left = round((self.rope_base - fitted_w) / 2)
         head_dim = self.model.config.attention_head_dim
         region = ((top, left), (top + fitted_h, left + fitted_w))
-        return get_2d_rotary_pos_embed(head_dim, region, (grid_h, grid_w), device=device)
+        cos, sin = get_2d_rotary_pos_embed(head_dim, region, (grid_h, grid_w), device=device)
+        if views == 1:
+            return cos, sin
+        shifts = torch.zeros(2, 1, 1, views, device=device)  # (column, row) per view
+        shifts[0, 0, 0] = torch.arange(views, device=device) * float(self.rope_base)
+        shift_cos, shift_sin = get_2d_rotary_pos_embed_from_grid(head_dim, shifts, use_real=True)
+        cos_v = cos * shift_cos[:, None] - sin * shift_sin[:, None]  # [views, hw, d]
+        sin_v = sin * shift_cos[:, None] + cos * shift_sin[:, None]
+        return cos_v.flatten(0, 1), sin_v.flatten(0, 1)
 
     # -- layers ---------------------------------------------------------------------------
     def token_grid(self, layer: int, image_hw: tuple[int, int]) -> tuple[int, int]:

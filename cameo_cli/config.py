@@ -37,6 +37,7 @@ class BackboneConfig:
     gradient_checkpointing: bool = False
     camera_encoder: str | None = None  # "official" | "conv"; None = the backbone's default
     domain_embeddings: int | None = None  # zero-init domain embeddings; None = default (0)
+    view_positions: str | None = None  # hunyuan-dit: "shared" | "distinct" RoPE; None = shared
 
 
 @dataclass

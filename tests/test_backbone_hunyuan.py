@@ -66,10 +66,13 @@ def stock_forward(backbone: HunyuanDiT, stock: HunyuanDiT2DModel, latents, times
     return out[:, :channels]
 
 
-def reference_rope(grid_h: int, grid_w: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+def reference_rope(
+    grid_h: int, grid_w: int, head_dim: int, col_offset: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Float64 2D RoPE written from its definition: first half of each head rotates by the
-    column index, second half by the row index, frequencies 10000^(-k / (d/4)), adjacent
-    channel pairs rotate together. Returns (angle cos, angle sin) [hw, d/2] per pair."""
+    column index (+ `col_offset`), second half by the row index, frequencies
+    10000^(-k / (d/4)), adjacent channel pairs rotate together. Returns (angle cos, angle
+    sin) [hw, d/2] per pair."""
     quarter = head_dim // 4
     freqs = 10000.0 ** (-torch.arange(quarter, dtype=torch.float64) / quarter)
     rows, cols = torch.meshgrid(
@@ -78,12 +81,12 @@ def reference_rope(grid_h: int, grid_w: int, head_dim: int) -> tuple[torch.Tenso
         indexing="ij",
     )
     angles = torch.cat(
-        [cols.reshape(-1, 1) * freqs, rows.reshape(-1, 1) * freqs], dim=1
+        [(cols.reshape(-1, 1) + col_offset) * freqs, rows.reshape(-1, 1) * freqs], dim=1
     )  # [hw, d/2]
     return angles.cos(), angles.sin()
 
 
-def reference_qkv(attn, hidden: torch.Tensor, grid: tuple[int, int]):
+def reference_qkv(attn, hidden: torch.Tensor, grid: tuple[int, int], col_offset: int = 0):
     """Float64 q (normed + rotated), k (normed + rotated), v: [N, heads, hw, d]."""
     heads = attn.heads
     x = hidden.double()
@@ -97,7 +100,7 @@ def reference_qkv(attn, hidden: torch.Tensor, grid: tuple[int, int]):
         var = t.var(-1, unbiased=False, keepdim=True)
         return (t - mean) / torch.sqrt(var + norm.eps) * norm.weight.double() + norm.bias.double()
 
-    cos, sin = reference_rope(*grid, attn.to_q.out_features // heads)
+    cos, sin = reference_rope(*grid, attn.to_q.out_features // heads, col_offset)
 
     def rotate(t):
         pairs = t.unflatten(-1, (-1, 2))
@@ -193,6 +196,46 @@ def test_rotary_embedding_positions_tokens_on_the_grid():
     ref_cos, ref_sin = reference_rope(16, 16, 16)
     assert torch.allclose(cos.double(), ref_cos.repeat_interleave(2, -1), atol=1e-6)
     assert torch.allclose(sin.double(), ref_sin.repeat_interleave(2, -1), atol=1e-6)
+
+
+def test_distinct_view_positions_put_the_views_side_by_side():
+    """view_positions distinct: view v's token (r, c) at RoPE position (r, c + 16 v)."""
+    torch.manual_seed(0)
+    backbone = HunyuanDiT.build("tiny", in_channels=4, view_positions="distinct").eval()
+    layer = backbone.default_layer
+    seen = capture_layer_input(backbone, layer)
+    batch, views, grid = 1, 3, (16, 16)
+    with torch.no_grad(), backbone.probe(layer, grid) as handle:
+        backbone(torch.randn(batch, views, 4, SIZE, SIZE), torch.tensor([300.0]), make_cond(1, 3))
+    attn = backbone.model.blocks[layer].attn1
+    for view in range(views):
+        q, k, _ = reference_qkv(attn, seen["hidden"][view::views], grid, col_offset=16 * view)
+        assert (handle.result.q[:, view].double() - q).abs().max() <= 1e-5
+        assert (handle.result.k[:, view].double() - k).abs().max() <= 1e-5
+    with pytest.raises(CameoError, match="view_positions must be shared or distinct"):
+        HunyuanDiT.build("tiny", in_channels=4, view_positions="stacked")
+
+
+@pytest.mark.parametrize(("positions", "same_token"), [("shared", 1.0), ("distinct", 0.0)])
+def test_positional_attention_finds_the_same_token_only_with_shared_positions(
+    positions, same_token
+):
+    """A planted layer whose q and k are one constant vector attends by RoPE position alone
+    (logit = sum |q_pair|^2 cos(angle difference), largest at no difference): with shared
+    positions every query's best key in another view is its own pixel position."""
+    torch.manual_seed(0)
+    backbone = HunyuanDiT.build("tiny", in_channels=4, view_positions=positions).eval()
+    layer = backbone.default_layer
+    attn = backbone.model.blocks[layer].attn1
+    with torch.no_grad():
+        attn.to_q.weight.zero_()
+        attn.to_k.weight.zero_()
+        attn.to_k.bias.copy_(attn.to_q.bias)
+        attn.norm_k.load_state_dict(attn.norm_q.state_dict())
+    with torch.no_grad(), backbone.probe(layer, (16, 16)) as handle:
+        backbone(torch.randn(1, 2, 4, SIZE, SIZE), torch.tensor([500.0]), make_cond(1, 2))
+    best = handle.result.logits(0, 1, slice(None)).mean(1).argmax(-1)[0]  # [hw]
+    assert (best == torch.arange(256)).float().mean().item() == same_token
 
 
 def test_views_influence_their_own_sample_only():
@@ -452,3 +495,16 @@ def test_save_and_load_offline_give_identical_outputs(tmp_path, monkeypatch):
     cond = make_cond(1, 4)
     with torch.no_grad():
         assert torch.equal(loaded(latents, timesteps, cond), backbone(latents, timesteps, cond))
+
+
+def test_view_positions_from_a_recipe_survive_save_and_load(tmp_path):
+    from cameo_cli.config import load_recipe
+    from cameo_cli.registry import load_backbone
+    from cameo_cli.train.setup import build_training_backbone
+
+    recipe = load_recipe(
+        "quickstart-cpu", ["backbone.name=hunyuan-dit", "backbone.view_positions=distinct"]
+    )
+    backbone = build_training_backbone(recipe, 12)
+    backbone.save_pretrained(tmp_path / "backbone")
+    assert load_backbone(tmp_path / "backbone").view_positions == "distinct"

@@ -228,3 +228,144 @@ def test_short_side_downscales_images_cameras_depth_and_masks(tmp_path):
     centres = cameras.pixel_centers(60, 80, dtype=torch.float64)[..., :2].reshape(-1, 2)
     assert torch.allclose(pixels, centres.expand_as(pixels), atol=1e-3)
     assert torch.allclose(depth, torch.full_like(depth, 600.0), rtol=1e-5)
+
+
+# Cameras/train/00000000_cam.txt as MVSNet ships it for the sample camera: the 1600x1200
+# intrinsics halved, centre-cropped by 80 and 44 px (to 640x512), then quartered (160x128)
+TRAIN_INTRINSICS = "361.54125 0.0 82.900625\n0.0 360.3975 66.383875\n0.0 0.0 1.0"
+
+
+def _train_cam_text() -> str:
+    text = SAMPLE.read_text()
+    start, end = text.index("intrinsic") + len("intrinsic"), text.index("425")
+    return text[:start] + "\n" + TRAIN_INTRINSICS + "\n\n" + text[end:]
+
+
+def test_mvsnet_training_layout_uses_cameras_train(tmp_path):
+    """Rectified/scanN_train (640x512) takes Cameras/train: fx 2892.33 / 8 x 4 = 1446.2 and
+    fy 2883.18 / 2 = 1441.6 (not 1157 and 1230 from stretching the 1600x1200 camera)."""
+    root = tmp_path / "mvs_training"
+    (root / "Cameras" / "train").mkdir(parents=True)
+    (root / "Rectified" / "scan8_train").mkdir(parents=True)
+    for view in (22, 25, 28):
+        (root / "Cameras" / f"{view:08d}_cam.txt").write_text(SAMPLE.read_text())
+        (root / "Cameras" / "train" / f"{view:08d}_cam.txt").write_text(_train_cam_text())
+        Image.new("RGB", (640, 512), (view, 0, 0)).save(
+            root / "Rectified" / "scan8_train" / f"rect_{view + 1:03d}_3_r5000.png"
+        )
+    data = DTUSource(root, split="test").load_scene("scan8")
+    K = data.frames[0].intrinsics
+    assert K[0, 0] == pytest.approx(1446.165) and K[1, 1] == pytest.approx(1441.59)
+    # the principal point of the crop: (823.205 / 2 - 80, 619.071 / 2 - 44)
+    assert K[0, 2] == pytest.approx(331.6025) and K[1, 2] == pytest.approx(265.5355)
+    w2c, _, _ = parse_cam_file(SAMPLE)
+    assert np.array_equal(data.frames[0].world_to_camera, w2c)
+
+    # without Cameras/train the 1600x1200 camera is not stretched onto the 640x512 crop
+    for path in (root / "Cameras" / "train").iterdir():
+        path.unlink()
+    data = DTUSource(root, split="test").load_scene("scan8")
+    assert data.frames == []
+    assert {s.reason for s in data.skipped} == {"intrinsics do not fit a 640x512 image"}
+
+
+def test_original_size_cameras_are_used_as_they_are(tmp_path):
+    root = tmp_path / "dtu"
+    (root / "Cameras" / "train").mkdir(parents=True)
+    (root / "Rectified" / "scan8").mkdir(parents=True)
+    (root / "Cameras" / "00000025_cam.txt").write_text(SAMPLE.read_text())
+    (root / "Cameras" / "train" / "00000025_cam.txt").write_text(_train_cam_text())
+    Image.new("RGB", (1600, 1200)).save(root / "Rectified" / "scan8" / "rect_026_3_r5000.png")
+    frame = DTUSource(root, split="test").load_scene("scan8").frames[0]
+    assert frame.intrinsics[0, 0] == pytest.approx(2892.33)
+    assert frame.intrinsics[1, 1] == pytest.approx(2883.18)
+
+
+def test_masks_covering_only_targets_keep_the_inputs(tmp_path):
+    """RegNeRF's idrmasks of a non-IDR scan hold the test views only: the inputs stay (with a
+    full mask, never scored); a target without a mask is dropped, not the scan."""
+    root = tmp_path / "dtu"
+    scan = root / "scan8"
+    (scan / "cams").mkdir(parents=True)
+    (scan / "images").mkdir()
+    masks = root / "idrmasks" / "scan8" / "mask"
+    masks.mkdir(parents=True)
+    for view in (22, 25, 28, 1, 2, 9):
+        (scan / "cams" / f"{view:08d}_cam.txt").write_text(SAMPLE.read_text())
+        _image(scan / "images" / f"{view:08d}.png", value=view)
+    for view in (1, 2):
+        mask = np.zeros((120, 160), np.uint8)
+        mask[:60] = 255
+        Image.fromarray(mask).save(masks / f"{view:03d}.png")
+    out = tmp_path / "out"
+    report = prepare_dataset(DTUSource(root), out, console=QUIET)
+    assert report.scenes == 1
+    assert {s.item for s in report.skipped if s.item.startswith("scan8/")} == {"scan8/9"}
+    ds = MultiViewDataset(out, num_views=3)
+    views = load_eval_index(out)["scan8"]
+    frames = ds.index["scenes"]["scan8"]["frames"]
+    assert [frames[i] for i in views["context"]] == ["25", "22", "28"]
+    assert [frames[i] for i in views["target"]] == ["1", "2"]
+    item = ds.get_views("scan8", views["context"] + views["target"], num_refs=3)
+    assert item["object_mask"][:3].all()
+    assert item["object_mask"][3:, :60].all() and not item["object_mask"][3:, 60:].any()
+    # protocols scoring full images read no masks at all
+    data = DTUSource(root, protocol="pixelnerf").load_scene("scan8")
+    assert len(data.frames) == 6 and all(f.mask is None for f in data.frames)
+
+
+# the published lists: RegNeRF internal/datasets.py (test_idx), pixelNeRF (all views but the
+# inputs and its ban_views), MVSplat assets/evaluation_index_dtu_nctx2.json
+REGNERF_TARGETS = [1, 2, 9, 10, 11, 12, 14, 15, 23, 24, 26, 27, 29, 30, 31, 32, 33, 34, 35]
+REGNERF_TARGETS += [41, 42, 43, 45, 46, 47]
+PIXELNERF_TARGETS = [0, 1, 2, 8, 9, 10, 11, 12, 13, 14, 15, 23, 24, 26, 27, 29, 30, 31, 32]
+PIXELNERF_TARGETS += [33, 34, 35, 40, 41, 42, 43, 44, 45, 46, 47, 48]
+TEST_SCAN_NUMBERS = [8, 21, 30, 31, 34, 38, 40, 41, 45, 55, 63, 82, 103, 110, 114]
+
+
+@pytest.mark.parametrize(
+    ("protocol", "scans", "context", "target"),
+    [
+        ("regnerf", TEST_SCAN_NUMBERS, [25, 22, 28], REGNERF_TARGETS),
+        ("pixelnerf", TEST_SCAN_NUMBERS, [25, 22, 28], PIXELNERF_TARGETS),
+        ("mvsplat", [1, *TEST_SCAN_NUMBERS], [33, 31], [32, 24, 23, 44]),
+    ],
+)
+def test_protocols_give_their_published_views(tmp_path, protocol, scans, context, target):
+    assert len(REGNERF_TARGETS) == 25 and len(PIXELNERF_TARGETS) == 31
+    for number in (1, 2, *TEST_SCAN_NUMBERS):
+        (tmp_path / f"scan{number}").mkdir()
+    source = DTUSource(tmp_path, split="test", protocol=protocol)
+    assert source.list_scenes() == ([f"scan{n}" for n in scans], [])
+    shuffled = [str(v) for v in np.random.default_rng(0).permutation(49)]
+    views = source.eval_views("scan8", {"frames": shuffled}, np.random.default_rng(0))
+    assert [int(shuffled[i]) for i in views["context"]] == context
+    assert [int(shuffled[i]) for i in views["target"]] == target
+
+
+def test_prepare_cli_records_the_protocol(tmp_path):
+    from click.testing import CliRunner
+
+    from cameo_cli.cli import main
+
+    root = tmp_path / "dtu"
+    scan = root / "scan1"
+    (scan / "cams").mkdir(parents=True)
+    (scan / "images").mkdir()
+    for view in (31, 33, 32, 24):
+        (scan / "cams" / f"{view:08d}_cam.txt").write_text(SAMPLE.read_text())
+        _image(scan / "images" / f"{view:08d}.png", value=view)
+    out = tmp_path / "out"
+    args = ["prepare", "dtu", "--root", str(root), "--out", str(out), "--protocol", "mvsplat"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert (
+        json.loads((out / "index.json").read_text())["source"]["options"]["protocol"] == "mvsplat"
+    )
+    frames = json.loads((out / "index.json").read_text())["scenes"]["scan1"]["frames"]
+    views = load_eval_index(out)["scan1"]
+    assert [frames[i] for i in views["context"]] == ["33", "31"]
+    assert [frames[i] for i in views["target"]] == ["32", "24"]
+    args = ["prepare", "synthetic", "--out", str(tmp_path / "s"), "--protocol", "mvsplat"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "--protocol does not apply to synthetic" in result.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -18,6 +19,7 @@ from cameo_cli.cli import main
 from cameo_cli.data.dataset import MultiViewDataset, load_eval_index
 from cameo_cli.data.re10k import RealEstate10KSource, extract_video_frames, parse_pose_file
 from cameo_cli.data.shards import prepare_dataset
+from cameo_cli.errors import CameoError
 
 SAMPLE = Path("/work/shared/data/re10k-sample/0bf152ef84195293.txt")
 if not SAMPLE.is_file():  # the repository's copy of the same public file
@@ -119,6 +121,24 @@ def test_numbered_frames_must_match_the_pose_count(tmp_path):
     assert "16 pose lines but 15 frames" in report.skipped[0].reason
 
 
+def test_mixed_frame_names_sort_numbers_first(tmp_path):
+    lines = SAMPLE.read_text().splitlines()[:5]
+    root = _raw_root(tmp_path, lines)
+    frames = root / "test" / CLIP
+    for path, name in zip(sorted(frames.iterdir()), ["10", "9", "b", "a"], strict=True):
+        path.rename(frames / f"{name}.png")
+    scene = RealEstate10KSource(root, split="test").load_scene(CLIP)
+    # the frames in order 9, 10, a, b: written from pose lines 1, 0, 3, 2
+    expected = [np.asarray(Image.open(io.BytesIO(_png(value=k)))) for k in (1, 0, 3, 2)]
+    assert all(np.array_equal(f.image, e) for f, e in zip(scene.frames, expected, strict=True))
+
+
+def test_missing_split_folder_is_a_clear_error(tmp_path):
+    root = _raw_root(tmp_path)
+    with pytest.raises(CameoError, match=r"re10k/train: no 'train' split folder"):
+        RealEstate10KSource(root, split="train")
+
+
 def test_empty_root_is_a_clear_error(tmp_path):
     (tmp_path / "empty" / "train").mkdir(parents=True)
     result = CliRunner().invoke(
@@ -127,16 +147,19 @@ def test_empty_root_is_a_clear_error(tmp_path):
     assert result.exit_code == 2 and "no scenes found" in result.output
 
 
-def _write_video(path: Path, num_frames: int, fps: int) -> None:
-    """Frame k: left half grey 8 (k % 30), right half grey 8 (k // 30) (robust to coding)."""
+def _write_video(path: Path, num_frames: int, fps: int, start_frames: int = 0) -> None:
+    """Frame k: left half grey 8 (k % 30), right half grey 8 (k // 30) (robust to coding);
+    the stream starts ``start_frames`` frames after zero (its ``start_time``)."""
     with av.open(str(path), "w") as container:
         stream = container.add_stream("mpeg4", rate=fps)
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
         stream.gop_size = 8
+        stream.codec_context.time_base = Fraction(1, fps)
         for k in range(num_frames):
             image = np.full((48, 64, 3), 8 * (k % 30), dtype=np.uint8)
             image[:, 32:] = 8 * (k // 30)
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = k + start_frames, Fraction(1, fps)
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
 
@@ -154,6 +177,17 @@ def test_frames_extracted_from_a_video_land_at_their_timestamps(tmp_path):
     # a timestamp off the frame grid by less than half a frame picks the nearest frame
     assert _frame_number(extract_video_frames(video, [4_040_000])[4_040_000]) == 40
     assert found[20_000_000] == "timestamp beyond the end of the video"
+
+
+def test_frame_times_count_from_the_stream_start(tmp_path):
+    video = tmp_path / "late.mp4"
+    _write_video(video, num_frames=100, fps=10, start_frames=15)  # start_time 1.5 s
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        assert float(stream.start_time * stream.time_base) == pytest.approx(1.5)
+    numbers = [0, 2, 9, 40, 95]
+    found = extract_video_frames(video, [k * 100_000 for k in numbers])
+    assert [_frame_number(found[k * 100_000]) for k in numbers] == numbers
 
 
 def test_raw_release_with_local_videos(tmp_path):
@@ -283,7 +317,7 @@ def test_pixelsplat_chunks_without_index_and_with_broken_examples(tmp_path):
     torch.save([good, {"key": "nocams", "url": "u"}, {"url": "nokey"}], split / "000000.torch")
     (split / "000001.torch").write_bytes(b"not a torch file")
     report = prepare_dataset(
-        RealEstate10KSource(tmp_path / "chunks"), tmp_path / "o", console=QUIET
+        RealEstate10KSource(tmp_path / "chunks", split="train"), tmp_path / "o", console=QUIET
     )
     reasons = {s.item: s.reason for s in report.skipped}
     assert report.scenes == 1 and report.frames == 2

@@ -138,6 +138,24 @@ def test_errors(dino_folder, tmp_path):
     )
     method = mid.method.build(mid.recipe, backbone)
     assert method.grid == (4, 4) and method.teacher_grid == (16, 16)
+    # left out, a resampled student's teacher runs at REPA's size (16 patches per 256 px,
+    # at least 16), not at the 4x4 student grid
+    mid = plan_run(
+        _recipe(
+            dino_folder, "alignment.options.block=mid_block", "alignment.options.resample=bilinear"
+        ),
+        backbone,
+    )
+    assert mid.recipe.alignment.options["teacher_resolution"] == 16 * PATCH
+
+
+def test_resampled_student_teacher_size_is_repas():
+    """REPA's preprocess_raw_image: DINOv2 /14 at 224 px for 256 px images, 448 for 512."""
+    from alignments.repa import Repa
+
+    assert Repa.default_teacher_resolution(256, 14, (4, 4), "bilinear") == 224
+    assert Repa.default_teacher_resolution(512, 14, (8, 8), "bilinear") == 448
+    assert Repa.default_teacher_resolution(512, 14, (32, 32), "none") == 448
 
 
 @pytest.mark.slow

@@ -25,6 +25,26 @@ from cameo_cli.commands.options import (
     "--index",
     help="Evaluation index JSON {scene: {context, target}} [DATASET/eval_index.json].",
 )
+@click.option(
+    "--index-frames",
+    type=click.Choice(["prepared", "source"]),
+    help="What --index holds: positions in the prepared scenes (as eval_index.json) or the "
+    "source's frame numbers (pixelSplat's index as released, null entries skipped). Needed "
+    "once prepare dropped frames.",
+)
+@click.option(
+    "--exclude-context-targets",
+    is_flag=True,
+    help="Leave out targets equal to a context frame (counted and reported either way).",
+)
+@click.option(
+    "--score-size",
+    type=click.Choice(["recipe", "pixelsplat"]),
+    default="recipe",
+    show_default=True,
+    help="recipe: the recipe's resolution (square centre crop); pixelsplat: 256x256 LANCZOS "
+    "from the stored frames, as pixelSplat and MVSplat score.",
+)
 @click.option("--metrics", help="Comma list of psnr, ssim, lpips [recipe: evaluate.metrics].")
 @path_option("--out", required=True, help="Results folder (resumable).")
 @scheduler_option
@@ -44,6 +64,9 @@ def evaluate(
     checkpoint: Path,
     dataset: Path,
     index: Path | None,
+    index_frames: str | None,
+    exclude_context_targets: bool,
+    score_size: str,
     metrics: str | None,
     out: Path,
     scheduler: str | None,
@@ -71,6 +94,9 @@ def evaluate(
         dataset=dataset,
         out=out,
         index=index,
+        index_frames=index_frames,
+        exclude_context_targets=exclude_context_targets,
+        score_size=score_size,
         metrics=parse_metrics(metrics) if metrics is not None else None,
         steps=steps,
         guidance=guidance,

@@ -18,6 +18,7 @@ APPLIES_TO = {
     "root": ("re10k", "dtu", "navi"),
     "videos": ("re10k",),
     "eval_index": ("re10k",),
+    "protocol": ("dtu",),
     "short_side": ("re10k", "dtu", "navi"),
     "scenes": ("synthetic",),
     "test_scenes": ("synthetic",),
@@ -71,7 +72,12 @@ def _make_source(dataset: str, opts: dict) -> SceneSource:
         )
     from cameo_cli.data.dtu import DTUSource
 
-    return DTUSource(root=root, split=opts["split"] or "test", geometry=opts["geometry"] or "none")
+    return DTUSource(
+        root=root,
+        split=opts["split"] or "test",
+        geometry=opts["geometry"] or "none",
+        protocol=opts["protocol"] or "regnerf",
+    )
 
 
 def print_report(report: PrepareReport, console: Console) -> None:
@@ -113,8 +119,9 @@ def print_report(report: PrepareReport, console: Console) -> None:
 @click.option("--root", type=click.Path(), help="Raw dataset folder (re10k, dtu, navi).")
 @click.option(
     "--split",
-    help="re10k: train|test [default: train]; dtu: test (15 scans)|train|all [default: test]; "
-    "navi: multiview|wild_set|all [default: multiview]; synthetic: the training scenes' label "
+    help="re10k: train|test [default: train]; dtu: test (the --protocol scans)|train|all "
+    "[default: test]; navi: multiview|wild_set|all [default: multiview]; synthetic: the "
+    "training scenes' label "
     "[default: train].",
 )
 @click.option("--videos", type=click.Path(), help="re10k: folder of local videos <clip>.mp4.")
@@ -122,6 +129,13 @@ def print_report(report: PrepareReport, console: Console) -> None:
     "--eval-index",
     type=click.Path(dir_okay=False),
     help="re10k: pixelSplat-style evaluation index {clip: {context, target}} to use.",
+)
+@click.option(
+    "--protocol",
+    type=click.Choice(["regnerf", "pixelnerf", "mvsplat"]),
+    help="dtu: evaluation views and scans: regnerf (inputs 25 22 28, 25 targets, masked), "
+    "pixelnerf (same inputs, 31 targets), mvsplat (16 scans, context 33 31, 4 targets) "
+    "[default: regnerf].",
 )
 @click.option("--scenes", type=int, help="synthetic: number of training scenes [default: 32].")
 @click.option(

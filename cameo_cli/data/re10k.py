@@ -117,7 +117,8 @@ def pixel_intrinsics(K_normalized: np.ndarray, height: int, width: int) -> np.nd
 
 
 def extract_video_frames(video: Path, timestamps_us: list[int]) -> dict[int, np.ndarray | str]:
-    """Decode the frame nearest each timestamp: {timestamp: uint8 [H,W,3] or the problem}."""
+    """Decode the frame nearest each timestamp (counted from the video stream's
+    ``start_time``, as a player shows it): {timestamp: uint8 [H,W,3] or the problem}."""
     import av
 
     wanted = sorted(set(timestamps_us))
@@ -127,23 +128,27 @@ def extract_video_frames(video: Path, timestamps_us: list[int]) -> dict[int, np.
             stream = container.streams.video[0]
             rate = float(stream.average_rate or stream.guessed_rate or 30)
             tolerance_us = 1.5e6 / rate
+            start_us = round(float((stream.start_time or 0) * stream.time_base) * 1e6)
             pending = list(wanted)
             while pending:
-                container.seek(max(pending[0] - SEEK_MARGIN_US, 0))
-                _decode_forward(container, stream, pending, found, tolerance_us)
+                container.seek(max(pending[0] + start_us - SEEK_MARGIN_US, 0))
+                _decode_forward(container, stream, pending, found, tolerance_us, start_us)
     except (av.FFmpegError, IndexError, OSError) as exc:
         raise SkipScene(f"{video.name}: cannot decode video ({exc})") from None
     return found
 
 
-def _decode_forward(container, stream, pending: list[int], found: dict, tolerance_us: float):
-    """Decode from the current position, resolving pending timestamps in order."""
+def _decode_forward(
+    container, stream, pending: list[int], found: dict, tolerance_us: float, start_us: int
+):
+    """Decode from the current position, resolving pending timestamps (after the stream's
+    start, ``start_us``) in order."""
     previous = None  # (time_us, frame)
     assigned = False
     for frame in container.decode(stream):
         if frame.pts is None:
             continue
-        time_us = round(float(frame.pts * stream.time_base) * 1e6)
+        time_us = round(float(frame.pts * stream.time_base) * 1e6) - start_us
         while pending and time_us >= pending[0]:
             target = pending.pop(0)
             best = (time_us, frame)
@@ -191,13 +196,14 @@ class RealEstate10KSource(SceneSource):
             raise CameoError("re10k: the release has no depth; use --geometry vggt or none")
         self.root, self.split, self.geometry = Path(root), split, geometry
         self.videos = Path(videos) if videos else None
-        folder = self.root / split
-        self.folder = folder if folder.is_dir() else self.root
+        self.folder = self.root / split
+        if not self.folder.is_dir():
+            raise CameoError(f"{self.folder}: no {split!r} split folder under --root {self.root}")
         self.chunked = any(self.folder.glob("*.torch"))
         if self.videos is not None and not self.videos.is_dir():
             raise CameoError(f"{self.videos}: --videos is not a folder")
         self.eval_index = Path(eval_index) if eval_index else None
-        self._eval_entries = _read_eval_index(self.eval_index) if self.eval_index else None
+        self._eval_entries = read_eval_index(self.eval_index) if self.eval_index else None
 
     def options(self) -> dict:
         return {
@@ -295,8 +301,9 @@ class RealEstate10KSource(SceneSource):
                     f"{len(poses)} pose lines but {len(files)} frames, and the frame names "
                     "are not the pose timestamps"
                 )
-            ordered = sorted(
-                files.values(), key=lambda p: int(p.stem) if p.stem.isdigit() else p.stem
+            ordered = sorted(  # numbers in numeric order, then other names by name
+                files.values(),
+                key=lambda p: (0, int(p.stem), "") if p.stem.isdigit() else (1, 0, p.stem),
             )
             by_time = dict(zip(timestamps, ordered, strict=True))
         for extra in sorted(set(by_time) - set(timestamps)):
@@ -384,8 +391,9 @@ class RealEstate10KSource(SceneSource):
         return SceneData(scene, frames, split=self.split, skipped=skipped)
 
 
-def _read_eval_index(path: Path) -> dict[str, dict | None]:
-    """{clip: {"context": [int], "target": [int]} | null}, checked."""
+def read_eval_index(path: Path) -> dict[str, dict | None]:
+    """A pixelSplat-style index in source frame numbers: {clip: {"context": [int], "target":
+    [int]} | null (a clip it leaves out)}, checked."""
     entries = read_json(path, "evaluation index")
     if not isinstance(entries, dict):
         raise CameoError(f"{path}: expected {{clip: {{context, target}} | null}}")

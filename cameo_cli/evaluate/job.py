@@ -39,6 +39,7 @@ from cameo_cli.batch import ViewBatch
 from cameo_cli.camera_files import CameraSet, to_cameo_json
 from cameo_cli.data.records import TRAIN_SPLIT
 from cameo_cli.errors import CameoError
+from cameo_cli.evaluate import protocol
 from cameo_cli.image_metrics import SSIM_CONFIG, psnr, sharpness, ssim
 from cameo_cli.lpips import LPIPS, default_backbone_path
 from cameo_cli.pipeline import MultiViewPipeline
@@ -67,6 +68,9 @@ class EvaluateRequest:
     save_images: bool = False
     overwrite: bool = False
     device: str | None = None
+    index_frames: str | None = None  # protocol.INDEX_FRAMES; None: refuse when ambiguous
+    exclude_context_targets: bool = False
+    score_size: str = "recipe"  # protocol.SCORE_SIZES
 
 
 def parse_metrics(text: str | list[str]) -> list[str]:
@@ -111,11 +115,11 @@ def _prepare_output(out: Path, config: dict, overwrite: bool) -> None:
 
 def run_evaluation(request: EvaluateRequest, console: Console | None = None) -> dict:
     """Evaluate; returns the content of results.json."""
-    from cameo_cli.data.dataset import MultiViewDataset, load_eval_index
+    from cameo_cli.data.dataset import MultiViewDataset
 
     console = console or Console(stderr=True)
     index_path = request.index or request.dataset / "eval_index.json"
-    index = load_eval_index(index_path)
+    index = protocol.read_index(index_path, request.index_frames if request.index else None)
     if not index:
         raise CameoError(
             f"{index_path}: expected a non-empty {{scene: {{context, target}}}} object"
@@ -134,6 +138,7 @@ def run_evaluation(request: EvaluateRequest, console: Console | None = None) -> 
     dataset = MultiViewDataset(
         request.dataset, num_views=2, min_refs=1, max_refs=1, resolution=resolution
     )
+    index, context_targets = _protocol_index(index, index_path, dataset, request)
     _check_index(index, index_path, dataset, pipeline.num_views)
     warnings = trained_scenes_warnings(index, dataset)
     for warning in warnings:
@@ -173,9 +178,18 @@ def run_evaluation(request: EvaluateRequest, console: Console | None = None) -> 
         "seed": seed,
         "noise": "per scene: seed + CRC32(scene name)",
         "averaging": "mean over all target views",
+        "index_frames": request.index_frames if request.index else "prepared",
+        "context_targets": context_targets,
+        "score_size": request.score_size,
     }
     config["reference_lines"] = _lines_config(dataset.has_geometry)
     _prepare_output(request.out, config, request.overwrite)
+    if context_targets["targets"]:
+        console.print(
+            f"{context_targets['targets']} target(s) in {context_targets['scenes']} scene(s) "
+            "equal a context frame (the model is handed them as references): "
+            + ("excluded" if context_targets["excluded"] else "kept (--exclude-context-targets)")
+        )
 
     todo = [s for s in index if not (request.out / "scenes" / f"{_file_name(s)}.json").is_file()]
     if len(todo) < len(index):
@@ -220,6 +234,28 @@ def trained_scenes_warnings(index: dict, dataset) -> list[str]:
         f"'{TRAIN_SPLIT}' in index.json (e.g. {trained[0]}): a model trained on them scores "
         "them as seen scenes, not held-out ones"
     ]
+
+
+def _protocol_index(
+    index: dict, path: Path, dataset, request: EvaluateRequest
+) -> tuple[dict, dict]:
+    """The index in prepared positions, its targets equal to a context frame counted (and
+    with --exclude-context-targets removed): (index, {"scenes", "targets", "excluded"})."""
+    if request.score_size not in protocol.SCORE_SIZES:
+        raise CameoError(f"--score-size must be recipe or pixelsplat, got {request.score_size!r}")
+    frames = request.index_frames if request.index else "prepared"
+    index = protocol.index_in_positions(index, frames, dataset.index["scenes"], path)
+    found = protocol.context_targets(index)
+    counts = {
+        "scenes": len(found),
+        "targets": sum(len(t) for t in found.values()),
+        "excluded": request.exclude_context_targets,
+    }
+    if request.exclude_context_targets:
+        index = protocol.without_context_targets(index)
+        if not index:
+            raise CameoError(f"{path}: no target is left once those equal to a context frame go")
+    return index, counts
 
 
 def _check_index(index: dict, path: Path, dataset, num_views: int) -> None:
@@ -269,12 +305,17 @@ def _evaluate_scene(
     ).images
     truth = images[refs:]
     mask = views.object_mask[0][refs:] if masked else None
+    scored, stored = generated, None  # what is scored; saved images stay at the sampling size
+    if config["score_size"] == "pixelsplat":
+        stored = [dataset.reader.image(scene, f) for f in target]
+        masks = [dataset.reader.mask(scene, f) for f in target] if masked else None
+        scored, truth, mask = protocol.pixelsplat_views(generated, stored, masks)
     per_view: dict[str, list[float]] = {}
     for name in metrics:
-        per_view[name] = _score(name, generated, truth, None, lpips, psnr_cap)
+        per_view[name] = _score(name, scored, truth, None, lpips, psnr_cap)
         if mask is not None:
-            per_view[f"{name}_masked"] = _score(name, generated, truth, mask, lpips, psnr_cap)
-    per_view.update(_line_scores(views, generated, truth, mask, metrics, lpips, psnr_cap))
+            per_view[f"{name}_masked"] = _score(name, scored, truth, mask, lpips, psnr_cap)
+    per_view.update(_line_scores(views, scored, truth, mask, metrics, lpips, psnr_cap, stored))
     if request.save_images:
         _save_scene_images(request.out / "images" / _file_name(scene), views, generated, refs)
     return {
@@ -308,9 +349,11 @@ def _line_scores(
     metrics: list[str],
     lpips: LPIPS | None,
     psnr_cap: float,
+    stored: list | None,
 ) -> dict[str, list[float]]:
     """Per target view: the model's `sharpness`, `<line>_<metric>` of every reference line
-    (and `_masked`), and `reproject_seen`."""
+    (and `_masked`), and `reproject_seen`; with `stored` (the truth frames of
+    `--score-size pixelsplat`) the lines are resized as the model's views are."""
     point_map = None if views.point_map is None else views.point_map[0]
     point_valid = None if views.point_valid is None else views.point_valid[0]
     lines = reference_lines(
@@ -323,6 +366,8 @@ def _line_scores(
     )
     scores = {"sharpness": [float(v) for v in sharpness(generated, truth)]}
     for line, images in lines.images().items():
+        if stored is not None:  # scored as the model's views are (--score-size pixelsplat)
+            images = protocol.pixelsplat_views(images, stored, None)[0]
         for name in metrics:
             scores[f"{line}_{name}"] = _score(name, images, truth, None, lpips, psnr_cap)
             if mask is not None:
@@ -389,6 +434,7 @@ def _collect(out: Path, index: dict, config: dict) -> dict:
 def _csv_config(config: dict) -> dict[str, object]:
     return {
         "resolution": config["resolution"],
+        "score_size": config["score_size"],
         "scheduler": config["scheduler"],
         "steps": config["steps"],
         "guidance": config["guidance"],

@@ -35,7 +35,7 @@ def build_training_backbone(recipe: Recipe, in_channels: int) -> MultiViewBackbo
         qk_norm=config.qk_norm,
         **{
             option: value
-            for option in ("camera_encoder", "domain_embeddings")
+            for option in ("camera_encoder", "domain_embeddings", "view_positions")
             if (value := getattr(config, option)) is not None
         },
     )
