@@ -94,6 +94,45 @@ def test_ema_follows_the_closed_form():
     assert torch.allclose(model.weight, torch.full((1, 2), expected))
 
 
+def test_ema_applied_lends_the_averaged_weights_and_gives_the_trained_ones_back():
+    model = torch.nn.Linear(2, 1)
+    ema = ExponentialMovingAverage(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    trained = model.weight.detach().clone()
+    averaged = ema.state_dict()["weight"]
+    with ema.applied(model):
+        assert torch.equal(model.weight, averaged)
+    assert torch.equal(model.weight, trained)
+
+
+def test_validation_scores_the_ema_weights(synthetic_dataset, tmp_path):
+    """EMA with decay 1 keeps the initial weights: a trained run's validation then equals the
+    validation of a run whose weights barely move (learning rate 1e-12)."""
+    from cameo_cli.config import load_recipe
+    from cameo_cli.train.loop import run_training
+
+    base = [
+        f"data.dataset={synthetic_dataset}",
+        "train.steps=2",
+        "train.checkpoint_every=2",
+        "train.validate_every=2",
+        "sample.steps=2",
+        "train.trackers=[]",
+    ]
+    values = {}
+    for name, extra in (
+        ("ema", ["train.ema=true", "train.ema_decay=1.0", "train.learning_rate=0.01"]),
+        ("frozen", ["train.learning_rate=1e-12", "train.weight_decay=0.0"]),
+    ):
+        run = tmp_path / name
+        run_training(load_recipe("quickstart-cpu", [*base, *extra]), run, command=["pytest"])
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        values[name] = next(x for x in lines if "val/psnr" in x)
+    for key in ("val/psnr", "val/psnr_x0", "val/denoise_t250", "val/denoise_t750"):
+        assert values["ema"][key] == pytest.approx(values["frozen"][key], rel=1e-5), key
+
+
 def test_warmup_then_constant():
     schedule = WarmupConstant(4)
     assert [schedule(s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -30,6 +33,22 @@ class ExponentialMovingAverage:
         for name, p in model.named_parameters():
             if name in self.shadow:
                 p.copy_(self.shadow[name].to(p.dtype))
+
+    @contextlib.contextmanager
+    def applied(self, model: nn.Module) -> Iterator[None]:
+        """The averaged weights in `model` inside the block, the trained ones back after it
+        (validation scores what a checkpoint loads for inference)."""
+        trained = {
+            name: p.detach().clone() for name, p in model.named_parameters() if name in self.shadow
+        }
+        self.copy_to(model)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    if name in trained:
+                        p.copy_(trained[name])
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.shadow)

@@ -9,6 +9,7 @@ process, DDP over GPUs/nodes or two CPU processes (gloo, `torchrun`) run the sam
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -369,30 +370,33 @@ class Trainer:
         recipe, batch = self.recipe, self.validation_batch
         model = self.accelerator.unwrap_model(self.prepared_model)
         model.eval()
-        pipeline = MultiViewPipeline(
-            model.backbone,
-            self.codec,
-            recipe.diffusion,
-            recipe.data.num_views,
-            scheduler=recipe.sample.scheduler,
-            device=self.device,
-            dtype=PRECISION_DTYPES[recipe.train.mixed_precision],
-            domain=recipe.data.domain,
-        )
-        sample = recipe.sample
-        sampled = sampled_views(
-            pipeline, batch, steps=sample.steps, guidance=sample.guidance, seed=sample.seed
-        )
-        held_out, one_step = held_out_metrics(
-            model.backbone,
-            self.codec,
-            self.scheduler,
-            batch,
-            seed=recipe.train.seed,
-            probe=self.watched_layer,
-            epsilon=recipe.alignment.epsilon,
-            head=self._watched_head(model),
-        )
+        # with EMA, validation scores the averaged weights, as inference loads them
+        averaged = self.ema.applied(model) if self.ema is not None else contextlib.nullcontext()
+        with averaged:
+            pipeline = MultiViewPipeline(
+                model.backbone,
+                self.codec,
+                recipe.diffusion,
+                recipe.data.num_views,
+                scheduler=recipe.sample.scheduler,
+                device=self.device,
+                dtype=PRECISION_DTYPES[recipe.train.mixed_precision],
+                domain=recipe.data.domain,
+            )
+            sample = recipe.sample
+            sampled = sampled_views(
+                pipeline, batch, steps=sample.steps, guidance=sample.guidance, seed=sample.seed
+            )
+            held_out, one_step = held_out_metrics(
+                model.backbone,
+                self.codec,
+                self.scheduler,
+                batch,
+                seed=recipe.train.seed,
+                probe=self.watched_layer,
+                epsilon=recipe.alignment.epsilon,
+                head=self._watched_head(model),
+            )
         model.train()
         truth = (batch.images + 1) / 2
         grid = torch.stack([truth, sampled, one_step], dim=1)
