@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
 import logging
 
 import click
@@ -23,19 +25,16 @@ COMMANDS: dict[str, str] = {
     "export": "cameo_cli.commands.export:export",
 }
 
-# One-line summaries for `cameo --help`, so listing commands imports none of them.
-SUMMARIES: dict[str, str] = {
-    "backbones": "Registered backbones (built-in and plugins) and their layers.",
-    "alignments": "Registered alignment methods (built-in and plugins).",
-    "recipes": "Shipped recipes: list them or show one resolved.",
-    "prepare": "Prepare a dataset (re10k, dtu, synthetic) into shards.",
-    "train": "Train a multi-view diffusion model, with or without CAMEO.",
-    "sample": "Render novel views from reference images and cameras.",
-    "evaluate": "PSNR / SSIM / LPIPS on a dataset's evaluation index.",
-    "diagnose": "Attention correspondence per layer; identity-perturbation test.",
-    "compare": "Held-out curves of runs by method; steps to the baseline's best.",
-    "export": "A self-contained model folder (weights, codec, scheduler, card).",
-}
+
+def summary(name: str) -> str:
+    """The first line of subcommand `name`'s docstring (its short help in Click's listing),
+    read from the module's source without importing it."""
+    module_name, _, attr = COMMANDS[name].partition(":")
+    source = importlib.util.find_spec(module_name).loader.get_source(module_name)
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef) and node.name == attr:
+            return (ast.get_docstring(node) or "").partition("\n")[0]
+    raise LookupError(f"{module_name} defines no function {attr!r}")
 
 
 class LazyGroup(click.Group):
@@ -51,7 +50,7 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, SUMMARIES.get(name, "")) for name in self.list_commands(ctx)]
+        rows = [(name, summary(name)) for name in self.list_commands(ctx)]
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)

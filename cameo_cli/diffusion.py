@@ -101,14 +101,6 @@ def make_sampler(config: DiffusionConfig, name: str = "ddim") -> SchedulerMixin:
     return ddim if cls is DDIMScheduler else cls.from_config(ddim.config, **options)
 
 
-def sampler_name(scheduler: SchedulerMixin) -> str:
-    """The `SAMPLERS` name of a sampler built by `make_sampler`."""
-    for name, (cls, _) in SAMPLERS.items():
-        if type(scheduler) is cls:
-            return name
-    raise CameoError(f"{type(scheduler).__name__} is not one of {', '.join(SAMPLERS)}")
-
-
 def training_target(
     scheduler: DDPMScheduler,
     x0: torch.Tensor,

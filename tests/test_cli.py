@@ -7,10 +7,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import click
 from click.testing import CliRunner
 
 from cameo_cli import __version__
-from cameo_cli.cli import COMMANDS, SUMMARIES, main
+from cameo_cli.cli import COMMANDS, main, summary
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,10 +21,14 @@ def test_version():
     assert result.exit_code == 0 and __version__ in result.output
 
 
-def test_every_command_has_a_summary_and_imports():
+def test_listing_shows_each_commands_own_short_help():
+    """The lazy listing (read from source) is what Click itself would list for the imported
+    command at the default width: the docstring's first line, whole (not cut with "...")."""
+    limit = click.HelpFormatter(width=78).width - 6 - max(map(len, COMMANDS))  # 80 columns
     for name in COMMANDS:
-        assert SUMMARIES.get(name), f"no summary for {name}"
-        assert main.get_command(None, name) is not None
+        command = main.get_command(None, name)
+        assert summary(name), f"no summary for {name}"
+        assert summary(name) == command.get_short_help_str(limit), name
 
 
 def test_help_lists_commands_without_importing_them():

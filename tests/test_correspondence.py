@@ -19,6 +19,7 @@ from cameo_cli.geometry import (
 )
 from cameo_cli.geometry.correspondence import GROUP, _first_argmin, nearest_key_tokens
 from cameo_cli.geometry.vggt import VGGTDepth, weights_file
+from tests.official_reference import official_joint_targets
 
 f64 = torch.float64
 IMAGE, GRID = 64, 16  # 64 px views, a 16 x 16 token grid: 4 x 4 pixels per token
@@ -288,6 +289,55 @@ def test_joint_targets_are_the_argmax_over_all_other_views_keys() -> None:
                 torch.testing.assert_close(joint.index[b, i, j][kept], want[kept])
     with pytest.raises(ValueError, match="selection"):
         correspondence_targets(point_map, valid, (size, size), selection="nearest")
+
+
+def tied_plane_views() -> torch.Tensor:
+    """[2, 4, 3, 8, 8] float64: four views of one plane on a 4 x 4 token grid (2 x 2 pixel
+    blocks, so the bilinear resize is exact) built for ties: views 0 and 1 are the same, view
+    2 is shifted by two tokens, view 3 by half a token (each of its points lies midway between
+    two keys of the others). Every coordinate is a multiple of 1/2, so distances are exact
+    and both codes see the same ties; the second sample has the views in reverse order."""
+    v, u = torch.meshgrid(torch.arange(4.0, dtype=f64), torch.arange(4.0, dtype=f64), indexing="ij")
+    plane = [torch.stack([u + shift, v, torch.zeros_like(u)]) for shift in (0.0, 0.0, 2.0, 0.5)]
+    views = torch.stack(plane).repeat_interleave(2, dim=-1).repeat_interleave(2, dim=-2)
+    return torch.stack([views, views.flip(0)])
+
+
+def official_scenes() -> list[tuple[str, torch.Tensor, int]]:
+    """(name, point map [B, F, 3, S, S] float64, token grid side) for the official check."""
+    from cameo_cli.data.synthetic import render_scene
+
+    generator = torch.Generator().manual_seed(11)
+    noise = torch.randn(2, 4, 3, 16, 16, generator=generator, dtype=f64)
+    smooth = torch.nn.functional.interpolate(
+        torch.randn(8, 3, 4, 4, generator=generator, dtype=f64), size=(16, 16), mode="bilinear"
+    ).view(2, 4, 3, 16, 16)
+    rendered = render_scene(seed=0, index=0, resolution=32, num_frames=4)
+    scene = torch.from_numpy(rendered.point_map).permute(0, 3, 1, 2).to(f64)[None]
+    return [
+        ("random", noise, 8),
+        ("smooth", smooth, 8),
+        ("synthetic", scene, 8),
+        ("tied", tied_plane_views(), 4),
+    ]
+
+
+@pytest.mark.parametrize("cond_num", [1, 2, 3])
+@pytest.mark.parametrize("scene", range(4), ids=[s[0] for s in official_scenes()])
+def test_joint_targets_match_official_transcription(scene: int, cond_num: int) -> None:
+    """Index and mask of `joint` targets equal the official resize, cycle check, query-group
+    slicing and `ArgmaxOneHot` (tests/official_reference.py), both fed the same point maps
+    (float64, all points valid as in the official code). Ties (the tied scene) go to the
+    lowest view, then the lowest token, in both."""
+    name, point_map, grid = official_scenes()[scene]
+    want_index, want_mask = official_joint_targets(point_map, grid, cond_num)
+    got = correspondence_targets(point_map, None, (grid, grid), selection="joint")
+    assert torch.equal(got.mask, want_mask), name
+    assert torch.equal(got.index, want_index), name
+    # the scene exercises both outcomes: kept and dropped rows, rows with and without a target
+    kept = want_mask
+    assert kept.any() and not kept[:, ~torch.eye(point_map.shape[1], dtype=torch.bool)].all()
+    assert (want_index[kept] >= 0).any() and (want_index[kept] == -1).any()
 
 
 def test_first_argmin_equals_argmin_with_ties() -> None:

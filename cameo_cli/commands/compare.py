@@ -38,8 +38,11 @@ def compare(
     baseline: str | None,
     overwrite: bool,
 ) -> None:
-    """Plot every held-out metric of RUNS against steps and tabulate the steps each method
-    needs to reach the baseline's best value (ratio with a bootstrap 95 % interval)."""
+    """Compare runs by method: held-out curves, steps to a baseline.
+
+    Plots every held-out metric of RUNS against steps and tabulates the steps each method
+    needs to reach the baseline's best value (ratio with a bootstrap 95 % interval).
+    """
     from rich.console import Console
     from rich.table import Table
 

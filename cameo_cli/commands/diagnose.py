@@ -129,7 +129,7 @@ def diagnose(
     top_k: int,
     no_recommend: bool,
 ) -> None:
-    """Where does the backbone's attention follow geometric correspondence?
+    """Which layers' attention follows geometric correspondence.
 
     Scores each layer's argmax attention against the dataset's geometry, by rotation bin;
     with --run, over the run's checkpoints; with --perturb, the drop in sample quality

@@ -80,8 +80,9 @@ def evaluate(
     device: str | None,
     overwrite: bool,
 ) -> None:
-    """Sample the target views of every scene in the evaluation index and score them.
+    """Score sampled target views on a dataset's evaluation index.
 
+    Samples the target views of every scene in the evaluation index and scores them.
     Writes results.json and results.csv (per scene and mean, with the metric
     configuration) and prints a table; rerunning resumes where it stopped.
     """

@@ -14,8 +14,9 @@ from cameo_cli.commands.options import path_option
 @path_option("--out", required=True, help="Export folder (created).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out folder.")
 def export(source: Path, out: Path, overwrite: bool) -> None:
-    """Export SOURCE (a run folder's latest checkpoint, or one checkpoint folder).
+    """Export a run or checkpoint as a self-contained model folder.
 
+    SOURCE is a run folder (its latest checkpoint) or one checkpoint folder.
     The folder holds the backbone (EMA weights if kept), the codec's weights, the scheduler
     config, the resolved recipe, the cameo version and a model card (README.md); copied
     anywhere, `cameo sample --checkpoint OUT` and `cameo evaluate` load it.

@@ -176,7 +176,10 @@ def print_report(report: PrepareReport, console: Console) -> None:
 @click.option("--scenes-per-shard", type=int, default=8, help="Scenes in one shard file.")
 @click.option("--overwrite", is_flag=True, help="Replace a dataset prepared with other options.")
 def prepare(dataset: str, out: str, **opts: object) -> None:
-    """Prepare DATASET (re10k, dtu, navi or synthetic) into shards + index.json in --out."""
+    """Prepare DATASET (re10k, dtu, navi, synthetic) into shards.
+
+    Writes the shards and index.json in --out.
+    """
     if dataset not in DATASETS:
         known = ", ".join(f"{name} ({desc})" for name, desc in DATASETS.items())
         raise CameoError(f"unknown dataset {dataset!r}; known datasets: {known}")

@@ -9,7 +9,10 @@ from cameo_cli.config import list_recipes, load_recipe, recipe_to_yaml
 
 @click.group()
 def recipes() -> None:
-    """The YAML recipes shipped with cameo (or any recipe file, resolved)."""
+    """List the shipped recipes, or show one resolved.
+
+    `show` also takes any recipe file.
+    """
 
 
 @recipes.command("list")

@@ -82,8 +82,9 @@ def train(
     overwrite: bool,
     steps: int | None,
 ) -> None:
-    """Train a multi-view diffusion model; CAMEO aligns one layer's attention with geometry.
+    """Train a multi-view diffusion model, with or without CAMEO.
 
+    CAMEO aligns one layer's attention with geometry.
     Single process: `cameo train ...`; several GPUs or nodes: `accelerate launch -m cameo_cli
     train ...` (DDP from your accelerate config); two CPU processes: `torchrun
     --nproc_per_node 2 -m cameo_cli train ...`.
