@@ -43,7 +43,7 @@ from PIL import Image
 from cameo_cli import cameras as camera_math
 from cameo_cli import io
 from cameo_cli.backbone import MultiViewBackbone, ViewConditioning
-from cameo_cli.batch import domain_index
+from cameo_cli.batch import ViewBatch, domain_index
 from cameo_cli.camera_files import CameraSet
 from cameo_cli.codec import ImageCodec, load_codec
 from cameo_cli.config import DataConfig, DiffusionConfig, Recipe
@@ -469,6 +469,18 @@ class MultiViewPipeline:
             if callback is not None:
                 targets = callback(self, index, timestep, {"latents": targets})["latents"]
         return targets
+
+
+def reference_depth(batch: ViewBatch, sample: int) -> torch.Tensor | None:
+    """[N, H, W] z-depth of sample `sample`'s references from its point map (0 where not
+    valid), or None when the batch has no geometry."""
+    if batch.point_map is None:
+        return None
+    refs = batch.ref_mask[sample]
+    depth = camera_math.point_map_depth(
+        batch.point_map[sample][refs], batch.world_to_camera[sample][refs]
+    )
+    return torch.where(batch.point_valid[sample][refs], depth, torch.zeros_like(depth))
 
 
 def _batched(tensor: torch.Tensor, batch: int) -> torch.Tensor:
