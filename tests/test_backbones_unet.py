@@ -468,7 +468,8 @@ def test_prior_dropout_is_element_wise_reproducible_and_position_only():
     cond = make_cond(1, 3)
     clean = copy.deepcopy(model).eval().position_prior(latents, cond)
     draws = []
-    for seed in (7, 7, 8):
+    for seed, global_seed in ((7, 0), (7, 1), (8, 1)):
+        torch.manual_seed(global_seed)  # torch's global RNG plays no part
         cond.generator = torch.Generator().manual_seed(seed)
         draws.append(model.position_prior(latents, cond))
     assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
