@@ -514,3 +514,23 @@ def test_bad_conditioning_shapes_are_reported():
         model(latents, timesteps, cond)
     with pytest.raises(ValueError, match="timesteps"):
         model(latents, timesteps.repeat(2), make_cond(1, 2))
+
+
+def test_colour_prior_from_exact_synthetic_depth_reproduces_the_target(synthetic_dataset):
+    """On a rendered scene with its exact depth, the reference warped into a target view is
+    that view where it lands (the reprojection line), far above the reference copied as is."""
+    from cameo_cli.batch import ViewBatch
+    from cameo_cli.data.dataset import MultiViewDataset
+
+    dataset = MultiViewDataset(synthetic_dataset, num_views=2, min_refs=1, max_refs=1)
+    views = ViewBatch.from_item(dataset.get_views("synth-00000", [0, 1], 1))
+    colour = build("mvgenmaster").colour_prior(ViewConditioning.from_batch(views))
+    seen = colour[0, 1, 3] > 0
+    truth = views.images[0, 1]
+
+    def psnr(image: torch.Tensor) -> float:
+        error = ((image - truth) / 2)[:, seen]
+        return -10 * math.log10(error.square().mean().item())
+
+    assert seen.float().mean() > 0.6
+    assert psnr(colour[0, 1, :3]) > 22 and psnr(colour[0, 1, :3]) > psnr(views.images[0, 0]) + 5
