@@ -105,14 +105,18 @@ def _conv_norm_silu(in_channels: int, out_channels: int, stride: int) -> nn.Sequ
 class OfficialCameraEncoder(nn.Module):
     """The official CAMEO camera encoder (`src/modules/extra_encoder.py::ExConvEncoder`).
 
-    Pixel-resolution maps [N, 7, H, W] -> [N, out_channels, H / downsample, W / downsample]:
-    conv 7->32 (GroupNorm 8, SiLU), then one stride-2 conv per halving (widths doubling,
-    GroupNorm width / 4, SiLU), then a zero-initialised 3x3 conv to `out_channels`. With
-    `downsample` 8 (SD latents) this is exactly the official 32->64->128->256 stack; other
-    powers of two get log2(downsample) stages (pixel-space models, downsample 1: none).
+    Pixel-resolution maps [N, in_channels (7), H, W] -> [N, out_channels, H / downsample,
+    W / downsample]: conv in_channels->32 (GroupNorm 8, SiLU), then one stride-2 conv per
+    halving (widths doubling, GroupNorm width / 4, SiLU), then a zero-initialised 3x3 conv to
+    `out_channels`. With `downsample` 8 (SD latents) this is exactly the official
+    32->64->128->256 stack; other powers of two get log2(downsample) stages (pixel-space
+    models, downsample 1: none). MVGenMaster encodes its pixel-resolution colour prior with
+    the same stack (`in_channels` 4).
     """
 
-    def __init__(self, out_channels: int, downsample: int) -> None:
+    def __init__(
+        self, out_channels: int, downsample: int, in_channels: int = CAMERA_CONDITION_CHANNELS
+    ) -> None:
         super().__init__()
         stages = downsample.bit_length() - 1
         if downsample < 1 or 2**stages != downsample:
@@ -121,7 +125,7 @@ class OfficialCameraEncoder(nn.Module):
                 f"power of two, got {downsample}"
             )
         width = 32
-        layers = [_conv_norm_silu(CAMERA_CONDITION_CHANNELS, width, stride=1)]
+        layers = [_conv_norm_silu(in_channels, width, stride=1)]
         for _ in range(stages):
             layers.append(_conv_norm_silu(width, 2 * width, stride=2))
             width *= 2

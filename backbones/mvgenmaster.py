@@ -3,22 +3,29 @@
 The pixels of every reference view (views with `ref_mask` True; the others are never used
 as sources, so passing all images is safe) are lifted to 3D with the sample's point map
 (`cond.point_map`, world frame, masked by `cond.point_valid`; a depth map becomes a point
-map through `cameo_cli.cameras.unproject_depth`) and forward-warped into every view at the
-latent resolution. A z-buffer keeps the nearest point per latent cell (ties: the lowest
-source index, so the result is deterministic). The priors enter as extra channels of the
-zero-initialised latent-resolution condition encoder (its only channels with CAT3D's
-`camera_encoder: official`, whose pixel-resolution camera encoder is shared as is):
+map through `cameo_cli.cameras.unproject_depth`) and forward-warped into every view with a
+z-buffer (nearest point per cell; ties: the lowest source index, so the result is
+deterministic). As in the MVGenMaster release (`src/modules/position_encoding.py`,
+`global_position_encoding_3d`; `src/modules/extra_encoder.py`, `ExConvEncoder3`):
 
-- warped colour (3, in [-1, 1]),
-- warped 3D coordinates in the frame of view 0 scaled like the Plücker raymaps
-  (`cameo_cli.cameras.relative_poses`), raw and Fourier-encoded:
-  `[x, sin(2^k π x), cos(2^k π x)]` for k < `num_frequencies` (3 + 6·num_frequencies),
-- validity (1: a point landed in the cell).
+- Depth contraction first: a reference pixel farther than `depth_mid_times` (4) x the
+  median depth m of its view's valid pixels is pulled along its ray to z' = 2m - m^2 / z
+  (< 2m), for the colour and the position prior alike (`contract_depth`).
+- Colour prior at PIXEL resolution: the warped colour (3, in [-1, 1]) and its validity (1),
+  through a strided conv encoder (`OfficialCameraEncoder`'s stack on 4 channels, zero output
+  conv) to `conv_in`'s width at the latent resolution.
+- Position prior at the latent resolution: the warped 3D points in the frame of view 0
+  (scaled like the Plücker raymaps, `cameo_cli.cameras.relative_poses`), each point min-max
+  normalised over its own x, y, z to [0, 1] (`normalise_points`, the release's min/max over
+  the channel axis), Fourier-encoded `[x, sin(2^k π x), cos(2^k π x)]` for k <
+  `num_frequencies` (3 + 6·num_frequencies) and masked, plus its validity (1). It enters
+  the zero-initialised latent-resolution condition encoder (with CAT3D's raymap + mask when
+  `camera_encoder: conv`). In training (`self.training`) element-wise dropout with
+  probability `prior_drop` (0.15) hits these maps only (inverted scaling), drawn from
+  `cond.generator` (the trainer's, so a resumed run draws the same; else torch's global one).
 
-Without a point map or reference images in `cond` the priors are zero (the model then
-acts as CAT3D); training recipes for this backbone need a dataset with geometry. In
-training (`self.training`) the priors of each sample are dropped with probability
-`prior_drop` (0.15). `drop_camera` (CFG) zeroes only the raymap, as for CAT3D.
+Without a point map or reference images in `cond` the priors are zero (the model then acts
+as CAT3D; the sampling pipeline warns). `drop_camera` (CFG) zeroes only the raymap.
 """
 
 from __future__ import annotations
@@ -29,9 +36,16 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from backbones import MVGENMASTER
-from backbones.cat3d import Cat3D
+from backbones.cat3d import Cat3D, OfficialCameraEncoder
 from cameo_cli.backbone import ViewConditioning
-from cameo_cli.cameras import project_points, relative_poses, resize_intrinsics, transform_points
+from cameo_cli.cameras import (
+    camera_centers,
+    point_map_depth,
+    project_points,
+    relative_poses,
+    resize_intrinsics,
+    transform_points,
+)
 
 
 def fourier_features(coords: torch.Tensor, num_frequencies: int) -> torch.Tensor:
@@ -98,15 +112,36 @@ def forward_warp(
     return to_maps(colour), to_maps(world), valid.view(batch, views, height, width)
 
 
+def contract_depth(depth: torch.Tensor, valid: torch.Tensor, times: float) -> torch.Tensor:
+    """The release's depth contraction: z [..., H, W] beyond m = `times` x the median of the
+    view's `valid` depths becomes 2m - m^2 / z (continuous at m, below 2m); the rest is kept."""
+    masked = torch.where(valid, depth, torch.full_like(depth, math.nan))
+    limit = masked.flatten(-2).nanmedian(dim=-1).values[..., None, None] * times
+    far = valid & (depth > limit)
+    contracted = 2 * limit - limit.square() / depth.clamp_min(1e-6)
+    return torch.where(far, contracted, depth)
+
+
+def normalise_points(points: torch.Tensor) -> torch.Tensor:
+    """The release's normalisation of a position prior [..., 3, h, w]: each point's x, y, z
+    min-max scaled over its own three coordinates, (c - min) / (max - min + 1e-6), in [0, 1]."""
+    low = points.amin(dim=-3, keepdim=True)
+    high = points.amax(dim=-3, keepdim=True)
+    return (points - low) / (high - low + 1e-6)
+
+
 class MVGenMaster(Cat3D):
     """CAT3D plus warped-reference geometric priors (see the module docstring)."""
 
     spec = MVGENMASTER
+    uses_priors = True
     option_defaults: dict[str, object] = {
         **Cat3D.option_defaults,
         "prior_drop": 0.15,
         "num_frequencies": 4,
+        "depth_mid_times": 4.0,
     }
+    COLOUR_CHANNELS = 4  # warped colour + validity
 
     def __init__(
         self,
@@ -114,11 +149,16 @@ class MVGenMaster(Cat3D):
         *,
         prior_drop: float,
         num_frequencies: int,
+        depth_mid_times: float,
         **cat3d_options: object,
     ) -> None:
         self.prior_drop = prior_drop
         self.num_frequencies = num_frequencies
+        self.depth_mid_times = depth_mid_times
         super().__init__(unet, **cat3d_options)
+        self.prior_encoder = OfficialCameraEncoder(
+            unet.conv_in.out_channels, self.downsample, in_channels=self.COLOUR_CHANNELS
+        )
 
     @classmethod
     def _wrap(
@@ -128,56 +168,100 @@ class MVGenMaster(Cat3D):
             model,
             prior_drop=float(settings["prior_drop"]),
             num_frequencies=int(settings["num_frequencies"]),
+            depth_mid_times=float(settings["depth_mid_times"]),
             **cls.cat3d_arguments(settings),
         )
 
-    def prior_channels(self) -> int:
-        return 3 + (3 + 6 * self.num_frequencies) + 1
+    def position_channels(self) -> int:
+        return 3 + 6 * self.num_frequencies + 1
 
     def condition_channels(self) -> int:
-        return super().condition_channels() + self.prior_channels()
+        return super().condition_channels() + self.position_channels()
 
     def condition_maps(self, latents: torch.Tensor, cond: ViewConditioning) -> torch.Tensor:
-        """CAT3D's raymap + mask, then the geometric priors."""
+        """CAT3D's raymap + mask (with `camera_encoder: conv`), then the position prior."""
         camera = super().condition_maps(latents, cond)
-        return torch.cat([camera, self.geometric_priors(latents, cond)], dim=2)
+        return torch.cat([camera, self.position_prior(latents, cond)], dim=2)
 
-    def geometric_priors(self, latents: torch.Tensor, cond: ViewConditioning) -> torch.Tensor:
-        """[B, F, prior_channels, h, w] warped from the reference views (zero without geometry)."""
-        batch, views, _, height, width = latents.shape
+    def conv_in_addition(self, latents: torch.Tensor, cond: ViewConditioning) -> torch.Tensor:
+        """CAT3D's encoders plus the encoded pixel-resolution colour prior."""
+        colour = self.colour_prior(cond).flatten(0, 1)
+        encoded = self.prior_encoder(colour.to(self.prior_encoder.out.weight.dtype))
+        return super().conv_in_addition(latents, cond) + encoded
+
+    def reference_points(self, cond: ViewConditioning) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(world points [B, F, 3, H, W] with contracted depth, source mask [B, F, H, W]) of
+        the reference pixels with geometry; None without a point map or reference images."""
         if cond.point_map is None or cond.ref_images is None:
-            return latents.new_zeros(batch, views, self.prior_channels(), height, width).float()
+            return None
         points = cond.point_map.float()
-        images = cond.ref_images.float()
-        if points.shape != images.shape:
+        if points.shape != cond.ref_images.shape:
             raise ValueError(
                 f"cond.point_map {tuple(points.shape)} and cond.ref_images "
-                f"{tuple(images.shape)} must have the same shape"
+                f"{tuple(cond.ref_images.shape)} must have the same shape"
             )
+        w2c = cond.world_to_camera.float()
         source = cond.ref_mask.bool()[:, :, None, None].expand(-1, -1, *points.shape[-2:])
         if cond.point_valid is not None:
             source = source & cond.point_valid.bool()
-        source = source & torch.isfinite(points).all(dim=2)
-        colour, world, valid = forward_warp(
-            images.permute(0, 1, 3, 4, 2).reshape(batch, -1, 3),
-            points.nan_to_num().permute(0, 1, 3, 4, 2).reshape(batch, -1, 3),
+        points = points.nan_to_num()
+        depth = point_map_depth(points, w2c)
+        source = source & torch.isfinite(cond.point_map).all(dim=2) & (depth > 1e-6)
+        ratio = contract_depth(depth, source, self.depth_mid_times) / depth.clamp_min(1e-6)
+        centres = camera_centers(w2c)[..., None, None]
+        points = centres + (points - centres) * torch.where(source, ratio, 1.0)[:, :, None]
+        return points, source
+
+    def _warp(
+        self, cond: ViewConditioning, grid: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        reference = self.reference_points(cond)
+        if reference is None:
+            return None
+        points, source = reference
+        batch = points.shape[0]
+        return forward_warp(
+            cond.ref_images.float().permute(0, 1, 3, 4, 2).reshape(batch, -1, 3),
+            points.permute(0, 1, 3, 4, 2).reshape(batch, -1, 3),
             source.reshape(batch, -1),
             cond.intrinsics.float(),
             cond.world_to_camera.float(),
-            (height, width),
+            grid,
             tuple(cond.image_size),
         )
+
+    def colour_prior(self, cond: ViewConditioning) -> torch.Tensor:
+        """[B, F, 4, H, W]: the references' colour warped at pixel resolution, then validity
+        (zero without geometry)."""
+        size = tuple(cond.image_size)
+        warped = self._warp(cond, size)
+        if warped is None:
+            return cond.intrinsics.new_zeros(*cond.ref_mask.shape, self.COLOUR_CHANNELS, *size)
+        colour, _, valid = warped
+        return torch.cat([colour, valid[:, :, None].float()], dim=2)
+
+    def position_prior(self, latents: torch.Tensor, cond: ViewConditioning) -> torch.Tensor:
+        """[B, F, position_channels, h, w]: normalised, Fourier-encoded warped points, then
+        validity (zero without geometry); element-wise dropout in training."""
+        batch, views, _, height, width = latents.shape
+        warped = self._warp(cond, (height, width))
+        if warped is None:
+            return latents.new_zeros(batch, views, self.position_channels(), height, width).float()
+        _, world, valid = warped
         _, scale = relative_poses(cond.world_to_camera.float())
         view0 = cond.world_to_camera[:, 0].float()
         coords = transform_points(view0[:, None], world.flatten(3).transpose(-1, -2))
-        coords = (
-            (coords / scale[:, None, None, None]).transpose(-1, -2).unflatten(-1, (height, width))
-        )
+        coords = (coords / scale[:, None, None, None]).transpose(-1, -2)
+        coords = normalise_points(coords.unflatten(-1, (height, width)))
         mask = valid[:, :, None].float()
-        priors = torch.cat(
-            [colour, fourier_features(coords, self.num_frequencies) * mask, mask], dim=2
-        )
+        priors = torch.cat([fourier_features(coords, self.num_frequencies) * mask, mask], dim=2)
         if self.training and self.prior_drop > 0:
-            keep = torch.rand(batch, device=priors.device) >= self.prior_drop
-            priors = priors * keep[:, None, None, None, None].to(priors.dtype)
+            priors = self._dropout(priors, cond.generator)
         return priors
+
+    def _dropout(self, maps: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Element-wise dropout with probability `prior_drop`, kept values scaled by 1 / (1 - p)."""
+        if self.prior_drop >= 1:
+            return torch.zeros_like(maps)
+        draw = torch.rand(maps.shape, generator=generator, device=maps.device)
+        return maps * (draw >= self.prior_drop).to(maps.dtype) / (1 - self.prior_drop)

@@ -61,6 +61,9 @@ class ViewConditioning:
     point_map: torch.Tensor | None = None  # [B, F, 3, H, W] world frame; for geometric priors
     point_valid: torch.Tensor | None = None  # [B, F, H, W] bool
     domain: torch.Tensor | None = None  # [B] long; for backbones with domain embeddings
+    # training-time draws inside the backbone (MVGenMaster's prior dropout): the trainer's
+    # generator, so that a resumed run draws the same; None: torch's global generator
+    generator: torch.Generator | None = None
 
     @classmethod
     def from_views(
@@ -96,10 +99,15 @@ class ViewConditioning:
 
     @classmethod
     def from_batch(
-        cls, batch: ViewBatch, *, drop_camera: torch.Tensor | None = None
+        cls,
+        batch: ViewBatch,
+        *,
+        drop_camera: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> ViewConditioning:
-        """The conditioning of a `ViewBatch` (on its device), by `from_views`'s rule."""
-        return cls.from_views(
+        """The conditioning of a `ViewBatch` (on its device), by `from_views`'s rule, with
+        the trainer's `generator` for the backbone's own training-time draws."""
+        cond = cls.from_views(
             batch.images,
             batch.intrinsics,
             batch.world_to_camera,
@@ -109,6 +117,8 @@ class ViewConditioning:
             point_valid=batch.point_valid,
             domain=batch.domain,
         )
+        cond.generator = generator
+        return cond
 
     def check(self, batch: int, views: int) -> None:
         """Raise ValueError unless every tensor is shaped for `batch` samples of `views`."""
@@ -170,6 +180,9 @@ class MultiViewBackbone(nn.Module, ABC):
     pretrained_subfolder: ClassVar[str]
     variants: tuple[str, ...] = ("tiny", "full")
     option_defaults: dict[str, object] = {}  # every option `build` accepts, with its default
+    # True when the adapter reads the references' geometry (`cond.point_map`): sampling
+    # without it runs the model with zero priors, and the pipeline warns
+    uses_priors: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)

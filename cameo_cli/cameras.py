@@ -293,6 +293,13 @@ def unproject_depth(depth: torch.Tensor, K: torch.Tensor, w2c: torch.Tensor) -> 
     return world + c2w[..., :3, 3, None, None]
 
 
+def point_map_depth(points: torch.Tensor, w2c: torch.Tensor) -> torch.Tensor:
+    """World points [..., 3, H, W] + w2c [..., 4, 4] -> their z-depth [..., H, W] in that
+    camera (the inverse of `unproject_depth` for the camera that saw them)."""
+    rotation_z, translation_z = w2c[..., 2, :3], w2c[..., 2, 3]
+    return torch.einsum("...j,...jhw->...hw", rotation_z, points) + translation_z[..., None, None]
+
+
 # -- Plücker raymaps --------------------------------------------------------------------------
 
 

@@ -311,6 +311,16 @@ def load_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict[str, 
         raise CameoError(f"{path}: cannot read the safetensors file ({error})") from None
 
 
+def read_npy(path: str | os.PathLike, what: str = "array") -> np.ndarray:
+    """A NumPy `.npy` file (no pickled objects); missing, truncated or not .npy -> CameoError
+    naming it."""
+    data = read_bytes(path, what)
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise CameoError(f"{path}: cannot read the .npy {what} ({error})") from None
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """An image file as uint8 RGB [H, W, 3]; missing or not a readable image -> CameoError."""
     path = Path(path)

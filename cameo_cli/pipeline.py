@@ -18,11 +18,18 @@ camera channels (`ViewConditioning.drop_camera`). The backbone sees F = N refere
 (F - N) targets at a time; the references stay clean at every step (only the target latents
 are stepped) and more targets than fit are processed in groups, the last one padded with
 copies of its final camera.
+
+Geometric priors (MVGenMaster, `backbone.uses_priors`): `depths=` gives each reference's
+z-depth map ([H, W] at its image's size, in the world units of its camera; 0, negative or
+non-finite = unknown); it is resized and cropped like the image (nearest), unprojected with
+the reference's camera into a point map and passed as `ViewConditioning.point_map`. Without
+it such a backbone samples with zero priors, and the pipeline says so once.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,19 +37,23 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from cameo_cli import cameras as camera_math
 from cameo_cli import io
 from cameo_cli.backbone import MultiViewBackbone, ViewConditioning
-from cameo_cli.batch import domain_index
+from cameo_cli.batch import ViewBatch, domain_index
 from cameo_cli.camera_files import CameraSet
 from cameo_cli.codec import ImageCodec, load_codec
 from cameo_cli.config import DataConfig, DiffusionConfig, Recipe
 from cameo_cli.diffusion import make_sampler
 from cameo_cli.errors import CameoError
 
+log = logging.getLogger(__name__)
+
 ImageInput = Image.Image | torch.Tensor | Sequence[Image.Image | torch.Tensor]
+DepthInput = torch.Tensor | np.ndarray | Sequence[torch.Tensor | np.ndarray]
 # callback_on_step_end(pipeline, step index in the group, timestep, {"latents": targets})
 # returns the dict, with "latents" possibly replaced.
 StepCallback = Callable[["MultiViewPipeline", int, torch.Tensor, dict], dict]
@@ -66,14 +77,28 @@ class MultiViewPipelineOutput:
 
 @dataclass
 class PreparedViews:
-    """The call's inputs at the sampling size: images [N, 3, R, R] in [0, 1] and pixel
-    intrinsics / OpenCV world-to-camera (float32) of references and targets."""
+    """The call's inputs at the sampling size: images [N, 3, R, R] in [0, 1], pixel
+    intrinsics / OpenCV world-to-camera (float32) of references and targets, and the
+    references' z-depth [N, R, R] when given (0 where unknown)."""
 
     images: torch.Tensor
     reference_intrinsics: torch.Tensor
     reference_world_to_camera: torch.Tensor
     target_intrinsics: torch.Tensor
     target_world_to_camera: torch.Tensor
+    reference_depth: torch.Tensor | None = None
+
+    def reference_points(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(world points [N, 3, R, R], valid [N, R, R]) of the references' depth, or None."""
+        if self.reference_depth is None:
+            return None
+        depth = self.reference_depth
+        valid = torch.isfinite(depth) & (depth > 0)
+        depth = torch.where(valid, depth, torch.zeros_like(depth))
+        points = camera_math.unproject_depth(
+            depth, self.reference_intrinsics, self.reference_world_to_camera
+        )
+        return points, valid
 
 
 def default_device() -> torch.device:
@@ -97,6 +122,36 @@ def resize_center_crop(image: torch.Tensor, resolution: int) -> torch.Tensor:
         picture = picture.resize((resized_w, resized_h), Image.Resampling.BICUBIC)
     array = np.asarray(picture)[top : top + resolution, left : left + resolution]
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
+
+
+def resize_center_crop_depth(depth: torch.Tensor, resolution: int) -> torch.Tensor:
+    """A depth map [H, W] resized (nearest: no depth is blended across an edge) and
+    centre-cropped exactly like its image (`resize_center_crop`)."""
+    resized_h, resized_w, top, left = camera_math.resize_center_crop_box(
+        tuple(depth.shape), resolution
+    )
+    resized = F.interpolate(depth[None, None], size=(resized_h, resized_w), mode="nearest-exact")
+    return resized[0, 0, top : top + resolution, left : left + resolution]
+
+
+def depth_tensors(depths: DepthInput, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """One z-depth map [H, W] per reference, each the size of its image -> float32 tensors."""
+    if isinstance(depths, torch.Tensor | np.ndarray):
+        depths = list(depths)
+    if len(depths) != len(sizes):
+        raise CameoError(
+            f"{len(sizes)} reference images need {len(sizes)} depth maps, got {len(depths)}"
+        )
+    out = []
+    for i, (depth, size) in enumerate(zip(depths, sizes, strict=True)):
+        depth = torch.as_tensor(depth)
+        if depth.dim() != 2 or tuple(depth.shape) != size:
+            raise CameoError(
+                f"depth map {i} is {list(depth.shape)}, its image is {size[0]}x{size[1]}: give "
+                "one [H, W] z-depth map per reference, the size of its image"
+            )
+        out.append(depth.float().cpu())
+    return out
 
 
 def image_tensors(images: ImageInput) -> list[torch.Tensor]:
@@ -147,6 +202,7 @@ class MultiViewPipeline:
         self.codec.to(self.device)
         self.recipe: Recipe | None = None  # set by `from_pretrained`
         self.step: int | None = None
+        self._warned_no_depth = False
 
     @classmethod
     def from_pretrained(
@@ -193,8 +249,10 @@ class MultiViewPipeline:
         cameras: CameraSet,
         target_cameras: CameraSet,
         resolution: int | None = None,
+        depths: DepthInput | None = None,
     ) -> PreparedViews:
-        """Images and cameras at the sampling size (`resolution`, else the pipeline's)."""
+        """Images, cameras and the references' depth (optional) at the sampling size
+        (`resolution`, else the pipeline's)."""
         if not isinstance(cameras, CameraSet) or not isinstance(target_cameras, CameraSet):
             raise CameoError(
                 "give the cameras as CameraSets (cameo_cli.camera_files: read_cameras(path) or "
@@ -206,6 +264,7 @@ class MultiViewPipeline:
         if len(target_cameras) < 1:
             raise CameoError("give at least one target camera")
         sizes = [tuple(image.shape[-2:]) for image in tensors]
+        depth = None if depths is None else depth_tensors(depths, sizes)
         resolution = resolution or self.resolution
         if resolution is None:
             if len(set(sizes)) > 1:
@@ -213,6 +272,7 @@ class MultiViewPipeline:
             ref_K = cameras.pixel_intrinsics(sizes)
             target_K = target_cameras.pixel_intrinsics([sizes[0]] * len(target_cameras))
             stacked = torch.stack(tensors)
+            depth = None if depth is None else torch.stack(depth)
         else:
             ref_K, _ = cameras.at_resolution(sizes, resolution)
             target_sizes = [size or sizes[0] for size in target_cameras.image_sizes]
@@ -225,12 +285,15 @@ class MultiViewPipeline:
                     for image in tensors
                 ]
             )
+            if depth is not None:
+                depth = torch.stack([resize_center_crop_depth(d, resolution) for d in depth])
         return PreparedViews(
             stacked,
             ref_K.float(),
             cameras.world_to_camera.float(),
             target_K.float(),
             target_cameras.world_to_camera.float(),
+            depth,
         )
 
     @torch.no_grad()
@@ -247,6 +310,7 @@ class MultiViewPipeline:
         output_type: str = "pil",
         callback_on_step_end: StepCallback | None = None,
         resolution: int | None = None,
+        depths: DepthInput | None = None,
         **renamed: Any,
     ) -> MultiViewPipelineOutput:
         """Generate one view per target camera.
@@ -258,6 +322,8 @@ class MultiViewPipeline:
         - `eta`: DDIM's stochasticity (0 deterministic); other schedulers take none.
         - `callback_on_step_end(pipeline, i, t, {"latents": ...})` after every step of every
           group; it returns the dict, whose "latents" replace the group's target latents.
+        - `depths`: the references' z-depth maps (see the module docstring), for backbones
+          with geometric priors.
         """
         for old in renamed:
             new = _RENAMED.get(old)
@@ -273,7 +339,8 @@ class MultiViewPipeline:
             raise CameoError(f"eta {eta}: only the ddim scheduler takes eta")
         if generator is not None and generator.device.type != "cpu":
             raise CameoError("give a CPU generator: the noise is drawn on the CPU")
-        views = self.prepare(images, cameras, target_cameras, resolution)
+        views = self.prepare(images, cameras, target_cameras, resolution, depths)
+        self._check_priors(views)
         references, count = views.images.shape[0], views.target_world_to_camera.shape[0]
         slots = self.num_views - references
         if slots < 1:
@@ -302,6 +369,7 @@ class MultiViewPipeline:
                 noise[group * slots : (group + 1) * slots].to(self.device),
                 torch.cat([views.reference_intrinsics, views.target_intrinsics[chosen]]),
                 torch.cat([views.reference_world_to_camera, views.target_world_to_camera[chosen]]),
+                views.reference_points(),
                 steps=num_inference_steps,
                 guidance=guidance_scale,
                 step_options={
@@ -320,6 +388,20 @@ class MultiViewPipeline:
             return MultiViewPipelineOutput(result.permute(0, 2, 3, 1).numpy())
         return MultiViewPipelineOutput([Image.fromarray(io.to_uint8(image)) for image in result])
 
+    def _check_priors(self, views: PreparedViews) -> None:
+        """Say once when a backbone with geometric priors samples without them."""
+        if (
+            views.reference_depth is None
+            and self.backbone.uses_priors
+            and not self._warned_no_depth
+        ):
+            self._warned_no_depth = True
+            log.warning(
+                "backbone '%s' uses geometric priors but no reference depth was given "
+                "(depths=, `cameo sample --depths`): sampling with zero priors",
+                self.backbone.name,
+            )
+
     def _autocast(self) -> torch.autocast:
         return torch.autocast(
             self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32
@@ -332,6 +414,7 @@ class MultiViewPipeline:
         noise: torch.Tensor,
         intrinsics: torch.Tensor,
         world_to_camera: torch.Tensor,
+        reference_points: tuple[torch.Tensor, torch.Tensor] | None,
         *,
         steps: int,
         guidance: float,
@@ -349,12 +432,23 @@ class MultiViewPipeline:
         # Target views have no image: `from_views` blanks whatever stands in their place.
         view_images = torch.cat([images, images.new_zeros(views - references, *images.shape[1:])])
         ref_mask = torch.arange(views, device=self.device) < references
+        point_map = point_valid = None
+        if reference_points is not None:
+            points, valid = (t.to(self.device) for t in reference_points)
+            point_map = _batched(
+                torch.cat([points, points.new_zeros(views - references, *points.shape[1:])]), batch
+            )
+            point_valid = _batched(
+                torch.cat([valid, valid.new_zeros(views - references, *valid.shape[1:])]), batch
+            )
         cond = ViewConditioning.from_views(
             _batched(view_images, batch),
             _batched(intrinsics.to(self.device, torch.float32), batch),
             _batched(world_to_camera.to(self.device, torch.float32), batch),
             _batched(ref_mask, batch),
             drop_camera=torch.tensor([False, True][:batch], device=self.device),
+            point_map=point_map,
+            point_valid=point_valid,
             domain=torch.full((batch,), self.domain, device=self.device),
         )
         self.backbone.set_num_views(views)
@@ -375,6 +469,18 @@ class MultiViewPipeline:
             if callback is not None:
                 targets = callback(self, index, timestep, {"latents": targets})["latents"]
         return targets
+
+
+def reference_depth(batch: ViewBatch, sample: int) -> torch.Tensor | None:
+    """[N, H, W] z-depth of sample `sample`'s references from its point map (0 where not
+    valid), or None when the batch has no geometry."""
+    if batch.point_map is None:
+        return None
+    refs = batch.ref_mask[sample]
+    depth = camera_math.point_map_depth(
+        batch.point_map[sample][refs], batch.world_to_camera[sample][refs]
+    )
+    return torch.where(batch.point_valid[sample][refs], depth, torch.zeros_like(depth))
 
 
 def _batched(tensor: torch.Tensor, batch: int) -> torch.Tensor:

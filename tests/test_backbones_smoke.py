@@ -87,8 +87,8 @@ def test_every_backbone_is_covered():
 @pytest.mark.parametrize("name", NAMES)
 def test_tiny_forward_backward_finite_gradients(name: str):
     """Build tiny, forward F = 4 views, backward: every trainable parameter gets a finite
-    gradient (none is left out of the graph), and the modules cameo adds outside the wrapped
-    diffusers model (zero-initialised camera input, learned null text) get a non-zero one."""
+    gradient (none is left out of the graph), and each module cameo adds outside the wrapped
+    diffusers model (zero-initialised camera input, learned null text) gets a non-zero one."""
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(1)
     backbone = registry.build_backbone(name, "tiny", in_channels=4).train()
@@ -107,7 +107,11 @@ def test_tiny_forward_backward_finite_gradients(name: str):
     assert not_finite == []
     added = {n: p for n, p in trainable.items() if not n.startswith("model.")}
     assert added, "a backbone must add a camera input outside the wrapped model"
-    assert sorted(n for n, p in added.items() if p.grad.abs().max() == 0) == []
+    # each added module learns from the first step; inside a stack ending in a zero conv
+    # (MVGenMaster's colour-prior encoder) only that conv does until it is non-zero
+    modules = {n.split(".")[0] for n in added}
+    learning = {n.split(".")[0] for n, p in added.items() if p.grad.abs().max() > 0}
+    assert sorted(modules - learning) == []
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -13,7 +13,13 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 
 from backbones import CAT3D, MVGENMASTER
 from backbones.cat3d import TINY_UNET, Cat3D, remove_cross_attention
-from backbones.mvgenmaster import MVGenMaster, forward_warp, fourier_features
+from backbones.mvgenmaster import (
+    MVGenMaster,
+    contract_depth,
+    forward_warp,
+    fourier_features,
+    normalise_points,
+)
 from cameo_cli.backbone import ViewConditioning
 from cameo_cli.cameras import intrinsics_matrix, unproject_depth
 from cameo_cli.errors import CameoError
@@ -395,22 +401,87 @@ def test_forward_warp_z_buffer_keeps_nearest():
     assert torch.equal(colour[0, 0][:, :, 4:], colours[0, 0][:, ::4, 16::4])
 
 
-def test_priors_use_reference_views_only_and_drop():
+def test_priors_use_reference_views_only():
     model = build("mvgenmaster")
     cond = make_cond(1, 3)
     latents = torch.zeros(1, 3, 4, SIZE, SIZE)
-    priors = model.geometric_priors(latents, cond)
-    assert priors.shape == (1, 3, model.prior_channels(), SIZE, SIZE)
+    position, colour = model.position_prior(latents, cond), model.colour_prior(cond)
+    assert position.shape == (1, 3, model.position_channels(), SIZE, SIZE)
+    assert colour.shape == (1, 3, 4, SIZE, SIZE)
     changed = copy.deepcopy(cond)
     changed.ref_images[:, 1:] = 0.3  # target views' pixels must not leak into the priors
     changed.point_map[:, 1:] += 1.0
-    assert torch.equal(model.geometric_priors(latents, changed), priors)
-    assert priors[0, 0, -1].mean() > 0.9 and priors[:, :, -1].sum() > 0  # validity channel
+    assert torch.equal(model.position_prior(latents, changed), position)
+    assert torch.equal(model.colour_prior(changed), colour)
+    assert position[0, 0, -1].mean() > 0.9 and position[:, :, -1].sum() > 0  # validity
     cond.point_map = None
-    assert not model.geometric_priors(latents, cond).any()
-    train = build("mvgenmaster", prior_drop=1.0).train()
-    assert not train.geometric_priors(latents, make_cond(1, 3)).any()
-    assert train.eval().geometric_priors(latents, make_cond(1, 3)).any()
+    assert not model.position_prior(latents, cond).any() and not model.colour_prior(cond).any()
+
+
+def test_colour_prior_identity_camera_is_the_reference():
+    """A target with the reference's own camera gets the reference's pixels, every one."""
+    model = build("mvgenmaster")
+    cond = make_cond(1, 2)
+    cond.world_to_camera[:, 1] = cond.world_to_camera[:, 0]
+    colour = model.colour_prior(cond)
+    assert colour[0, :, 3].all()  # every pixel of both views is seen
+    assert torch.equal(colour[0, 1, :3], cond.ref_images[0, 0].float())
+    assert torch.equal(colour[0, 0, :3], cond.ref_images[0, 0].float())
+
+
+def test_colour_prior_is_warped_at_pixel_resolution():
+    """The plane scene shifted by 8 px: the target's columns 0-23 are the reference's 8-31
+    pixel for pixel (latent-resolution point sampling would keep 1 pixel in 16)."""
+    K, w2c, points, colours = plane_scene(shift=0.5)
+    cond = ViewConditioning(K.clone(), w2c, torch.tensor([[True, False]]), (32, 32))
+    cond.point_map = torch.cat([points, torch.zeros_like(points)], dim=1)
+    cond.ref_images = torch.cat([colours * 2 - 1, torch.zeros_like(colours)], dim=1)
+    colour = build("mvgenmaster").colour_prior(cond)
+    assert torch.equal(colour[0, 1, :3, :, :24], cond.ref_images[0, 0, :, :, 8:])
+    assert colour[0, 1, 3, :, :24].all() and not colour[0, 1, 3, :, 24:].any()
+
+
+def test_depth_contraction_against_hand_computation():
+    # valid depths 1, 2, 3, 100: median 2 (torch.median, as the release: the lower middle
+    # value), limit 2 x 2 = 4; 100 -> 2 * 4 - 4^2 / 100 = 7.84, the others kept
+    depth = torch.tensor([[1.0, 2.0], [3.0, 100.0]])
+    valid = torch.ones(2, 2, dtype=torch.bool)
+    expected = torch.tensor([[1.0, 2.0], [3.0, 7.84]])
+    assert torch.allclose(contract_depth(depth, valid, 2.0), expected)
+    # an invalid pixel is neither in the median nor contracted; 3 > limit 1 x 2 -> 4 - 4 / 3
+    valid[1, 1] = False
+    out = contract_depth(depth, valid, 1.0)
+    assert out[1, 1] == 100.0 and out[0, 1] == 2.0
+    assert math.isclose(out[1, 0].item(), 4 - 4 / 3, rel_tol=1e-6)
+
+
+def test_normalise_points_against_hand_computation():
+    # the point (2, -1, 5): min -1, max 5 -> (3/6, 0, 1); the release's min/max over x, y, z
+    points = torch.tensor([2.0, -1.0, 5.0]).view(3, 1, 1)
+    expected = torch.tensor([0.5, 0.0, 1.0])
+    assert torch.allclose(normalise_points(points).flatten(), expected, atol=1e-6)
+
+
+def test_prior_dropout_is_element_wise_reproducible_and_position_only():
+    model = build("mvgenmaster", prior_drop=0.5).train()
+    latents = torch.zeros(1, 3, 4, SIZE, SIZE)
+    cond = make_cond(1, 3)
+    clean = copy.deepcopy(model).eval().position_prior(latents, cond)
+    draws = []
+    for seed, global_seed in ((7, 0), (7, 1), (8, 1)):
+        torch.manual_seed(global_seed)  # torch's global RNG plays no part
+        cond.generator = torch.Generator().manual_seed(seed)
+        draws.append(model.position_prior(latents, cond))
+    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
+    kept = draws[0] != 0
+    assert torch.allclose(draws[0][kept], 2 * clean[kept])  # inverted scaling 1 / (1 - p)
+    dropped = (clean != 0) & ~kept
+    fraction = dropped.sum() / (clean != 0).sum()
+    assert 0.4 < fraction < 0.6  # element-wise, not whole samples
+    assert dropped[0, 0].any() and kept[0, 0].any()  # within one view
+    cond.generator = torch.Generator().manual_seed(7)
+    assert torch.equal(model.colour_prior(cond), copy.deepcopy(model).eval().colour_prior(cond))
+    assert not build("mvgenmaster", prior_drop=1.0).train().position_prior(latents, cond).any()
 
 
 def test_fourier_features_values():
@@ -443,3 +514,23 @@ def test_bad_conditioning_shapes_are_reported():
         model(latents, timesteps, cond)
     with pytest.raises(ValueError, match="timesteps"):
         model(latents, timesteps.repeat(2), make_cond(1, 2))
+
+
+def test_colour_prior_from_exact_synthetic_depth_reproduces_the_target(synthetic_dataset):
+    """On a rendered scene with its exact depth, the reference warped into a target view is
+    that view where it lands (the reprojection line), far above the reference copied as is."""
+    from cameo_cli.batch import ViewBatch
+    from cameo_cli.data.dataset import MultiViewDataset
+
+    dataset = MultiViewDataset(synthetic_dataset, num_views=2, min_refs=1, max_refs=1)
+    views = ViewBatch.from_item(dataset.get_views("synth-00000", [0, 1], 1))
+    colour = build("mvgenmaster").colour_prior(ViewConditioning.from_batch(views))
+    seen = colour[0, 1, 3] > 0
+    truth = views.images[0, 1]
+
+    def psnr(image: torch.Tensor) -> float:
+        error = ((image - truth) / 2)[:, seen]
+        return -10 * math.log10(error.square().mean().item())
+
+    assert seen.float().mean() > 0.6
+    assert psnr(colour[0, 1, :3]) > 22 and psnr(colour[0, 1, :3]) > psnr(views.images[0, 0]) + 5

@@ -13,12 +13,13 @@ from torch import nn
 from cameo_cli.backbone import ViewConditioning
 from cameo_cli.batch import ViewBatch
 from cameo_cli.camera_files import CameraSet
+from cameo_cli.cameras import unproject_depth
 from cameo_cli.codec import PixelCodec
 from cameo_cli.config import DataConfig, DiffusionConfig
 from cameo_cli.data.dataset import MultiViewDataset
 from cameo_cli.diagnose.job import DiagnosedModel, probe_all
 from cameo_cli.diffusion import make_train_scheduler, noise_targets
-from cameo_cli.pipeline import MultiViewPipeline
+from cameo_cli.pipeline import MultiViewPipeline, reference_depth
 from cameo_cli.train.data import make_loader
 from cameo_cli.train.validation import one_step_views
 from tests.stubs import StubBackbone
@@ -129,6 +130,8 @@ def test_noise_targets_matches_the_forward_process_in_float64():
 
 def test_target_conditioning_is_identical_in_train_validation_diagnose_and_pipeline():
     batch = make_batch(batch=1, views=4, refs=2).with_domain("co3d")  # as the trainer's
+    depth = 1 + torch.rand(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    batch.point_map = unproject_depth(depth, batch.intrinsics, batch.world_to_camera)
     train = ViewConditioning.from_batch(batch, drop_camera=torch.tensor([False]))
 
     backbone = RecordingBackbone()
@@ -150,7 +153,14 @@ def test_target_conditioning_is_identical_in_train_validation_diagnose_and_pipel
     size = tuple(images.shape[-2:])
     refs_set = CameraSet.from_pixel(K[refs], w2c[refs], size)
     targets_set = CameraSet.from_pixel(K[~refs], w2c[~refs], size)
-    pipeline(images[refs], refs_set, targets_set, num_inference_steps=1, guidance_scale=2.0)
+    pipeline(
+        images[refs],
+        refs_set,
+        targets_set,
+        num_inference_steps=1,
+        guidance_scale=2.0,
+        depths=reference_depth(batch, 0),  # as validation's `sampled_views` passes it
+    )
     validation, diagnose, sampling = backbone.conds[0], backbone.conds[1], backbone.conds[2]
     sampling = ViewConditioning(  # the conditional branch of the guided pair
         sampling.intrinsics[:1],
@@ -158,12 +168,18 @@ def test_target_conditioning_is_identical_in_train_validation_diagnose_and_pipel
         sampling.ref_mask[:1],
         sampling.image_size,
         ref_images=sampling.ref_images[:1],
+        point_map=sampling.point_map[:1],
+        point_valid=sampling.point_valid[:1],
         domain=sampling.domain[:1],
     )
     for cond in (validation, diagnose, sampling):
         assert cond.image_size == train.image_size
         for name in ("intrinsics", "world_to_camera", "ref_mask", "ref_images", "domain"):
             assert torch.equal(getattr(cond, name), getattr(train, name)), name
-    for cond in (validation, diagnose):  # the pipeline has no point maps to give
+    for cond in (validation, diagnose):
         assert torch.equal(cond.point_map, train.point_map)
         assert torch.equal(cond.point_valid, train.point_valid)
+    # the pipeline rebuilds the references' points from their depth: the same where valid
+    assert torch.equal(sampling.point_valid, train.point_valid)
+    valid = train.point_valid[:, :, None].expand_as(train.point_map)
+    torch.testing.assert_close(sampling.point_map[valid], train.point_map[valid])

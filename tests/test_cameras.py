@@ -190,6 +190,17 @@ def test_project_points_analytic() -> None:
     torch.testing.assert_close(depth, torch.tensor([2.0], dtype=f64))
 
 
+def test_point_map_depth_analytic_and_inverts_unprojection() -> None:
+    w2c = make_w2c(torch.eye(3, dtype=f64), [0.0, 0.0, 1.0])  # camera at z = -1
+    points = torch.tensor([0.5, -0.2, 1.0], dtype=f64).view(3, 1, 1)
+    assert cameras.point_map_depth(points, w2c).item() == pytest.approx(2.0)
+    w2c = random_w2c((2,), seed=4)
+    K = torch.tensor([[30.0, 0, 16.0], [0, 28.0, 12.0], [0, 0, 1]], dtype=f64).expand(2, 3, 3)
+    depth = 1.0 + torch.rand(2, 24, 32, dtype=f64)
+    points = cameras.unproject_depth(depth, K, w2c)
+    torch.testing.assert_close(cameras.point_map_depth(points, w2c), depth)
+
+
 # -- Plücker raymaps -----------------------------------------------------------------------------
 
 

@@ -231,3 +231,24 @@ def test_missing_lpips_weights_and_unknown_metric(
     assert not out.exists()
     result = evaluate(tiny_run, eval_dataset, out, "--metrics", "psnr,fid")
     assert result.exit_code == 2 and "unknown metrics fid" in result.output
+
+
+def test_priors_label_names_the_depth_source(synthetic_dataset: Path) -> None:
+    from types import SimpleNamespace
+
+    from cameo_cli.data.dataset import MultiViewDataset
+    from cameo_cli.evaluate.job import priors_label
+
+    with_priors = SimpleNamespace(backbone=SimpleNamespace(uses_priors=True))
+    synthetic = MultiViewDataset(synthetic_dataset, num_views=2, min_refs=1, max_refs=1)
+    assert priors_label(synthetic, with_priors) == "dataset depth (exact on synthetic)"
+    assert (
+        priors_label(synthetic, SimpleNamespace(backbone=SimpleNamespace(uses_priors=False)))
+        is None
+    )
+    vggt = SimpleNamespace(
+        has_geometry=True, index={"source": {"dataset": "re10k"}, "scenes": {"a": {"vggt_fit": {}}}}
+    )
+    assert "VGGT over windows that include the target frames" in priors_label(vggt, with_priors)
+    vggt.has_geometry = False
+    assert priors_label(vggt, with_priors).startswith("none")

@@ -157,6 +157,9 @@ def other_backbone_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory)
         ("backbone", "holds a 'cat3d' backbone but its recipe names 'hunyuan-dit'"),
         ("not_empty", "folder is not empty"),
         ("checkpoint", "no such run or checkpoint folder"),
+        ("depth_file", "bad.npy: cannot read the .npy depth map"),
+        ("depth_size", "small.npy: depth map is 16x16, its image is 32x32"),
+        ("depth_count", "--depths: 1 depth maps for 2 --views"),
     ],
 )
 def test_bad_input_is_one_clear_error_and_writes_nothing(
@@ -191,12 +194,37 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(
         (out / "keep.txt").write_text("mine")
     elif case == "checkpoint":
         args[args.index(tiny_run)] = tmp_path / "no-run"
+    elif case == "depth_file":
+        (tmp_path / "bad.npy").write_text("not an array")
+        np.save(tmp_path / "good.npy", np.ones((32, 32), np.float32))
+        args += ["--depths", tmp_path / "good.npy", tmp_path / "bad.npy"]
+    elif case == "depth_size":
+        np.save(tmp_path / "good.npy", np.ones((32, 32), np.float32))
+        np.save(tmp_path / "small.npy", np.ones((16, 16), np.float32))
+        args += ["--depths", tmp_path / "good.npy", tmp_path / "small.npy"]
+    elif case == "depth_count":
+        np.save(tmp_path / "good.npy", np.ones((32, 32), np.float32))
+        args += ["--depths", tmp_path / "good.npy"]
     result = run(*args)
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
     if case == "not_empty":
         assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     else:
         assert not out.exists()
     assert not list(tmp_path.glob(".out.*"))  # no staging folder left behind
+
+
+def test_sample_with_reference_depths(tiny_run: Path, sample_inputs: Path, tmp_path: Path) -> None:
+    """`--depths a.npy b.npy` (one per view, greedy like --views) reaches the pipeline."""
+    depths = [tmp_path / "d0.npy", tmp_path / "d1.npy"]
+    for path in depths:
+        np.save(path, np.full((32, 32), 2.5, np.float32))
+    out = tmp_path / "out"
+    args = base_args(tiny_run, sample_inputs, out, "--depths", *depths)
+    result = run(*args, "--targets", sample_inputs / "targets.json")
+    assert result.exit_code == 0, result.output
+    recorded = json.loads((out / "sample.json").read_text())["depths"]
+    assert recorded == [str(path) for path in depths]

@@ -313,3 +313,94 @@ def test_resolution_resizes_and_crops_images_and_cameras() -> None:
     views = pipeline.prepare(torch.rand(3, 16, 24), wide, wide)
     assert views.images.shape == (1, 3, 16, 16)
     assert views.reference_intrinsics[0, 0, 2] == pytest.approx(8 - 4)  # cx 8 less 4 cropped
+
+
+# -- the references' depth (geometric priors) ----------------------------------------------
+def _prior_pipeline(cls_name: str) -> MultiViewPipeline:
+    from backbones.cat3d import Cat3D
+    from backbones.mvgenmaster import MVGenMaster
+
+    torch.manual_seed(0)
+    backbone = {"cat3d": Cat3D, "mvgenmaster": MVGenMaster}[cls_name].build("tiny", in_channels=3)
+    with torch.no_grad():  # a trained encoder: priors change the prediction
+        for parameter in backbone.condition_encoder.parameters():
+            parameter.normal_(std=0.05)
+    return MultiViewPipeline(backbone, PixelCodec(), DiffusionConfig(), 3, device="cpu")
+
+
+def _recorded_conds(pipeline: MultiViewPipeline) -> list[ViewConditioning]:
+    conds: list[ViewConditioning] = []
+    pipeline.backbone.register_forward_pre_hook(lambda _module, args: conds.append(args[2]))
+    return conds
+
+
+def _sample(pipeline, depths=None):
+    K, w2c = tiny_scene(3)
+    return run(
+        pipeline,
+        torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)),
+        (K[:1], w2c[:1]),
+        (K[1:], w2c[1:]),
+        size=32,
+        num_inference_steps=1,
+        generator=torch.Generator().manual_seed(1),
+        depths=depths,
+    )
+
+
+def test_reference_depth_gives_mvgenmaster_its_priors(caplog) -> None:
+    """Depth 2 everywhere: the reference's point map is its pixel rays at z = 2 (targets
+    blank), and the targets get warped priors (not zero)."""
+    from cameo_cli.cameras import unproject_depth
+
+    pipeline = _prior_pipeline("mvgenmaster")
+    conds = _recorded_conds(pipeline)
+    depth = torch.full((1, 32, 32), 2.0)
+    with caplog.at_level("WARNING"):
+        _sample(pipeline, depths=depth)
+    assert "zero priors" not in caplog.text
+    cond = conds[0]
+    K, w2c = tiny_scene(3)
+    expected = unproject_depth(depth[0], K[0], w2c[0])
+    torch.testing.assert_close(cond.point_map[0, 0], expected)
+    assert cond.point_valid[:, 0].all() and not cond.point_valid[:, 1:].any()
+    assert not cond.point_map[:, 1:].any()
+    latents = torch.zeros(2, 3, 3, 32, 32)
+    position = pipeline.backbone.position_prior(latents, cond)
+    colour = pipeline.backbone.colour_prior(cond)
+    assert position[:, 1:, -1].any() and colour[:, 1:, 3].any()  # the targets see the reference
+
+
+def test_mvgenmaster_without_depth_warns_once(caplog) -> None:
+    pipeline = _prior_pipeline("mvgenmaster")
+    with caplog.at_level("WARNING"):
+        _sample(pipeline)
+        _sample(pipeline)
+    warnings = [r for r in caplog.records if "zero priors" in r.getMessage()]
+    assert len(warnings) == 1 and "mvgenmaster" in warnings[0].getMessage()
+
+
+def test_reference_depth_leaves_cat3d_unchanged(caplog) -> None:
+    pipeline = _prior_pipeline("cat3d")
+    with caplog.at_level("WARNING"):
+        plain = _sample(pipeline)
+    assert "zero priors" not in caplog.text  # CAT3D uses no priors
+    assert torch.equal(_sample(pipeline, depths=torch.full((1, 32, 32), 2.0)), plain)
+    mvgenmaster = _prior_pipeline("mvgenmaster")
+    assert not torch.equal(
+        _sample(mvgenmaster, depths=torch.full((1, 32, 32), 2.0)), _sample(mvgenmaster)
+    )
+
+
+def test_depth_is_resized_and_cropped_like_its_image() -> None:
+    """A 16 x 24 depth at resolution 16 keeps its centre 16 columns; nearest, unblended."""
+    pipeline = _oracle_pipeline(resolution=16)
+    K, w2c = cameras(1, 0.0)
+    wide = CameraSet.from_pixel(K, w2c, (16, 24))
+    depth = torch.arange(24.0).expand(16, 24) + 1
+    views = pipeline.prepare(torch.rand(3, 16, 24), wide, wide, depths=[depth.numpy()])
+    assert torch.equal(views.reference_depth[0], depth[:, 4:20])
+    with pytest.raises(CameoError, match=r"depth map 0 is \[16, 16\], its image is 16x24"):
+        pipeline.prepare(torch.rand(3, 16, 24), wide, wide, depths=[torch.ones(16, 16)])
+    with pytest.raises(CameoError, match="1 reference images need 1 depth maps, got 2"):
+        pipeline.prepare(torch.rand(3, 16, 24), wide, wide, depths=torch.ones(2, 16, 24))

@@ -135,6 +135,28 @@ def test_resume_is_bit_exact(synthetic_dataset, tmp_path):
     assert [x["step"] for x in lines if "loss" in x] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
+def test_mvgenmaster_prior_dropout_draws_from_the_trainer_generator(
+    synthetic_dataset, tmp_path, monkeypatch
+):
+    """The trainer hands its generator (saved in every checkpoint) to the backbone, so the
+    element-wise prior dropout of a resumed run draws what an uninterrupted one would."""
+    from backbones.mvgenmaster import MVGenMaster
+
+    seen: list[object] = []
+    dropout = MVGenMaster._dropout
+
+    def spy(self, maps, generator):
+        seen.append(generator)
+        return dropout(self, maps, generator)
+
+    monkeypatch.setattr(MVGenMaster, "_dropout", spy)
+    recipe = _recipe(synthetic_dataset, "backbone.name=mvgenmaster", "train.steps=1")
+    run_training(recipe, tmp_path / "run")
+    assert seen and all(isinstance(g, torch.Generator) for g in seen)
+    assert len({id(g) for g in seen}) == 1
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_dataset, tmp_path):
     recipe = _recipe(
         synthetic_dataset,

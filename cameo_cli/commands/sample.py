@@ -13,7 +13,7 @@ from cameo_cli.commands.options import (
     scheduler_option,
 )
 
-GREEDY_OPTIONS = ("--views",)
+GREEDY_OPTIONS = ("--views", "--depths")
 
 
 class GreedyCommand(click.Command):
@@ -50,6 +50,13 @@ class GreedyCommand(click.Command):
     help="Cameras of the references: RealEstate10K .txt, cameo JSON or transforms.json.",
 )
 @path_option(
+    "--depths",
+    multiple=True,
+    help="Z-depth of each reference for geometric priors (MVGenMaster): .npy float [H, W] "
+    "files, the size of their images, in the cameras' world units (0 = unknown), in --views "
+    "order.",
+)
+@path_option(
     "--targets",
     help="Target cameras, in any of the camera formats.",
 )
@@ -75,6 +82,7 @@ class GreedyCommand(click.Command):
 def sample(
     checkpoint: Path,
     views: tuple[Path, ...],
+    depths: tuple[Path, ...],
     cameras_file: Path,
     targets: Path | None,
     orbit: int | None,
@@ -119,6 +127,7 @@ def sample(
         overwrite=overwrite,
         device=device,
         precision=precision,
+        depths=list(depths) or None,
     )
     folder = run_sample(request, console)
     written = sorted(p.name for p in folder.iterdir())

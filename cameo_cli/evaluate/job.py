@@ -42,7 +42,7 @@ from cameo_cli.errors import CameoError
 from cameo_cli.evaluate import protocol
 from cameo_cli.image_metrics import SSIM_CONFIG, psnr, sharpness, ssim
 from cameo_cli.lpips import LPIPS, default_backbone_path
-from cameo_cli.pipeline import MultiViewPipeline
+from cameo_cli.pipeline import MultiViewPipeline, reference_depth
 from cameo_cli.reference_lines import DEPTH_TOLERANCE, LINES, reference_lines
 
 METRICS = ("psnr", "ssim", "lpips")
@@ -176,6 +176,7 @@ def run_evaluation(request: EvaluateRequest, console: Console | None = None) -> 
         "guidance": guidance,
         "eta": recipe.sample.eta,
         "seed": seed,
+        "priors": priors_label(dataset, pipeline),
         "noise": "per scene: seed + CRC32(scene name)",
         "averaging": "mean over all target views",
         "index_frames": request.index_frames if request.index else "prepared",
@@ -258,6 +259,19 @@ def _protocol_index(
     return index, counts
 
 
+def priors_label(dataset, pipeline: MultiViewPipeline) -> str | None:
+    """What a backbone with geometric priors got them from (None: it uses none)."""
+    if not pipeline.backbone.uses_priors:
+        return None
+    if not dataset.has_geometry:
+        return "none: the dataset has no depth (zero priors)"
+    if dataset.index.get("source", {}).get("dataset") == "synthetic":
+        return "dataset depth (exact on synthetic)"
+    if any("vggt_fit" in meta for meta in dataset.index["scenes"].values()):
+        return "dataset depth (VGGT over windows that include the target frames)"
+    return "dataset depth"
+
+
 def _check_index(index: dict, path: Path, dataset, num_views: int) -> None:
     scenes = dataset.index["scenes"]
     for scene, entry in index.items():
@@ -302,6 +316,7 @@ def _evaluate_scene(
         eta=config["eta"],
         generator=torch.Generator().manual_seed(scene_seed(config["seed"], scene)),
         output_type="pt",
+        depths=reference_depth(views, 0),
     ).images
     truth = images[refs:]
     mask = views.object_mask[0][refs:] if masked else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import Progress
@@ -44,12 +45,29 @@ class SampleRequest:
     overwrite: bool = False
     device: str | None = None
     precision: str = "auto"
+    depths: list[Path] | None = None  # one .npy z-depth map per reference (geometric priors)
 
 
 def load_image(path: Path) -> torch.Tensor:
     """An RGB image file -> [3, H, W] float in [0, 1]."""
     array = io.read_image(path)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
+
+
+def load_depth(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """A reference's z-depth map: a .npy float array [H, W] the size of its image, in the
+    world units of its camera (0 or non-finite = unknown)."""
+    depth = io.read_npy(path, "depth map")
+    if depth.ndim != 2 or depth.dtype.kind not in "fiu":
+        raise CameoError(
+            f"{path}: a depth map must be a 2D numeric array, got {depth.dtype} {list(depth.shape)}"
+        )
+    if tuple(depth.shape) != size:
+        raise CameoError(
+            f"{path}: depth map is {depth.shape[0]}x{depth.shape[1]}, "
+            f"its image is {size[0]}x{size[1]}"
+        )
+    return depth.astype(np.float32)
 
 
 def _check_sizes(camera_set: CameraSet, images: list[torch.Tensor], request: SampleRequest):
@@ -95,6 +113,13 @@ def run_sample(request: SampleRequest, console: Console | None = None) -> Path:
     camera_set = match_cameras(read_cameras(request.cameras), request.views, request.cameras)
     _check_sizes(camera_set, images, request)
     sizes = [tuple(image.shape[-2:]) for image in images]
+    depths = None
+    if request.depths:
+        if len(request.depths) != len(images):
+            raise CameoError(
+                f"--depths: {len(request.depths)} depth maps for {len(images)} --views (one each)"
+            )
+        depths = [load_depth(path, size) for path, size in zip(request.depths, sizes, strict=True)]
     target_set = _read_targets(request)
 
     pipeline = MultiViewPipeline.from_pretrained(
@@ -134,6 +159,7 @@ def run_sample(request: SampleRequest, console: Console | None = None) -> Path:
             output_type="pt",
             callback_on_step_end=advance,
             resolution=resolution,
+            depths=depths,
         )
     references = views.images
 
@@ -165,6 +191,7 @@ def run_sample(request: SampleRequest, console: Console | None = None) -> Path:
                 "guidance": guidance,
                 "eta": recipe.sample.eta,
                 "seed": seed,
+                "depths": [str(path) for path in request.depths] if depths else None,
                 "targets": len(target_w2c),
                 "device": str(pipeline.device),
                 "precision": str(pipeline.dtype).removeprefix("torch."),

@@ -273,7 +273,7 @@ class Trainer:
             latents = self.codec.encode(images.flatten(0, 1), generator=draw).unflatten(0, (b, f))
         noised = add_training_noise(self.scheduler, latents, ref_mask, self.generator)
         drop = camera_drop(recipe.train, b, batch_index, self.generator)
-        cond = ViewConditioning.from_batch(batch, drop_camera=drop)
+        cond = ViewConditioning.from_batch(batch, drop_camera=drop, generator=self.generator)
         prediction, aligned = self.prepared_model(
             noised.noisy, noised.timesteps.float(), cond, **inputs
         )

@@ -36,6 +36,7 @@ from cameo_cli.batch import ViewBatch
 from cameo_cli.camera_files import CameraSet
 from cameo_cli.diffusion import noise_targets, training_target
 from cameo_cli.image_metrics import psnr, sharpness
+from cameo_cli.pipeline import reference_depth
 from cameo_cli.reference_lines import reference_lines
 from cameo_cli.train.objective import NoisedBatch, denoising_loss
 
@@ -59,7 +60,8 @@ def predicted_x0(
 def sampled_views(
     pipeline, batch: ViewBatch, *, steps: int, guidance: float, seed: int
 ) -> torch.Tensor:
-    """`[B, F, 3, H, W]` in [0, 1]: references as given, targets sampled by `pipeline`."""
+    """`[B, F, 3, H, W]` in [0, 1]: references as given, targets sampled by `pipeline` (with
+    the references' depth from the batch's point maps when it has them)."""
     images = (batch.images + 1) / 2
     out = images.clone()
     for b in range(images.shape[0]):
@@ -74,6 +76,7 @@ def sampled_views(
             guidance_scale=guidance,
             generator=torch.Generator().manual_seed(seed),
             output_type="pt",
+            depths=reference_depth(batch, b),
         ).images
         out[b][~refs] = generated.to(out.dtype)
     return out
