@@ -207,7 +207,10 @@ class MultiViewBackbone(nn.Module, ABC):
         **options: object,
     ) -> MultiViewBackbone:
         """Build the `tiny` or `full` config; `pretrained` is a local diffusers folder (the
-        model itself or a pipeline folder with `pretrained_subfolder`)."""
+        model itself or a pipeline folder with `pretrained_subfolder`): a 2D prior such as
+        SD2.1's U-Net, whose camera encoder starts at zero, or a backbone saved by cameo
+        (`save_pretrained`, e.g. an export's `backbone/`), whose own modules load too when it
+        records this very build."""
         if not (hasattr(cls, "_new_model") and hasattr(cls, "_wrap")):
             raise TypeError(
                 f"{cls.__name__}: an adapter using `MultiViewBackbone.build` defines the "
@@ -227,6 +230,8 @@ class MultiViewBackbone(nn.Module, ABC):
                 )
         backbone = cls._wrap(model, variant, settings)
         backbone.record_build(variant, in_channels, settings)
+        if pretrained is not None and (Path(pretrained) / BACKBONE_CONFIG).is_file():
+            backbone._load_extras(Path(pretrained))
         return backbone
 
     @classmethod
@@ -368,6 +373,31 @@ class MultiViewBackbone(nn.Module, ABC):
         inner = key[len("model.") :]
         return any(inner.startswith(prefix + ".") for prefix in self.model_additions())
 
+    def _load_extras(self, folder: Path) -> None:
+        """cameo's modules outside `model` (camera encoder, q/k norms, ...) from a folder
+        written by `save_pretrained`, which must record this very build."""
+        meta = read_backbone_config(folder)
+        built = {"name": self.name, "variant": self.variant, "in_channels": self.in_channels}
+        built["options"] = json.loads(json.dumps(self.options))
+        for key, value in built.items():
+            if meta[key] != value:
+                raise CameoError(
+                    f"{folder / BACKBONE_CONFIG}: saved with {key} {meta[key]!r}, "
+                    f"this backbone is built with {value!r}"
+                )
+        extra_path = folder / EXTRA_WEIGHTS
+        if not extra_path.is_file():
+            raise CameoError(f"{extra_path}: file does not exist")
+        extra = io.load_safetensors(extra_path)
+        wanted = {k for k in self.state_dict() if self._is_extra(k)}
+        if set(extra) != wanted:
+            missing, unexpected = sorted(wanted - set(extra)), sorted(set(extra) - wanted)
+            raise CameoError(
+                f"{extra_path}: weights do not match backbone '{self.name}' "
+                f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+            )
+        self.load_state_dict(extra, strict=False)
+
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """Write the wrapped model (diffusers layout), cameo's extra modules and the config."""
         folder = Path(folder)
@@ -395,25 +425,12 @@ class MultiViewBackbone(nn.Module, ABC):
             raise CameoError(
                 f"{folder / BACKBONE_CONFIG}: holds backbone '{meta['name']}', not '{cls.name}'"
             )
-        backbone = cls.build(
+        return cls.build(
             meta["variant"],
             in_channels=meta["in_channels"],
             pretrained=str(folder),
             **meta["options"],
         )
-        extra_path = folder / EXTRA_WEIGHTS
-        if not extra_path.is_file():
-            raise CameoError(f"{extra_path}: file does not exist")
-        extra = io.load_safetensors(extra_path)
-        wanted = {k for k in backbone.state_dict() if backbone._is_extra(k)}
-        if set(extra) != wanted:
-            missing, unexpected = sorted(wanted - set(extra)), sorted(set(extra) - wanted)
-            raise CameoError(
-                f"{extra_path}: weights do not match backbone '{cls.name}' "
-                f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
-            )
-        backbone.load_state_dict(extra, strict=False)
-        return backbone
 
 
 # -- helpers shared by the adapters ------------------------------------------------------

@@ -534,3 +534,34 @@ def test_colour_prior_from_exact_synthetic_depth_reproduces_the_target(synthetic
 
     assert seen.float().mean() > 0.6
     assert psnr(colour[0, 1, :3]) > 22 and psnr(colour[0, 1, :3]) > psnr(views.images[0, 0]) + 5
+
+
+def test_pretrained_cameo_backbone_folder_brings_its_own_modules(tmp_path, monkeypatch):
+    """A saved cameo backbone as `pretrained` (a multi-view prior): the U-Net AND the camera
+    encoder load, so it predicts as the saved model does; another build of it is refused."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = build("cat3d")
+    with torch.no_grad():
+        for parameter in model.parameters():  # the camera encoder is no longer zero
+            parameter.add_(0.02 * torch.randn_like(parameter))
+    model.save_pretrained(tmp_path / "prior")
+    loaded = Cat3D.build(
+        model.variant,
+        in_channels=model.in_channels,
+        pretrained=str(tmp_path / "prior"),
+        **model.options,
+    )
+    latents, timesteps = inputs(1, 3)
+    cond = make_cond(1, 3)
+    with torch.no_grad():
+        assert torch.equal(
+            loaded.eval()(latents, timesteps, cond), model.eval()(latents, timesteps, cond)
+        )
+    other = {**model.options, "qk_norm": not model.options["qk_norm"]}
+    with pytest.raises(CameoError, match="saved with options"):
+        Cat3D.build(
+            model.variant,
+            in_channels=model.in_channels,
+            pretrained=str(tmp_path / "prior"),
+            **other,
+        )
