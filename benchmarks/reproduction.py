@@ -27,7 +27,7 @@ not installed is skipped with a note.
 
 Presets (`PRESETS`; --seeds, --steps, --batch, ... override one value): `cpu` is the CPU
 study (400 steps x batch 8 = 3,200 samples per run); `cpu-smoke` checks the driver end to end
-in a minute; `gpu-5min` is sized for one H100 in about 5 minutes, see `GPU_5MIN`.
+in minutes; `gpu-5min` is sized for one H100 in about 5 minutes, see `GPU_5MIN`.
 Runs go `--jobs` at a time. `--device cpu`: each on one thread (OMP_NUM_THREADS=1, no GPU
 visible); on a 2-core machine two single-threaded runs train more samples per second than one
 run on both cores. `--device cuda`: all on the one visible GPU (CUDA_VISIBLE_DEVICES as
@@ -450,6 +450,11 @@ def main() -> None:
     preset = dataclasses.replace(
         PRESETS[args.preset], **{k: v for k, v in sizes.items() if v is not None}
     )
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: torch sees no GPU")
     prior = args.prior.resolve() if args.prior else None
     study = Study(args.out, preset, args.device, prior)
     started = time.monotonic()
