@@ -25,7 +25,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 # cameo itself, for its entry points (the backbones and alignments); code runs from this tree
 python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile \
-    --target /tmp/site . || exit 1
+    --upgrade --target /tmp/site . || exit 1
 nvidia-smi -L
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 >"$OUT/gpu.csv" &
 monitor=$!

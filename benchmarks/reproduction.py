@@ -44,6 +44,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from rich.console import Console
@@ -228,7 +229,7 @@ def run_all(study: Study, commands: dict[str, list[str]]) -> dict[str, float]:
     seconds per command that succeeded."""
     (study.out / "logs").mkdir(parents=True, exist_ok=True)
     todo = list(commands.items())
-    running: dict[str, tuple[subprocess.Popen, float]] = {}
+    running: dict[str, tuple[subprocess.Popen, float, IO]] = {}
     seconds: dict[str, float] = {}
     while todo or running:
         while todo and len(running) < study.preset.jobs:
@@ -238,12 +239,13 @@ def run_all(study: Study, commands: dict[str, list[str]]) -> dict[str, float]:
             process = subprocess.Popen(
                 command, env=study.environment(), stdout=log, stderr=subprocess.STDOUT
             )
-            running[name] = (process, time.monotonic())
+            running[name] = (process, time.monotonic(), log)
         time.sleep(0.5)
-        for name, (process, started) in list(running.items()):
+        for name, (process, started, log) in list(running.items()):
             if process.poll() is None:
                 continue
             del running[name]
+            log.close()
             elapsed = time.monotonic() - started
             if process.returncode == 0:
                 seconds[name] = elapsed
