@@ -37,6 +37,8 @@ SHIPPED = {
     "mvgenmaster-re10k",
     "hunyuan-dit-re10k",
     "quickstart-cpu",
+    "sanity-one-scene",
+    "prior-cpu",
 }
 # the small-scale reproduction (benchmarks/reproduction.py): each changes one setting of
 # repro-cpu-cameo, which is the quick start validated every 50 steps
@@ -431,6 +433,16 @@ def test_unknown_recipe_name_lists_the_known_ones():
 def test_bad_overrides(override, expected):
     message = error_of(lambda: load_recipe("quickstart-cpu", [override]))
     assert expected in message
+
+
+def test_the_prior_is_made_without_cameo_and_the_sanity_run_validates_on_its_scene():
+    prior, quickstart = load_recipe("prior-cpu"), load_recipe("quickstart-cpu")
+    assert prior.alignment.method == "none" and quickstart.alignment.method == "cameo"
+    assert prior.backbone == quickstart.backbone and prior.codec == quickstart.codec
+    assert prior.train.ema
+    sanity = load_recipe("sanity-one-scene")
+    assert sanity.data.validation == "train"  # one scene: the known answer is the scene itself
+    assert (sanity.data.min_refs, sanity.data.max_refs, sanity.data.order) == (2, 2, "even")
 
 
 # ------------------------------------------------------------------ CLI
