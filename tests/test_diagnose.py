@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -157,7 +158,8 @@ def test_planted_layer_scores_one_and_random_layer_scores_chance(synthetic_datas
     request = DiagnoseRequest(backbone="cat3d", dataset=synthetic_dataset, out=None)
     model = load_diagnosed_model(request, None, torch.device("cpu"))
     dataset = open_diagnose_dataset(synthetic_dataset, model.recipe)
-    views = evaluation_views(dataset, 3)
+    # the three training scenes: views of one reference each, so they form one batch
+    views = [v for v in evaluation_views(dataset, 4) if not v[0].startswith("synth-test-")]
     batch = collate(dataset, views)
     planted_layer, random_layer = 10, 11
     grid = model.backbone.token_grid(planted_layer, (32, 32))
@@ -414,3 +416,16 @@ def test_lift_is_precision_minus_chance():
         "exact": 0.375,
         "pixels": None,
     }
+
+
+def test_diagnose_scores_the_evaluation_scenes_first(synthetic_dataset):
+    """On the synthetic set the evaluation index names only held-out scenes: they come first,
+    training scenes only once they run out."""
+    request = DiagnoseRequest(backbone="cat3d", dataset=synthetic_dataset, out=None)
+    model = load_diagnosed_model(request, None, torch.device("cpu"))
+    dataset = open_diagnose_dataset(synthetic_dataset, model.recipe)
+    held_out = json.loads((synthetic_dataset / "eval_index.json").read_text())
+    scenes = [scene for scene, _, _ in evaluation_views(dataset, len(dataset.scenes))]
+    assert scenes[: len(held_out)] == list(held_out)
+    assert all(scene.startswith("synth-test-") for scene in held_out)
+    assert sorted(scenes) == sorted(dataset.scenes)

@@ -159,8 +159,9 @@ def open_diagnose_dataset(root: Path, recipe: Recipe) -> MultiViewDataset:
 
 
 def evaluation_views(dataset: MultiViewDataset, count: int) -> list[ViewSet]:
-    """(scene, frames, number of references) for the first `count` scenes: the context and
-    target frames of `eval_index.json` when there is one, else evenly spaced frames."""
+    """(scene, frames, number of references) for `count` scenes, those of `eval_index.json`
+    first (on the synthetic set: its held-out scenes): their context and target frames, else
+    evenly spaced frames."""
     from cameo_cli.data.dataset import load_eval_index
 
     views = dataset.num_views
@@ -168,7 +169,9 @@ def evaluation_views(dataset: MultiViewDataset, count: int) -> list[ViewSet]:
         load_eval_index(dataset.root) if (Path(dataset.root) / "eval_index.json").is_file() else {}
     )
     chosen = []
-    for scene in dataset.scenes[:count]:
+    scenes = [s for s in index if s in dataset.scenes]
+    scenes += [s for s in dataset.scenes if s not in index]
+    for scene in scenes[:count]:
         entry = index.get(scene)
         if entry is not None:
             refs = list(entry["context"])[: views - 1]
