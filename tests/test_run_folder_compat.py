@@ -87,7 +87,7 @@ def test_the_archive_is_what_main_wrote(old_tree: Path) -> None:
 
 
 def test_old_run_checkpoint_and_export_load_for_inference(old_tree: Path) -> None:
-    from cameo_cli.checkpoints import load_for_inference
+    from cameo_cli.runs.checkpoints import load_for_inference
 
     run = old_tree / "run"
     for source in (run, run / "checkpoints" / "step-000002", old_tree / "export"):
@@ -113,7 +113,7 @@ def test_old_run_resumes(old_run: Path, synthetic_dataset: Path) -> None:
 
 
 def test_old_run_exports(old_run: Path, tmp_path: Path) -> None:
-    from cameo_cli.checkpoints import load_for_inference
+    from cameo_cli.runs.checkpoints import load_for_inference
 
     out = tmp_path / "export"
     result = cameo("export", old_run, "--out", out)
