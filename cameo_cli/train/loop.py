@@ -26,6 +26,7 @@ from cameo_cli.errors import CameoError
 from cameo_cli.io import save_png
 from cameo_cli.runs import checkpoints as ckpt
 from cameo_cli.runs import layout as rundir
+from cameo_cli.runs.metrics import read_metrics
 from cameo_cli.train.components import Cadence, Checkpointer, TrainLogger, Validator
 from cameo_cli.train.data import make_loader, per_process_batch
 from cameo_cli.train.ema import ExponentialMovingAverage
@@ -81,6 +82,8 @@ def run_training(
     """Train `recipe` into the run folder `output`; return the last checkpoint folder."""
     output = Path(output)
     resume_from = rundir.resolve_resume(output, overwrite=overwrite, resume=resume)
+    if resume_from is not None:
+        read_metrics(output, required=False)  # a bad line fails before the run folder changes
     check_recipe(recipe)
     dataset = open_dataset(recipe, needs_geometry=needs_geometry(recipe), split=TRAIN_SPLIT)
     train = recipe.train

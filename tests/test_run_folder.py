@@ -1,5 +1,6 @@
-"""A run folder and an export written by an earlier cameo still load, resume, export and
-diagnose.
+"""The run folder (`cameo_cli.runs`): metrics.jsonl read with one policy for a bad line, in
+every job; and a run folder and an export written by an earlier cameo still load, resume,
+export and diagnose.
 
 `data/run-and-export-main-94f680a.tar.xz` (about 70 KB) holds what `cameo train` and `cameo
 export` of main 94f680a wrote for 2 CPU steps of `quickstart-cpu` on the synthetic data of
@@ -16,6 +17,7 @@ file with seeded small non-negative values of the recorded dtypes and shapes (wr
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 import tarfile
@@ -24,14 +26,52 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from cameo_cli.cli import main
+from cameo_cli.errors import CameoError
+from cameo_cli.runs.checkpoints import load_for_inference
+from cameo_cli.runs.metrics import append_metrics, read_metrics, truncate_metrics
 
 ARCHIVE = Path(__file__).parent / "data" / "run-and-export-main-94f680a.tar.xz"
 DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64}
 
-pytestmark = pytest.mark.slow
+
+def test_metrics_reader_drops_a_cut_last_line_and_names_any_other_bad_line(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.4}\n{"step": 3, "lo')
+    assert read_metrics(tmp_path) == [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.4}]
+    path.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "lo\n{"step": 3, "loss": 0.3}\n')
+    with pytest.raises(CameoError, match=f"^{re.escape(str(path))}:2: not a JSON line$"):
+        read_metrics(tmp_path)
+    for bad in ("[1, 2]", '{"loss": 0.4}', '{"step": "2"}'):
+        path.write_text('{"step": 1}\n' + bad + '\n{"step": 3}\n')
+        with pytest.raises(CameoError, match=f"^{re.escape(str(path))}:2: not a metrics line"):
+            read_metrics(tmp_path)
+    path.unlink()
+    assert read_metrics(tmp_path, required=False) == []
+    with pytest.raises(CameoError, match="not a training run \\(no metrics.jsonl\\)"):
+        read_metrics(tmp_path)
+
+
+def test_metrics_are_appended_as_json_lines_and_truncated_for_a_resume(tmp_path: Path) -> None:
+    assert append_metrics(tmp_path, 1, {"loss": 0.5}) == {"loss": 0.5}
+    assert append_metrics(tmp_path, 2, {"loss": float("nan"), "lr": 1}) == {"loss": None, "lr": 1.0}
+    append_metrics(tmp_path, 3, {"loss": 0.25})
+    written = (tmp_path / "metrics.jsonl").read_text()
+    assert written == (
+        '{"step": 1, "loss": 0.5}\n'
+        '{"step": 2, "loss": null, "lr": 1.0}\n'
+        '{"step": 3, "loss": 0.25}\n'
+    )
+    with open(tmp_path / "metrics.jsonl", "a") as handle:
+        handle.write('{"step": 4, "lo')  # a writer killed mid-line
+    truncate_metrics(tmp_path, 2)
+    assert (tmp_path / "metrics.jsonl").read_text() == written.rsplit('{"step": 3', 1)[0]
+    truncate_metrics(tmp_path / "nothing", 2)  # no metrics file yet: nothing to do
+    assert not (tmp_path / "nothing").exists()
 
 
 def refill(path: Path, seed: int) -> None:
@@ -76,6 +116,40 @@ def cameo(*args: object):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
+def listing(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every path under `folder` with its size and modification time."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+    }
+
+
+def test_a_bad_middle_metrics_line_is_one_error_in_every_job(
+    old_run: Path, synthetic_dataset: Path, tmp_path: Path
+) -> None:
+    metrics = old_run / "metrics.jsonl"
+    lines = metrics.read_text().splitlines(keepends=True)
+    metrics.write_text(lines[0] + lines[1][:40] + "\n" + lines[2])
+    other = tmp_path / "other"
+    shutil.copytree(old_run, other)
+    before = listing(old_run)
+    jobs = {
+        "train --resume": ["train", "--resume", "latest", "--output", old_run, "--dataset",
+                           synthetic_dataset],
+        "compare": ["compare", old_run, other, "--out", tmp_path / "compare"],
+        "diagnose --run": ["diagnose", "--backbone", "cat3d", "--run", old_run, "--dataset",
+                           synthetic_dataset, "--out", tmp_path / "diagnose"],
+        "export": ["export", old_run, "--out", tmp_path / "export"],
+    }  # fmt: skip
+    for job, args in jobs.items():
+        result = cameo(*args)
+        assert result.exit_code == 2, (job, result.output)
+        assert result.output == f"Error: {metrics}:2: not a JSON line\n", job
+        assert listing(old_run) == before, job
+    assert not {"compare", "diagnose", "export"} & {p.name for p in tmp_path.iterdir()}
+
+
+@pytest.mark.slow
 def test_the_archive_is_what_main_wrote(old_tree: Path) -> None:
     run = old_tree / "run"
     checkpoint = run / "checkpoints" / "step-000002"
@@ -86,9 +160,8 @@ def test_the_archive_is_what_main_wrote(old_tree: Path) -> None:
     assert json.loads((run / "meta.json").read_text())["git_commit"].startswith("94f680a")
 
 
+@pytest.mark.slow
 def test_old_run_checkpoint_and_export_load_for_inference(old_tree: Path) -> None:
-    from cameo_cli.runs.checkpoints import load_for_inference
-
     run = old_tree / "run"
     for source in (run, run / "checkpoints" / "step-000002", old_tree / "export"):
         loaded = load_for_inference(source)
@@ -99,6 +172,7 @@ def test_old_run_checkpoint_and_export_load_for_inference(old_tree: Path) -> Non
     assert any(not torch.equal(ema[name], trained[name]) for name in trained)
 
 
+@pytest.mark.slow
 def test_old_run_resumes(old_run: Path, synthetic_dataset: Path) -> None:
     result = cameo(
         "train", "--resume", "latest", "--output", old_run, "--steps", 3,
@@ -112,9 +186,8 @@ def test_old_run_resumes(old_run: Path, synthetic_dataset: Path) -> None:
     assert meta["git_commit"].startswith("94f680a") and len(meta["resumes"]) == 1
 
 
+@pytest.mark.slow
 def test_old_run_exports(old_run: Path, tmp_path: Path) -> None:
-    from cameo_cli.runs.checkpoints import load_for_inference
-
     out = tmp_path / "export"
     result = cameo("export", old_run, "--out", out)
     assert result.exit_code == 0, result.output
@@ -122,6 +195,7 @@ def test_old_run_exports(old_run: Path, tmp_path: Path) -> None:
     assert "| val/psnr | 8.2783 |" in (out / "README.md").read_text()  # from metrics.jsonl
 
 
+@pytest.mark.slow
 def test_old_run_diagnoses(
     old_run: Path, synthetic_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -135,3 +209,28 @@ def test_old_run_diagnoses(
     over = json.loads((out / "diagnose.json").read_text())["over_training"]
     assert [c["step"] for c in over["checkpoints"]] == [2]
     assert over["validation_psnr"] == [{"step": 2, "psnr": pytest.approx(8.278322219848633)}]
+
+
+@pytest.mark.slow
+def test_a_cameo_010_head_exports_under_the_methods_names(old_run: Path, tmp_path: Path) -> None:
+    """cameo 0.1.0 saved one CAMEO head without the method's `losses.<layer>.` prefix, with
+    metadata {"layer": ...} (and its EMA keys likewise): the export holds the method's names,
+    so it loads again."""
+    checkpoint = old_run / "checkpoints" / "step-000002"
+    prefix = "losses.10."
+    head = load_file(checkpoint / "alignment.safetensors")
+    assert sorted(head) and all(name.startswith(prefix) for name in head)
+    old_head = {name[len(prefix) :]: value for name, value in head.items()}
+    save_file(old_head, str(checkpoint / "alignment.safetensors"), metadata={"layer": "10"})
+    ema = load_file(checkpoint / "ema.safetensors")
+    old_ema = {name.replace(f"alignment.{prefix}", "alignment."): v for name, v in ema.items()}
+    save_file(old_ema, str(checkpoint / "ema.safetensors"))
+    expected = load_for_inference(checkpoint).alignment.state_dict()
+    assert torch.equal(expected[f"{prefix}head.0.weight"], ema[f"alignment.{prefix}head.0.weight"])
+
+    out = tmp_path / "export"
+    assert cameo("export", old_run, "--out", out).exit_code == 0
+    exported = load_file(out / "alignment.safetensors")
+    assert sorted(exported) == sorted(head)
+    loaded = load_for_inference(out).alignment.state_dict()
+    assert all(torch.equal(loaded[name], expected[name]) for name in head)
