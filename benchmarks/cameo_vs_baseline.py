@@ -39,7 +39,7 @@ from cameo_cli.data.synthetic import SyntheticSource
 from cameo_cli.diffusion import make_train_scheduler, noise_targets
 from cameo_cli.geometry import correspondence_targets
 from cameo_cli.pipeline import MultiViewPipeline
-from cameo_cli.runs.checkpoints import load_for_inference
+from cameo_cli.run_folder.checkpoints import load_for_inference
 from cameo_cli.train.validation import one_step_views, sampled_views, target_psnr
 
 RECIPE = "quickstart-cpu"

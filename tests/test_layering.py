@@ -120,5 +120,7 @@ def jobs_imported_from_below(graph: dict[str, set[str]]) -> list[str]:
 
 def test_no_core_module_or_shared_service_imports_a_job():
     assert jobs_imported_from_below(import_graph()) == []
-    fake = {"cameo_cli.runs.metrics": {"cameo_cli.train.loop"}, "cameo_cli.commands.x": set()}
-    assert jobs_imported_from_below(fake) == ["cameo_cli.runs.metrics -> cameo_cli.train.loop"]
+    fake = {"cameo_cli.run_folder.metrics": {"cameo_cli.train.loop"}, "cameo_cli.commands.x": set()}
+    assert jobs_imported_from_below(fake) == [
+        "cameo_cli.run_folder.metrics -> cameo_cli.train.loop"
+    ]

@@ -179,7 +179,7 @@ def test_a_monotone_run_trains_saves_exports_and_loads_its_head(synthetic_datase
     from cameo_cli.config import load_recipe
     from cameo_cli.export.job import run_export
     from cameo_cli.io import load_safetensors
-    from cameo_cli.runs.checkpoints import load_for_inference
+    from cameo_cli.run_folder.checkpoints import load_for_inference
     from cameo_cli.train.loop import run_training
 
     recipe = load_recipe(

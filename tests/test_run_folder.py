@@ -1,4 +1,4 @@
-"""The run folder (`cameo_cli.runs`): metrics.jsonl read with one policy for a bad line, in
+"""The run folder (`cameo_cli.run_folder`): metrics.jsonl read with one policy for a bad line, in
 every job; and a run folder and an export written by an earlier cameo still load, resume,
 export and diagnose.
 
@@ -30,8 +30,8 @@ from safetensors.torch import load_file, save_file
 
 from cameo_cli.cli import main
 from cameo_cli.errors import CameoError
-from cameo_cli.runs.checkpoints import load_for_inference
-from cameo_cli.runs.metrics import append_metrics, read_metrics, truncate_metrics
+from cameo_cli.run_folder.checkpoints import load_for_inference
+from cameo_cli.run_folder.metrics import append_metrics, read_metrics, truncate_metrics
 
 ARCHIVE = Path(__file__).parent / "data" / "run-and-export-main-94f680a.tar.xz"
 DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64}

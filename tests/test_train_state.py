@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from cameo_cli.errors import CameoError
-from cameo_cli.runs.checkpoints import CheckpointManager
-from cameo_cli.runs.layout import resolve_resume
-from cameo_cli.runs.state import capture_rng_state, load_state, restore_rng_state, save_state
+from cameo_cli.run_folder.checkpoints import CheckpointManager
+from cameo_cli.run_folder.layout import resolve_resume
+from cameo_cli.run_folder.state import capture_rng_state, load_state, restore_rng_state, save_state
 from cameo_cli.train.data import ResumableBatchSampler
 from cameo_cli.train.ema import ExponentialMovingAverage
 from cameo_cli.train.loop import WarmupConstant

@@ -92,7 +92,7 @@ def train(
     from cameo_cli.config import load_recipe
     from cameo_cli.errors import CameoError
     from cameo_cli.registry import get_alignment_spec, get_spec
-    from cameo_cli.runs.layout import CONFIG, resolve_checkpoint
+    from cameo_cli.run_folder.layout import CONFIG, resolve_checkpoint
     from cameo_cli.train.loop import run_training
 
     if backbone is not None:

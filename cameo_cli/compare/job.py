@@ -32,8 +32,8 @@ import numpy as np
 from cameo_cli.config import load_recipe, recipe_to_dict
 from cameo_cli.errors import CameoError
 from cameo_cli.io import staged_folder, write_csv, write_json
-from cameo_cli.runs.layout import CONFIG, METRICS
-from cameo_cli.runs.metrics import read_metrics
+from cameo_cli.run_folder.layout import CONFIG, METRICS
+from cameo_cli.run_folder.metrics import read_metrics
 
 HELD_OUT_PREFIX = "val/"
 LINE_PREFIX = "val/line_"

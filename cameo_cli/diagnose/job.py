@@ -96,7 +96,7 @@ def load_model(
     from cameo_cli.config import load_recipe
 
     if checkpoint is not None:
-        from cameo_cli.runs.checkpoints import load_for_inference
+        from cameo_cli.run_folder.checkpoints import load_for_inference
 
         loaded = load_for_inference(checkpoint, device=device)
         name = loaded.backbone.name

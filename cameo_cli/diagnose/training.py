@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from cameo_cli.errors import CameoError
-from cameo_cli.runs.layout import CHECKPOINTS, list_checkpoints
-from cameo_cli.runs.metrics import read_metrics
+from cameo_cli.run_folder.layout import CHECKPOINTS, list_checkpoints
+from cameo_cli.run_folder.metrics import read_metrics
 
 
 def run_checkpoints(run: Path) -> list[Path]:

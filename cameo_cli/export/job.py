@@ -24,9 +24,9 @@ from cameo_cli import __version__, io
 from cameo_cli.config import Recipe, dump_recipe
 from cameo_cli.diffusion import make_sampler
 from cameo_cli.errors import CameoError
-from cameo_cli.runs.checkpoints import load_for_inference, save_model
-from cameo_cli.runs.layout import CONFIG, EXPORT_INDEX, PROGRESS, resolve_checkpoint, run_of
-from cameo_cli.runs.metrics import read_metrics
+from cameo_cli.run_folder.checkpoints import load_for_inference, save_model
+from cameo_cli.run_folder.layout import CONFIG, EXPORT_INDEX, PROGRESS, resolve_checkpoint, run_of
+from cameo_cli.run_folder.metrics import read_metrics
 
 CODEC_FOLDER = "codec"
 

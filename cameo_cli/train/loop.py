@@ -24,9 +24,9 @@ from cameo_cli.config import Recipe, TrainConfig, dump_recipe
 from cameo_cli.data.dataset import batch_rng
 from cameo_cli.errors import CameoError
 from cameo_cli.io import save_png
-from cameo_cli.runs import checkpoints as ckpt
-from cameo_cli.runs import layout as rundir
-from cameo_cli.runs.metrics import read_metrics
+from cameo_cli.run_folder import checkpoints as ckpt
+from cameo_cli.run_folder import layout as rundir
+from cameo_cli.run_folder.metrics import read_metrics
 from cameo_cli.train.components import Cadence, Checkpointer, TrainLogger, Validator
 from cameo_cli.train.data import make_loader, per_process_batch
 from cameo_cli.train.ema import ExponentialMovingAverage

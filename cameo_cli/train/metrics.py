@@ -23,8 +23,8 @@ from accelerate import Accelerator
 from cameo_cli.config import Recipe, recipe_to_dict
 from cameo_cli.errors import CameoError
 from cameo_cli.io import read_json, write_json
-from cameo_cli.runs.layout import MLRUNS, TRACKER_IDS, WANDB
-from cameo_cli.runs.metrics import append_metrics, truncate_metrics
+from cameo_cli.run_folder.layout import MLRUNS, TRACKER_IDS, WANDB
+from cameo_cli.run_folder.metrics import append_metrics, truncate_metrics
 
 PROJECT = "cameo"  # TensorBoard subfolder, MLflow experiment, W&B project
 # tracker -> (module that must be importable, what to install)

@@ -1,6 +1,6 @@
 """Checkpoints written and read: staged and renamed, so a crash never leaves half of one.
 
-Layout of `RUN/checkpoints/step-000100/` (names in `cameo_cli.runs.layout`):
+Layout of `RUN/checkpoints/step-000100/` (names in `cameo_cli.run_folder.layout`):
 
     backbone/                      `MultiViewBackbone.save_pretrained` (diffusers, safetensors)
     alignment.safetensors          the alignment method's parameters (absent for `--align none`)
@@ -34,7 +34,7 @@ from cameo_cli.io import (
     save_safetensors,
     write_json,
 )
-from cameo_cli.runs.layout import (
+from cameo_cli.run_folder.layout import (
     ALIGNMENT,
     BACKBONE,
     CONFIG,
@@ -45,7 +45,7 @@ from cameo_cli.runs.layout import (
     list_checkpoints,
     resolve_checkpoint,
 )
-from cameo_cli.runs.state import capture_rng_state, load_state, restore_rng_state, save_state
+from cameo_cli.run_folder.state import capture_rng_state, load_state, restore_rng_state, save_state
 
 _STAGING_PREFIX = ".staging-"
 
