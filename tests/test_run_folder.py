@@ -9,7 +9,7 @@ the TensorBoard events and the sample PNG are left out, and the three large safe
 files (the backbone's weights, the EMA weights, the optimizer state; 12-25 MB each) are cut
 to their header, which keeps every tensor's name, dtype and shape and the file's metadata.
 Every other file is as written: JSON, YAML, metrics.jsonl, the RNG state, the alignment
-head, the backbone's `cameo_extra.safetensors`. `old_run` unpacks it and refills each cut
+head, the backbone's `cameo_extra.safetensors`. `old_tree` unpacks it and refills each cut
 file with seeded small non-negative values of the recorded dtypes and shapes (written with
 `safetensors` itself, not with cameo), so the checks are of the format, not of the weights.
 """
