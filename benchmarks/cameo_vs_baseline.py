@@ -32,7 +32,6 @@ from rich.console import Console
 
 from cameo_cli.backbone import ViewConditioning
 from cameo_cli.batch import ViewBatch
-from cameo_cli.checkpoints import load_for_inference
 from cameo_cli.codec import load_codec
 from cameo_cli.data.dataset import dataset_from_recipe
 from cameo_cli.data.shards import prepare_dataset
@@ -40,6 +39,7 @@ from cameo_cli.data.synthetic import SyntheticSource
 from cameo_cli.diffusion import make_train_scheduler, noise_targets
 from cameo_cli.geometry import correspondence_targets
 from cameo_cli.pipeline import MultiViewPipeline
+from cameo_cli.run_folder.checkpoints import load_for_inference
 from cameo_cli.train.validation import one_step_views, sampled_views, target_psnr
 
 RECIPE = "quickstart-cpu"

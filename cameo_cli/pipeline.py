@@ -215,7 +215,7 @@ class MultiViewPipeline:
     ) -> MultiViewPipeline:
         """Load a run folder (its latest checkpoint), one checkpoint folder or a folder
         written by `cameo export`; `scheduler` defaults to the recipe's `sample.scheduler`."""
-        from cameo_cli.checkpoints import load_for_inference
+        from cameo_cli.run_folder.checkpoints import load_for_inference
 
         device = torch.device(device) if device is not None else default_device()
         loaded = load_for_inference(path, device=device)

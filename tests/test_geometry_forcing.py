@@ -160,7 +160,8 @@ def test_cli_errors_are_one_line_exit_2(
 
 @pytest.mark.slow
 def test_train_two_steps_resume_and_evaluate(vggt_weights, standin, synthetic_dataset, tmp_path):
-    from cameo_cli.checkpoints import load_for_inference, resolve_checkpoint
+    from cameo_cli.run_folder.checkpoints import load_for_inference
+    from cameo_cli.run_folder.layout import resolve_checkpoint
 
     def train(run: Path, steps: int, *extra: str) -> None:
         args = ["train", "--recipe", "quickstart-cpu", "--align", "geometry-forcing"]

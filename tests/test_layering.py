@@ -102,3 +102,25 @@ def test_the_checks_see_a_loop_and_a_crossing():
         "cameo_cli.evaluate.job", names["cameo_cli.evaluate.job"], set(names)
     )
     assert "cameo_cli.pipeline" in evaluate and "cameo_cli.errors" in evaluate
+
+
+ABOVE_JOBS = ("cameo_cli.commands", "cameo_cli.cli", "cameo_cli.__main__")
+
+
+def jobs_imported_from_below(graph: dict[str, set[str]]) -> list[str]:
+    """`module -> job module` for every core or shared-service module importing a job."""
+    return sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        if not job_of(module) and not module.startswith(ABOVE_JOBS)
+        for target in targets
+        if job_of(target)
+    )
+
+
+def test_no_core_module_or_shared_service_imports_a_job():
+    assert jobs_imported_from_below(import_graph()) == []
+    fake = {"cameo_cli.run_folder.metrics": {"cameo_cli.train.loop"}, "cameo_cli.commands.x": set()}
+    assert jobs_imported_from_below(fake) == [
+        "cameo_cli.run_folder.metrics -> cameo_cli.train.loop"
+    ]

@@ -160,7 +160,7 @@ def test_resampled_student_teacher_size_is_repas():
 
 @pytest.mark.slow
 def test_train_two_steps_resume_and_evaluate(dino_folder, synthetic_dataset, tmp_path):
-    from cameo_cli.checkpoints import load_for_inference
+    from cameo_cli.run_folder.checkpoints import load_for_inference
     from cameo_cli.train.loop import run_training
 
     common = (

@@ -11,10 +11,10 @@ from safetensors.torch import load_file
 
 from cameo_cli.attention.hooks import ProbeResult
 from cameo_cli.batch import ViewBatch
-from cameo_cli.checkpoints import load_for_inference
 from cameo_cli.config import load_recipe
 from cameo_cli.data.dataset import MultiViewDataset
 from cameo_cli.geometry import correspondence_targets
+from cameo_cli.run_folder.checkpoints import load_for_inference
 from cameo_cli.train.loop import TrainingDiverged, run_training
 from cameo_cli.train.validation import attention_precision
 

@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from cameo_cli.checkpoints import load_for_inference
+from cameo_cli.run_folder.checkpoints import load_for_inference
 
 WORKER = """
 import sys

@@ -11,13 +11,12 @@ import pytest
 import torch
 
 from cameo_cli.errors import CameoError
-from cameo_cli.train.checkpoint import CheckpointManager
+from cameo_cli.run_folder.checkpoints import CheckpointManager
+from cameo_cli.run_folder.layout import resolve_resume
+from cameo_cli.run_folder.state import capture_rng_state, load_state, restore_rng_state, save_state
 from cameo_cli.train.data import ResumableBatchSampler
 from cameo_cli.train.ema import ExponentialMovingAverage
 from cameo_cli.train.loop import WarmupConstant
-from cameo_cli.train.rng import capture_rng_state, restore_rng_state
-from cameo_cli.train.rundir import resolve_resume
-from cameo_cli.train.state_io import load_state, save_state
 
 
 def _trained_optimizer() -> tuple[torch.nn.Module, torch.optim.Optimizer]:

@@ -89,10 +89,10 @@ def train(
     train ...` (DDP from your accelerate config); two CPU processes: `torchrun
     --nproc_per_node 2 -m cameo_cli train ...`.
     """
-    from cameo_cli.checkpoints import resolve_checkpoint
     from cameo_cli.config import load_recipe
     from cameo_cli.errors import CameoError
     from cameo_cli.registry import get_alignment_spec, get_spec
+    from cameo_cli.run_folder.layout import CONFIG, resolve_checkpoint
     from cameo_cli.train.loop import run_training
 
     if backbone is not None:
@@ -111,7 +111,7 @@ def train(
         if output is None and resume == "latest":
             raise CameoError("--resume latest needs --output RUN (the run to continue)")
         source = resolve_checkpoint(output if resume == "latest" else resume)
-        recipe_name = str(source / "config.yaml")
+        recipe_name = str(source / CONFIG)
     elif recipe_name is None:
         recipe_name = PAPER_RECIPE.format(backbone=backbone or "cat3d")
     recipe = load_recipe(recipe_name, overrides, values)

@@ -31,7 +31,9 @@ import numpy as np
 
 from cameo_cli.config import load_recipe, recipe_to_dict
 from cameo_cli.errors import CameoError
-from cameo_cli.io import read_json_lines, staged_folder, write_csv, write_json
+from cameo_cli.io import staged_folder, write_csv, write_json
+from cameo_cli.run_folder.layout import CONFIG, METRICS
+from cameo_cli.run_folder.metrics import read_metrics
 
 HELD_OUT_PREFIX = "val/"
 LINE_PREFIX = "val/line_"
@@ -84,15 +86,11 @@ def _values_at(curve: tuple[np.ndarray, np.ndarray], steps: np.ndarray) -> np.nd
 
 def read_run(run: Path) -> RunCurves:
     """A run folder's held-out curves and resolved recipe (CameoError if it has none)."""
-    metrics_file = run / "metrics.jsonl"
-    if not metrics_file.is_file():
-        raise CameoError(f"{run}: not a training run (no metrics.jsonl)")
     points: dict[str, dict[int, float]] = {}
-    for record in read_json_lines(metrics_file, "metrics file"):
-        step = record.get("step")
+    for record in read_metrics(run):
         for name, value in record.items():
-            if name.startswith(HELD_OUT_PREFIX) and value is not None and step is not None:
-                points.setdefault(name, {})[int(step)] = float(value)
+            if name.startswith(HELD_OUT_PREFIX) and value is not None:
+                points.setdefault(name, {})[record["step"]] = float(value)
     lines = {
         name: float(np.mean(list(points.pop(name).values())))
         for name in list(points)
@@ -100,14 +98,14 @@ def read_run(run: Path) -> RunCurves:
     }
     if not points:
         raise CameoError(
-            f"{metrics_file}: no held-out metrics ({HELD_OUT_PREFIX}*) were logged; "
+            f"{run / METRICS}: no held-out metrics ({HELD_OUT_PREFIX}*) were logged; "
             "the run validates every train.validate_every steps"
         )
     curves = {
         name: (np.array(sorted(values)), np.array([values[s] for s in sorted(values)]))
         for name, values in points.items()
     }
-    recipe = recipe_to_dict(load_recipe(str(run / "config.yaml")))
+    recipe = recipe_to_dict(load_recipe(str(run / CONFIG)))
     return RunCurves(run, curves, recipe, lines)
 
 

@@ -96,7 +96,7 @@ def load_model(
     from cameo_cli.config import load_recipe
 
     if checkpoint is not None:
-        from cameo_cli.checkpoints import load_for_inference
+        from cameo_cli.run_folder.checkpoints import load_for_inference
 
         loaded = load_for_inference(checkpoint, device=device)
         name = loaded.backbone.name
@@ -446,6 +446,7 @@ def run_diagnose(request: DiagnoseRequest, console: Console | None = None) -> di
         raise CameoError("pass either --checkpoint or --run, not both")
     device = torch.device(request.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     checkpoints = run_checkpoints(request.run) if request.run is not None else []
+    psnr = validation_psnr(request.run) if checkpoints else []  # a bad metrics file fails early
     first = checkpoints[-1] if checkpoints else request.checkpoint
     model = load_model(request, first, device)
     layers = parse_layers(request.layers, model.backbone)
@@ -497,7 +498,7 @@ def run_diagnose(request: DiagnoseRequest, console: Console | None = None) -> di
             result["over_training"] = {
                 "layer": chosen,
                 "checkpoints": _score_checkpoints(diagnosis, checkpoints, chosen, device, progress),
-                "validation_psnr": validation_psnr(request.run),
+                "validation_psnr": psnr,
             }
         samples = None
         if request.perturb:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from cameo_cli.checkpoints import CHECKPOINTS, METRICS, list_checkpoints
 from cameo_cli.errors import CameoError
+from cameo_cli.run_folder.layout import CHECKPOINTS, list_checkpoints
+from cameo_cli.run_folder.metrics import read_metrics
 
 
 def run_checkpoints(run: Path) -> list[Path]:
@@ -21,18 +21,10 @@ def run_checkpoints(run: Path) -> list[Path]:
 
 
 def validation_psnr(run: Path) -> list[dict[str, float]]:
-    """[{"step", "psnr"}] from the run's metrics.jsonl (`val/psnr` lines), in step order."""
-    path = Path(run) / METRICS
-    if not path.is_file():
-        return []
-    points = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise CameoError(f"{path}:{number}: not a JSON line ({error})") from error
-        if record.get("val/psnr") is not None:
-            points.append({"step": int(record["step"]), "psnr": float(record["val/psnr"])})
+    """[{"step", "psnr"}] from the run's metrics (`val/psnr` lines), in step order."""
+    points = [
+        {"step": record["step"], "psnr": float(record["val/psnr"])}
+        for record in read_metrics(run, required=False)
+        if record.get("val/psnr") is not None
+    ]
     return sorted(points, key=lambda point: point["step"])

@@ -17,21 +17,16 @@ The folder is staged and renamed into place, so a failed export leaves nothing b
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 from cameo_cli import __version__, io
-from cameo_cli.checkpoints import (
-    CHECKPOINTS,
-    EXPORT_INDEX,
-    METRICS,
-    load_for_inference,
-    resolve_checkpoint,
-)
 from cameo_cli.config import Recipe, dump_recipe
 from cameo_cli.diffusion import make_sampler
 from cameo_cli.errors import CameoError
+from cameo_cli.run_folder.checkpoints import load_for_inference, save_model
+from cameo_cli.run_folder.layout import CONFIG, EXPORT_INDEX, PROGRESS, resolve_checkpoint, run_of
+from cameo_cli.run_folder.metrics import read_metrics
 
 CODEC_FOLDER = "codec"
 
@@ -42,29 +37,24 @@ def run_export(source: str | Path, out: Path, *, overwrite: bool = False) -> Pat
     if (folder / EXPORT_INDEX).is_file():
         raise CameoError(f"{source}: is already an export; copy the folder instead")
     io.check_output_folder(out, overwrite)
+    run = run_of(folder)
+    metrics = last_validation(run) if run is not None else {}
     loaded = load_for_inference(folder, device="cpu")
     recipe: Recipe = loaded.recipe
-    head_file = folder / "alignment.safetensors"
-    head_metadata = io.check_safetensors(head_file) if head_file.is_file() else {}
     layer = recipe.alignment.layer if recipe.alignment.method != "none" else None
     codec = recipe.codec
     if codec.kind == "vae":
         codec = dataclasses.replace(codec, path=CODEC_FOLDER)
     exported = dataclasses.replace(recipe, codec=codec)
-    run = folder.parent.parent if folder.parent.name == CHECKPOINTS else None
-    metrics = last_validation(run / METRICS) if run is not None else {}
     with io.staged_folder(out, overwrite) as staging:
-        loaded.backbone.save_pretrained(staging / "backbone")
-        if loaded.alignment is not None:
-            tensors = {k: v.detach().cpu() for k, v in loaded.alignment.state_dict().items()}
-            io.save_safetensors(tensors, staging / "alignment.safetensors", metadata=head_metadata)
+        save_model(staging, loaded.backbone, loaded.alignment, recipe.alignment.method)
         if recipe.codec.kind == "vae":
             _copy_vae(recipe.codec.path, staging / CODEC_FOLDER)
         make_sampler(recipe.diffusion, recipe.sample.scheduler).save_pretrained(
             staging / "scheduler"
         )
-        dump_recipe(exported, staging / "config.yaml", comment=f"exported from {folder}")
-        io.write_json(staging / "state.json", {"step": loaded.step})
+        dump_recipe(exported, staging / CONFIG, comment=f"exported from {folder}")
+        io.write_json(staging / PROGRESS, {"step": loaded.step})
         io.write_json(
             staging / EXPORT_INDEX,
             {
@@ -90,16 +80,10 @@ def _copy_vae(path: str | None, target: Path) -> None:
     codec.vae.save_pretrained(target, safe_serialization=True)
 
 
-def last_validation(metrics_file: Path) -> dict[str, Any]:
-    """The last line of a run's metrics.jsonl holding validation metrics (val/...)."""
-    if not metrics_file.is_file():
-        return {}
+def last_validation(run: Path) -> dict[str, Any]:
+    """The last line of a run's metrics holding validation metrics (val/...)."""
     found: dict[str, Any] = {}
-    for line in io.read_text(metrics_file, "metrics file").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a run stopped mid-write leaves a partial last line
+    for record in read_metrics(run, required=False):
         if any(key.startswith("val/") for key in record):
             found = {k: v for k, v in record.items() if k == "step" or k.startswith("val/")}
     return found

@@ -24,8 +24,9 @@ from cameo_cli.config import Recipe, TrainConfig, dump_recipe
 from cameo_cli.data.dataset import batch_rng
 from cameo_cli.errors import CameoError
 from cameo_cli.io import save_png
-from cameo_cli.train import checkpoint as ckpt
-from cameo_cli.train import rundir
+from cameo_cli.run_folder import checkpoints as ckpt
+from cameo_cli.run_folder import layout as rundir
+from cameo_cli.run_folder.metrics import read_metrics
 from cameo_cli.train.components import Cadence, Checkpointer, TrainLogger, Validator
 from cameo_cli.train.data import make_loader, per_process_batch
 from cameo_cli.train.ema import ExponentialMovingAverage
@@ -81,6 +82,8 @@ def run_training(
     """Train `recipe` into the run folder `output`; return the last checkpoint folder."""
     output = Path(output)
     resume_from = rundir.resolve_resume(output, overwrite=overwrite, resume=resume)
+    if resume_from is not None:
+        read_metrics(output, required=False)  # a bad line fails before the run folder changes
     check_recipe(recipe)
     dataset = open_dataset(recipe, needs_geometry=needs_geometry(recipe), split=TRAIN_SPLIT)
     train = recipe.train
@@ -184,7 +187,7 @@ class Trainer:
         seed = recipe.train.seed * 1_000_003 + accelerator.process_index
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.checkpoints = ckpt.CheckpointManager(
-            output / ckpt.CHECKPOINTS, recipe.train.keep_checkpoints
+            output / rundir.CHECKPOINTS, recipe.train.keep_checkpoints
         )
         train = recipe.train
         self.checkpointer = Checkpointer(
@@ -353,7 +356,7 @@ class Trainer:
         if accelerator.is_main_process:
             self.checkpoints.commit(self.step)
         accelerator.wait_for_everyone()
-        return self.checkpoints.root / ckpt.checkpoint_name(self.step)
+        return self.checkpoints.root / rundir.checkpoint_name(self.step)
 
     def _watched_head(self, model: CameoTrainingModel):
         """CAMEO's trained projection head of the watched layer; None for other methods."""
@@ -434,7 +437,7 @@ class Trainer:
         metrics = None
         if accelerator.is_main_process:
             resumed_at = None if resume_from is None else self.step
-            metrics = MetricsLogger(self.output / rundir.METRICS, accelerator, resumed_at)
+            metrics = MetricsLogger(self.output, accelerator, resumed_at)
             start_trackers(accelerator, self.recipe, self.output, resumed_at)
         self.logger = TrainLogger(Cadence(train.log_every, train.steps), metrics)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -23,10 +22,11 @@ from accelerate import Accelerator
 
 from cameo_cli.config import Recipe, recipe_to_dict
 from cameo_cli.errors import CameoError
-from cameo_cli.io import read_json, read_json_lines, write_json, write_text
+from cameo_cli.io import read_json, write_json
+from cameo_cli.run_folder.layout import MLRUNS, TRACKER_IDS, WANDB
+from cameo_cli.run_folder.metrics import append_metrics, truncate_metrics
 
 PROJECT = "cameo"  # TensorBoard subfolder, MLflow experiment, W&B project
-TRACKER_IDS = "trackers.json"
 # tracker -> (module that must be importable, what to install)
 TRACKER_PACKAGES = {
     "tensorboard": ("tensorboard", "tensorboard"),
@@ -65,10 +65,10 @@ def start_trackers(
         if not os.environ.get("MLFLOW_TRACKING_URI"):
             # MLflow 3 refuses file stores unless allowed; a local folder needs no server.
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-            mlflow.set_tracking_uri((output / "mlruns").resolve().as_uri())
+            mlflow.set_tracking_uri((output / MLRUNS).resolve().as_uri())
         options["mlflow"] = {"run_name": output.name, "run_id": saved.get("mlflow")}
     if "wandb" in names:
-        (output / "wandb").mkdir(exist_ok=True)
+        (output / WANDB).mkdir(exist_ok=True)
         run_id = saved.get("wandb")
         options["wandb"] = {"name": output.name, "dir": str(output), "id": run_id}
         if run_id is not None:
@@ -102,19 +102,15 @@ class MetricsLogger:
     """Appends `{"step": n, name: value, ...}` lines and logs them to the trackers; use on
     the main process only."""
 
-    def __init__(
-        self, metrics_file: Path, accelerator: Accelerator, resumed_at: int | None = None
-    ) -> None:
+    def __init__(self, run: Path, accelerator: Accelerator, resumed_at: int | None = None) -> None:
         """`resumed_at`: the step a resumed run restarts from; later lines are discarded."""
-        self.metrics_file = Path(metrics_file)
+        self.run = Path(run)
         self.accelerator = accelerator
         if resumed_at is not None:
-            truncate_metrics(self.metrics_file, resumed_at)
+            truncate_metrics(self.run, resumed_at)
 
     def log(self, step: int, values: dict[str, float]) -> None:
-        clean = {k: (float(v) if math.isfinite(float(v)) else None) for k, v in values.items()}
-        with open(self.metrics_file, "a") as handle:
-            handle.write(json.dumps({"step": step, **clean}) + "\n")
+        clean = append_metrics(self.run, step, values)
         finite = {name: value for name, value in clean.items() if value is not None}
         if finite:
             self.accelerator.log(finite, step=step)
@@ -130,16 +126,3 @@ class MetricsLogger:
                 import mlflow
 
                 mlflow.log_image(image, key=name, step=step)
-
-
-def truncate_metrics(metrics_file: Path, after_step: int) -> None:
-    """Drop lines logged after `after_step` (a resumed run repeats those steps); a last line
-    cut mid-write is dropped too."""
-    if not metrics_file.is_file():
-        return
-    kept = [
-        record
-        for record in read_json_lines(metrics_file, "metrics file")
-        if record.get("step", 0) <= after_step
-    ]
-    write_text(metrics_file, "".join(json.dumps(record) + "\n" for record in kept))

@@ -1,9 +1,9 @@
-"""Checkpoints: written to a staging folder and renamed, so a crash never leaves half of one.
+"""Checkpoints written and read: staged and renamed, so a crash never leaves half of one.
 
-Layout of `RUN/checkpoints/step-000100/`:
+Layout of `RUN/checkpoints/step-000100/` (names in `cameo_cli.run_folder.layout`):
 
     backbone/                      `MultiViewBackbone.save_pretrained` (diffusers, safetensors)
-    alignment.safetensors          the alignment method's heads (absent for `--align none`)
+    alignment.safetensors          the alignment method's parameters (absent for `--align none`)
     config.yaml                    the resolved recipe of the run
     optimizer.{json,safetensors}   AdamW state (tensors in safetensors, the rest in JSON)
     scheduler.json                 LR scheduler state
@@ -11,34 +11,51 @@ Layout of `RUN/checkpoints/step-000100/`:
     rng-rank{r}.{json,safetensors} every process's RNG states
     state.json                     step, data position, world size
 
-Nothing is pickled. Reading a checkpoint for inference (`load_for_inference`) and finding
-one (`resolve_checkpoint`) live in the shared `cameo_cli.checkpoints`.
+Nothing is pickled. An export (`cameo export`) holds the inference part, which
+`load_for_inference` reads from a run, a checkpoint or an export alike.
 """
 
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from cameo_cli.checkpoints import CHECKPOINTS as CHECKPOINTS  # the trainer's path to it
-from cameo_cli.checkpoints import checkpoint_name, list_checkpoints, read_progress
 from cameo_cli.errors import CameoError
 from cameo_cli.io import (
+    check_safetensors,
     load_safetensors,
     read_json,
     replace_folder,
     save_safetensors,
     write_json,
 )
-from cameo_cli.train.ema import ExponentialMovingAverage
-from cameo_cli.train.rng import capture_rng_state, restore_rng_state
-from cameo_cli.train.state_io import load_state, save_state
+from cameo_cli.run_folder.layout import (
+    ALIGNMENT,
+    BACKBONE,
+    CONFIG,
+    EMA,
+    EXPORT_INDEX,
+    PROGRESS,
+    checkpoint_name,
+    list_checkpoints,
+    resolve_checkpoint,
+)
+from cameo_cli.run_folder.state import capture_rng_state, load_state, restore_rng_state, save_state
 
 _STAGING_PREFIX = ".staging-"
+
+
+class TensorState(Protocol):
+    """What a checkpoint saves of the EMA (`train.ema.ExponentialMovingAverage`)."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
 
 
 class CheckpointManager:
@@ -83,10 +100,10 @@ class CheckpointManager:
 def save_model(folder: Path, backbone: nn.Module, alignment: nn.Module | None, method: str) -> None:
     """The parts inference needs: the backbone folder and the alignment method's parameters
     (its layers and options are in the checkpoint's config.yaml)."""
-    backbone.save_pretrained(folder / "backbone")
+    backbone.save_pretrained(folder / BACKBONE)
     if alignment is not None:
         tensors = {k: v.detach().cpu().contiguous() for k, v in alignment.state_dict().items()}
-        save_safetensors(tensors, folder / "alignment.safetensors", metadata={"method": method})
+        save_safetensors(tensors, folder / ALIGNMENT, metadata={"method": method})
 
 
 def save_training_state(
@@ -94,7 +111,7 @@ def save_training_state(
     *,
     optimizer: torch.optim.Optimizer,
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
-    ema: ExponentialMovingAverage | None,
+    ema: TensorState | None,
     step: int,
     data_position: dict[str, int],
     world_size: int,
@@ -103,9 +120,9 @@ def save_training_state(
     save_state(optimizer.state_dict(), folder, "optimizer")
     write_json(folder / "scheduler.json", lr_scheduler.state_dict())
     if ema is not None:
-        save_safetensors(ema.state_dict(), folder / "ema.safetensors")
+        save_safetensors(ema.state_dict(), folder / EMA)
     write_json(
-        folder / "state.json",
+        folder / PROGRESS,
         {"step": step, "data_position": data_position, "world_size": world_size},
     )
 
@@ -116,35 +133,107 @@ def save_rng(folder: Path, rank: int, generators: dict[str, torch.Generator]) ->
 
 
 # -- reading ------------------------------------------------------------------------------
+def read_progress(folder: Path) -> dict[str, Any]:
+    """`state.json` of a checkpoint: step, data position, world size."""
+    return read_json(folder / PROGRESS, "checkpoint progress file")
+
+
 def restore_training_state(
     folder: Path,
     *,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
-    ema: ExponentialMovingAverage | None,
+    ema: TensorState | None,
     generators: dict[str, torch.Generator],
     rank: int,
 ) -> dict[str, Any]:
     """Load weights, optimizer, scheduler, EMA and this rank's RNG; return `state.json`."""
     progress = read_progress(folder)
     backbone = model.backbone
-    saved = type(backbone).from_pretrained(folder / "backbone")
+    saved = type(backbone).from_pretrained(folder / BACKBONE)
     backbone.load_state_dict(saved.state_dict())
     if model.alignment is not None:
-        head_file = folder / "alignment.safetensors"
+        head_file = folder / ALIGNMENT
         if not head_file.is_file():
-            raise CameoError(f"{folder}: no alignment.safetensors (trained with --align none?)")
+            raise CameoError(f"{folder}: no {ALIGNMENT} (trained with --align none?)")
         model.alignment.load_state_dict(load_safetensors(head_file))
     device = next(model.parameters()).device
     optimizer.load_state_dict(load_state(folder, "optimizer", device=device))
     lr_scheduler.load_state_dict(read_json(folder / "scheduler.json"))
     if ema is not None:
-        ema_file = folder / "ema.safetensors"
+        ema_file = folder / EMA
         if not ema_file.is_file():
-            raise CameoError(f"{folder}: no ema.safetensors, but this run has EMA enabled")
+            raise CameoError(f"{folder}: no {EMA}, but this run has EMA enabled")
         ema.load_state_dict(load_safetensors(ema_file, device=str(device)))
     rng_stem = f"rng-rank{rank}"
     if (folder / f"{rng_stem}.json").is_file():
         restore_rng_state(load_state(folder, rng_stem), generators)
     return progress
+
+
+@dataclass
+class LoadedModel:
+    """A trained model ready for sampling, evaluation or diagnosis."""
+
+    recipe: Any  # cameo_cli.config.Recipe
+    backbone: nn.Module  # MultiViewBackbone, eval mode
+    alignment: nn.Module | None  # the trained AlignmentMethod, or None (--align none)
+    step: int
+
+
+def load_for_inference(
+    path: str | Path, *, device: str | torch.device = "cpu", use_ema: bool = True
+) -> LoadedModel:
+    """Load a run folder (latest checkpoint), a checkpoint folder or an export.
+
+    With `use_ema` and an `ema.safetensors` present, the averaged weights are used. An
+    export's relative `codec.path` is its own `codec/` folder.
+    """
+    from cameo_cli.alignment import build_alignment
+    from cameo_cli.config import load_recipe
+    from cameo_cli.registry import load_backbone
+
+    folder = resolve_checkpoint(path)
+    recipe = load_recipe(str(folder / CONFIG))
+    if (folder / EXPORT_INDEX).is_file() and recipe.codec.path is not None:
+        recipe.codec.path = str(folder / recipe.codec.path)
+    backbone = load_backbone(folder / BACKBONE)
+    alignment, prefix = None, ""
+    head_file = folder / ALIGNMENT
+    if head_file.is_file():
+        alignment = build_alignment(recipe, backbone)
+    if alignment is not None:
+        prefix = _cameo_010_prefix(check_safetensors(head_file))
+        alignment.load_state_dict({prefix + k: v for k, v in load_safetensors(head_file).items()})
+    ema_file = folder / EMA
+    if use_ema and ema_file.is_file():
+        shadow = {
+            f"alignment.{prefix}{k[len('alignment.') :]}" if k.startswith("alignment.") else k: v
+            for k, v in load_safetensors(ema_file).items()
+        }
+        _apply_ema(shadow, backbone, alignment)
+    backbone.to(device).eval()
+    if alignment is not None:
+        alignment.to(device).eval()
+    return LoadedModel(recipe, backbone, alignment, read_progress(folder)["step"])
+
+
+def _cameo_010_prefix(metadata: dict[str, str]) -> str:
+    """cameo 0.1.0 saved one CAMEO head without the method's `losses.<layer>.` prefix (its
+    metadata names the layer, not the method): the prefix to add, else ""."""
+    if "method" in metadata or "layer" not in metadata:
+        return ""
+    return f"losses.{metadata['layer']}."
+
+
+@torch.no_grad()
+def _apply_ema(
+    shadow: dict[str, torch.Tensor], backbone: nn.Module, alignment: nn.Module | None
+) -> None:
+    for prefix, module in (("backbone.", backbone), ("alignment.", alignment)):
+        if module is None:
+            continue
+        for name, param in module.named_parameters():
+            if prefix + name in shadow:
+                param.copy_(shadow[prefix + name].to(param.dtype))

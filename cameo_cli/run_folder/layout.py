@@ -1,23 +1,72 @@
-"""The run folder: config.yaml, meta.json, metrics, TensorBoard logs, samples, checkpoints."""
+"""The names in a run folder and a checkpoint folder, finding checkpoints, and the run
+folder's own files (created, reset, meta.json).
+"""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from cameo_cli import __version__
-from cameo_cli.checkpoints import CHECKPOINTS, resolve_checkpoint
-from cameo_cli.checkpoints import METRICS as METRICS  # the trainer's path to it
 from cameo_cli.errors import CameoError
 from cameo_cli.io import read_json, write_json
-from cameo_cli.train.checkpoint import CheckpointManager
 
+# a run folder (and config.yaml in each checkpoint and export too)
 CONFIG = "config.yaml"
 META = "meta.json"
-TENSORBOARD = "tensorboard"
+METRICS = "metrics.jsonl"
+TRACKER_IDS = "trackers.json"  # MLflow / W&B run ids, for --resume
+CHECKPOINTS = "checkpoints"
 SAMPLES = "samples"
+TENSORBOARD = "tensorboard"
+MLRUNS = "mlruns"
+WANDB = "wandb"
+# a checkpoint folder (an export holds the inference part of one)
+BACKBONE = "backbone"
+ALIGNMENT = "alignment.safetensors"
+EMA = "ema.safetensors"
+PROGRESS = "state.json"
+EXPORT_INDEX = "model_index.json"  # marks a folder written by `cameo export`
+_STEP_FOLDER = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoint folders in `root` (a run's `checkpoints/`), oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = _STEP_FOLDER.match(child.name)
+        if match and child.is_dir():
+            found.append((int(match.group(1)), child))
+    return [path for _, path in sorted(found)]
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder (or an export), or a run folder's latest checkpoint."""
+    path = Path(path)
+    if not path.exists():
+        raise CameoError(f"{path}: no such run or checkpoint folder")
+    if (path / PROGRESS).is_file() and (path / BACKBONE).is_dir():
+        return path
+    folders = list_checkpoints(path / CHECKPOINTS)
+    if not folders:
+        raise CameoError(f"{path}: neither a checkpoint folder nor a run folder with checkpoints")
+    return folders[-1]
+
+
+def run_of(checkpoint: Path) -> Path | None:
+    """The run folder holding `checkpoint`; None for a checkpoint outside one (an export)."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINTS else None
 
 
 def resolve_resume(output: Path, *, overwrite: bool, resume: str | None) -> Path | None:
@@ -30,10 +79,10 @@ def resolve_resume(output: Path, *, overwrite: bool, resume: str | None) -> Path
         raise CameoError("--resume and --overwrite exclude each other")
     if resume is not None:
         if resume == "latest":
-            latest = CheckpointManager(output / CHECKPOINTS, keep=0).latest()
-            if latest is None:
+            folders = list_checkpoints(output / CHECKPOINTS)
+            if not folders:
                 raise CameoError(f"{output}: --resume latest, but it holds no checkpoint")
-            return latest
+            return folders[-1]
         return resolve_checkpoint(resume)
     if output.exists() and not overwrite and (not output.is_dir() or any(output.iterdir())):
         raise CameoError(
