@@ -243,7 +243,15 @@ def test_a_merge_with_a_part_missing_or_unlike_the_others_writes_nothing(tmp_pat
     assert _cli(*other, "--out", str(out), "--part", "2/2", "--overwrite").exit_code == 0
     result = _cli("--merge", str(out))
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
-    assert "part 2/2 was prepared with other source" in result.output
+    assert "part 2/2 was prepared with another dataset and options" in result.output
+    assert ((out / "index.json").read_bytes(), (out / "eval_index.json").read_bytes()) == merged
+    assert _cli(*SYNTHETIC, "--out", str(out), "--part", "2/2", "--overwrite").exit_code == 0
+    part_index = out / "part-00002-of-00002" / "index.json"
+    index = json.loads(part_index.read_text())
+    index["part"]["listing_sha256"] = "0" * 64  # cut from another listing of the raw data
+    part_index.write_text(json.dumps(index))
+    result = _cli("--merge", str(out))
+    assert result.exit_code == 2 and "another scene listing" in result.output
     assert ((out / "index.json").read_bytes(), (out / "eval_index.json").read_bytes()) == merged
 
     assert _cli(*SYNTHETIC, "--out", str(out / "x"), "--part", "1/3").exit_code == 0

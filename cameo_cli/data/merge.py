@@ -18,6 +18,16 @@ from cameo_cli.data.shards import exclusive, load_index
 from cameo_cli.errors import CameoError
 from cameo_cli.io import write_json
 
+# what every part must share: (what the error calls it, key in index.json, key in its "part")
+LISTING = "scene listing (the raw dataset changed between parts)"
+SAME = (
+    ("dataset and options", "source", None),
+    ("dataset format", "format_version", None),
+    ("--seed (evaluation index)", "part", "eval_seed"),
+    (LISTING, "part", "listed"),
+    (LISTING, "part", "listing_sha256"),
+)
+
 
 def _part_folders(out: Path) -> dict[Part, Path]:
     """Parts 1..N of ``out`` in order (a CameoError unless exactly those are there)."""
@@ -68,17 +78,18 @@ def merge_parts(out: Path) -> dict:
         folders = _part_folders(out)
         indexes = {part: _read_part(path, part) for part, path in folders.items()}
         first_part, first = next(iter(indexes.items()))
-        same = ("source", "format_version")
-        same_part = ("eval_seed", "listed", "listing_sha256")
         for part, index in indexes.items():
-            differs = [k for k in same if index[k] != first[k]] + [
-                k for k in same_part if index["part"][k] != first["part"][k]
+            differs = [
+                what
+                for what, key, sub in SAME
+                if (index[key] if sub is None else index[key][sub])
+                != (first[key] if sub is None else first[key][sub])
             ]
             if differs:
                 raise CameoError(
-                    f"{folders[part]}/index.json: part {part} was prepared with other "
-                    f"{', '.join(differs)} than part {first_part}; prepare it again with the "
-                    "same options"
+                    f"{folders[part]}/index.json: part {part} was prepared with another "
+                    f"{' and '.join(dict.fromkeys(differs))} than part {first_part}; prepare it "
+                    "again as the others"
                 )
         entries = []  # (listing position, scene, meta)
         shards, skipped, seen = [], [], set()
