@@ -8,6 +8,9 @@ Layout of a prepared folder::
     shards/shard-00000.safetensors   one file per group of scenes
     shards/shard-00000.json          the shard's manifest (what index.json is assembled from)
     .cameo-prepare.json the plan (which scenes go into which shard), for resuming
+    part-00001-of-00004/ a part (`--part 1/4`, `cameo_cli.data.parts`): a prepared folder of
+                        its own; `--merge` writes the index.json above listing its shards
+                        by relative path (``part-00001-of-00004/shards/...``)
 
 Inside a shard, for every scene ``S`` with ``N`` frames (no pickle, plain tensors):
 

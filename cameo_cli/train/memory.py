@@ -162,7 +162,7 @@ def _codec(recipe: Recipe) -> tuple[int, int, int, str]:
     if path is not None and path.is_file():
         vae_config, source = json.loads(path.read_text()), str(path)
     else:
-        vae_config, source = SD_VAE_CONFIG, "SD2.1's VAE (codec.path has no config.json)"
+        vae_config, source = SD_VAE_CONFIG, "SD2.1's VAE; no codec.path/config.json"
     with torch.device("meta"):
         vae = AutoencoderKL.from_config(vae_config)
     frozen = sum(p.numel() for p in vae.parameters()) * FP32
