@@ -8,6 +8,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from cameo_cli.data.merge import merge_parts
+from cameo_cli.data.parts import Part, parse_part, part_from_environment
 from cameo_cli.data.records import SceneSource
 from cameo_cli.data.shards import PrepareReport, prepare_dataset
 from cameo_cli.data.vggt_scenes import VGGTSettings
@@ -114,8 +116,8 @@ def print_report(report: PrepareReport, console: Console) -> None:
 
 
 @click.command(context_settings={"show_default": True})
-@click.argument("dataset")
-@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
+@click.argument("dataset", required=False)
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--root", type=click.Path(), help="Raw dataset folder (re10k, dtu, navi).")
 @click.option(
     "--split",
@@ -175,11 +177,30 @@ def print_report(report: PrepareReport, console: Console) -> None:
 @click.option("--workers", type=int, default=1, help="Worker processes.")
 @click.option("--scenes-per-shard", type=int, default=8, help="Scenes in one shard file.")
 @click.option("--overwrite", is_flag=True, help="Replace a dataset prepared with other options.")
-def prepare(dataset: str, out: str, **opts: object) -> None:
+@click.option(
+    "--part",
+    help="Prepare only part I of N (1 <= I <= N; scenes split by a hash of their name) into "
+    "--out/part-I-of-N/ [default under torchrun: RANK + 1 of WORLD_SIZE]; then --merge.",
+)
+@click.option(
+    "--merge",
+    type=click.Path(file_okay=False),
+    help="Instead of preparing: check the finished parts in this folder and write its "
+    "index.json and eval_index.json.",
+)
+def prepare(dataset: str | None, out: str | None, **opts: object) -> None:
     """Prepare DATASET (re10k, dtu, navi, synthetic) into shards.
 
-    Writes the shards and index.json in --out.
+    Writes the shards and index.json in --out, or in parts (--part I/N, one job each),
+    then joins them with `cameo prepare --merge OUT`.
     """
+    if opts["merge"] is not None:
+        if dataset is not None or out is not None or opts["part"] is not None:
+            raise CameoError("--merge OUT takes no DATASET, --out or --part")
+        _merge(Path(opts["merge"]))
+        return
+    if dataset is None or out is None:
+        raise CameoError("prepare needs DATASET and --out OUT (or --merge OUT)")
     if dataset not in DATASETS:
         known = ", ".join(f"{name} ({desc})" for name, desc in DATASETS.items())
         raise CameoError(f"unknown dataset {dataset!r}; known datasets: {known}")
@@ -191,6 +212,7 @@ def prepare(dataset: str, out: str, **opts: object) -> None:
         raise CameoError("--workers and --scenes-per-shard must be at least 1")
     if opts["geometry"] == "vggt" and not opts["vggt_weights"]:
         raise CameoError("--geometry vggt needs --vggt-weights FILE|DIR (local VGGT-1B weights)")
+    part = _part(opts["part"])
     source = _make_source(dataset, opts)
     console = Console(stderr=True)
     report = prepare_dataset(
@@ -204,6 +226,31 @@ def prepare(dataset: str, out: str, **opts: object) -> None:
         vggt_settings=VGGTSettings(window=opts["vggt_window"], overlap=opts["vggt_overlap"]),
         depth_divisor=opts["depth_divisor"],
         short_side=opts["short_side"],
+        part=part,
         console=console,
     )
     print_report(report, console)
+    if part is not None:
+        console.print(f"part {part} done; when every part is: cameo prepare --merge {out}")
+
+
+def _part(text: str | None) -> Part | None:
+    """--part I/N, or the rank's part under torchrun / accelerate launch."""
+    launched = part_from_environment()
+    if text is None:
+        return launched
+    if launched is not None:
+        raise CameoError(
+            f"--part {text} under a launcher of {launched.count} processes: every rank would "
+            "prepare the same part; leave --part out (each rank takes RANK + 1 of WORLD_SIZE)"
+        )
+    return parse_part(text)
+
+
+def _merge(out: Path) -> None:
+    merged = merge_parts(out)
+    Console(stderr=True).print(
+        f"[bold]merged {merged['parts']['count']} parts[/] -> {out}: {merged['num_scenes']} "
+        f"scenes, {merged['num_frames']} frames, {len(merged['shards'])} shards, "
+        f"{len(merged['skipped'])} skipped (see index.json)"
+    )

@@ -8,6 +8,9 @@ Layout of a prepared folder::
     shards/shard-00000.safetensors   one file per group of scenes
     shards/shard-00000.json          the shard's manifest (what index.json is assembled from)
     .cameo-prepare.json the plan (which scenes go into which shard), for resuming
+    part-00001-of-00004/ a part (`--part 1/4`, `cameo_cli.data.parts`): a prepared folder of
+                        its own; `--merge` writes the index.json above listing its shards
+                        by relative path (``part-00001-of-00004/shards/...``)
 
 Inside a shard, for every scene ``S`` with ``N`` frames (no pickle, plain tensors):
 
@@ -55,6 +58,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from safetensors import SafetensorError, safe_open
 
 from cameo_cli import __version__
+from cameo_cli.data.parts import Part
 from cameo_cli.data.records import (
     FrameData,
     SceneData,
@@ -233,6 +237,11 @@ def build_shard(
             skipped.append(Skip(scene, str(exc)))
         except (OSError, ValueError) as exc:
             skipped.append(Skip(scene, f"{type(exc).__name__}: {exc}"))
+        except Exception as exc:  # a crash (out of memory, a bug): say where, keep the rest
+            raise CameoError(
+                f"{out}: preparing scene {scene!r} failed ({type(exc).__name__}: {exc}); "
+                "finished shards are kept, run the same command again to resume"
+            ) from exc
         if progress is not None:
             progress.put(1)
     name = _shard_name(index)
@@ -332,16 +341,19 @@ def prepare_dataset(
     vggt_settings: VGGTSettings | None = None,
     short_side: int | None = None,
     depth_divisor: int = DEPTH_DIVISOR,
+    part: Part | None = None,
     console: Console | None = None,
 ) -> PrepareReport:
     """Write ``source`` as shards + index.json + eval_index.json into ``out`` (resumable).
 
     With ``vggt_weights`` every kept scene gets VGGT depth (`cameo_cli.data.vggt_scenes`,
     with ``vggt_settings``); with ``short_side`` frames are stored with their shorter side at
-    most that many pixels; depth is stored at the image size / ``depth_divisor``.
+    most that many pixels; depth is stored at the image size / ``depth_divisor``. With
+    ``part`` only that part's scenes, into its own folder ``part.folder(out)``
+    (`cameo_cli.data.parts`; `merge_parts` joins the parts).
     """
     console = console or Console(stderr=True)
-    out = Path(out)
+    out = Path(out) if part is None else part.folder(Path(out))
     options = source.options()
     if vggt_weights is not None:
         from cameo_cli.data.vggt_scenes import check_vggt
@@ -365,14 +377,23 @@ def prepare_dataset(
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists() and not out.is_dir():
         raise CameoError(f"{out}: --out is a file, not a folder")
-    with _exclusive(out):
+    with exclusive(out):
         return _prepare(
-            source, out, options, extra, scenes_per_shard, workers, overwrite, eval_seed, console
+            source,
+            out,
+            options,
+            extra,
+            scenes_per_shard,
+            workers,
+            overwrite,
+            eval_seed,
+            part,
+            console,
         )
 
 
 @contextmanager
-def _exclusive(out: Path) -> Iterator[None]:
+def exclusive(out: Path) -> Iterator[None]:
     """Hold ``out/.cameo-prepare.lock`` so that two preparations never write one folder."""
     out.mkdir(exist_ok=True)
     with open(out / LOCK_FILE, "a") as lock:
@@ -392,6 +413,7 @@ def _prepare(
     workers: int,
     overwrite: bool,
     eval_seed: int,
+    part: Part | None,
     console: Console,
 ) -> PrepareReport:
     signature_data = {"dataset": source.dataset, "options": options, "per_shard": scenes_per_shard}
@@ -404,6 +426,9 @@ def _prepare(
             f"{source.options().get('root', out)}: no scenes found"
             + (f" ({detail})" if detail else "")
         )
+    listed = scenes
+    if part is not None:
+        scenes = [scene for scene in listed if part.holds(scene)]
     plan = [scenes[i : i + scenes_per_shard] for i in range(0, len(scenes), scenes_per_shard)]
     (out / "shards").mkdir(parents=True, exist_ok=True)
     for stale in (out / "shards").glob("*.tmp-*"):
@@ -443,6 +468,8 @@ def _prepare(
     report.shards_written = len(todo)
 
     index = _assemble_index(source, out, plan, manifests, listing_skips, options)
+    if part is not None:
+        index["part"] = part.record(listed, list(index["scenes"]), eval_seed)
     views, no_views = _eval_index(source, index, eval_seed)
     index["skipped"].extend({"item": s.item, "reason": s.reason} for s in no_views)
     write_json(out / "index.json", index, indent=1)

@@ -12,6 +12,7 @@ scale per scene is fitted (`cameo_cli.geometry.scale_fit`). `load_vggt` and
 from __future__ import annotations
 
 import importlib
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +105,14 @@ def aggregator_facts(weights: str | Path) -> AggregatorFacts:
     return AggregatorFacts(shapes[patch_key][-1], 2 * shapes[token_key][-1], len(blocks))
 
 
+def default_device() -> torch.device:
+    """This process's GPU (``cuda:LOCAL_RANK``: each rank of a ``torchrun`` launch its own,
+    ``cuda:0`` in a single process), or the CPU without CUDA."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
 @dataclass
 class VGGTPrediction:
     """One VGGT call on F frames, at VGGT's input size (h, w), in VGGT's frame and scale."""
@@ -124,7 +133,7 @@ class VGGTDepth:
         resolution: int = 518,
     ) -> None:
         _, self._pose_to_cameras = import_vggt()
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(device or default_device())
         self.resolution = resolution
         self.model = load_vggt(weights, self.device)
 
