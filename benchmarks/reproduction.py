@@ -52,7 +52,7 @@ from rich.table import Table
 
 from cameo_cli.config import find_recipe
 from cameo_cli.errors import CameoError
-from cameo_cli.io import read_json, read_json_lines, save_with, write_json
+from cameo_cli.io import read_json, read_json_lines, save_figure, write_json
 
 CORE = ("baseline", "cameo")  # trained with every seed
 # seed 0 only
@@ -374,10 +374,7 @@ def plot_precision_vs_quality(correlation: dict, lines: dict[str, float], path: 
         axis.set_ylabel(metric)
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    try:
-        save_with(path, lambda temporary: figure.savefig(temporary, format="png", dpi=120))
-    finally:
-        plt.close(figure)
+    save_figure(path, figure)
 
 
 def print_tables(report: dict, ablation_steps: int) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from cameo_cli.image_metrics import psnr
-from cameo_cli.io import read_image, read_json, read_json_lines, save_with, write_json
+from cameo_cli.io import read_image, read_json, read_json_lines, save_figure, write_json
 
 SCENE = "synth-00000"
 CURVE = ("val/psnr", "val/psnr_x0", "val/sharpness", "val/denoise_t250")
@@ -120,10 +120,7 @@ def plot(curve: list[dict], lines: dict[str, float], goal: float, path: Path) ->
     axis.set_title("sanity run: one scene, references 0 and 3, targets 1 and 2")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
-    try:
-        save_with(path, lambda temporary: figure.savefig(temporary, format="png", dpi=120))
-    finally:
-        plt.close(figure)
+    save_figure(path, figure)
 
 
 def main() -> None:

@@ -93,6 +93,19 @@ def write_json(path: str | os.PathLike, payload: Any, *, indent: int = 2) -> Non
     write_text(path, json.dumps(payload, indent=indent) + "\n")
 
 
+def save_figure(path: str | os.PathLike, figure: Any, **options: Any) -> None:
+    """A matplotlib `figure` as PNG (120 dpi; `options` go to `savefig`), atomically; the
+    figure is closed after, written or not."""
+    import matplotlib.pyplot as plt
+
+    try:
+        save_with(
+            path, lambda temporary: figure.savefig(temporary, format="png", dpi=120, **options)
+        )
+    finally:
+        plt.close(figure)
+
+
 def write_csv(path: str | os.PathLike, rows: Iterable[Sequence[Any]]) -> None:
     """`rows` as CSV, atomically."""
     buffer = io.StringIO()

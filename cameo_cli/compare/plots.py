@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cameo_cli.io import save_with  # noqa: E402
+from cameo_cli.io import save_figure  # noqa: E402
 
 LINE_STYLES = ("--", ":", "-.")
 
@@ -39,7 +39,4 @@ def metric_curves(
     axis.set_ylabel(metric)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
-    try:
-        save_with(path, lambda temporary: figure.savefig(temporary, format="png", dpi=120))
-    finally:
-        plt.close(figure)
+    save_figure(path, figure)

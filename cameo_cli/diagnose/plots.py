@@ -15,17 +15,7 @@ from cameo_cli.diagnose.precision import (  # noqa: E402
     headline_metric,
     metric_label,
 )
-from cameo_cli.io import save_with  # noqa: E402
-
-
-def _save(figure, path: Path) -> None:
-    try:
-        save_with(
-            path,
-            lambda temporary: figure.savefig(temporary, format="png", dpi=120, bbox_inches="tight"),
-        )
-    finally:
-        plt.close(figure)
+from cameo_cli.io import save_figure  # noqa: E402
 
 
 def _value(value: float | None) -> float:
@@ -80,7 +70,7 @@ def precision_by_layer(result: dict, path: Path) -> None:
         f"{result['backbone']}/{result['variant']}: argmax attention vs ground truth ({world})"
     )
     axis.legend(fontsize=8)
-    _save(figure, path)
+    save_figure(path, figure, bbox_inches="tight")
 
 
 def precision_by_rotation(result: dict, path: Path) -> None:
@@ -117,7 +107,7 @@ def precision_by_rotation(result: dict, path: Path) -> None:
         axis.set_ylabel("layer")
         axis.set_title(f"precision {metric_label(metric, result['radii'])}")
         figure.colorbar(image, ax=axis)
-    _save(figure, path)
+    save_figure(path, figure, bbox_inches="tight")
 
 
 def precision_over_training(result: dict, path: Path) -> None:
@@ -154,7 +144,7 @@ def precision_over_training(result: dict, path: Path) -> None:
     right.set_xlabel("training step")
     right.set_ylabel("validation PSNR (dB)")
     right.set_title("validation PSNR")
-    _save(figure, path)
+    save_figure(path, figure, bbox_inches="tight")
 
 
 def perturbation_drop(result: dict, path: Path) -> None:
@@ -179,7 +169,7 @@ def perturbation_drop(result: dict, path: Path) -> None:
         f"perturbation: {result['perturbation']['sample_steps']} DDIM steps, "
         f"seed {result['perturbation']['seed']}"
     )
-    _save(figure, path)
+    save_figure(path, figure, bbox_inches="tight")
 
 
 def perturbation_samples(samples: dict, path: Path) -> None:
@@ -202,4 +192,4 @@ def perturbation_samples(samples: dict, path: Path) -> None:
                 axis.imshow(images[row].permute(1, 2, 0).clamp(0, 1).numpy())
             if row == 0:
                 axis.set_title(title, fontsize=7)
-    _save(figure, path)
+    save_figure(path, figure, bbox_inches="tight")
