@@ -28,7 +28,17 @@ from cameo_cli.errors import CameoError
 from tests import vggt_standin
 
 REPO = Path(__file__).resolve().parents[1]
-SYNTHETIC = ["synthetic", "--scenes", "5", "--frames", "4", "--resolution", "16"]
+SYNTHETIC = [
+    "synthetic",
+    "--scenes",
+    "5",
+    "--test-scenes",
+    "2",
+    "--frames",
+    "4",
+    "--resolution",
+    "16",
+]
 SYNTHETIC += ["--scenes-per-shard", "2"]
 QUIET = Console(quiet=True)
 
@@ -93,7 +103,7 @@ def test_two_parts_then_merge_equal_one_process(single, tmp_path):
         assert result.exit_code == 0, result.output
         assert f"part {part} done" in result.output
     sizes = [load_index(Part(i, 2).folder(out))["num_scenes"] for i in (1, 2)]
-    assert min(sizes) >= 1 and sum(sizes) == 5
+    assert min(sizes) >= 1 and sum(sizes) == 7  # 5 training scenes and 2 held-out ones
     again = _cli(*SYNTHETIC, "--out", str(out), "--part", "2/2")  # resumable per part
     assert again.exit_code == 0 and "written 0" in again.output
     result = _cli("--merge", str(out))
