@@ -134,16 +134,16 @@ def test_reference_lines_are_drawn_on_the_psnr_plots_and_listed(
 
     drawn: dict[str, dict[str, tuple[float, ...]]] = {}
 
-    def record(path: Path, save) -> None:  # the horizontal lines of each figure, by label
-        axis = plt.gcf().axes[0]
+    def record(path: Path, figure) -> None:  # the horizontal lines of each figure, by label
+        axis = figure.axes[0]
         drawn[path.name] = {
             line.get_label(): tuple(line.get_ydata())
             for line in axis.get_lines()
             if len(set(line.get_ydata())) == 1
         }
-        save(path)
+        plt.close(figure)
 
-    monkeypatch.setattr(plots, "save_with", record)
+    monkeypatch.setattr(plots, "save_figure", record)
     curves = {
         "val/psnr": [10.0, 12.0, 14.0, 15.0],
         "val/psnr_x0": [11.0, 12.0, 13.0, 14.0],
