@@ -39,8 +39,7 @@ from cameo_cli.diagnose.request import DiagnosedModel, DiagnoseRequest, Diagnosi
 from cameo_cli.errors import CameoError
 
 if TYPE_CHECKING:
-    from cameo_cli.alignment import CameoLoss
-    from cameo_cli.attention.hooks import ProbeResult
+    from cameo_cli.attention.hooks import MatchScorer, ProbeResult
     from cameo_cli.config import Recipe
     from cameo_cli.data.dataset import MultiViewDataset
 
@@ -106,18 +105,19 @@ def load_model(
                 f"'{request.backbone}' (pass --backbone {name})"
             )
         recipe = loaded.recipe
-        # CAMEO's trained head of its (first) supervised layer; other methods have none
+        # the method's own matches at its (first) layer (CAMEO: its trained head), if any
         layer = recipe.alignment.layer
         layer = layer[0] if isinstance(layer, list) else layer
-        heads = getattr(loaded.alignment, "correspondence_head", None)
-        head = heads(layer) if heads is not None and isinstance(layer, int) else None
+        scorer = None
+        if loaded.alignment is not None and isinstance(layer, int):
+            scorer = loaded.alignment.match_scorer(layer)
         return DiagnosedModel(
             backbone=loaded.backbone,
             codec=load_codec(recipe.codec).to(device).eval(),
             recipe=recipe,
             variant=recipe.backbone.variant,
-            alignment=head,
-            supervised_layer=layer if head is not None else None,
+            match_scorer=scorer,
+            supervised_layer=layer if scorer is not None else None,
             step=loaded.step,
             source=str(checkpoint),
         )
@@ -269,14 +269,14 @@ def score_probe(
     batch: ViewBatch,
     radii: Radii,
     epsilon: float,
-    alignment: CameoLoss | None = None,
+    scorer: MatchScorer | None = None,
     metres_per_unit: torch.Tensor | None = None,
     pairs: torch.Tensor | None = None,
 ) -> tuple[PrecisionCounts, PrecisionCounts, PrecisionCounts | None]:
     """Counts of the head-averaged attention, of chance (its predictions with shuffled keys,
-    `chance_counts`) and of the projection head's map if given; 3D radii in cm with
-    `metres_per_unit` [B] (metric data), else in token footprints; only the (query view,
-    key view) `pairs` [F, F] when given."""
+    `chance_counts`) and of the method's `scorer` if given (a trained head's map); 3D radii
+    in cm with `metres_per_unit` [B] (metric data), else in token footprints; only the
+    (query view, key view) `pairs` [F, F] when given."""
     from cameo_cli.geometry import correspondence_targets, resize_point_map
 
     device = probe.q.device
@@ -314,8 +314,8 @@ def score_probe(
 
     predicted = predicted_matches(probe, head_averaged_argmax)
     projected = None
-    if alignment is not None:
-        projected = score(predicted_matches(probe, alignment.predicted_match))
+    if scorer is not None:
+        projected = score(predicted_matches(probe, scorer))
     return score(predicted), chance_counts(score, predicted), projected
 
 
@@ -329,7 +329,7 @@ def layer_precision(
     per_layer = {layer: PrecisionCounts(metrics) for layer in layers}
     per_step = {(layer, t): PrecisionCounts(metrics) for layer in layers for t in request.timesteps}
     chance = {layer: PrecisionCounts(metrics) for layer in layers}
-    projected = PrecisionCounts(metrics) if model.alignment is not None else None
+    projected = PrecisionCounts(metrics) if model.match_scorer is not None else None
     batches = _batches(diagnosis.views)
     task = (
         progress.add_task("precision", total=len(batches) * len(request.timesteps))
@@ -344,7 +344,7 @@ def layer_precision(
             for timestep in request.timesteps:
                 results = probe_all(model, batch, layers, timestep, request.seed)
                 for layer, probe in results.items():
-                    head = model.alignment if layer == model.supervised_layer else None
+                    head = model.match_scorer if layer == model.supervised_layer else None
                     counts, chance_part, head_counts = score_probe(
                         probe, batch, request.radii, request.epsilon, head, scale, pairs
                     )

@@ -18,6 +18,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, ProjectConfiguration
 from torch.utils.data import Dataset
 
+from cameo_cli.attention.hooks import MatchScorer
 from cameo_cli.backbone import ViewConditioning
 from cameo_cli.batch import ViewBatch
 from cameo_cli.config import Recipe, TrainConfig, dump_recipe
@@ -358,10 +359,11 @@ class Trainer:
         accelerator.wait_for_everyone()
         return self.checkpoints.root / rundir.checkpoint_name(self.step)
 
-    def _watched_head(self, model: CameoTrainingModel):
-        """CAMEO's trained projection head of the watched layer; None for other methods."""
-        heads = getattr(model.alignment, "correspondence_head", None)
-        return None if heads is None else heads(self.watched_layer[0])
+    def _watched_scorer(self, model: CameoTrainingModel) -> MatchScorer | None:
+        """The method's own matches at the watched layer (CAMEO: its trained head), if any."""
+        if model.alignment is None:
+            return None
+        return model.alignment.match_scorer(self.watched_layer[0])
 
     def _validate(self, step: int) -> None:
         """Main process: the held-out metrics of the validation batch (see
@@ -398,7 +400,7 @@ class Trainer:
                 seed=recipe.train.seed,
                 probe=self.watched_layer,
                 epsilon=recipe.alignment.epsilon,
-                head=self._watched_head(model),
+                scorer=self._watched_scorer(model),
             )
         model.train()
         truth = (batch.images + 1) / 2

@@ -8,7 +8,8 @@ On a fixed held-out batch, given its clean references, with fixed noise:
 - `val/denoise_t*`: the denoising loss at t = 250, 500, 750 (`HELD_OUT_TIMESTEPS`);
 - `val/precision`, `val/precision_1tok`: the supervised layer's head-averaged attention
   against the geometric correspondence (exact, within one token), at t = 500;
-- `val/precision_head`, `val/precision_head_1tok`: the same through CAMEO's projection head;
+- `val/precision_head`, `val/precision_head_1tok`: the same through the method's own match
+  scorer (`AlignmentMethod.match_scorer`: CAMEO's projection head);
 - `val/sharpness`: the sampled target views' high-frequency energy over the truth's
   (`image_metrics.sharpness`: 1 = as sharp, below 1 blurred), beside `val/psnr`;
 - `val/line_flat_psnr`, `val/line_copy_psnr`, `val/line_reproject_psnr` (with point maps) and
@@ -29,8 +30,12 @@ import torch
 from diffusers import DDPMScheduler
 from einops import rearrange
 
-from cameo_cli.alignment.cameo_loss import CameoLoss
-from cameo_cli.attention.hooks import ProbeResult, head_averaged_argmax, predicted_matches
+from cameo_cli.attention.hooks import (
+    MatchScorer,
+    ProbeResult,
+    head_averaged_argmax,
+    predicted_matches,
+)
 from cameo_cli.backbone import MultiViewBackbone, ViewConditioning
 from cameo_cli.batch import ViewBatch
 from cameo_cli.camera_files import CameraSet
@@ -229,14 +234,15 @@ def held_out_metrics(
     seed: int,
     probe: tuple[int, tuple[int, int]] | None,
     epsilon: float,
-    head: CameoLoss | None = None,
+    scorer: MatchScorer | None = None,
 ) -> tuple[dict[str, float], torch.Tensor]:
     """Cheap, low-variance convergence metrics of a fixed held-out batch (fixed noise):
     `val/denoise_t*` (the training loss on target views) at `HELD_OUT_TIMESTEPS`,
     `val/psnr_x0` (the one-step x̂0 at t = 500) and, with point maps and `probe` = (layer,
     grid), `val/precision` and `val/precision_1tok` of that layer's attention at t = 500;
-    with CAMEO's projection `head` of that layer also `val/precision_head` and
-    `val/precision_head_1tok`, the head's argmax. Returns the metrics and the one-step views."""
+    with the method's `scorer` of that layer (`AlignmentMethod.match_scorer`, CAMEO's
+    projection head) also `val/precision_head` and `val/precision_head_1tok`. Returns the
+    metrics and the one-step views."""
     batch = batch.to(next(backbone.parameters()).device)
     metrics: dict[str, float] = {}
     one_step = None
@@ -254,8 +260,8 @@ def held_out_metrics(
             metrics["val/psnr_x0"] = target_psnr(one_step, batch)
             if run.probe is not None:
                 scorers = {"val/precision": head_averaged_argmax}
-                if head is not None:
-                    scorers["val/precision_head"] = head.predicted_match
+                if scorer is not None:
+                    scorers["val/precision_head"] = scorer
                 for name, argmax in scorers.items():
                     precision = attention_precision(run.probe, batch, epsilon, argmax)
                     if precision:
