@@ -9,7 +9,6 @@ drawn with each layer's attention replaced by the identity (fixed seed and noise
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import re
 from pathlib import Path
@@ -21,7 +20,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from cameo_cli.attention.hooks import head_averaged_argmax, predicted_matches
-from cameo_cli.backbone import MultiViewBackbone, ViewConditioning
+from cameo_cli.backbone import MultiViewBackbone
 from cameo_cli.batch import ViewBatch
 from cameo_cli.diagnose.precision import (
     ROTATION_BINS,
@@ -37,6 +36,7 @@ from cameo_cli.diagnose.precision import (
 )
 from cameo_cli.diagnose.request import DiagnosedModel, DiagnoseRequest, Diagnosis, ViewSet
 from cameo_cli.errors import CameoError
+from cameo_cli.probed import encode_views, probed_forward
 
 if TYPE_CHECKING:
     from cameo_cli.attention.hooks import MatchScorer, ProbeResult
@@ -238,30 +238,18 @@ def probe_all(
     model: DiagnosedModel, batch: ViewBatch, layers: list[int], timestep: int, seed: int
 ) -> dict[int, ProbeResult]:
     """One forward pass at `timestep` with every layer in `layers` probed: {layer: ProbeResult}."""
-    from cameo_cli.diffusion import make_train_scheduler, noise_targets
+    from cameo_cli.diffusion import make_train_scheduler, noised_views
 
     backbone, device = model.backbone, next(model.backbone.parameters()).device
     batch = batch.to(device).with_domain(model.recipe.data.domain)
-    images = batch.images
-    b, f = images.shape[:2]
-    image_size = batch.image_size
-    latents = model.codec.encode(images.flatten(0, 1)).unflatten(0, (b, f)).float()
+    latents = encode_views(model.codec, batch).float()
     generator = torch.Generator().manual_seed(seed * 1000 + timestep)
     noise = torch.randn(latents.shape, generator=generator).to(device)
     scheduler = make_train_scheduler(model.recipe.diffusion)
-    steps = torch.full((b,), timestep, dtype=torch.long, device=device)
-    noisy = noise_targets(scheduler, latents, noise, steps, batch.ref_mask)
-    cond = ViewConditioning.from_batch(batch)
-    backbone.set_num_views(f)
-    with contextlib.ExitStack() as stack:
-        handles = {
-            layer: stack.enter_context(
-                backbone.probe(layer, backbone.token_grid(layer, image_size))
-            )
-            for layer in layers
-        }
-        backbone(noisy, torch.full((b,), float(timestep), device=device), cond)
-    return {layer: handle.result for layer, handle in handles.items()}
+    steps = torch.full((batch.batch_size,), timestep, dtype=torch.long, device=device)
+    noised = noised_views(scheduler, latents, noise, steps, batch.ref_mask)
+    grids = {layer: backbone.token_grid(layer, batch.image_size) for layer in layers}
+    return probed_forward(backbone, batch, noised, probes=grids).probes
 
 
 def score_probe(
