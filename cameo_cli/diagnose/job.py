@@ -22,7 +22,9 @@ from rich.table import Table
 from cameo_cli.attention.hooks import head_averaged_argmax, predicted_matches
 from cameo_cli.backbone import MultiViewBackbone
 from cameo_cli.batch import ViewBatch
-from cameo_cli.diagnose.precision import (
+from cameo_cli.diagnose.request import DiagnosedModel, DiagnoseRequest, Diagnosis, ViewSet
+from cameo_cli.errors import CameoError
+from cameo_cli.match_precision import (
     ROTATION_BINS,
     PrecisionCounts,
     Radii,
@@ -30,12 +32,8 @@ from cameo_cli.diagnose.precision import (
     headline_metric,
     lift,
     metric_label,
-    rotation_bins,
-    score_matches,
-    token_footprints,
+    precision_scorer,
 )
-from cameo_cli.diagnose.request import DiagnosedModel, DiagnoseRequest, Diagnosis, ViewSet
-from cameo_cli.errors import CameoError
 from cameo_cli.probed import encode_views, probed_forward
 
 if TYPE_CHECKING:
@@ -265,45 +263,11 @@ def score_probe(
     `chance_counts`) and of the method's `scorer` if given (a trained head's map); 3D radii
     in cm with `metres_per_unit` [B] (metric data), else in token footprints; only the
     (query view, key view) `pairs` [F, F] when given."""
-    from cameo_cli.geometry import correspondence_targets, resize_point_map
-
-    device = probe.q.device
-    points = batch.point_map.to(device)
-    valid = batch.point_valid.to(device)
-    grid = probe.grid
-    targets = correspondence_targets(points, valid, grid, epsilon=epsilon)
-    rows = targets.mask if pairs is None else targets.mask & pairs.to(device)[None, :, :, None]
-    token_points, token_valid = resize_point_map(points, valid, grid)
-    token_points = token_points.flatten(-2).transpose(-1, -2)
-    token_valid = token_valid.flatten(-2)
-    height, width = batch.image_size
-    stride = (height / grid[0], width / grid[1])
-    radii = radii.resolved(width)
-    w2c = batch.world_to_camera.to(device)
-    bins = rotation_bins(w2c)
-    footprints = None
-    if metres_per_unit is None:
-        footprints = token_footprints(token_points, batch.intrinsics.to(device), w2c, stride)
-
-    def score(predicted: torch.Tensor) -> PrecisionCounts:
-        return score_matches(
-            predicted,
-            targets.index,
-            rows,
-            grid,
-            stride,
-            token_points,
-            token_valid,
-            bins,
-            radii,
-            metres_per_unit=metres_per_unit,
-            footprints=footprints,
-        )
-
+    score = precision_scorer(
+        probe, batch, radii, epsilon, metres_per_unit=metres_per_unit, pairs=pairs
+    )
     predicted = predicted_matches(probe, head_averaged_argmax)
-    projected = None
-    if scorer is not None:
-        projected = score(predicted_matches(probe, scorer))
+    projected = None if scorer is None else score(predicted_matches(probe, scorer))
     return score(predicted), chance_counts(score, predicted), projected
 
 

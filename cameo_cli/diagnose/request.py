@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from cameo_cli.backbone import MultiViewBackbone
-from cameo_cli.diagnose.precision import Radii
+from cameo_cli.match_precision import Radii
 
 if TYPE_CHECKING:
     from cameo_cli.attention.hooks import MatchScorer

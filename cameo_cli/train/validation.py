@@ -21,8 +21,6 @@ All but `val/psnr` cost one forward pass each, so they can be logged often.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 from diffusers import DDPMScheduler
@@ -39,6 +37,7 @@ from cameo_cli.batch import ViewBatch
 from cameo_cli.camera_files import CameraSet
 from cameo_cli.diffusion import noised_views
 from cameo_cli.image_metrics import psnr, sharpness
+from cameo_cli.match_precision import Radii, precision_scorer
 from cameo_cli.pipeline import reference_depth
 from cameo_cli.probed import ProbedPass, encode_views, probed_forward
 from cameo_cli.reference_lines import reference_lines
@@ -174,30 +173,20 @@ def attention_precision(
     probe: ProbeResult,
     batch: ViewBatch,
     epsilon: float,
-    argmax: Callable[[ProbeResult, int, int], torch.Tensor] = head_averaged_argmax,
+    argmax: MatchScorer = head_averaged_argmax,
 ) -> dict[str, float]:
-    """The probed layer's correspondence against per-pair truth: the share of kept rows whose
-    `argmax` key (by default of the head-averaged attention) is the true one (`exact`) or
-    within one token (`within1`)."""
-    from cameo_cli.geometry import correspondence_targets
-
-    targets = correspondence_targets(
-        batch.point_map, batch.point_valid, probe.grid, epsilon, "per_pair"
-    )
-    kept = targets.mask
-    if not kept.any():
+    """The probed layer's correspondence against per-pair truth, scored as diagnose scores
+    it (`match_precision.precision_scorer`): the share of kept rows whose `argmax` key (by
+    default of the head-averaged attention) is the true one (`exact`) or within one token
+    (`within1`)."""
+    score = precision_scorer(probe, batch, Radii(tokens=1.0), epsilon)
+    counts = score(predicted_matches(probe, argmax))
+    rows = int(counts.rows.sum())
+    if not rows:
         return {}
-    predicted = predicted_matches(probe, argmax)[kept]
-    truth = targets.index[kept]
-    width = probe.grid[1]
-    rows = torch.div(predicted, width, rounding_mode="floor") - torch.div(
-        truth, width, rounding_mode="floor"
-    )
-    cols = predicted % width - truth % width
-    return {
-        "exact": (predicted == truth).float().mean().item(),
-        "within1": (rows * rows + cols * cols <= 1).float().mean().item(),
-    }
+    hits = counts.hits.sum(dim=1).float() / rows  # float32, as validation always logged them
+    exact, within = (hits[counts.metrics.index(m)].item() for m in ("exact", "tokens"))
+    return {"exact": exact, "within1": within}
 
 
 @torch.no_grad()
