@@ -157,6 +157,8 @@ def noise_targets(
 
 @dataclass
 class NoisedBatch:
+    """Latents with their target views noised, and what the model regresses."""
+
     noisy: torch.Tensor  # [B, F, C, h, w]: noisy targets, clean references
     target: torch.Tensor  # [B, F, C, h, w]: v or epsilon (meaningful on target views)
     timesteps: torch.Tensor  # [B] long
