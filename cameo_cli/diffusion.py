@@ -15,6 +15,7 @@ t = 250 / 500 / 750 and alpha_bar_999 = 0. Prediction type: "v_prediction" or "e
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from diffusers import (
@@ -152,3 +153,30 @@ def noise_targets(
     noisy = scheduler.add_noise(x0.flatten(0, 1), noise.flatten(0, 1), per_view_t)
     keep_clean = ref_mask.to(x0.device)[:, :, None, None, None]
     return torch.where(keep_clean, x0, noisy.unflatten(0, (batch, views)))
+
+
+@dataclass
+class NoisedBatch:
+    """Latents with their target views noised, and what the model regresses."""
+
+    noisy: torch.Tensor  # [B, F, C, h, w]: noisy targets, clean references
+    target: torch.Tensor  # [B, F, C, h, w]: v or epsilon (meaningful on target views)
+    timesteps: torch.Tensor  # [B] long
+
+
+def noised_views(
+    scheduler: DDPMScheduler,
+    latents: torch.Tensor,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    ref_mask: torch.Tensor,
+) -> NoisedBatch:
+    """`latents` [B, F, C, h, w] with their target views noised to `timesteps` [B] by `noise`
+    (`noise_targets`, references clean) and the training target of every view."""
+    batch, views = latents.shape[:2]
+    per_view_t = timesteps.repeat_interleave(views)
+    target = training_target(
+        scheduler, latents.flatten(0, 1), noise.flatten(0, 1), per_view_t
+    ).unflatten(0, (batch, views))
+    noisy = noise_targets(scheduler, latents, noise, timesteps, ref_mask)
+    return NoisedBatch(noisy=noisy, target=target, timesteps=timesteps)

@@ -20,7 +20,10 @@ from cameo_cli.diagnose.job import (
     recommend,
 )
 from cameo_cli.diagnose.job import load_model as load_diagnosed_model
-from cameo_cli.diagnose.precision import (
+from cameo_cli.diagnose.request import Diagnosis
+from cameo_cli.errors import CameoError
+from cameo_cli.geometry import correspondence_targets, resize_point_map
+from cameo_cli.match_precision import (
     ROTATION_BINS,
     Radii,
     chance_counts,
@@ -30,9 +33,6 @@ from cameo_cli.diagnose.precision import (
     shuffled_keys,
     token_footprints,
 )
-from cameo_cli.diagnose.request import Diagnosis
-from cameo_cli.errors import CameoError
-from cameo_cli.geometry import correspondence_targets, resize_point_map
 from tests.navi_fixture import STEP_DEG, write_navi
 
 

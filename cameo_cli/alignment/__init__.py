@@ -1,7 +1,6 @@
-"""Alignment losses and the alignment-method contract (`method`): CAMEO's loss and its
-projection head, and what every registered method implements."""
+"""The alignment-method contract (`method`): what every registered method implements and
+offers the jobs. The methods themselves, CAMEO's loss included, live in their plugins."""
 
-from cameo_cli.alignment.cameo_loss import CameoLoss
 from cameo_cli.alignment.method import (
     AlignmentInputs,
     AlignmentMethod,
@@ -15,6 +14,5 @@ __all__ = [
     "AlignmentMethod",
     "AlignmentNeeds",
     "AlignmentOutput",
-    "CameoLoss",
     "build_alignment",
 ]

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from cameo_cli.attention.hooks import ProbeResult
+from cameo_cli.attention.hooks import MatchScorer, ProbeResult
 from cameo_cli.errors import CameoError
 from cameo_cli.spec import AlignmentSpec
 
@@ -84,6 +84,12 @@ class AlignmentMethod(nn.Module, ABC):
     def load_teacher(self, recipe: Recipe, device: torch.device) -> nn.Module | None:
         """The frozen teacher (called with the clean views `[B, F, 3, H, W]` in [-1, 1]
         under no_grad), or None. Missing weights are a CameoError."""
+        return None
+
+    def match_scorer(self, layer: int) -> MatchScorer | None:
+        """What the method predicts as each query's matching key token at `layer` from a
+        probe (e.g. a trained projection head's argmax), scored by validation and diagnose
+        beside the attention's own; None (the default) where it predicts none."""
         return None
 
     @abstractmethod

@@ -73,6 +73,10 @@ class ProbeResult:
         return torch.einsum("bhqd,bhkd->bhqk", q, self.k[:, j]) * self.scale
 
 
+MatchScorer = Callable[[ProbeResult, int, int], torch.Tensor]
+"""(probe, i, j) -> [B, hw] the predicted key token of view j per query token of view i."""
+
+
 def head_averaged_argmax(probe: ProbeResult, i: int, j: int, chunk_size: int = 256) -> torch.Tensor:
     """[B, hw] key token of view j with the most head-averaged attention, per query of view i."""
     dtype = torch.promote_types(probe.q.dtype, torch.float32)
@@ -86,7 +90,7 @@ def head_averaged_argmax(probe: ProbeResult, i: int, j: int, chunk_size: int = 2
 
 def predicted_matches(
     probe: ProbeResult,
-    argmax: Callable[[ProbeResult, int, int], torch.Tensor] = head_averaged_argmax,
+    argmax: MatchScorer = head_averaged_argmax,
 ) -> torch.Tensor:
     """[B, F, F, hw] predicted key token for every ordered pair (the diagonal is unused)."""
     batch, views, _, hw, _ = probe.q.shape

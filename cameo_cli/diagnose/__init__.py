@@ -3,7 +3,7 @@ training, the identity-attention perturbation test, and the recommended layer (s
 through `cameo_cli.layers`)."""
 
 from cameo_cli.diagnose.job import DiagnoseRequest, run_diagnose
-from cameo_cli.diagnose.precision import Radii
+from cameo_cli.match_precision import Radii
 
 __all__ = [
     "DiagnoseRequest",

@@ -9,7 +9,6 @@ drawn with each layer's attention replaced by the identity (fixed seed and noise
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import re
 from pathlib import Path
@@ -21,9 +20,11 @@ from rich.progress import Progress
 from rich.table import Table
 
 from cameo_cli.attention.hooks import head_averaged_argmax, predicted_matches
-from cameo_cli.backbone import MultiViewBackbone, ViewConditioning
+from cameo_cli.backbone import MultiViewBackbone
 from cameo_cli.batch import ViewBatch
-from cameo_cli.diagnose.precision import (
+from cameo_cli.diagnose.request import DiagnosedModel, DiagnoseRequest, Diagnosis, ViewSet
+from cameo_cli.errors import CameoError
+from cameo_cli.match_precision import (
     ROTATION_BINS,
     PrecisionCounts,
     Radii,
@@ -31,16 +32,12 @@ from cameo_cli.diagnose.precision import (
     headline_metric,
     lift,
     metric_label,
-    rotation_bins,
-    score_matches,
-    token_footprints,
+    precision_scorer,
 )
-from cameo_cli.diagnose.request import DiagnosedModel, DiagnoseRequest, Diagnosis, ViewSet
-from cameo_cli.errors import CameoError
+from cameo_cli.probed import encode_views, probed_forward
 
 if TYPE_CHECKING:
-    from cameo_cli.alignment import CameoLoss
-    from cameo_cli.attention.hooks import ProbeResult
+    from cameo_cli.attention.hooks import MatchScorer, ProbeResult
     from cameo_cli.config import Recipe
     from cameo_cli.data.dataset import MultiViewDataset
 
@@ -106,18 +103,19 @@ def load_model(
                 f"'{request.backbone}' (pass --backbone {name})"
             )
         recipe = loaded.recipe
-        # CAMEO's trained head of its (first) supervised layer; other methods have none
+        # the method's own matches at its (first) layer (CAMEO: its trained head), if any
         layer = recipe.alignment.layer
         layer = layer[0] if isinstance(layer, list) else layer
-        heads = getattr(loaded.alignment, "correspondence_head", None)
-        head = heads(layer) if heads is not None and isinstance(layer, int) else None
+        scorer = None
+        if loaded.alignment is not None and isinstance(layer, int):
+            scorer = loaded.alignment.match_scorer(layer)
         return DiagnosedModel(
             backbone=loaded.backbone,
             codec=load_codec(recipe.codec).to(device).eval(),
             recipe=recipe,
             variant=recipe.backbone.variant,
-            alignment=head,
-            supervised_layer=layer if head is not None else None,
+            match_scorer=scorer,
+            supervised_layer=layer if scorer is not None else None,
             step=loaded.step,
             source=str(checkpoint),
         )
@@ -238,30 +236,18 @@ def probe_all(
     model: DiagnosedModel, batch: ViewBatch, layers: list[int], timestep: int, seed: int
 ) -> dict[int, ProbeResult]:
     """One forward pass at `timestep` with every layer in `layers` probed: {layer: ProbeResult}."""
-    from cameo_cli.diffusion import make_train_scheduler, noise_targets
+    from cameo_cli.diffusion import make_train_scheduler, noised_views
 
     backbone, device = model.backbone, next(model.backbone.parameters()).device
     batch = batch.to(device).with_domain(model.recipe.data.domain)
-    images = batch.images
-    b, f = images.shape[:2]
-    image_size = batch.image_size
-    latents = model.codec.encode(images.flatten(0, 1)).unflatten(0, (b, f)).float()
+    latents = encode_views(model.codec, batch).float()
     generator = torch.Generator().manual_seed(seed * 1000 + timestep)
     noise = torch.randn(latents.shape, generator=generator).to(device)
     scheduler = make_train_scheduler(model.recipe.diffusion)
-    steps = torch.full((b,), timestep, dtype=torch.long, device=device)
-    noisy = noise_targets(scheduler, latents, noise, steps, batch.ref_mask)
-    cond = ViewConditioning.from_batch(batch)
-    backbone.set_num_views(f)
-    with contextlib.ExitStack() as stack:
-        handles = {
-            layer: stack.enter_context(
-                backbone.probe(layer, backbone.token_grid(layer, image_size))
-            )
-            for layer in layers
-        }
-        backbone(noisy, torch.full((b,), float(timestep), device=device), cond)
-    return {layer: handle.result for layer, handle in handles.items()}
+    steps = torch.full((batch.batch_size,), timestep, dtype=torch.long, device=device)
+    noised = noised_views(scheduler, latents, noise, steps, batch.ref_mask)
+    grids = {layer: backbone.token_grid(layer, batch.image_size) for layer in layers}
+    return probed_forward(backbone, batch, noised, probes=grids).probes
 
 
 def score_probe(
@@ -269,53 +255,19 @@ def score_probe(
     batch: ViewBatch,
     radii: Radii,
     epsilon: float,
-    alignment: CameoLoss | None = None,
+    scorer: MatchScorer | None = None,
     metres_per_unit: torch.Tensor | None = None,
     pairs: torch.Tensor | None = None,
 ) -> tuple[PrecisionCounts, PrecisionCounts, PrecisionCounts | None]:
     """Counts of the head-averaged attention, of chance (its predictions with shuffled keys,
-    `chance_counts`) and of the projection head's map if given; 3D radii in cm with
-    `metres_per_unit` [B] (metric data), else in token footprints; only the (query view,
-    key view) `pairs` [F, F] when given."""
-    from cameo_cli.geometry import correspondence_targets, resize_point_map
-
-    device = probe.q.device
-    points = batch.point_map.to(device)
-    valid = batch.point_valid.to(device)
-    grid = probe.grid
-    targets = correspondence_targets(points, valid, grid, epsilon=epsilon)
-    rows = targets.mask if pairs is None else targets.mask & pairs.to(device)[None, :, :, None]
-    token_points, token_valid = resize_point_map(points, valid, grid)
-    token_points = token_points.flatten(-2).transpose(-1, -2)
-    token_valid = token_valid.flatten(-2)
-    height, width = batch.image_size
-    stride = (height / grid[0], width / grid[1])
-    radii = radii.resolved(width)
-    w2c = batch.world_to_camera.to(device)
-    bins = rotation_bins(w2c)
-    footprints = None
-    if metres_per_unit is None:
-        footprints = token_footprints(token_points, batch.intrinsics.to(device), w2c, stride)
-
-    def score(predicted: torch.Tensor) -> PrecisionCounts:
-        return score_matches(
-            predicted,
-            targets.index,
-            rows,
-            grid,
-            stride,
-            token_points,
-            token_valid,
-            bins,
-            radii,
-            metres_per_unit=metres_per_unit,
-            footprints=footprints,
-        )
-
+    `chance_counts`) and of the method's `scorer` if given (a trained head's map); 3D radii
+    in cm with `metres_per_unit` [B] (metric data), else in token footprints; only the
+    (query view, key view) `pairs` [F, F] when given."""
+    score = precision_scorer(
+        probe, batch, radii, epsilon, metres_per_unit=metres_per_unit, pairs=pairs
+    )
     predicted = predicted_matches(probe, head_averaged_argmax)
-    projected = None
-    if alignment is not None:
-        projected = score(predicted_matches(probe, alignment.predicted_match))
+    projected = None if scorer is None else score(predicted_matches(probe, scorer))
     return score(predicted), chance_counts(score, predicted), projected
 
 
@@ -329,7 +281,7 @@ def layer_precision(
     per_layer = {layer: PrecisionCounts(metrics) for layer in layers}
     per_step = {(layer, t): PrecisionCounts(metrics) for layer in layers for t in request.timesteps}
     chance = {layer: PrecisionCounts(metrics) for layer in layers}
-    projected = PrecisionCounts(metrics) if model.alignment is not None else None
+    projected = PrecisionCounts(metrics) if model.match_scorer is not None else None
     batches = _batches(diagnosis.views)
     task = (
         progress.add_task("precision", total=len(batches) * len(request.timesteps))
@@ -344,7 +296,7 @@ def layer_precision(
             for timestep in request.timesteps:
                 results = probe_all(model, batch, layers, timestep, request.seed)
                 for layer, probe in results.items():
-                    head = model.alignment if layer == model.supervised_layer else None
+                    head = model.match_scorer if layer == model.supervised_layer else None
                     counts, chance_part, head_counts = score_probe(
                         probe, batch, request.radii, request.epsilon, head, scale, pairs
                     )

@@ -10,12 +10,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cameo_cli.diagnose.precision import (  # noqa: E402
+from cameo_cli.io import save_figure  # noqa: E402
+from cameo_cli.match_precision import (  # noqa: E402
     ROTATION_BINS,
     headline_metric,
     metric_label,
 )
-from cameo_cli.io import save_figure  # noqa: E402
 
 
 def _value(value: float | None) -> float:

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from cameo_cli.backbone import MultiViewBackbone
-from cameo_cli.diagnose.precision import Radii
+from cameo_cli.match_precision import Radii
 
 if TYPE_CHECKING:
-    from cameo_cli.alignment import CameoLoss
+    from cameo_cli.attention.hooks import MatchScorer
     from cameo_cli.config import Recipe
     from cameo_cli.data.dataset import MultiViewDataset
 
@@ -56,7 +56,7 @@ class DiagnosedModel:
     codec: torch.nn.Module
     recipe: Recipe
     variant: str
-    alignment: CameoLoss | None = None  # with the trained projection head
+    match_scorer: MatchScorer | None = None  # the method's own matches (a trained head)
     supervised_layer: int | None = None
     step: int | None = None
     source: str = "fresh"

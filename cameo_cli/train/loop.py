@@ -18,12 +18,13 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, ProjectConfiguration
 from torch.utils.data import Dataset
 
-from cameo_cli.backbone import ViewConditioning
+from cameo_cli.attention.hooks import MatchScorer
 from cameo_cli.batch import ViewBatch
 from cameo_cli.config import Recipe, TrainConfig, dump_recipe
 from cameo_cli.data.dataset import batch_rng
 from cameo_cli.errors import CameoError
 from cameo_cli.io import save_png
+from cameo_cli.probed import encode_views, probed_forward
 from cameo_cli.run_folder import checkpoints as ckpt
 from cameo_cli.run_folder import layout as rundir
 from cameo_cli.run_folder.metrics import read_metrics
@@ -270,16 +271,15 @@ class Trainer:
         if self.teacher is not None:
             with torch.no_grad(), self.accelerator.autocast():
                 inputs["teacher"] = self.teacher(images)
-        b, f = images.shape[:2]
         with torch.no_grad():
             draw = self.generator if recipe.codec.sample_posterior else None
-            latents = self.codec.encode(images.flatten(0, 1), generator=draw).unflatten(0, (b, f))
+            latents = encode_views(self.codec, batch, draw)
         noised = add_training_noise(self.scheduler, latents, ref_mask, self.generator)
-        drop = camera_drop(recipe.train, b, batch_index, self.generator)
-        cond = ViewConditioning.from_batch(batch, drop_camera=drop, generator=self.generator)
-        prediction, aligned = self.prepared_model(
-            noised.noisy, noised.timesteps.float(), cond, **inputs
+        drop = camera_drop(recipe.train, batch.batch_size, batch_index, self.generator)
+        run = probed_forward(
+            self.prepared_model, batch, noised, drop_camera=drop, generator=self.generator, **inputs
         )
+        prediction, aligned = run.output
         denoise = denoising_loss(
             prediction, noised, ref_mask, self.scheduler, recipe.diffusion.min_snr_gamma
         )
@@ -358,10 +358,11 @@ class Trainer:
         accelerator.wait_for_everyone()
         return self.checkpoints.root / rundir.checkpoint_name(self.step)
 
-    def _watched_head(self, model: CameoTrainingModel):
-        """CAMEO's trained projection head of the watched layer; None for other methods."""
-        heads = getattr(model.alignment, "correspondence_head", None)
-        return None if heads is None else heads(self.watched_layer[0])
+    def _watched_scorer(self, model: CameoTrainingModel) -> MatchScorer | None:
+        """The method's own matches at the watched layer (CAMEO: its trained head), if any."""
+        if model.alignment is None:
+            return None
+        return model.alignment.match_scorer(self.watched_layer[0])
 
     def _validate(self, step: int) -> None:
         """Main process: the held-out metrics of the validation batch (see
@@ -398,7 +399,7 @@ class Trainer:
                 seed=recipe.train.seed,
                 probe=self.watched_layer,
                 epsilon=recipe.alignment.epsilon,
-                head=self._watched_head(model),
+                scorer=self._watched_scorer(model),
             )
         model.train()
         truth = (batch.images + 1) / 2

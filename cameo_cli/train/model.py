@@ -7,7 +7,6 @@ block outputs) inside one forward pass.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
@@ -20,6 +19,7 @@ from cameo_cli.alignment.method import (
     block_outputs,
 )
 from cameo_cli.backbone import MultiViewBackbone, ViewConditioning
+from cameo_cli.probed import probing
 
 
 class CameoTrainingModel(nn.Module):
@@ -45,16 +45,14 @@ class CameoTrainingModel(nn.Module):
         if self.alignment is None:
             return self.backbone(noisy, timesteps, cond), None
         needs = self.alignment.needs
-        with contextlib.ExitStack() as stack:
-            probes = {
-                layer: stack.enter_context(self.backbone.probe(layer, grid))
-                for layer, grid in needs.probes.items()
-            }
-            blocks = stack.enter_context(block_outputs(self.backbone.model, needs.blocks))
+        with (
+            probing(self.backbone, needs.probes) as probes,
+            block_outputs(self.backbone.model, needs.blocks) as blocks,
+        ):
             prediction = self.backbone(noisy, timesteps, cond)
         inputs = AlignmentInputs(
             ref_mask=cond.ref_mask,
-            probes={layer: handle.result for layer, handle in probes.items()},
+            probes=probes,
             blocks=blocks,
             point_map=point_map,
             point_valid=point_valid,

@@ -9,19 +9,10 @@ over target views only, optionally weighted per sample by Min-SNR-gamma
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from diffusers import DDPMScheduler
 
-from cameo_cli.diffusion import noise_targets, snr_weights, training_target
-
-
-@dataclass
-class NoisedBatch:
-    noisy: torch.Tensor  # [B, F, C, h, w]: noisy targets, clean references
-    target: torch.Tensor  # [B, F, C, h, w]: v or epsilon (meaningful on target views)
-    timesteps: torch.Tensor  # [B] long
+from cameo_cli.diffusion import NoisedBatch, noised_views, snr_weights
 
 
 def add_training_noise(
@@ -31,17 +22,11 @@ def add_training_noise(
     generator: torch.Generator,
 ) -> NoisedBatch:
     """Draw one timestep per sample and noise every target view; references stay clean."""
-    batch, views = latents.shape[:2]
     device = latents.device
     num_steps = scheduler.config.num_train_timesteps
-    timesteps = torch.randint(0, num_steps, (batch,), generator=generator, device=device)
+    timesteps = torch.randint(0, num_steps, (latents.shape[0],), generator=generator, device=device)
     noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
-    per_view_t = timesteps.repeat_interleave(views)
-    target = training_target(
-        scheduler, latents.flatten(0, 1), noise.flatten(0, 1), per_view_t
-    ).unflatten(0, (batch, views))
-    noisy = noise_targets(scheduler, latents, noise, timesteps, ref_mask)
-    return NoisedBatch(noisy=noisy, target=target, timesteps=timesteps)
+    return noised_views(scheduler, latents, noise, timesteps, ref_mask)
 
 
 def denoising_loss(

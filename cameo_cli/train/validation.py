@@ -8,7 +8,8 @@ On a fixed held-out batch, given its clean references, with fixed noise:
 - `val/denoise_t*`: the denoising loss at t = 250, 500, 750 (`HELD_OUT_TIMESTEPS`);
 - `val/precision`, `val/precision_1tok`: the supervised layer's head-averaged attention
   against the geometric correspondence (exact, within one token), at t = 500;
-- `val/precision_head`, `val/precision_head_1tok`: the same through CAMEO's projection head;
+- `val/precision_head`, `val/precision_head_1tok`: the same through the method's own match
+  scorer (`AlignmentMethod.match_scorer`: CAMEO's projection head);
 - `val/sharpness`: the sampled target views' high-frequency energy over the truth's
   (`image_metrics.sharpness`: 1 = as sharp, below 1 blurred), beside `val/psnr`;
 - `val/line_flat_psnr`, `val/line_copy_psnr`, `val/line_reproject_psnr` (with point maps) and
@@ -20,25 +21,27 @@ All but `val/psnr` cost one forward pass each, so they can be logged often.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from diffusers import DDPMScheduler
 from einops import rearrange
 
-from cameo_cli.alignment.cameo_loss import CameoLoss
-from cameo_cli.attention.hooks import ProbeResult, head_averaged_argmax, predicted_matches
-from cameo_cli.backbone import MultiViewBackbone, ViewConditioning
+from cameo_cli.attention.hooks import (
+    MatchScorer,
+    ProbeResult,
+    head_averaged_argmax,
+    predicted_matches,
+)
+from cameo_cli.backbone import MultiViewBackbone
 from cameo_cli.batch import ViewBatch
 from cameo_cli.camera_files import CameraSet
-from cameo_cli.diffusion import noise_targets, training_target
+from cameo_cli.diffusion import noised_views
 from cameo_cli.image_metrics import psnr, sharpness
+from cameo_cli.match_precision import Radii, precision_scorer
 from cameo_cli.pipeline import reference_depth
+from cameo_cli.probed import ProbedPass, encode_views, probed_forward
 from cameo_cli.reference_lines import reference_lines
-from cameo_cli.train.objective import NoisedBatch, denoising_loss
+from cameo_cli.train.objective import denoising_loss
 
 VALIDATION_TIMESTEP = 500
 HELD_OUT_TIMESTEPS = (250, VALIDATION_TIMESTEP, 750)
@@ -116,21 +119,6 @@ def reference_line_psnr(batch: ViewBatch) -> dict[str, float]:
     return {name: torch.cat(parts).mean().item() for name, parts in values.items()}
 
 
-@dataclass
-class FixedNoisePass:
-    """One forward pass on a batch noised to one timestep with seeded noise."""
-
-    noised: NoisedBatch
-    prediction: torch.Tensor  # [B, F, C, h, w]
-    probe: ProbeResult | None  # the probed layer's q and k, when asked for
-
-
-def encode_views(codec, batch: ViewBatch) -> torch.Tensor:
-    """[B, F, C, h, w] latents of the batch's views."""
-    b, f = batch.images.shape[:2]
-    return codec.encode(batch.images.flatten(0, 1)).unflatten(0, (b, f))
-
-
 def fixed_noise_pass(
     backbone: MultiViewBackbone,
     latents: torch.Tensor,
@@ -140,34 +128,26 @@ def fixed_noise_pass(
     *,
     seed: int,
     probe: tuple[int, tuple[int, int]] | None = None,
-) -> FixedNoisePass:
+) -> ProbedPass:
     """The batch's `latents` (`encode_views`) noised to `timestep` on the targets with noise
     from `seed` (the same noise at every timestep), references clean; `probe` = (layer,
     token grid) also captures that layer."""
-    ref_mask = batch.ref_mask
-    b, f = latents.shape[:2]
+    b = latents.shape[0]
     device = latents.device
     generator = torch.Generator(device=device).manual_seed(seed)
     noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
     timesteps = torch.full((b,), timestep, device=device, dtype=torch.long)
-    noisy = noise_targets(scheduler, latents, noise, timesteps, ref_mask)
-    target = training_target(
-        scheduler, latents.flatten(0, 1), noise.flatten(0, 1), timesteps.repeat_interleave(f)
-    ).unflatten(0, (b, f))
-    cond = ViewConditioning.from_batch(batch)
-    watch = backbone.probe(*probe) if probe is not None else contextlib.nullcontext()
-    with watch as handle:
-        prediction = backbone(noisy, timesteps.float(), cond)
-    result = handle.result if probe is not None else None
-    return FixedNoisePass(NoisedBatch(noisy, target, timesteps), prediction, result)
+    noised = noised_views(scheduler, latents, noise, timesteps, batch.ref_mask)
+    probes = {probe[0]: probe[1]} if probe is not None else None
+    return probed_forward(backbone, batch, noised, probes=probes)
 
 
-def _one_step_images(codec, scheduler: DDPMScheduler, batch: ViewBatch, run: FixedNoisePass):
+def _one_step_images(codec, scheduler: DDPMScheduler, batch: ViewBatch, run: ProbedPass):
     """`[B, F, 3, H, W]` in [0, 1]: references as given, targets as x̂0 of `run`."""
     images, ref_mask = batch.images, batch.ref_mask
     b, f = images.shape[:2]
     timestep = int(run.noised.timesteps[0])
-    x0 = predicted_x0(scheduler, run.noised.noisy, run.prediction, timestep)
+    x0 = predicted_x0(scheduler, run.noised.noisy, run.output, timestep)
     decoded = codec.decode(x0.flatten(0, 1)).unflatten(0, (b, f))
     decoded = torch.where(ref_mask[:, :, None, None, None], images, decoded.to(images.dtype))
     return ((decoded.float() + 1) / 2).clamp(0, 1).cpu()
@@ -193,30 +173,20 @@ def attention_precision(
     probe: ProbeResult,
     batch: ViewBatch,
     epsilon: float,
-    argmax: Callable[[ProbeResult, int, int], torch.Tensor] = head_averaged_argmax,
+    argmax: MatchScorer = head_averaged_argmax,
 ) -> dict[str, float]:
-    """The probed layer's correspondence against per-pair truth: the share of kept rows whose
-    `argmax` key (by default of the head-averaged attention) is the true one (`exact`) or
-    within one token (`within1`)."""
-    from cameo_cli.geometry import correspondence_targets
-
-    targets = correspondence_targets(
-        batch.point_map, batch.point_valid, probe.grid, epsilon, "per_pair"
-    )
-    kept = targets.mask
-    if not kept.any():
+    """The probed layer's correspondence against per-pair truth, scored as diagnose scores
+    it (`match_precision.precision_scorer`): the share of kept rows whose `argmax` key (by
+    default of the head-averaged attention) is the true one (`exact`) or within one token
+    (`within1`)."""
+    score = precision_scorer(probe, batch, Radii(tokens=1.0), epsilon)
+    counts = score(predicted_matches(probe, argmax))
+    rows = int(counts.rows.sum())
+    if not rows:
         return {}
-    predicted = predicted_matches(probe, argmax)[kept]
-    truth = targets.index[kept]
-    width = probe.grid[1]
-    rows = torch.div(predicted, width, rounding_mode="floor") - torch.div(
-        truth, width, rounding_mode="floor"
-    )
-    cols = predicted % width - truth % width
-    return {
-        "exact": (predicted == truth).float().mean().item(),
-        "within1": (rows * rows + cols * cols <= 1).float().mean().item(),
-    }
+    hits = counts.hits.sum(dim=1).float() / rows  # float32, as validation always logged them
+    exact, within = (hits[counts.metrics.index(m)].item() for m in ("exact", "tokens"))
+    return {"exact": exact, "within1": within}
 
 
 @torch.no_grad()
@@ -229,14 +199,15 @@ def held_out_metrics(
     seed: int,
     probe: tuple[int, tuple[int, int]] | None,
     epsilon: float,
-    head: CameoLoss | None = None,
+    scorer: MatchScorer | None = None,
 ) -> tuple[dict[str, float], torch.Tensor]:
     """Cheap, low-variance convergence metrics of a fixed held-out batch (fixed noise):
     `val/denoise_t*` (the training loss on target views) at `HELD_OUT_TIMESTEPS`,
     `val/psnr_x0` (the one-step x̂0 at t = 500) and, with point maps and `probe` = (layer,
     grid), `val/precision` and `val/precision_1tok` of that layer's attention at t = 500;
-    with CAMEO's projection `head` of that layer also `val/precision_head` and
-    `val/precision_head_1tok`, the head's argmax. Returns the metrics and the one-step views."""
+    with the method's `scorer` of that layer (`AlignmentMethod.match_scorer`, CAMEO's
+    projection head) also `val/precision_head` and `val/precision_head_1tok`. Returns the
+    metrics and the one-step views."""
     batch = batch.to(next(backbone.parameters()).device)
     metrics: dict[str, float] = {}
     one_step = None
@@ -247,17 +218,17 @@ def held_out_metrics(
             backbone, latents, scheduler, batch, timestep, seed=seed,
             probe=probe if at_probe and batch.point_map is not None else None,
         )  # fmt: skip
-        loss = denoising_loss(run.prediction, run.noised, batch.ref_mask, scheduler, None)
+        loss = denoising_loss(run.output, run.noised, batch.ref_mask, scheduler, None)
         metrics[f"val/denoise_t{timestep}"] = loss.item()
         if at_probe:
             one_step = _one_step_images(codec, scheduler, batch, run)
             metrics["val/psnr_x0"] = target_psnr(one_step, batch)
-            if run.probe is not None:
+            if run.probes:
                 scorers = {"val/precision": head_averaged_argmax}
-                if head is not None:
-                    scorers["val/precision_head"] = head.predicted_match
+                if scorer is not None:
+                    scorers["val/precision_head"] = scorer
                 for name, argmax in scorers.items():
-                    precision = attention_precision(run.probe, batch, epsilon, argmax)
+                    precision = attention_precision(run.probes[probe[0]], batch, epsilon, argmax)
                     if precision:
                         metrics[name] = precision["exact"]
                         metrics[f"{name}_1tok"] = precision["within1"]

@@ -26,6 +26,8 @@ import math
 
 import torch
 
+from alignments.cameo.loss import row_weights
+
 try:
     import triton
     import triton.language as tl
@@ -332,17 +334,6 @@ if triton is not None:
                 tl.atomic_add(dw2_ptr + u, dw2, mask=u_ok)
 
 
-def _row_weights(mask: torch.Tensor, ref_mask: torch.Tensor) -> torch.Tensor:
-    """fp32 [B, F, F, hw]: sum(weight * row_loss) = mean(ref rows) + mean(target rows)."""
-    views = mask.shape[1]
-    eye = torch.eye(views, dtype=torch.bool, device=mask.device)
-    kept = mask & ~eye[None, :, :, None]
-    is_ref = ref_mask[:, :, None, None].expand_as(kept)
-    kept_ref = (kept & is_ref).float()
-    kept_tgt = (kept & ~is_ref).float()
-    return kept_ref / kept_ref.sum().clamp(min=1) + kept_tgt / kept_tgt.sum().clamp(min=1)
-
-
 class FusedCameoLoss(torch.autograd.Function):
     """CAMEO term by the fused kernels.
 
@@ -365,7 +356,8 @@ class FusedCameoLoss(torch.autograd.Function):
         mlp = head == "mlp"
         q, k = q.contiguous(), k.contiguous()
         index = index.to(q.device, torch.int32).contiguous()
-        weight = _row_weights(mask.to(q.device, torch.bool), ref_mask.to(q.device, torch.bool))
+        mask, ref_mask = mask.to(q.device, torch.bool), ref_mask.to(q.device, torch.bool)
+        weight = row_weights(mask, ref_mask, torch.float32)
         hidden = 4 * heads
         dummy = q.new_zeros(1, dtype=torch.float32)
         w1c, b1c, w2c = (

@@ -1,5 +1,8 @@
 """CAMEO as an alignment method: one `CameoLoss` (and projection head) per supervised layer.
 
+The whole method lives in this package: the method (here), its loss and projection head
+(`loss`) and the loss's fused Triton kernels (`fused`).
+
 `alignment.layer` is one layer or several (`[10, 12]`); every layer is probed in the same
 forward pass, and the term added to L_denoise is `sum_l weight_l * L_cameo(l)` with
 `alignment.weight` one number for all layers or one per layer. Correspondence targets are
@@ -14,7 +17,7 @@ import torch
 from torch import nn
 
 from alignments import CAMEO
-from cameo_cli.alignment.cameo_loss import CameoLoss
+from alignments.cameo.loss import CameoLoss
 from cameo_cli.alignment.method import (
     AlignmentInputs,
     AlignmentMethod,
@@ -25,6 +28,7 @@ from cameo_cli.alignment.method import (
 )
 
 if TYPE_CHECKING:
+    from cameo_cli.attention.hooks import MatchScorer
     from cameo_cli.backbone import MultiViewBackbone
     from cameo_cli.config import Recipe
 
@@ -85,6 +89,12 @@ class CameoAlignment(AlignmentMethod):
     def correspondence_head(self, layer: int) -> CameoLoss | None:
         """The trained loss (and head) of `layer`, or None when it is not supervised."""
         return self.losses[str(layer)] if layer in self.grids else None
+
+    def match_scorer(self, layer: int) -> MatchScorer | None:
+        """The projection head's first-ranked key per query (`CameoLoss.predicted_match`) of
+        a supervised `layer`, else None."""
+        head = self.correspondence_head(layer)
+        return None if head is None else head.predicted_match
 
     def forward(self, inputs: AlignmentInputs) -> AlignmentOutput:
         from cameo_cli.geometry import correspondence_targets

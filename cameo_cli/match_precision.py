@@ -1,4 +1,5 @@
-"""Correspondence precision of one attention layer against geometric ground truth.
+"""Correspondence precision of one attention layer against geometric ground truth: the one
+scorer of `cameo diagnose` and of training's validation (`val/precision*`).
 
 For every ordered view pair i != j and every query token of view i that has a ground-truth
 match (the geometry's nearest-3D-point key token, kept by the cycle mask), the predicted
@@ -29,10 +30,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from cameo_cli.cameras import relative_rotation_angle
+
+if TYPE_CHECKING:
+    from cameo_cli.attention.hooks import ProbeResult
+    from cameo_cli.batch import ViewBatch
 
 ROTATION_EDGES = (30.0, 60.0, 90.0)
 ROTATION_BINS = ("0-30", "30-60", "60-90", ">90")
@@ -210,6 +216,57 @@ def score_matches(
         counts.rows[b] = int(selected.sum())
         counts.hits[:, b] = (correct & selected).flatten(1).sum(dim=1).cpu()
     return counts
+
+
+def precision_scorer(
+    probe: ProbeResult,
+    batch: ViewBatch,
+    radii: Radii,
+    epsilon: float,
+    *,
+    metres_per_unit: torch.Tensor | None = None,
+    pairs: torch.Tensor | None = None,
+) -> Callable[[torch.Tensor], PrecisionCounts]:
+    """A function counting predicted key tokens [B, F, F, hw] on `probe`'s grid against the
+    batch's per-pair correspondence (`correspondence_targets`, `epsilon`): 3D radii in cm
+    with `metres_per_unit` [B] (metric data), else in token footprints; only the (query
+    view, key view) `pairs` [F, F] when given."""
+    from cameo_cli.geometry import correspondence_targets, resize_point_map
+
+    device = probe.q.device
+    points = batch.point_map.to(device)
+    valid = batch.point_valid.to(device)
+    grid = probe.grid
+    targets = correspondence_targets(points, valid, grid, epsilon=epsilon)
+    rows = targets.mask if pairs is None else targets.mask & pairs.to(device)[None, :, :, None]
+    token_points, token_valid = resize_point_map(points, valid, grid)
+    token_points = token_points.flatten(-2).transpose(-1, -2)
+    token_valid = token_valid.flatten(-2)
+    height, width = batch.image_size
+    stride = (height / grid[0], width / grid[1])
+    radii = radii.resolved(width)
+    w2c = batch.world_to_camera.to(device)
+    bins = rotation_bins(w2c)
+    footprints = None
+    if metres_per_unit is None:
+        footprints = token_footprints(token_points, batch.intrinsics.to(device), w2c, stride)
+
+    def score(predicted: torch.Tensor) -> PrecisionCounts:
+        return score_matches(
+            predicted,
+            targets.index,
+            rows,
+            grid,
+            stride,
+            token_points,
+            token_valid,
+            bins,
+            radii,
+            metres_per_unit=metres_per_unit,
+            footprints=footprints,
+        )
+
+    return score
 
 
 def shuffled_keys(predicted: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

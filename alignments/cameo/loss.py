@@ -91,8 +91,12 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _row_weights(mask: torch.Tensor, ref_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Per-row weights so that sum(weight * row_loss) = mean(ref rows) + mean(target rows)."""
+def row_weights(mask: torch.Tensor, ref_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[B, F, F, hw] per-row weights of the kept rows `mask` (i == j never counts) so that
+    sum(weight * row_loss) = mean(ref rows) + mean(target rows) (an empty group adds 0)."""
+    views = mask.shape[1]
+    eye = torch.eye(views, dtype=torch.bool, device=mask.device)
+    mask = mask & ~eye[None, :, :, None]
     is_ref = ref_mask[:, :, None, None].expand_as(mask)
     kept_ref = (mask & is_ref).to(dtype)
     kept_tgt = (mask & ~is_ref).to(dtype)
@@ -104,7 +108,7 @@ def _plan(
 ) -> list[_QueryView]:
     """Per query view: which rows to compute, their targets and weights."""
     num_views, hw = mask.shape[1], mask.shape[-1]
-    weight = _row_weights(mask, ref_mask, dtype)
+    weight = row_weights(mask, ref_mask, dtype)
     present = (index >= 0).to(dtype)
     plan = []
     for i in range(num_views):
@@ -431,7 +435,7 @@ class CameoLoss(nn.Module):
             raise ValueError(f"ref_mask must be [{batch}, {num_views}], got {list(ref_mask.shape)}")
         with torch.autocast(probe.q.device.type, enabled=False):
             if self.uses_fused(probe.q):
-                from cameo_cli.alignment.fused import FusedCameoLoss
+                from alignments.cameo.fused import FusedCameoLoss
 
                 w1, b1, w2, b2 = self._head_params(torch.float32) or [None] * 4
                 return FusedCameoLoss.apply(
@@ -451,11 +455,9 @@ class CameoLoss(nn.Module):
             dtype = _compute_dtype(probe.q.dtype)
             q, k = probe.q.to(dtype), probe.k.to(dtype)
             params = self._head_params(dtype)
-            eye = torch.eye(num_views, dtype=torch.bool, device=q.device)
-            mask = targets.mask.to(q.device, torch.bool) & ~eye[None, :, :, None]
             plan = _plan(
                 targets.index.to(q.device, torch.long),
-                mask,
+                targets.mask.to(q.device, torch.bool),
                 ref_mask.to(q.device, torch.bool),
                 dtype,
             )
@@ -494,7 +496,7 @@ class CameoLoss(nn.Module):
             if self.fused:
                 raise ValueError("the fused CAMEO kernels compute head mlp|none, not monotone")
             return False
-        from cameo_cli.alignment.fused import fused_available
+        from alignments.cameo.fused import fused_available
 
         possible = q.dtype != torch.float64 and fused_available(q.device)
         if self.fused and not possible:
