@@ -112,12 +112,10 @@ def _check_reference_depth(request: SampleRequest, references: int) -> None:
     """--reference-depth vggt: one source of depth, VGGT available, 2+ references."""
     if request.reference_depth not in (None, "vggt"):
         raise CameoError(f"--reference-depth must be vggt, got {request.reference_depth!r}")
-    check_vggt_option(request.reference_depth, request.vggt_weights)
-    if request.reference_depth is None:
-        return
-    if request.depths:
+    if request.reference_depth and request.depths:
         raise CameoError("give either --depths FILES or --reference-depth vggt, not both")
-    if references < MIN_REFERENCES:
+    check_vggt_option(request.reference_depth, request.vggt_weights)
+    if request.reference_depth and references < MIN_REFERENCES:
         raise CameoError(f"{ONE_REFERENCE}, got {references} --views")
 
 
