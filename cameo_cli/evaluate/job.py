@@ -4,7 +4,8 @@ score the target views against the ground truth.
 Layout of the output folder (resumable: finished scenes are skipped)::
 
     config.json          the full metric configuration (checked on resume)
-    scenes/<scene>.json  one file per finished scene: per-view and mean metrics
+    scenes/<scene>.json  one file per finished scene: per-view and mean metrics (and
+                         `vggt_fit` with --reference-depth vggt)
     results.json         configuration, per-scene and mean results, warnings (scored scenes
                          marked `train` in the dataset's index.json)
     results.csv          one row per scene and a final "mean" row, with the configuration
