@@ -120,13 +120,11 @@ def _check_reference_depth(request: SampleRequest, references: int) -> None:
 
 
 def _vggt_depth(
-    request: SampleRequest, views: PreparedViews, device: torch.device
+    request: SampleRequest, views: PreparedViews, w2c: torch.Tensor, device: torch.device
 ) -> ReferenceDepth:
     """The references' depth estimated by VGGT from the prepared reference images."""
     try:
-        return ReferenceVGGT(request.vggt_weights, device=device)(
-            views.images, views.reference_world_to_camera
-        )
+        return ReferenceVGGT(request.vggt_weights, device=device)(views.images, w2c)
     except CameoError as error:
         raise CameoError(f"{request.cameras}: {error}") from None
 
@@ -176,14 +174,14 @@ def run_sample(request: SampleRequest, console: Console | None = None) -> Path:
         target_set = _trajectory_targets(request, camera_set, sizes, resolution)
     views = pipeline.prepare(images, camera_set, target_set, resolution)
     vggt_fit = None
-    if request.reference_depth == "vggt" and pipeline.backbone.uses_priors:
+    if request.reference_depth == "vggt" and not pipeline.backbone.uses_priors:
+        console.print(f"backbone '{pipeline.backbone.name}' uses no priors: VGGT is not run")
+    elif request.reference_depth == "vggt":
         # VGGT sees the references as the model does: at the sampling size
-        estimated = _vggt_depth(request, views, pipeline.device)
+        estimated = _vggt_depth(request, views, camera_set.world_to_camera, pipeline.device)
         images, depths, vggt_fit = views.images, estimated.depth, estimated.fit()
         camera_set = CameraSet.from_pixel(
-            views.reference_intrinsics.double(),
-            views.reference_world_to_camera.double(),
-            (resolution, resolution),
+            views.reference_intrinsics.double(), camera_set.world_to_camera, (resolution,) * 2
         )
     steps = request.steps or recipe.sample.steps
     guidance = recipe.sample.guidance if request.guidance is None else request.guidance
