@@ -45,6 +45,16 @@ from cameo_cli.commands.options import (
     help="recipe: the recipe's resolution (square centre crop); pixelsplat: 256x256 LANCZOS "
     "from the stored frames, as pixelSplat and MVSplat score.",
 )
+@click.option(
+    "--reference-depth",
+    type=click.Choice(["dataset", "vggt", "none"]),
+    default="dataset",
+    show_default=True,
+    help="Depth for geometric priors (MVGenMaster): the dataset's stored depth of the "
+    "references; vggt: estimated by VGGT from the reference images only, scaled to their "
+    "cameras (2+ references); none: zero priors.",
+)
+@path_option("--vggt-weights", help="Local VGGT-1B weights (file or folder) for vggt.")
 @click.option("--metrics", help="Comma list of psnr, ssim, lpips [recipe: evaluate.metrics].")
 @path_option("--out", required=True, help="Results folder (resumable).")
 @scheduler_option
@@ -67,6 +77,8 @@ def evaluate(
     index_frames: str | None,
     exclude_context_targets: bool,
     score_size: str,
+    reference_depth: str,
+    vggt_weights: Path | None,
     metrics: str | None,
     out: Path,
     scheduler: str | None,
@@ -98,6 +110,8 @@ def evaluate(
         index_frames=index_frames,
         exclude_context_targets=exclude_context_targets,
         score_size=score_size,
+        reference_depth=reference_depth,
+        vggt_weights=vggt_weights,
         metrics=parse_metrics(metrics) if metrics is not None else None,
         steps=steps,
         guidance=guidance,

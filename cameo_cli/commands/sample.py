@@ -56,6 +56,13 @@ class GreedyCommand(click.Command):
     "files, the size of their images, in the cameras' world units (0 = unknown), in --views "
     "order.",
 )
+@click.option(
+    "--reference-depth",
+    type=click.Choice(["vggt"]),
+    help="Instead of --depths: the references' depth estimated by VGGT from the reference "
+    "images only, scaled to their cameras (2+ references; needs --vggt-weights).",
+)
+@path_option("--vggt-weights", help="Local VGGT-1B weights (file or folder).")
 @path_option(
     "--targets",
     help="Target cameras, in any of the camera formats.",
@@ -83,6 +90,8 @@ def sample(
     checkpoint: Path,
     views: tuple[Path, ...],
     depths: tuple[Path, ...],
+    reference_depth: str | None,
+    vggt_weights: Path | None,
     cameras_file: Path,
     targets: Path | None,
     orbit: int | None,
@@ -128,6 +137,8 @@ def sample(
         device=device,
         precision=precision,
         depths=list(depths) or None,
+        reference_depth=reference_depth,
+        vggt_weights=vggt_weights,
     )
     folder = run_sample(request, console)
     written = sorted(p.name for p in folder.iterdir())

@@ -14,10 +14,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cameo_cli.data.records import FrameData, SkipScene, nearest_indices
+
+if TYPE_CHECKING:
+    import torch
+
+    from cameo_cli.geometry.vggt import VGGTPrediction
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,28 @@ def _model(weights: Path):
     return _models[weights]
 
 
+def kept_depth(
+    prediction: VGGTPrediction, size: tuple[int, int], settings: VGGTSettings
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(depth [F, H, W], valid [F, H, W] bool) of a `VGGTPrediction` at the image size
+    `size` by nearest pixel, in VGGT's scale: 0 and invalid where it is not finite or
+    positive, among each frame's `drop_confidence` least confident pixels, or on a depth edge."""
+    import torch
+
+    from cameo_cli.geometry.scale_fit import depth_edges
+
+    height, width = size
+    rows = torch.from_numpy(nearest_indices(prediction.depth.shape[-2], height, 0, height))
+    cols = torch.from_numpy(nearest_indices(prediction.depth.shape[-1], width, 0, width))
+    depth = prediction.depth[:, rows][:, :, cols]
+    confidence = prediction.confidence[:, rows][:, :, cols]
+    valid = torch.isfinite(depth) & (depth > 0) & torch.isfinite(confidence)
+    floor = torch.quantile(confidence.flatten(1), settings.drop_confidence, dim=1)
+    valid &= confidence >= floor[:, None, None]
+    valid &= ~depth_edges(depth, valid, settings.edge_threshold)
+    return torch.where(valid, depth, torch.zeros_like(depth)), valid
+
+
 def add_vggt_depth(
     frames: list[FrameData], weights: Path, settings: VGGTSettings = VGGTSettings()
 ) -> dict:
@@ -69,7 +97,6 @@ def add_vggt_depth(
 
     from cameo_cli.geometry.scale_fit import (
         chain_window_scales,
-        depth_edges,
         fit_shared_scale,
         home_window,
         windows,
@@ -83,15 +110,8 @@ def add_vggt_depth(
         batch = [frames[k] for k in span]
         images = torch.from_numpy(np.stack([f.image for f in batch])).permute(0, 3, 1, 2)
         prediction = model(images.float() / 127.5 - 1.0)
-        rows = torch.from_numpy(nearest_indices(prediction.depth.shape[-2], height, 0, height))
-        cols = torch.from_numpy(nearest_indices(prediction.depth.shape[-1], width, 0, width))
-        depth = prediction.depth[:, rows][:, :, cols]
-        confidence = prediction.confidence[:, rows][:, :, cols]
-        valid = torch.isfinite(depth) & (depth > 0) & torch.isfinite(confidence)
-        floor = torch.quantile(confidence.flatten(1), settings.drop_confidence, dim=1)
-        valid &= confidence >= floor[:, None, None]
-        valid &= ~depth_edges(depth, valid, settings.edge_threshold)
-        depths.append(torch.where(valid, depth, torch.zeros_like(depth)))
+        depth, valid = kept_depth(prediction, (height, width), settings)
+        depths.append(depth)
         valids.append(valid)
         vggt_w2c.append(prediction.world_to_camera)
     dataset_w2c = torch.from_numpy(np.stack([f.world_to_camera for f in frames]))

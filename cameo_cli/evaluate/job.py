@@ -4,7 +4,8 @@ score the target views against the ground truth.
 Layout of the output folder (resumable: finished scenes are skipped)::
 
     config.json          the full metric configuration (checked on resume)
-    scenes/<scene>.json  one file per finished scene: per-view and mean metrics
+    scenes/<scene>.json  one file per finished scene: per-view and mean metrics (and
+                         `vggt_fit` with --reference-depth vggt)
     results.json         configuration, per-scene and mean results, warnings (scored scenes
                          marked `train` in the dataset's index.json)
     results.csv          one row per scene and a final "mean" row, with the configuration
@@ -43,6 +44,13 @@ from cameo_cli.evaluate import protocol
 from cameo_cli.image_metrics import SSIM_CONFIG, psnr, sharpness, ssim
 from cameo_cli.lpips import LPIPS, default_backbone_path
 from cameo_cli.pipeline import MultiViewPipeline, reference_depth
+from cameo_cli.reference_geometry import (
+    MIN_REFERENCES,
+    ONE_REFERENCE,
+    REFERENCE_DEPTHS,
+    ReferenceVGGT,
+    check_vggt_option,
+)
 from cameo_cli.reference_lines import DEPTH_TOLERANCE, LINES, reference_lines
 
 METRICS = ("psnr", "ssim", "lpips")
@@ -71,6 +79,8 @@ class EvaluateRequest:
     index_frames: str | None = None  # protocol.INDEX_FRAMES; None: refuse when ambiguous
     exclude_context_targets: bool = False
     score_size: str = "recipe"  # protocol.SCORE_SIZES
+    reference_depth: str = "dataset"  # reference_geometry.REFERENCE_DEPTHS
+    vggt_weights: Path | None = None  # with reference_depth "vggt"
 
 
 def parse_metrics(text: str | list[str]) -> list[str]:
@@ -126,6 +136,7 @@ def run_evaluation(request: EvaluateRequest, console: Console | None = None) -> 
         )
     if request.limit is not None:
         index = dict(list(index.items())[: request.limit])
+    _check_reference_depth(request, index, index_path)
     pipeline = MultiViewPipeline.from_pretrained(
         request.checkpoint, scheduler=request.scheduler, device=request.device
     )
@@ -176,7 +187,7 @@ def run_evaluation(request: EvaluateRequest, console: Console | None = None) -> 
         "guidance": guidance,
         "eta": recipe.sample.eta,
         "seed": seed,
-        "priors": priors_label(dataset, pipeline),
+        "priors": priors_label(dataset, pipeline, request.reference_depth),
         "noise": "per scene: seed + CRC32(scene name)",
         "averaging": "mean over all target views",
         "index_frames": request.index_frames if request.index else "prepared",
@@ -192,6 +203,9 @@ def run_evaluation(request: EvaluateRequest, console: Console | None = None) -> 
             + ("excluded" if context_targets["excluded"] else "kept (--exclude-context-targets)")
         )
 
+    vggt = None
+    if request.reference_depth == "vggt" and pipeline.backbone.uses_priors:
+        vggt = ReferenceVGGT(request.vggt_weights, device=pipeline.device)
     todo = [s for s in index if not (request.out / "scenes" / f"{_file_name(s)}.json").is_file()]
     if len(todo) < len(index):
         console.print(f"resuming: {len(index) - len(todo)} of {len(index)} scenes already done")
@@ -210,6 +224,7 @@ def run_evaluation(request: EvaluateRequest, console: Console | None = None) -> 
                 config,
                 recipe.evaluate.psnr_cap,
                 request,
+                vggt,
             )
             cameo_io.write_json(request.out / "scenes" / f"{_file_name(scene)}.json", result)
             progress.advance(task)
@@ -259,10 +274,30 @@ def _protocol_index(
     return index, counts
 
 
-def priors_label(dataset, pipeline: MultiViewPipeline) -> str | None:
-    """What a backbone with geometric priors got them from (None: it uses none)."""
+def _check_reference_depth(request: EvaluateRequest, index: dict, path: Path) -> None:
+    """Refuse a bad --reference-depth / --vggt-weights combination before anything is written."""
+    if request.reference_depth not in REFERENCE_DEPTHS:
+        raise CameoError(
+            f"--reference-depth must be one of {', '.join(REFERENCE_DEPTHS)}, "
+            f"got {request.reference_depth!r}"
+        )
+    check_vggt_option(request.reference_depth, request.vggt_weights)
+    single = [scene for scene, entry in index.items() if len(entry["context"]) < MIN_REFERENCES]
+    if request.reference_depth == "vggt" and single:
+        raise CameoError(f"{path}: scene {single[0]!r} has one context view: {ONE_REFERENCE}")
+
+
+def priors_label(
+    dataset, pipeline: MultiViewPipeline, reference_depth: str = "dataset"
+) -> str | None:
+    """What a backbone with geometric priors got them from (None: it uses none), for
+    `--reference-depth` dataset, vggt or none."""
     if not pipeline.backbone.uses_priors:
         return None
+    if reference_depth == "none":
+        return "none: --reference-depth none (zero priors)"
+    if reference_depth == "vggt":
+        return "VGGT on the references only (scale fitted to the reference cameras' baseline)"
     if not dataset.has_geometry:
         return "none: the dataset has no depth (zero priors)"
     if dataset.index.get("source", {}).get("dataset") == "synthetic":
@@ -299,6 +334,7 @@ def _evaluate_scene(
     config: dict,
     psnr_cap: float,
     request: EvaluateRequest,
+    vggt: ReferenceVGGT | None,
 ) -> dict:
     started = time.perf_counter()
     context, target = entry["context"], entry["target"]
@@ -307,6 +343,15 @@ def _evaluate_scene(
     K, w2c = views.intrinsics[0], views.world_to_camera[0]
     refs = len(context)
     size = tuple(images.shape[-2:])
+    depths, fit = None, None
+    if vggt is not None:
+        try:
+            estimated = vggt(images[:refs], w2c[:refs])
+        except CameoError as error:
+            raise CameoError(f"{dataset.root}: scene {scene!r}: {error}") from None
+        depths, fit = estimated.depth, estimated.fit()
+    elif request.reference_depth == "dataset":
+        depths = reference_depth(views, 0)
     generated = pipeline(
         images[:refs],
         CameraSet.from_pixel(K[:refs], w2c[:refs], size),
@@ -316,7 +361,7 @@ def _evaluate_scene(
         eta=config["eta"],
         generator=torch.Generator().manual_seed(scene_seed(config["seed"], scene)),
         output_type="pt",
-        depths=reference_depth(views, 0),
+        depths=depths,
     ).images
     truth = images[refs:]
     mask = views.object_mask[0][refs:] if masked else None
@@ -339,6 +384,7 @@ def _evaluate_scene(
         "target": target,
         "per_view": per_view,
         "mean": {name: sum(values) / len(values) for name, values in per_view.items()},
+        **({"vggt_fit": fit} if fit is not None else {}),
         "seconds": round(time.perf_counter() - started, 3),
     }
 

@@ -17,7 +17,14 @@ from rich.progress import Progress
 from cameo_cli import io
 from cameo_cli.camera_files import CameraSet, match_cameras, read_cameras, to_cameo_json
 from cameo_cli.errors import CameoError
-from cameo_cli.pipeline import MultiViewPipeline
+from cameo_cli.pipeline import MultiViewPipeline, PreparedViews
+from cameo_cli.reference_geometry import (
+    MIN_REFERENCES,
+    ONE_REFERENCE,
+    ReferenceDepth,
+    ReferenceVGGT,
+    check_vggt_option,
+)
 from cameo_cli.sample import outputs, trajectories
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -46,6 +53,8 @@ class SampleRequest:
     device: str | None = None
     precision: str = "auto"
     depths: list[Path] | None = None  # one .npy z-depth map per reference (geometric priors)
+    reference_depth: str | None = None  # "vggt": depth by VGGT from the references (no --depths)
+    vggt_weights: Path | None = None
 
 
 def load_image(path: Path) -> torch.Tensor:
@@ -99,6 +108,36 @@ def _trajectory_targets(
     return CameraSet.from_pixel(K, w2c, (resolution, resolution))
 
 
+def _check_reference_depth(request: SampleRequest, references: int) -> None:
+    """--reference-depth vggt: one source of depth, VGGT available, 2+ references."""
+    if request.reference_depth not in (None, "vggt"):
+        raise CameoError(f"--reference-depth must be vggt, got {request.reference_depth!r}")
+    if request.reference_depth and request.depths:
+        raise CameoError("give either --depths FILES or --reference-depth vggt, not both")
+    check_vggt_option(request.reference_depth, request.vggt_weights)
+    if request.reference_depth and references < MIN_REFERENCES:
+        raise CameoError(f"{ONE_REFERENCE}, got {references} --views")
+
+
+def _vggt_depth(
+    request: SampleRequest, views: PreparedViews, w2c: torch.Tensor, device: torch.device
+) -> ReferenceDepth:
+    """The references' depth estimated by VGGT from the prepared reference images."""
+    try:
+        return ReferenceVGGT(request.vggt_weights, device=device)(views.images, w2c)
+    except CameoError as error:
+        raise CameoError(f"{request.cameras}: {error}") from None
+
+
+def _depths_record(request: SampleRequest, vggt_fit: dict | None) -> object:
+    """sample.json's `depths`: the --depths files, VGGT's fit, or None (zero priors)."""
+    if request.depths:
+        return [str(path) for path in request.depths]
+    if vggt_fit is not None:
+        return {"source": "vggt (the references only)", **vggt_fit}
+    return None
+
+
 def run_sample(request: SampleRequest, console: Console | None = None) -> Path:
     """Sample the target views; returns the output folder."""
     console = console or Console(stderr=True)
@@ -113,6 +152,7 @@ def run_sample(request: SampleRequest, console: Console | None = None) -> Path:
     camera_set = match_cameras(read_cameras(request.cameras), request.views, request.cameras)
     _check_sizes(camera_set, images, request)
     sizes = [tuple(image.shape[-2:]) for image in images]
+    _check_reference_depth(request, len(images))
     depths = None
     if request.depths:
         if len(request.depths) != len(images):
@@ -133,6 +173,16 @@ def run_sample(request: SampleRequest, console: Console | None = None) -> Path:
     if target_set is None:
         target_set = _trajectory_targets(request, camera_set, sizes, resolution)
     views = pipeline.prepare(images, camera_set, target_set, resolution)
+    vggt_fit = None
+    if request.reference_depth == "vggt" and not pipeline.backbone.uses_priors:
+        console.print(f"backbone '{pipeline.backbone.name}' uses no priors: VGGT is not run")
+    elif request.reference_depth == "vggt":
+        # VGGT sees the references as the model does: at the sampling size
+        estimated = _vggt_depth(request, views, camera_set.world_to_camera, pipeline.device)
+        images, depths, vggt_fit = views.images, estimated.depth, estimated.fit()
+        camera_set = CameraSet.from_pixel(
+            views.reference_intrinsics.double(), camera_set.world_to_camera, (resolution,) * 2
+        )
     steps = request.steps or recipe.sample.steps
     guidance = recipe.sample.guidance if request.guidance is None else request.guidance
     seed = recipe.sample.seed if request.seed is None else request.seed
@@ -191,7 +241,7 @@ def run_sample(request: SampleRequest, console: Console | None = None) -> Path:
                 "guidance": guidance,
                 "eta": recipe.sample.eta,
                 "seed": seed,
-                "depths": [str(path) for path in request.depths] if depths else None,
+                "depths": _depths_record(request, vggt_fit),
                 "targets": len(target_w2c),
                 "device": str(pipeline.device),
                 "precision": str(pipeline.dtype).removeprefix("torch."),
