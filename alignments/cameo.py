@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from alignments import CAMEO
+from cameo.alignments import CAMEO
 from cameo_cli.alignment.cameo_loss import CameoLoss
 from cameo_cli.alignment.method import (
     AlignmentInputs,

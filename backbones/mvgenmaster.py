@@ -35,8 +35,8 @@ import math
 import torch
 from diffusers import UNet2DConditionModel
 
-from backbones import MVGENMASTER
-from backbones.cat3d import Cat3D, OfficialCameraEncoder
+from cameo.backbones import MVGENMASTER
+from cameo.backbones.cat3d import Cat3D, OfficialCameraEncoder
 from cameo_cli.cameras import (
     camera_centers,
     point_map_depth,

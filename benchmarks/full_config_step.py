@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from alignments.cameo import CameoAlignment
+from cameo.alignments.cameo import CameoAlignment
 from cameo_cli.alignment.fused import fused_available
 from cameo_cli.backbone import ViewConditioning
 from cameo_cli.batch import ViewBatch

@@ -666,9 +666,10 @@ def _with_value(recipe: Recipe, key: str, value: Any, source: _Source) -> Recipe
 
 
 def _recipe_folders() -> list[Path]:
-    """The installed `recipes/` folders (a namespace package: no `__init__.py`)."""
+    """The installed `cameo.recipes` folders (the repository's `recipes/`, a namespace package:
+    no `__init__.py`)."""
     try:
-        spec = importlib.util.find_spec("recipes")
+        spec = importlib.util.find_spec("cameo.recipes")
     except (ImportError, ValueError):
         return []
     locations = spec.submodule_search_locations if spec is not None else None

@@ -63,7 +63,7 @@ def test_broken_and_duplicate_plugins(fake_alignments):
     fake_alignments(
         *_builtin_entry_points(),
         _fake_entry_point("broken", "no_such_module_xyz:SPEC", "bad-dist"),
-        _fake_entry_point("wrong-type", "backbones:CAT3D", "odd-dist"),
+        _fake_entry_point("wrong-type", "cameo.backbones:CAT3D", "odd-dist"),
     )
     found = registry.discover_alignments()
     assert "No module named 'no_such_module_xyz'" in found["broken"].error
@@ -74,7 +74,9 @@ def test_broken_and_duplicate_plugins(fake_alignments):
     assert rows["broken"]["status"] == "broken" and rows["broken"]["distribution"] == "bad-dist"
     with pytest.raises(CameoError, match="alignment method 'broken' from 'bad-dist' is broken"):
         registry.get_alignment_spec("broken")
-    fake_alignments(*_builtin_entry_points(), _fake_entry_point("cameo", "alignments:CAMEO", "x"))
+    fake_alignments(
+        *_builtin_entry_points(), _fake_entry_point("cameo", "cameo.alignments:CAMEO", "x")
+    )
     with pytest.raises(CameoError, match="'cameo' is registered twice: by 'cameo' and by 'x'"):
         registry.discover_alignments()
 

@@ -9,9 +9,9 @@ import torch
 from diffusers import HunyuanDiT2DModel
 from diffusers.models.attention_processor import HunyuanAttnProcessor2_0
 
-from backbones import HUNYUAN_DIT
-from backbones.hunyuan_attention import HunyuanMultiViewProcessor
-from backbones.hunyuan_dit import VARIANTS, HunyuanDiT
+from cameo.backbones import HUNYUAN_DIT
+from cameo.backbones.hunyuan_attention import HunyuanMultiViewProcessor
+from cameo.backbones.hunyuan_dit import VARIANTS, HunyuanDiT
 from cameo_cli.attention.hooks import LayerHook
 from cameo_cli.backbone import ViewConditioning
 from cameo_cli.conditioning import camera_condition_maps

@@ -11,9 +11,9 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from backbones import CAT3D, MVGENMASTER
-from backbones.cat3d import TINY_UNET, Cat3D, remove_cross_attention
-from backbones.mvgenmaster import (
+from cameo.backbones import CAT3D, MVGENMASTER
+from cameo.backbones.cat3d import TINY_UNET, Cat3D, remove_cross_attention
+from cameo.backbones.mvgenmaster import (
     MVGenMaster,
     contract_depth,
     forward_warp,
