@@ -37,6 +37,7 @@ from cameo_cli import io
 from cameo_cli.attention.hooks import LayerHook, ProbeResult
 from cameo_cli.conditioning import ViewConditioning  # re-exported: plugins import it here
 from cameo_cli.errors import CameoError
+from cameo_cli.layer_selection import check_layer_range
 from cameo_cli.spec import BackboneSpec
 
 BACKBONE_CONFIG = "cameo_backbone.json"
@@ -222,13 +223,8 @@ class MultiViewBackbone(nn.Module, ABC):
         return frozenset(hook.index for hook in self.hooks if hook.multiview)
 
     def check_layer(self, layer: int) -> int:
-        """Return `layer` if it exists, else raise a CameoError listing every layer."""
-        if not 0 <= layer < len(self.hooks):
-            names = ", ".join(f"{h.index}={h.path}" for h in self.hooks)
-            raise CameoError(
-                f"layer {layer} is outside backbone '{self.name}' "
-                f"(valid: 0-{len(self.hooks) - 1}): {names}"
-            )
+        """Return `layer` if it exists, else raise `check_layer_range`'s CameoError."""
+        check_layer_range(layer, self.name, len(self.hooks), self.default_layer)
         return layer
 
     def set_num_views(self, num_views: int) -> None:

@@ -26,6 +26,7 @@ import yaml
 
 from cameo_cli import io
 from cameo_cli.errors import CameoError
+from cameo_cli.layer_selection import LayerSelection
 
 
 @dataclass
@@ -81,29 +82,11 @@ class DiffusionConfig:
     min_snr_gamma: float | None = None  # Min-SNR-gamma loss weights (Hang et al. 2023); None off
 
 
-# A layer number, several (multi-layer CAMEO), diagnose's pick ("auto"; its top K: "auto:K"),
-# or the backbone's default.
-LayerChoice = int | list[int] | str | None
-
-
-def auto_layer_count(choice: LayerChoice) -> int | None:
-    """How many of diagnose's recommended layers `choice` asks for: 1 for "auto", K for
-    "auto:K" (K >= 1); None when it is not an "auto" choice."""
-    if not isinstance(choice, str):
-        return None
-    name, sep, count = choice.partition(":")
-    if name != "auto":
-        return None
-    if not sep:
-        return 1
-    return int(count) if count.isdigit() and int(count) >= 1 else None
-
-
 @dataclass
 class AlignmentConfig:
     method: str = "cameo"  # a registered alignment method (`cameo alignments list`)
-    # a LayerChoice: None = default, "auto" = diagnose's pick ("auto:2": its top 2), [10, 12] =
-    # several layers
+    # a LayerChoice (cameo_cli.layer_selection): None = default, "auto" = diagnose's pick
+    # ("auto:2": its top 2), [10, 12] or "3,8-10" = several layers
     layer: int | list[int] | str | None = None
     weight: float | list[float] = 0.02  # lambda; CAMEO: one number, or one per layer
     epsilon: float = 1.5  # cycle-consistency threshold in token units; .inf disables the mask
@@ -459,21 +442,15 @@ def _validate(recipe: Recipe, source_of: typing.Callable[[str], _Source]) -> Non
     require("train.trackers", set(trackers) <= set(TRACKERS), f"a list of {', '.join(TRACKERS)}")
     gamma = recipe.diffusion.min_snr_gamma
     require("diffusion.min_snr_gamma", gamma is None or gamma > 0, "> 0 or null")
-    layers = layer if isinstance(layer, list) else [layer] if isinstance(layer, int) else []
-    auto = auto_layer_count(layer)
-    require(
-        "alignment.layer",
-        all(i >= 0 for i in layers) and (not isinstance(layer, str) or auto is not None),
-        ">= 0, a list of those, 'auto', 'auto:K' (K >= 1) or null",
-    )
-    require("alignment.layer", layer != [], "a non-empty list")
-    require("alignment.layer", len(set(layers)) == len(layers), "a list without repeats")
+    try:
+        selection = LayerSelection.parse(layer)
+    except ValueError as error:
+        raise source_of("alignment.layer").error("alignment.layer", str(error)) from None
     weights = recipe.alignment.weight
     weights = weights if isinstance(weights, list) else [weights]
     require("alignment.weight", all(w >= 0 for w in weights), ">= 0")
     if isinstance(recipe.alignment.weight, list):
-        count = auto if auto is not None else len(layers)
-        require("alignment.weight", len(weights) == count, "one number per layer")
+        require("alignment.weight", len(weights) == selection.count, "one number per layer")
     require("data.max_refs", data.min_refs <= data.max_refs, ">= data.min_refs")
     require("data.max_refs", data.max_refs < data.num_views, "< data.num_views (keep a target)")
     low, high = data.frame_gap

@@ -346,7 +346,8 @@ def assert_load_error(tmp_path, text: str, expected: str) -> None:
         ),
         (
             "alignment: {layer: deep}\n",
-            "alignment.layer: must be >= 0, a list of those, 'auto', 'auto:K' (K >= 1) or null, "
+            "alignment.layer: expected a layer number >= 0, a list of them or ranges (3,8-10) "
+            "without repeats, 'all', 'auto', 'auto:K' (K >= 1) or null (the backbone's default), "
             "got 'deep'",
         ),
         ("alignment: {loss: mse}\n", "alignment.loss: expected one of ce, l1, got 'mse'"),
@@ -368,7 +369,8 @@ def test_wrong_types_name_file_line_path_expected_and_got(tmp_path, text, expect
         ("alignment: {epsilon: -1}\n", "alignment.epsilon: must be > 0, got -1.0"),
         (
             "alignment: {layer: -2}\n",
-            "alignment.layer: must be >= 0, a list of those, 'auto', 'auto:K' (K >= 1) or null, "
+            "alignment.layer: expected a layer number >= 0, a list of them or ranges (3,8-10) "
+            "without repeats, 'all', 'auto', 'auto:K' (K >= 1) or null (the backbone's default), "
             "got -2",
         ),
         ("data: {min_refs: 3, max_refs: 2}\n", ":1: data.max_refs: must be >= data.min_refs"),
