@@ -107,10 +107,10 @@ def load_model(
             )
         recipe = loaded.recipe
         # CAMEO's trained head of its (first) supervised layer; other methods have none
-        layer = recipe.alignment.layer
-        layer = layer[0] if isinstance(layer, list) else layer
+        layers = LayerSelection.parse(recipe.alignment.layer).numbers
+        layer = layers[0] if layers else None
         heads = getattr(loaded.alignment, "correspondence_head", None)
-        head = heads(layer) if heads is not None and isinstance(layer, int) else None
+        head = heads(layer) if heads is not None and layer is not None else None
         return DiagnosedModel(
             backbone=loaded.backbone,
             codec=load_codec(recipe.codec).to(device).eval(),
