@@ -42,13 +42,13 @@ NONE = AlignmentSpec(
 CAMEO = AlignmentSpec(
     name="cameo",
     description="CAMEO: the supervised layers' cross-view attention to 3D correspondence",
-    method="alignments.cameo:CameoAlignment",
+    method="cameo.alignments.cameo:CameoAlignment",
     needs=("probe", "geometry"),
 )
 REPA = AlignmentSpec(
     name="repa",
     description="REPA: a block's hidden state to DINOv2 patch tokens of each view (-cos)",
-    method="alignments.repa:Repa",
+    method="cameo.alignments.repa:Repa",
     needs=("hidden_state", "teacher"),
     parameters=TeacherOptions,
 )
@@ -56,7 +56,7 @@ GEOMETRY_FORCING = AlignmentSpec(
     name="geometry-forcing",
     description="Geometry Forcing: a block's hidden state to VGGT features of all views "
     "(-cos + scale regression)",
-    method="alignments.geometry_forcing:GeometryForcing",
+    method="cameo.alignments.geometry_forcing:GeometryForcing",
     needs=("hidden_state", "teacher"),
     parameters=GeometryForcingOptions,
 )

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alignments import GEOMETRY_FORCING
-from alignments.repa import TeacherAlignment, negative_cosine
+from cameo.alignments import GEOMETRY_FORCING
+from cameo.alignments.repa import TeacherAlignment, negative_cosine
 from cameo_cli.errors import CameoError
 from cameo_cli.geometry.vggt import INSTALL_HINT, aggregator_facts, import_vggt, load_vggt
 

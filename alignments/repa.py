@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alignments import REPA
+from cameo.alignments import REPA
 from cameo_cli.alignment.method import (
     AlignmentInputs,
     AlignmentMethod,

@@ -30,7 +30,7 @@ CAT3D = BackboneSpec(
             + ["mid_block.attentions.0.transformer_blocks.0.attn1"]
         )
     ),
-    adapter="backbones.cat3d:Cat3D",
+    adapter="cameo.backbones.cat3d:Cat3D",
     per_view_layers=(0, 1, 13, 14, 15),
 )
 
@@ -38,7 +38,7 @@ MVGENMASTER = replace(
     CAT3D,
     name="mvgenmaster",
     description="MVGenMaster U-Net: CAT3D plus warped-reference geometric priors",
-    adapter="backbones.mvgenmaster:MVGenMaster",
+    adapter="cameo.backbones.mvgenmaster:MVGenMaster",
 )
 
 HUNYUAN_DIT = BackboneSpec(
@@ -46,5 +46,5 @@ HUNYUAN_DIT = BackboneSpec(
     description="Hunyuan-DiT transformer (40 blocks) with 3D self-attention and per-view 2D RoPE",
     default_layer=32,
     layer_paths=tuple(f"blocks.{i}.attn1" for i in range(40)),
-    adapter="backbones.hunyuan_dit:HunyuanDiT",
+    adapter="cameo.backbones.hunyuan_dit:HunyuanDiT",
 )

@@ -36,7 +36,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from torch import nn
 
-from backbones import CAT3D
+from cameo.backbones import CAT3D
 from cameo_cli.attention import LayerHook, add_qk_norm, install_processors
 from cameo_cli.backbone import MultiViewBackbone, ViewConditioning, load_diffusers_model
 from cameo_cli.cameras import OFFICIAL_PIXEL_OFFSET

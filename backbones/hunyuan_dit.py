@@ -43,8 +43,8 @@ from diffusers.models.embeddings import (
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from backbones import HUNYUAN_DIT
-from backbones.hunyuan_attention import HunyuanMultiViewProcessor
+from cameo.backbones import HUNYUAN_DIT
+from cameo.backbones.hunyuan_attention import HunyuanMultiViewProcessor
 from cameo_cli.attention import LayerHook
 from cameo_cli.backbone import MultiViewBackbone, ViewConditioning
 from cameo_cli.conditioning import (

@@ -35,9 +35,8 @@ import math
 import torch
 from diffusers import UNet2DConditionModel
 
-from backbones import MVGENMASTER
-from backbones.cat3d import Cat3D, OfficialCameraEncoder
-from cameo_cli.backbone import ViewConditioning
+from cameo.backbones import MVGENMASTER
+from cameo.backbones.cat3d import Cat3D, OfficialCameraEncoder
 from cameo_cli.cameras import (
     camera_centers,
     point_map_depth,
@@ -46,6 +45,7 @@ from cameo_cli.cameras import (
     resize_intrinsics,
     transform_points,
 )
+from cameo_cli.conditioning import ViewConditioning
 
 
 def fourier_features(coords: torch.Tensor, num_frequencies: int) -> torch.Tensor:

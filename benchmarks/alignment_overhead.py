@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from alignments.cameo.loss import CameoLoss
+from cameo.alignments.cameo.loss import CameoLoss
 from cameo_cli.attention.hooks import ProbeResult
 from cameo_cli.geometry import CorrespondenceTargets as Targets
 

@@ -21,8 +21,8 @@ import time
 
 import torch
 
-from alignments.cameo import CameoAlignment
-from alignments.cameo.fused import fused_available
+from cameo.alignments.cameo import CameoAlignment
+from cameo.alignments.cameo.fused import fused_available
 from cameo_cli.backbone import ViewConditioning
 from cameo_cli.batch import ViewBatch
 from cameo_cli.cameras import fov_to_focal, intrinsics_matrix, unproject_depth

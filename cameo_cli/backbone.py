@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 from safetensors import safe_open
@@ -35,107 +35,16 @@ from torch import nn
 
 from cameo_cli import io
 from cameo_cli.attention.hooks import LayerHook, ProbeResult
+from cameo_cli.conditioning import ViewConditioning  # re-exported: plugins import it here
 from cameo_cli.errors import CameoError
+from cameo_cli.layer_selection import check_layer_range
 from cameo_cli.spec import BackboneSpec
-
-if TYPE_CHECKING:
-    from cameo_cli.batch import ViewBatch
 
 BACKBONE_CONFIG = "cameo_backbone.json"
 EXTRA_WEIGHTS = "cameo_extra.safetensors"
 DIFFUSERS_CONFIG = "config.json"
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 DIFFUSERS_INDEX = "diffusion_pytorch_model.safetensors.index.json"
-
-
-@dataclass
-class ViewConditioning:
-    """Everything but the noisy latents that a multi-view backbone is conditioned on."""
-
-    intrinsics: torch.Tensor  # [B, F, 3, 3] pixel intrinsics of an image of `image_size`
-    world_to_camera: torch.Tensor  # [B, F, 4, 4] OpenCV convention
-    ref_mask: torch.Tensor  # [B, F] bool, True for reference (clean, given) views
-    image_size: tuple[int, int]  # (H, W) in pixels that `intrinsics` refer to
-    drop_camera: torch.Tensor | None = None  # [B] bool: zero the camera channels (CFG)
-    ref_images: torch.Tensor | None = None  # [B, F, 3, H, W] in [-1, 1]; for geometric priors
-    point_map: torch.Tensor | None = None  # [B, F, 3, H, W] world frame; for geometric priors
-    point_valid: torch.Tensor | None = None  # [B, F, H, W] bool
-    domain: torch.Tensor | None = None  # [B] long; for backbones with domain embeddings
-    # training-time draws inside the backbone (MVGenMaster's prior dropout): the trainer's
-    # generator, so that a resumed run draws the same; None: torch's global generator
-    generator: torch.Generator | None = None
-
-    @classmethod
-    def from_views(
-        cls,
-        images: torch.Tensor,
-        intrinsics: torch.Tensor,
-        world_to_camera: torch.Tensor,
-        ref_mask: torch.Tensor,
-        *,
-        drop_camera: torch.Tensor | None = None,
-        point_map: torch.Tensor | None = None,
-        point_valid: torch.Tensor | None = None,
-        domain: torch.Tensor | None = None,
-    ) -> ViewConditioning:
-        """The conditioning of views `images` [B, F, 3, H, W] in [-1, 1] (the one rule):
-        cameras, mask and domain as given; images and point maps of reference views only,
-        target views blanked (zero images and points, nothing valid) so nothing of them leaks."""
-        refs = ref_mask[:, :, None, None]
-        blank = torch.zeros((), dtype=images.dtype, device=images.device)
-        cond = cls(
-            intrinsics=intrinsics,
-            world_to_camera=world_to_camera,
-            ref_mask=ref_mask,
-            image_size=(images.shape[-2], images.shape[-1]),
-            drop_camera=drop_camera,
-            ref_images=torch.where(refs[:, :, None], images, blank),
-            domain=domain,
-        )
-        if point_map is not None:
-            cond.point_map = torch.where(refs[:, :, None], point_map, blank.to(point_map.dtype))
-            cond.point_valid = point_valid & refs
-        return cond
-
-    @classmethod
-    def from_batch(
-        cls,
-        batch: ViewBatch,
-        *,
-        drop_camera: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> ViewConditioning:
-        """The conditioning of a `ViewBatch` (on its device), by `from_views`'s rule, with
-        the trainer's `generator` for the backbone's own training-time draws."""
-        cond = cls.from_views(
-            batch.images,
-            batch.intrinsics,
-            batch.world_to_camera,
-            batch.ref_mask,
-            drop_camera=drop_camera,
-            point_map=batch.point_map,
-            point_valid=batch.point_valid,
-            domain=batch.domain,
-        )
-        cond.generator = generator
-        return cond
-
-    def check(self, batch: int, views: int) -> None:
-        """Raise ValueError unless every tensor is shaped for `batch` samples of `views`."""
-        expected = {
-            "intrinsics": (self.intrinsics, (batch, views, 3, 3)),
-            "world_to_camera": (self.world_to_camera, (batch, views, 4, 4)),
-            "ref_mask": (self.ref_mask, (batch, views)),
-            "drop_camera": (self.drop_camera, (batch,)),
-            "domain": (self.domain, (batch,)),
-        }
-        for name, (tensor, shape) in expected.items():
-            if tensor is not None and tuple(tensor.shape) != shape:
-                raise ValueError(f"cond.{name} is {tuple(tensor.shape)}, expected {shape}")
-        for name in ("ref_images", "point_map"):
-            tensor = getattr(self, name)
-            if tensor is not None and tuple(tensor.shape[:3]) != (batch, views, 3):
-                raise ValueError(f"cond.{name} is {tuple(tensor.shape)}, expected [B, F, 3, H, W]")
 
 
 @dataclass(frozen=True)
@@ -319,13 +228,8 @@ class MultiViewBackbone(nn.Module, ABC):
         return frozenset(hook.index for hook in self.hooks if hook.multiview)
 
     def check_layer(self, layer: int) -> int:
-        """Return `layer` if it exists, else raise a CameoError listing every layer."""
-        if not 0 <= layer < len(self.hooks):
-            names = ", ".join(f"{h.index}={h.path}" for h in self.hooks)
-            raise CameoError(
-                f"layer {layer} is outside backbone '{self.name}' "
-                f"(valid: 0-{len(self.hooks) - 1}): {names}"
-            )
+        """Return `layer` if it exists, else raise `check_layer_range`'s CameoError."""
+        check_layer_range(layer, self.name, len(self.hooks), self.default_layer)
         return layer
 
     def set_num_views(self, num_views: int) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from alignments.cameo.loss import CameoLoss
+from cameo.alignments.cameo.loss import CameoLoss
 from cameo_cli.attention.hooks import ProbeResult
 from cameo_cli.geometry import CorrespondenceTargets as Targets
 from tests.official_reference import official_cameo_loss

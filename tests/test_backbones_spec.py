@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from backbones.cat3d import Cat3D
+from cameo.backbones.cat3d import Cat3D
 from cameo_cli import registry
 from cameo_cli.testing import check_backbone_against_spec
 

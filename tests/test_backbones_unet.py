@@ -11,9 +11,9 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from backbones import CAT3D, MVGENMASTER
-from backbones.cat3d import TINY_UNET, Cat3D, remove_cross_attention
-from backbones.mvgenmaster import (
+from cameo.backbones import CAT3D, MVGENMASTER
+from cameo.backbones.cat3d import TINY_UNET, Cat3D, remove_cross_attention
+from cameo.backbones.mvgenmaster import (
     MVGenMaster,
     contract_depth,
     forward_warp,
@@ -135,12 +135,11 @@ def test_tiny_build_and_token_grid_matches_forward(name):
         assert seen[hook.index] == height * width
 
 
-def test_layer_out_of_range_lists_layers():
+def test_layer_out_of_range_names_the_valid_range():
     model = build("cat3d")
     with pytest.raises(CameoError) as error:
         model.check_layer(16)
-    message = str(error.value.message)
-    assert "0-15" in message and "10=up_blocks.2.attentions.0.transformer_blocks.0.attn1" in message
+    assert error.value.message == "layer 16 is outside backbone 'cat3d' (valid: 0-15), default 10"
     with pytest.raises(CameoError, match="outside"):
         with model.probe(-1, (8, 8)):
             pass

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from backbones.cat3d import Cat3D, OfficialCameraEncoder, official_camera_maps
-from backbones.mvgenmaster import MVGenMaster
+from cameo.backbones.cat3d import Cat3D, OfficialCameraEncoder, official_camera_maps
+from cameo.backbones.mvgenmaster import MVGenMaster
 from cameo_cli.backbone import ViewConditioning
 from cameo_cli.batch import ViewBatch, domain_index
 from cameo_cli.camera_files import CameraSet
@@ -198,7 +198,7 @@ def test_recipe_keys_reach_the_backbone():
 
 
 def test_undeclared_option_is_the_unknown_options_error():
-    from backbones.hunyuan_dit import HunyuanDiT
+    from cameo.backbones.hunyuan_dit import HunyuanDiT
 
     with pytest.raises(CameoError, match="unknown options"):
         HunyuanDiT.resolve_options("tiny", 4, {"camera_encoder": "official"})

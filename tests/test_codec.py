@@ -37,7 +37,7 @@ def test_space_to_depth_codec_moves_pixel_blocks_into_channels(factor: int) -> N
 
 
 def test_backbone_downsample_follows_the_space_to_depth_codec() -> None:
-    from backbones.cat3d import Cat3D
+    from cameo.backbones.cat3d import Cat3D
 
     for factor in (1, 2, 4):
         settings = Cat3D.resolve_options("tiny", 3 * factor**2, {})

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from cameo_cli.backbone import ViewConditioning
 from cameo_cli.cameras import intrinsics_matrix, plucker_raymap
 from cameo_cli.conditioning import (
+    ViewConditioning,
     added_to_output,
     camera_condition_maps,
     camera_patch_tokens,
@@ -67,3 +67,11 @@ def test_added_to_output_only_inside_the_block_and_after_errors():
         layer(torch.randn(4, 5))
     assert not layer._forward_hooks
     assert torch.equal(layer(x), plain)
+
+
+def test_view_conditioning_is_still_importable_from_backbone():
+    """Plugins written against cameo 0.1 import it from `cameo_cli.backbone` (re-exported)."""
+    from cameo_cli import backbone
+
+    assert backbone.ViewConditioning is ViewConditioning
+    assert ViewConditioning.__module__ == "cameo_cli.conditioning"

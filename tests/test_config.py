@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 import shutil
@@ -347,7 +348,8 @@ def assert_load_error(tmp_path, text: str, expected: str) -> None:
         ),
         (
             "alignment: {layer: deep}\n",
-            "alignment.layer: must be >= 0, a list of those, 'auto', 'auto:K' (K >= 1) or null, "
+            "alignment.layer: expected a layer number >= 0, a list of them or ranges (3,8-10) "
+            "without repeats, 'all', 'auto', 'auto:K' (K >= 1) or null (the backbone's default), "
             "got 'deep'",
         ),
         ("alignment: {loss: mse}\n", "alignment.loss: expected one of ce, l1, got 'mse'"),
@@ -369,7 +371,8 @@ def test_wrong_types_name_file_line_path_expected_and_got(tmp_path, text, expect
         ("alignment: {epsilon: -1}\n", "alignment.epsilon: must be > 0, got -1.0"),
         (
             "alignment: {layer: -2}\n",
-            "alignment.layer: must be >= 0, a list of those, 'auto', 'auto:K' (K >= 1) or null, "
+            "alignment.layer: expected a layer number >= 0, a list of them or ranges (3,8-10) "
+            "without repeats, 'all', 'auto', 'auto:K' (K >= 1) or null (the backbone's default), "
             "got -2",
         ),
         ("data: {min_refs: 3, max_refs: 2}\n", ":1: data.max_refs: must be >= data.min_refs"),
@@ -494,14 +497,20 @@ def test_recipes_command_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+PLUGIN_FOLDERS = ("backbones", "alignments", "recipes")  # installed as cameo.<folder>
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     importlib.util.find_spec("setuptools") is None, reason="an offline build needs setuptools"
 )
 def test_a_non_editable_install_ships_the_recipes(tmp_path):
+    """...under cameo's namespace: backbones/, alignments/ and recipes/ install as
+    `cameo.backbones`, `cameo.alignments`, `cameo.recipes`, and every cameo_cli module ships
+    (pyproject lists the packages)."""
     repo = Path(__file__).resolve().parents[1]
     source = tmp_path / "source"
-    for folder in ("cameo_cli", "backbones", "recipes"):
+    for folder in ("cameo_cli", *PLUGIN_FOLDERS):
         shutil.copytree(
             repo / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__")
         )
@@ -510,9 +519,15 @@ def test_a_non_editable_install_ships_the_recipes(tmp_path):
     target = tmp_path / "site"
     pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation"]
     subprocess.run([*pip, "--no-index", "--target", str(target), str(source)], check=True)
-    assert sorted(p.name for p in (target / "recipes").glob("*.yaml")) == sorted(
+    assert sorted(p.name for p in (target / "cameo" / "recipes").glob("*.yaml")) == sorted(
         f"{name}.yaml" for name in SHIPPED
     )
+    assert not any((target / folder).exists() for folder in PLUGIN_FOLDERS)
+    shipped = {p.relative_to(target).as_posix() for p in (target / "cameo_cli").rglob("*.py")}
+    assert shipped == {p.relative_to(repo).as_posix() for p in (repo / "cameo_cli").rglob("*.py")}
+    (entry_points,) = target.glob("cameo-*.dist-info/entry_points.txt")
+    assert "= backbones:" not in entry_points.read_text()
+    assert "cat3d = cameo.backbones:CAT3D" in entry_points.read_text()
     # -S: no site-packages .pth files, so an editable cameo cannot answer instead.
     dependencies = {str(Path(m.__file__).parents[1]) for m in (click, rich, yaml)}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), *dependencies])}
@@ -520,6 +535,9 @@ def test_a_non_editable_install_ships_the_recipes(tmp_path):
         "import sys; from cameo_cli import config; target = sys.argv[1]; "
         "assert config.__file__.startswith(target), config.__file__; "
         "assert str(config.find_recipe('quickstart-cpu')).startswith(target); "
+        "from importlib.util import find_spec; "
+        "assert [find_spec(n) for n in ('backbones', 'alignments', 'recipes')] == [None] * 3; "
+        "assert find_spec('cameo.alignments').origin.startswith(target); "
         "print(len(config.list_recipes()), config.load_recipe('cat3d-re10k').alignment.layer)"
     )
     result = subprocess.run(
@@ -531,3 +549,27 @@ def test_a_non_editable_install_ships_the_recipes(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [str(len(SHIPPED)), "10"]
+
+
+def test_the_editable_install_takes_no_generic_top_level_name(tmp_path):
+    """From a folder outside the checkout, this environment's (editable) install answers
+    `cameo.backbones` etc. from the checkout's folders, and nothing for the bare names; the
+    built-in entry points load."""
+    repo = Path(__file__).resolve().parents[1]
+    code = (
+        "import json; from importlib.util import find_spec; "
+        "from importlib.metadata import entry_points; "
+        "names = ('backbones', 'alignments', 'recipes'); "
+        "print(json.dumps({'bare': [find_spec(n) is None for n in names], "
+        "'folders': [find_spec('cameo.' + n).submodule_search_locations[0] for n in names], "
+        "'loaded': sorted(ep.load().name for group in ('cameo.backbones', 'cameo.alignments') "
+        "for ep in entry_points(group=group) if ep.value.startswith('cameo.'))}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    found = json.loads(out.stdout)
+    assert found["bare"] == [True, True, True]
+    assert found["folders"] == [str(repo / folder) for folder in PLUGIN_FOLDERS]
+    expected = ["cameo", "cat3d", "geometry-forcing", "hunyuan-dit", "mvgenmaster", "none", "repa"]
+    assert found["loaded"] == expected

@@ -182,7 +182,7 @@ def test_layer_list_outside_backbone(four_scenes: Path, tmp_path: Path, cameo_ho
     assert result.exit_code == 2
     assert "layer 16 is outside backbone 'cat3d' (valid: 0-15)" in result.output
     result = run(*args, "--layers", "three")
-    assert result.exit_code == 2 and "not a layer index" in result.output
+    assert result.exit_code == 2 and "got 'three'" in result.output
     result = run(*args, "--timesteps", "1200")
     assert result.exit_code == 2 and "between 0 and 999" in result.output
 

@@ -14,8 +14,8 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 pytest.importorskip("triton", reason="Triton is not importable: the fused kernels cannot run")
 
-from alignments.cameo import fused  # noqa: E402
-from alignments.cameo.loss import CameoLoss  # noqa: E402
+from cameo.alignments.cameo import fused  # noqa: E402
+from cameo.alignments.cameo.loss import CameoLoss  # noqa: E402
 from cameo_cli.attention.hooks import ProbeResult  # noqa: E402
 from cameo_cli.geometry import CorrespondenceTargets  # noqa: E402
 from tests.official_reference import official_cameo_loss as reference  # noqa: E402

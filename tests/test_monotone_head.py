@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alignments.cameo.loss import CameoLoss, MonotoneHead
+from cameo.alignments.cameo.loss import CameoLoss, MonotoneHead
 from cameo_cli.attention.hooks import ProbeResult
 from cameo_cli.geometry import CorrespondenceTargets as Targets
 from tests.test_alignment import make_case

@@ -22,14 +22,14 @@ def test_no_core_or_job_module_names_cameo_loss():
 
 
 def test_the_search_finds_a_name(tmp_path):
-    (tmp_path / "job.py").write_text("from alignments.cameo.loss import CameoLoss\n")
+    (tmp_path / "job.py").write_text("from cameo.alignments.cameo.loss import CameoLoss\n")
     (tmp_path / "other.py").write_text("x = 1\n")
     assert modules_naming("CameoLoss", tmp_path) == ["job.py"]
 
 
 def test_cameo_alignment_keeps_its_import_path_and_offers_its_head_as_scorer():
-    from alignments.cameo import CameoAlignment
-    from alignments.cameo.loss import CameoLoss
+    from cameo.alignments.cameo import CameoAlignment
+    from cameo.alignments.cameo.loss import CameoLoss
 
     method = CameoAlignment(
         [10], [(2, 2)], [2], [0.02],

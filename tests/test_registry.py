@@ -27,7 +27,7 @@ FAKE_SPEC = BackboneSpec(
     description="a faked backbone",
     default_layer=1,
     layer_paths=("a.attn1", "b.attn1"),
-    adapter="backbones.cat3d:Cat3D",
+    adapter="cameo.backbones.cat3d:Cat3D",
 )
 
 

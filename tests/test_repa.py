@@ -151,7 +151,7 @@ def test_errors(dino_folder, tmp_path):
 
 def test_resampled_student_teacher_size_is_repas():
     """REPA's preprocess_raw_image: DINOv2 /14 at 224 px for 256 px images, 448 for 512."""
-    from alignments.repa import Repa
+    from cameo.alignments.repa import Repa
 
     assert Repa.default_teacher_resolution(256, 14, (4, 4), "bilinear") == 224
     assert Repa.default_teacher_resolution(512, 14, (8, 8), "bilinear") == 448

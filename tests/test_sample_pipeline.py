@@ -127,7 +127,7 @@ def tiny_scene(views: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_cat3d_in_reduced_precision_follows_fp32() -> None:
     """The autocast path (bf16 / fp16, as on a GPU) runs and stays near fp32."""
-    from backbones.cat3d import Cat3D
+    from cameo.backbones.cat3d import Cat3D
 
     torch.manual_seed(0)
     backbone = Cat3D.build("tiny", in_channels=3)
@@ -153,7 +153,7 @@ def test_cat3d_in_reduced_precision_follows_fp32() -> None:
 
 def test_latent_pipeline_with_a_vae(tiny_vae_folder) -> None:
     """Four-channel latents through a (tiny, random) AutoencoderKL: images come back whole."""
-    from backbones.cat3d import Cat3D
+    from cameo.backbones.cat3d import Cat3D
     from cameo_cli.codec import load_codec
     from cameo_cli.config import CodecConfig
 
@@ -317,8 +317,8 @@ def test_resolution_resizes_and_crops_images_and_cameras() -> None:
 
 # -- the references' depth (geometric priors) ----------------------------------------------
 def _prior_pipeline(cls_name: str) -> MultiViewPipeline:
-    from backbones.cat3d import Cat3D
-    from backbones.mvgenmaster import MVGenMaster
+    from cameo.backbones.cat3d import Cat3D
+    from cameo.backbones.mvgenmaster import MVGenMaster
 
     torch.manual_seed(0)
     backbone = {"cat3d": Cat3D, "mvgenmaster": MVGenMaster}[cls_name].build("tiny", in_channels=3)

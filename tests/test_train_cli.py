@@ -73,7 +73,7 @@ def test_layer_must_be_a_number_or_auto(layer):
     result = _train("--layer", layer)
     assert (
         result.exit_code == 2
-        and "a layer number, a comma list of them, 'auto' or 'auto:K'" in result.output
+        and "a layer number >= 0, a list of them or ranges (3,8-10)" in result.output
     )
 
 

@@ -141,7 +141,7 @@ def test_mvgenmaster_prior_dropout_draws_from_the_trainer_generator(
 ):
     """The trainer hands its generator (saved in every checkpoint) to the backbone, so the
     element-wise prior dropout of a resumed run draws what an uninterrupted one would."""
-    from backbones.mvgenmaster import MVGenMaster
+    from cameo.backbones.mvgenmaster import MVGenMaster
 
     seen: list[object] = []
     dropout = MVGenMaster._dropout

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from alignments import CAMEO
-from alignments.cameo.loss import CameoLoss
+from cameo.alignments import CAMEO
+from cameo.alignments.cameo.loss import CameoLoss
 from cameo_cli.alignment.method import (
     AlignmentInputs,
     AlignmentMethod,

@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from alignments.cameo.loss import row_weights
+from cameo.alignments.cameo.loss import row_weights
 
 try:
     import triton

@@ -435,7 +435,7 @@ class CameoLoss(nn.Module):
             raise ValueError(f"ref_mask must be [{batch}, {num_views}], got {list(ref_mask.shape)}")
         with torch.autocast(probe.q.device.type, enabled=False):
             if self.uses_fused(probe.q):
-                from alignments.cameo.fused import FusedCameoLoss
+                from cameo.alignments.cameo.fused import FusedCameoLoss
 
                 w1, b1, w2, b2 = self._head_params(torch.float32) or [None] * 4
                 return FusedCameoLoss.apply(
@@ -496,7 +496,7 @@ class CameoLoss(nn.Module):
             if self.fused:
                 raise ValueError("the fused CAMEO kernels compute head mlp|none, not monotone")
             return False
-        from alignments.cameo.fused import fused_available
+        from cameo.alignments.cameo.fused import fused_available
 
         possible = q.dtype != torch.float64 and fused_available(q.device)
         if self.fused and not possible:

@@ -23,6 +23,7 @@ from torch import nn
 
 from cameo_cli.attention.hooks import MatchScorer, ProbeResult
 from cameo_cli.errors import CameoError
+from cameo_cli.layer_selection import LayerSelection
 from cameo_cli.spec import AlignmentSpec
 
 if TYPE_CHECKING:
@@ -128,8 +129,7 @@ def build_alignment(recipe: Recipe, backbone: MultiViewBackbone) -> AlignmentMet
 
 def recipe_layers(recipe: Recipe) -> list[int]:
     """The resolved `alignment.layer` as a list (one number or several)."""
-    layer = recipe.alignment.layer
-    return list(layer) if isinstance(layer, list) else [layer]
+    return list(LayerSelection.parse(recipe.alignment.layer).numbers)
 
 
 def layer_weights(recipe: Recipe, count: int) -> list[float]:

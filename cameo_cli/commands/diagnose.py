@@ -48,7 +48,11 @@ def parse_radii_cm(text: str) -> tuple[float, ...]:
     required=True,
     help="A folder written by `cameo prepare` with geometry (point maps).",
 )
-@click.option("--layers", default="all", help="'all' or a list such as 3,8-10.")
+@click.option(
+    "--layers",
+    default="all",
+    help="'all', a list such as 3,8-10, 'auto' or 'auto:K' (diagnose's last pick).",
+)
 @click.option("--timesteps", default="500", help="Comma list of diffusion timesteps (0-999).")
 @click.option("--perturb", is_flag=True, help="Also run the identity-attention perturbation.")
 @path_option("--out", required=True, help="Output folder.")

@@ -10,25 +10,18 @@ from pathlib import Path
 import click
 
 from cameo_cli.commands.options import path_option
-from cameo_cli.config import LayerChoice, auto_layer_count
+from cameo_cli.layer_selection import LayerChoice, LayerSelection
 
 PAPER_RECIPE = "{backbone}-re10k"  # the paper's recipe of each built-in backbone
 
 
 def _layer_value(ctx: click.Context, param: click.Parameter, value: str | None) -> LayerChoice:
-    """`--layer`: a layer number, several ("10,12"), "auto" (diagnose's pick), "auto:K" (its
-    K best) or None (the backbone's default)."""
-    if value is None or auto_layer_count(value) is not None:
-        return value
+    """`--layer`: parsed by the one layer syntax (`cameo_cli.layer_selection`), passed on
+    in the form a recipe stores."""
     try:
-        layers = [int(part) for part in value.split(",")]
-    except ValueError:
-        raise click.BadParameter(
-            "a layer number, a comma list of them, 'auto' or 'auto:K' (K >= 1)"
-        ) from None
-    if any(layer < 0 for layer in layers):
-        raise click.BadParameter(f"layer numbers are >= 0, got {value}")
-    return layers[0] if len(layers) == 1 else layers
+        return LayerSelection.parse(value).value
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
 
 
 @click.command()
@@ -42,7 +35,7 @@ def _layer_value(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option(
     "--layer",
     callback=_layer_value,
-    metavar="L[,L...]|auto[:K]",
+    metavar="L[,L-M...]|all|auto[:K]",
     help="Supervised self-attention layer(s) (default: the backbone's; auto: diagnose's pick; "
     "auto:K: its K best).",
 )

@@ -10,7 +10,6 @@ drawn with each layer's attention replaced by the identity (fixed seed and noise
 from __future__ import annotations
 
 import dataclasses
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +23,7 @@ from cameo_cli.backbone import MultiViewBackbone
 from cameo_cli.batch import ViewBatch
 from cameo_cli.diagnose.request import DiagnosedModel, DiagnoseRequest, Diagnosis, ViewSet
 from cameo_cli.errors import CameoError
+from cameo_cli.layer_selection import LayerSelection
 from cameo_cli.match_precision import (
     ROTATION_BINS,
     PrecisionCounts,
@@ -53,20 +53,20 @@ RECOMMEND_METRIC = "pixels"  # layers are recommended by their lift within the p
 
 
 def parse_layers(text: str, backbone: MultiViewBackbone) -> list[int]:
-    """ "all" or a comma list of layer indices / ranges ("3,8-10"), each checked."""
-    if text.strip() == "all":
-        return list(range(len(backbone.hooks)))
-    layers: list[int] = []
-    for part in text.split(","):
-        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
-        if match is None:
-            raise CameoError(f"--layers: '{part}' is not a layer index or range (e.g. 3,8-10)")
-        first, last = int(match.group(1)), int(match.group(2) or match.group(1))
-        for layer in range(first, last + 1):
-            backbone.check_layer(layer)
-            if layer not in layers:
-                layers.append(layer)
-    return layers
+    """`--layers` in the one layer syntax (`cameo_cli.layer_selection`; default "all"), as the
+    backbone's layer numbers."""
+    from cameo_cli.layers import read_recommended_layers
+
+    try:
+        selection = LayerSelection.parse(text)
+    except ValueError as error:
+        raise CameoError(f"--layers: {error}") from None
+    return selection.resolve(
+        backbone.name,
+        len(backbone.hooks),
+        backbone.default_layer,
+        lambda count: read_recommended_layers(backbone.name, backbone.variant, count),
+    )
 
 
 def default_recipe(backbone: str, variant: str) -> str:
@@ -104,10 +104,10 @@ def load_model(
             )
         recipe = loaded.recipe
         # the method's own matches at its (first) layer (CAMEO: its trained head), if any
-        layer = recipe.alignment.layer
-        layer = layer[0] if isinstance(layer, list) else layer
+        layers = LayerSelection.parse(recipe.alignment.layer).numbers
+        layer = layers[0] if layers else None
         scorer = None
-        if loaded.alignment is not None and isinstance(layer, int):
+        if loaded.alignment is not None and layer is not None:
             scorer = loaded.alignment.match_scorer(layer)
         return DiagnosedModel(
             backbone=loaded.backbone,

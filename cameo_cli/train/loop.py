@@ -34,7 +34,7 @@ from cameo_cli.train.ema import ExponentialMovingAverage
 from cameo_cli.train.metrics import MetricsLogger, check_trackers, start_trackers
 from cameo_cli.train.model import CameoTrainingModel
 from cameo_cli.train.objective import add_training_noise, denoising_loss
-from cameo_cli.train.plan import RunPlan, check_recipe, needs_geometry, plan_run, resolve_layer
+from cameo_cli.train.plan import RunPlan, check_recipe, needs_geometry, plan_run
 from cameo_cli.train.progress import TrainingProgress
 from cameo_cli.train.setup import (
     TRAIN_SPLIT,
@@ -167,8 +167,7 @@ class Trainer:
         self.validation_lines = reference_line_psnr(self.validation_batch)  # logged once
         # the layer whose attention validation scores: the (first) supervised one, or the
         # recipe's layer for the baseline
-        layer = resolve_layer(recipe, backbone)
-        layer = layer[0] if isinstance(layer, list) else layer
+        layer = plan.layers[0]
         image_size = (recipe.data.resolution, recipe.data.resolution)
         self.watched_layer = (layer, backbone.token_grid(layer, image_size))
         self.model = CameoTrainingModel(backbone, alignment).to(self.device)

@@ -1,8 +1,9 @@
 """A run resolved once: the recipe and the built backbone become a `RunPlan` before training.
 
-The supervised layers are validated here and nowhere else in training: `check_recipe` refuses
-a layer outside the registry's spec of the full config before anything is built, `plan_run`
-resolves None / "auto" / numbers against the built backbone and pins the method's options.
+The supervised layers are resolved here and nowhere else in training (parsed and range-checked
+by `cameo_cli.layer_selection`): `check_recipe` refuses a layer outside the registry's spec of
+the full config before anything is built, `plan_run` resolves the selection against the built
+backbone for every method and pins the method's layers and options.
 The Trainer reads the plan.
 """
 
@@ -13,8 +14,9 @@ from dataclasses import dataclass
 
 from cameo_cli.alignment.method import AlignmentMethod, parse_options
 from cameo_cli.backbone import MultiViewBackbone
-from cameo_cli.config import LayerChoice, Recipe, auto_layer_count
+from cameo_cli.config import Recipe
 from cameo_cli.errors import CameoError
+from cameo_cli.layer_selection import LayerSelection
 from cameo_cli.registry import get_alignment_spec, get_spec
 
 
@@ -25,13 +27,8 @@ class RunPlan:
     recipe: Recipe  # alignment.layer and alignment.options resolved (what checkpoints record)
     method: type[AlignmentMethod] | None  # None: L = L_denoise only (the baseline)
     needs_geometry: bool  # the training dataset must hold point maps
-
-
-def _check_range(layer: int, name: str, count: int, default: int) -> None:
-    if not 0 <= layer < count:
-        raise CameoError(
-            f"layer {layer} is outside backbone '{name}' (valid: 0-{count - 1}), default {default}"
-        )
+    # the resolved alignment.layer, for every method (`none`: the layer validation watches)
+    layers: tuple[int, ...]
 
 
 def needs_geometry(recipe: Recipe) -> bool:
@@ -49,51 +46,46 @@ def check_recipe(recipe: Recipe) -> None:
         )
     parse_options(get_alignment_spec(recipe.alignment.method), recipe)
     spec = get_spec(recipe.backbone.name)
-    layer = recipe.alignment.layer
-    if recipe.backbone.variant == "full" and isinstance(layer, int | list):
-        for number in layer if isinstance(layer, list) else [layer]:
-            _check_range(number, spec.name, len(spec.layer_paths), spec.default_layer)
+    if recipe.backbone.variant == "full":
+        selection = LayerSelection.parse(recipe.alignment.layer)
+        selection.check(spec.name, len(spec.layer_paths), spec.default_layer)
 
 
 def resolve_layer(recipe: Recipe, backbone: MultiViewBackbone) -> int | list[int]:
-    """The supervised layer(s), from alignment.layer: None = the backbone's default, "auto" =
-    diagnose's recommendation for the recipe's (backbone, variant) ("auto:K": its K best, a
-    list), else a number or a list of numbers; each must exist in the built backbone and, for
-    a method that probes attention, attend across views."""
-    layer: LayerChoice = recipe.alignment.layer
-    if layer is None:
-        return backbone.default_layer
-    count = auto_layer_count(layer)
-    if count is not None:
-        from cameo_cli.layers import read_recommended_layers
+    """The supervised layer(s), from alignment.layer (`cameo_cli.layer_selection`): None =
+    the backbone's default, "auto" = diagnose's recommendation for the recipe's (backbone,
+    variant) ("auto:K": its K best, a list), else numbers; each must exist in the built
+    backbone and, for a method that probes attention, attend across views."""
+    from cameo_cli.layers import read_recommended_layers
 
-        layer = read_recommended_layers(recipe.backbone.name, recipe.backbone.variant, count)
-        layer = layer[0] if count == 1 else layer
-    numbers = layer if isinstance(layer, list) else [layer]
-    if not numbers or any(isinstance(n, bool) or not isinstance(n, int) for n in numbers):
-        raise CameoError(
-            "alignment.layer must be a layer number, a list of them, 'auto', 'auto:K' or null, "
-            f"got {layer!r}"
-        )
-    probes = "probe" in get_alignment_spec(recipe.alignment.method).needs
-    for number in numbers:
-        _check_range(number, backbone.name, len(backbone.hooks), backbone.default_layer)
-        if probes and number not in backbone.multiview_layers:
-            views = ", ".join(str(i) for i in sorted(backbone.multiview_layers))
-            raise CameoError(
-                f"layer {number} of backbone '{backbone.name}' attends within each view only, "
-                f"so CAMEO cannot supervise it; choose a multi-view layer ({views})"
-            )
+    selection = LayerSelection.parse(recipe.alignment.layer)
+    numbers = selection.resolve(
+        backbone.name,
+        len(backbone.hooks),
+        backbone.default_layer,
+        lambda count: read_recommended_layers(recipe.backbone.name, recipe.backbone.variant, count),
+    )
+    if "probe" in get_alignment_spec(recipe.alignment.method).needs:
+        for number in numbers:
+            if number not in backbone.multiview_layers:
+                views = ", ".join(str(i) for i in sorted(backbone.multiview_layers))
+                raise CameoError(
+                    f"layer {number} of backbone '{backbone.name}' attends within each view "
+                    f"only, so CAMEO cannot supervise it; choose a multi-view layer ({views})"
+                )
     return numbers[0] if len(numbers) == 1 else numbers
 
 
 def plan_run(recipe: Recipe, backbone: MultiViewBackbone) -> RunPlan:
-    """Resolve the recipe against the built backbone: the method, its layers and options."""
+    """Resolve the recipe against the built backbone: the layers (for every method, `none`
+    included), the method and its options."""
+    layer = resolve_layer(recipe, backbone)
+    layers = tuple(layer) if isinstance(layer, list) else (layer,)
     method = get_alignment_spec(recipe.alignment.method).load_method()
     if method is None:
-        return RunPlan(recipe, None, False)
-    alignment = dataclasses.replace(recipe.alignment, layer=resolve_layer(recipe, backbone))
+        return RunPlan(recipe, None, False, layers)
+    alignment = dataclasses.replace(recipe.alignment, layer=layer)
     pinned = dataclasses.replace(recipe, alignment=alignment)
     options = method.resolve_options(pinned, backbone)
     pinned = dataclasses.replace(pinned, alignment=dataclasses.replace(alignment, options=options))
-    return RunPlan(pinned, method, needs_geometry(pinned))
+    return RunPlan(pinned, method, needs_geometry(pinned), layers)
