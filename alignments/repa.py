@@ -36,7 +36,7 @@ from cameo_cli.alignment.method import (
     recipe_layers,
 )
 from cameo_cli.errors import CameoError
-from cameo_cli.io import read_json
+from cameo_cli.files import read_json
 
 if TYPE_CHECKING:
     from cameo_cli.backbone import MultiViewBackbone

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from cameo_cli.io import read_json, read_json_lines, write_json
+from cameo_cli.files import read_json, read_json_lines, write_json
 
 PRIOR_SEED = 2
 

@@ -52,7 +52,7 @@ from rich.table import Table
 
 from cameo_cli.config import find_recipe
 from cameo_cli.errors import CameoError
-from cameo_cli.io import read_json, read_json_lines, save_figure, write_json
+from cameo_cli.files import read_json, read_json_lines, save_figure, write_json
 
 CORE = ("baseline", "cameo")  # trained with every seed
 # seed 0 only

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
+from cameo_cli.files import read_image, read_json, read_json_lines, save_figure, write_json
 from cameo_cli.image_metrics import psnr
-from cameo_cli.io import read_image, read_json, read_json_lines, save_figure, write_json
 
 SCENE = "synth-00000"
 CURVE = ("val/psnr", "val/psnr_x0", "val/sharpness", "val/denoise_t250")

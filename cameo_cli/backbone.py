@@ -33,7 +33,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from cameo_cli import io
+from cameo_cli import files
 from cameo_cli.attention.hooks import LayerHook, ProbeResult
 from cameo_cli.conditioning import ViewConditioning  # re-exported: plugins import it here
 from cameo_cli.errors import CameoError
@@ -292,7 +292,7 @@ class MultiViewBackbone(nn.Module, ABC):
         extra_path = folder / EXTRA_WEIGHTS
         if not extra_path.is_file():
             raise CameoError(f"{extra_path}: file does not exist")
-        extra = io.load_safetensors(extra_path)
+        extra = files.load_safetensors(extra_path)
         wanted = {k for k in self.state_dict() if self._is_extra(k)}
         if set(extra) != wanted:
             missing, unexpected = sorted(wanted - set(extra)), sorted(set(extra) - wanted)
@@ -345,7 +345,7 @@ def read_backbone_config(folder: Path) -> dict:
     path = folder / BACKBONE_CONFIG
     if not path.is_file():
         raise CameoError(f"{path}: file does not exist (not a saved cameo backbone)")
-    meta = io.read_json(path)
+    meta = files.read_json(path)
     if not isinstance(meta, dict):
         raise CameoError(f"{path}: expected a JSON object")
     required = {"name": str, "variant": str, "in_channels": int, "options": dict}
@@ -374,16 +374,16 @@ def stored_weight_names(folder: Path) -> set[str]:
     every weight file is checked whole first, so diffusers is never handed a corrupt one."""
     index = folder / DIFFUSERS_INDEX
     if index.is_file():
-        weight_map = io.read_json(index).get("weight_map")
+        weight_map = files.read_json(index).get("weight_map")
         if not isinstance(weight_map, dict):
             raise CameoError(f"{index}: no 'weight_map' object")
         for name in sorted(set(weight_map.values())):
-            io.check_safetensors(folder / name)
+            files.check_safetensors(folder / name)
         return set(weight_map)
     single = folder / DIFFUSERS_WEIGHTS
     if not single.is_file():
         raise CameoError(f"{folder}: no {DIFFUSERS_WEIGHTS} (safetensors weights required)")
-    io.check_safetensors(single)
+    files.check_safetensors(single)
     with safe_open(single, framework="pt") as handle:
         return set(handle.keys())
 
@@ -416,8 +416,8 @@ def load_diffusers_model(
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    io.write_text(path, text)
+    files.write_text(path, text)
 
 
 def _save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
-    io.save_safetensors(state, path)
+    files.save_safetensors(state, path)

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from cameo_cli.errors import CameoError
-from cameo_cli.io import read_json, write_json
+from cameo_cli.files import read_json, write_json
 
 FILE_NAME = "recommended_layers.json"
 

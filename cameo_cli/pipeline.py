@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cameo_cli import cameras as camera_math
-from cameo_cli import io
+from cameo_cli import files
 from cameo_cli.backbone import MultiViewBackbone, ViewConditioning
 from cameo_cli.batch import ViewBatch, domain_index
 from cameo_cli.camera_files import CameraSet
@@ -117,7 +117,7 @@ def resize_center_crop(image: torch.Tensor, resolution: int) -> torch.Tensor:
     height, width = image.shape[-2:]
     box = camera_math.resize_center_crop_box((height, width), resolution)
     resized_h, resized_w, top, left = box
-    picture = Image.fromarray(io.to_uint8(image))
+    picture = Image.fromarray(files.to_uint8(image))
     if (resized_w, resized_h) != picture.size:
         picture = picture.resize((resized_w, resized_h), Image.Resampling.BICUBIC)
     array = np.asarray(picture)[top : top + resolution, left : left + resolution]
@@ -386,7 +386,7 @@ class MultiViewPipeline:
             return MultiViewPipelineOutput(result)
         if output_type == "np":
             return MultiViewPipelineOutput(result.permute(0, 2, 3, 1).numpy())
-        return MultiViewPipelineOutput([Image.fromarray(io.to_uint8(image)) for image in result])
+        return MultiViewPipelineOutput([Image.fromarray(files.to_uint8(image)) for image in result])
 
     def _check_priors(self, views: PreparedViews) -> None:
         """Say once when a backbone with geometric priors samples without them."""

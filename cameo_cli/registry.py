@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cameo_cli.errors import CameoError
-from cameo_cli.io import read_json
+from cameo_cli.files import read_json
 from cameo_cli.spec import AlignmentSpec as AlignmentSpec  # the plugins' path to them
 from cameo_cli.spec import BackboneSpec as BackboneSpec
 

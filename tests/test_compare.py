@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from cameo_cli.cli import main
 from cameo_cli.config import dump_recipe, load_recipe
-from cameo_cli.io import read_json_lines
+from cameo_cli.files import read_json_lines
 
 STEPS = [100, 200, 300, 400]
 

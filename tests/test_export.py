@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from cameo_cli.camera_files import read_cameras
 from cameo_cli.cli import main
 from cameo_cli.errors import CameoError
-from cameo_cli.io import read_json
+from cameo_cli.files import read_json
 from cameo_cli.pipeline import MultiViewPipeline
 
 
@@ -82,7 +82,7 @@ def test_a_vae_export_carries_its_codec(tiny_vae_folder, sample_inputs, tmp_path
     """A checkpoint whose recipe points at a VAE folder: the export holds the VAE itself."""
     from cameo_cli.config import dump_recipe, load_recipe
     from cameo_cli.export.job import run_export
-    from cameo_cli.io import write_json
+    from cameo_cli.files import write_json
     from cameo_cli.train.setup import build_training_backbone
 
     recipe = load_recipe(

@@ -10,7 +10,7 @@ import cameo_cli
 
 PACKAGE = Path(cameo_cli.__file__).parent
 JOBS = ("train", "sample", "evaluate", "diagnose", "export", "compare")
-# Imports of `cameo_cli.sample.outputs` that the shared `cameo_cli.io` module replaces
+# Imports of `cameo_cli.sample.outputs` that the shared `cameo_cli.files` module replaces
 # (issue 10, io part); the coordinator removes this entry when that branch lands.
 AWAITING_IO = "cameo_cli.sample.outputs"
 

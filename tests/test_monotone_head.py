@@ -177,7 +177,7 @@ def test_the_fused_kernels_are_not_used_for_it():
 def test_a_monotone_run_trains_saves_exports_and_loads_its_head(synthetic_dataset, tmp_path):
     from cameo_cli.config import load_recipe
     from cameo_cli.export.job import run_export
-    from cameo_cli.io import load_safetensors
+    from cameo_cli.files import load_safetensors
     from cameo_cli.run_folder.checkpoints import load_for_inference
     from cameo_cli.train.loop import run_training
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from cameo_cli.config import load_recipe
-from cameo_cli.io import load_safetensors, read_json, read_json_lines
+from cameo_cli.files import load_safetensors, read_json, read_json_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "benchmarks" / "reproduction.py"

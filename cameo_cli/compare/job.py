@@ -31,7 +31,7 @@ import numpy as np
 
 from cameo_cli.config import load_recipe, recipe_to_dict
 from cameo_cli.errors import CameoError
-from cameo_cli.io import staged_folder, write_csv, write_json
+from cameo_cli.files import staged_folder, write_csv, write_json
 from cameo_cli.run_folder.layout import CONFIG, METRICS
 from cameo_cli.run_folder.metrics import read_metrics
 

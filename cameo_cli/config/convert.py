@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from cameo_cli import io
+from cameo_cli import files
 from cameo_cli.config.schema import CHOICES, Recipe
 from cameo_cli.errors import CameoError
 
@@ -273,7 +273,7 @@ def dump_recipe(recipe: Recipe, path: str | os.PathLike, comment: str | None = N
     path = Path(path)
     header = "".join(f"# {line}".rstrip() + "\n" for line in (comment or "").splitlines())
     path.parent.mkdir(parents=True, exist_ok=True)
-    io.write_text(path, header + ("\n" if header else "") + recipe_to_yaml(recipe))
+    files.write_text(path, header + ("\n" if header else "") + recipe_to_yaml(recipe))
 
 
 def _key_lines(node: yaml.Node | None, name: str, prefix: str = "") -> dict[str, int]:
@@ -292,7 +292,7 @@ def _key_lines(node: yaml.Node | None, name: str, prefix: str = "") -> dict[str,
 
 
 def _parse_yaml_file(path: Path) -> tuple[Any, dict[str, int]]:
-    data, node = io.read_yaml(path, "recipe file", loader=_RecipeLoader)
+    data, node = files.read_yaml(path, "recipe file", loader=_RecipeLoader)
     lines = _key_lines(node, str(path))
     if data is not None and not isinstance(data, dict):
         raise CameoError(f"{path}: a recipe must be a YAML mapping, got {_describe(data)}")

@@ -41,8 +41,8 @@ from cameo_cli import cameras
 from cameo_cli.data.records import nearest_indices
 from cameo_cli.data.shards import ShardReader, load_index
 from cameo_cli.errors import CameoError
+from cameo_cli.files import read_json
 from cameo_cli.geometry.pointmaps import point_map_from_depth
-from cameo_cli.io import read_json
 
 if TYPE_CHECKING:
     from cameo_cli.config import Recipe

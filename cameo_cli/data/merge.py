@@ -16,7 +16,7 @@ from cameo_cli.data.dataset import load_eval_index
 from cameo_cli.data.parts import PART_PATTERN, Part
 from cameo_cli.data.shards import exclusive, load_index
 from cameo_cli.errors import CameoError
-from cameo_cli.io import write_json
+from cameo_cli.files import write_json
 
 # what every part must share: (what the error calls it, key in index.json, key in its "part")
 LISTING = "scene listing (the raw dataset changed between parts)"

@@ -42,7 +42,7 @@ from cameo_cli.data.records import (
     nearest_indices,
 )
 from cameo_cli.errors import CameoError
-from cameo_cli.io import read_json
+from cameo_cli.files import read_json
 
 MULTIVIEW = re.compile(r"multiview[_-]\d+[_-].+")
 WILD_SET = "wild_set"

@@ -37,7 +37,7 @@ from cameo_cli.data.records import (
     decode_image,
 )
 from cameo_cli.errors import CameoError
-from cameo_cli.io import read_json
+from cameo_cli.files import read_json
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

@@ -72,7 +72,7 @@ from cameo_cli.data.records import (
 )
 from cameo_cli.data.vggt_scenes import VGGTSettings
 from cameo_cli.errors import CameoError
-from cameo_cli.io import atomic_path, check_safetensors, read_json, write_json
+from cameo_cli.files import atomic_path, check_safetensors, read_json, write_json
 
 FORMAT = "cameo-multiview"
 FORMAT_VERSION = 2

@@ -389,7 +389,7 @@ def run_diagnose(request: DiagnoseRequest, console: Console | None = None) -> di
     from cameo_cli.diagnose import plots
     from cameo_cli.diagnose.perturb import perturbation_study
     from cameo_cli.diagnose.training import run_checkpoints, validation_psnr
-    from cameo_cli.io import check_output_folder, staged_folder, write_json
+    from cameo_cli.files import check_output_folder, staged_folder, write_json
     from cameo_cli.layers import write_recommended_layer
 
     console = console or Console()

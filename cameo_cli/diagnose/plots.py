@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cameo_cli.io import save_figure  # noqa: E402
+from cameo_cli.files import save_figure  # noqa: E402
 from cameo_cli.match_precision import (  # noqa: E402
     ROTATION_BINS,
     headline_metric,

@@ -35,7 +35,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from cameo_cli import io as cameo_io
+from cameo_cli import files
 from cameo_cli.batch import ViewBatch
 from cameo_cli.camera_files import CameraSet, to_cameo_json
 from cameo_cli.data.records import TRAIN_SPLIT
@@ -113,14 +113,14 @@ def _prepare_output(out: Path, config: dict, overwrite: bool) -> None:
             shutil.rmtree(out)
         elif not config_file.is_file():
             raise CameoError(f"{out}: folder is not empty and holds no evaluation to resume")
-        elif cameo_io.read_json(config_file) != config:
+        elif files.read_json(config_file) != config:
             raise CameoError(
                 f"{out}: holds an evaluation with another configuration "
                 "(other checkpoint, metrics, scheduler, steps, guidance or seed); pass --overwrite "
                 "to start again, or choose another --out"
             )
     (out / "scenes").mkdir(parents=True, exist_ok=True)
-    cameo_io.write_json(config_file, config)
+    files.write_json(config_file, config)
 
 
 def run_evaluation(request: EvaluateRequest, console: Console | None = None) -> dict:
@@ -226,13 +226,13 @@ def run_evaluation(request: EvaluateRequest, console: Console | None = None) -> 
                 request,
                 vggt,
             )
-            cameo_io.write_json(request.out / "scenes" / f"{_file_name(scene)}.json", result)
+            files.write_json(request.out / "scenes" / f"{_file_name(scene)}.json", result)
             progress.advance(task)
 
     results = _collect(request.out, index, config)
     results["warnings"] = warnings
     _write_csv(request.out / "results.csv", results, config)
-    cameo_io.write_json(request.out / "results.json", results)
+    files.write_json(request.out / "results.json", results)
     console.print(_table(results))
     console.print(_lines_table(results))
     return results
@@ -444,10 +444,10 @@ def _save_scene_images(folder: Path, views: ViewBatch, generated: torch.Tensor, 
     folder.mkdir(parents=True, exist_ok=True)
     images = (views.images[0] + 1) / 2
     for k in range(refs):
-        cameo_io.save_png(images[k], folder / f"reference_{k}.png")
+        files.save_png(images[k], folder / f"reference_{k}.png")
     for k, image in enumerate(generated):
-        cameo_io.save_png(image, folder / f"target_{k}.png")
-        cameo_io.save_png(images[refs + k], folder / f"truth_{k}.png")
+        files.save_png(image, folder / f"target_{k}.png")
+        files.save_png(images[refs + k], folder / f"truth_{k}.png")
     size = tuple(images.shape[-2:])
     K, w2c = views.intrinsics[0].double(), views.world_to_camera[0].double()
     references = CameraSet.from_pixel(
@@ -456,8 +456,8 @@ def _save_scene_images(folder: Path, views: ViewBatch, generated: torch.Tensor, 
     targets = CameraSet.from_pixel(
         K[refs:], w2c[refs:], size, names=[f"target_{k}.png" for k in range(len(generated))]
     )
-    cameo_io.write_json(folder / "references.json", to_cameo_json(references, image_size=size))
-    cameo_io.write_json(folder / "targets.json", to_cameo_json(targets, image_size=size))
+    files.write_json(folder / "references.json", to_cameo_json(references, image_size=size))
+    files.write_json(folder / "targets.json", to_cameo_json(targets, image_size=size))
 
 
 def _score(
@@ -480,9 +480,7 @@ def _score(
 
 
 def _collect(out: Path, index: dict, config: dict) -> dict:
-    per_scene = [
-        cameo_io.read_json(out / "scenes" / f"{_file_name(scene)}.json") for scene in index
-    ]
+    per_scene = [files.read_json(out / "scenes" / f"{_file_name(scene)}.json") for scene in index]
     names = list(per_scene[0]["per_view"]) if per_scene else []
     mean = {}
     for name in names:
@@ -517,7 +515,7 @@ def _write_csv(path: Path, results: dict, config: dict) -> None:
         rows.append([scene["scene"], len(scene["target"]), *values, *settings.values()])
     means = [_format(results["mean"][name]) for name in names]
     rows.append(["mean", results["views"], *means, *settings.values()])
-    cameo_io.write_csv(path, rows)
+    files.write_csv(path, rows)
 
 
 def _format(value: float) -> str:

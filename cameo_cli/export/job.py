@@ -20,7 +20,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from cameo_cli import __version__, io
+from cameo_cli import __version__, files
 from cameo_cli.config import Recipe, dump_recipe
 from cameo_cli.diffusion import make_sampler
 from cameo_cli.errors import CameoError
@@ -36,7 +36,7 @@ def run_export(source: str | Path, out: Path, *, overwrite: bool = False) -> Pat
     folder = resolve_checkpoint(source)
     if (folder / EXPORT_INDEX).is_file():
         raise CameoError(f"{source}: is already an export; copy the folder instead")
-    io.check_output_folder(out, overwrite)
+    files.check_output_folder(out, overwrite)
     run = run_of(folder)
     metrics = last_validation(run) if run is not None else {}
     loaded = load_for_inference(folder, device="cpu")
@@ -46,7 +46,7 @@ def run_export(source: str | Path, out: Path, *, overwrite: bool = False) -> Pat
     if codec.kind == "vae":
         codec = dataclasses.replace(codec, path=CODEC_FOLDER)
     exported = dataclasses.replace(recipe, codec=codec)
-    with io.staged_folder(out, overwrite) as staging:
+    with files.staged_folder(out, overwrite) as staging:
         save_model(staging, loaded.backbone, loaded.alignment, recipe.alignment.method)
         if recipe.codec.kind == "vae":
             _copy_vae(recipe.codec.path, staging / CODEC_FOLDER)
@@ -54,8 +54,8 @@ def run_export(source: str | Path, out: Path, *, overwrite: bool = False) -> Pat
             staging / "scheduler"
         )
         dump_recipe(exported, staging / CONFIG, comment=f"exported from {folder}")
-        io.write_json(staging / PROGRESS, {"step": loaded.step})
-        io.write_json(
+        files.write_json(staging / PROGRESS, {"step": loaded.step})
+        files.write_json(
             staging / EXPORT_INDEX,
             {
                 "_class_name": "MultiViewPipeline",
@@ -67,7 +67,7 @@ def run_export(source: str | Path, out: Path, *, overwrite: bool = False) -> Pat
                 "source": str(folder.resolve()),
             },
         )
-        io.write_text(staging / "README.md", model_card(recipe, loaded.step, layer, metrics))
+        files.write_text(staging / "README.md", model_card(recipe, loaded.step, layer, metrics))
     return out
 
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from cameo_cli import cameras
 from cameo_cli.errors import CameoError
-from cameo_cli.io import load_safetensors, safetensors_shapes
+from cameo_cli.files import load_safetensors, safetensors_shapes
 
 INSTALL_HINT = (
     "install it with `pip install git+https://github.com/facebookresearch/vggt` (or clone the "

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from cameo_cli.errors import CameoError
-from cameo_cli.io import (
+from cameo_cli.files import (
     check_safetensors,
     load_safetensors,
     read_json,

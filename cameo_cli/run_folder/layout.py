@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cameo_cli import __version__
 from cameo_cli.errors import CameoError
-from cameo_cli.io import read_json, write_json
+from cameo_cli.files import read_json, write_json
 
 # a run folder (and config.yaml in each checkpoint and export too)
 CONFIG = "config.yaml"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cameo_cli.errors import CameoError
-from cameo_cli.io import read_json_lines, write_text
+from cameo_cli.files import read_json_lines, write_text
 from cameo_cli.run_folder.layout import METRICS
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cameo_cli.io import load_safetensors, read_json, save_safetensors, write_json
+from cameo_cli.files import load_safetensors, read_json, save_safetensors, write_json
 
 _TENSOR = "__tensor__"
 _TUPLE = "__tuple__"

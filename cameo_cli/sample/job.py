@@ -14,7 +14,7 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from cameo_cli import io
+from cameo_cli import files
 from cameo_cli.camera_files import CameraSet, match_cameras, read_cameras, to_cameo_json
 from cameo_cli.errors import CameoError
 from cameo_cli.pipeline import MultiViewPipeline, PreparedViews
@@ -59,14 +59,14 @@ class SampleRequest:
 
 def load_image(path: Path) -> torch.Tensor:
     """An RGB image file -> [3, H, W] float in [0, 1]."""
-    array = io.read_image(path)
+    array = files.read_image(path)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
 
 
 def load_depth(path: Path, size: tuple[int, int]) -> np.ndarray:
     """A reference's z-depth map: a .npy float array [H, W] the size of its image, in the
     world units of its camera (0 or non-finite = unknown)."""
-    depth = io.read_npy(path, "depth map")
+    depth = files.read_npy(path, "depth map")
     if depth.ndim != 2 or depth.dtype.kind not in "fiu":
         raise CameoError(
             f"{path}: a depth map must be a 2D numeric array, got {depth.dtype} {list(depth.shape)}"
@@ -141,7 +141,7 @@ def _depths_record(request: SampleRequest, vggt_fit: dict | None) -> object:
 def run_sample(request: SampleRequest, console: Console | None = None) -> Path:
     """Sample the target views; returns the output folder."""
     console = console or Console(stderr=True)
-    io.check_output_folder(request.out, request.overwrite)
+    files.check_output_folder(request.out, request.overwrite)
     if not request.views:
         raise CameoError("give at least one reference image with --views")
     if request.video not in (None, "mp4", "gif"):
@@ -213,9 +213,9 @@ def run_sample(request: SampleRequest, console: Console | None = None) -> Path:
         )
     references = views.images
 
-    with io.staged_folder(request.out, request.overwrite) as staging:
+    with files.staged_folder(request.out, request.overwrite) as staging:
         for i, image in enumerate(result.images):
-            io.save_png(image, staging / f"target_{i:03d}.png")
+            files.save_png(image, staging / f"target_{i:03d}.png")
         outputs.contact_sheet(references, result.images).save(staging / "contact_sheet.png")
         if request.video:
             outputs.write_video(list(result.images), staging / f"trajectory.{request.video}")
@@ -226,11 +226,11 @@ def run_sample(request: SampleRequest, console: Console | None = None) -> Path:
             names=[f"reference_{i:03d}" for i in range(len(images))]
             + [f"target_{i:03d}" for i in range(len(target_w2c))],
         )
-        io.write_json(
+        files.write_json(
             staging / "cameras.json",
             to_cameo_json(all_cameras, image_size=(resolution, resolution)),
         )
-        io.write_json(
+        files.write_json(
             staging / "sample.json",
             {
                 "checkpoint": str(request.checkpoint),

@@ -1,5 +1,5 @@
 """Pictures of results: a contact sheet and a trajectory video (MP4 through PyAV, GIF
-through Pillow); files are written atomically through `cameo_cli.io`."""
+through Pillow); files are written atomically through `cameo_cli.files`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from cameo_cli import io
+from cameo_cli import files
 
 # Small renders are enlarged (nearest neighbour) to at least this many pixels a side in the
 # contact sheet and the video, so a 32 px model's output can be looked at.
@@ -17,7 +17,7 @@ DISPLAY_SIZE = 256
 
 
 def _display(image: torch.Tensor) -> Image.Image:
-    picture = Image.fromarray(io.to_uint8(image))
+    picture = Image.fromarray(files.to_uint8(image))
     factor = max(1, -(-DISPLAY_SIZE // min(picture.size)))
     if factor > 1:
         picture = picture.resize(
@@ -54,7 +54,7 @@ def write_video(frames: Sequence[torch.Tensor], path: Path, fps: int = 8) -> Non
     """A video of [3, H, W] frames in [0, 1]: `.mp4` (H.264 or MPEG-4 via PyAV) or `.gif`."""
     pictures = [_display(frame) for frame in frames]
     if path.suffix == ".gif":
-        io.save_with(
+        files.save_with(
             path,
             lambda temporary: pictures[0].save(
                 temporary,
@@ -66,7 +66,7 @@ def write_video(frames: Sequence[torch.Tensor], path: Path, fps: int = 8) -> Non
             ),
         )
     else:
-        io.save_with(path, lambda temporary: _write_mp4(pictures, temporary, fps))
+        files.save_with(path, lambda temporary: _write_mp4(pictures, temporary, fps))
 
 
 def _write_mp4(pictures: Sequence[Image.Image], path: Path, fps: int) -> None:

@@ -23,7 +23,7 @@ from cameo_cli.batch import ViewBatch
 from cameo_cli.config import Recipe, TrainConfig, dump_recipe
 from cameo_cli.data.dataset import batch_rng
 from cameo_cli.errors import CameoError
-from cameo_cli.io import save_png
+from cameo_cli.files import save_png
 from cameo_cli.probed import encode_views, probed_forward
 from cameo_cli.run_folder import checkpoints as ckpt
 from cameo_cli.run_folder import layout as rundir

@@ -22,7 +22,7 @@ from accelerate import Accelerator
 
 from cameo_cli.config import Recipe, recipe_to_dict
 from cameo_cli.errors import CameoError
-from cameo_cli.io import read_json, write_json
+from cameo_cli.files import read_json, write_json
 from cameo_cli.run_folder.layout import MLRUNS, TRACKER_IDS, WANDB
 from cameo_cli.run_folder.metrics import append_metrics, truncate_metrics
 
