@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from cameo_cli.errors import CameoError
 from cameo_cli.files import read_json
 from cameo_cli.spec import AlignmentSpec as AlignmentSpec  # the plugins' path to them
+from cameo_cli.spec import BackboneOptions as BackboneOptions
 from cameo_cli.spec import BackboneSpec as BackboneSpec
 
 if TYPE_CHECKING:
