@@ -136,6 +136,7 @@ class Cat3D(MultiViewBackbone):
     spec = CAT3D
     model_class = UNet2DConditionModel
     pretrained_subfolder = "unet"
+
     def __init__(
         self,
         unet: UNet2DConditionModel,

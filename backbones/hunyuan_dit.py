@@ -108,6 +108,7 @@ class HunyuanDiT(MultiViewBackbone):
     spec = HUNYUAN_DIT
     model_class = HunyuanDiT2DModel
     pretrained_subfolder = "transformer"
+
     def __init__(
         self,
         transformer: HunyuanDiT2DModel,

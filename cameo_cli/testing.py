@@ -20,9 +20,10 @@ def check_backbone_against_spec(name: str) -> None:
     """Raise AssertionError unless registered backbone `name` builds as its spec declares.
 
     Both configs are built on the meta device (no memory, no weights). The full one must have
-    every module of `spec.layer_paths` (attention modules) and hook exactly those, in order, use `spec.default_layer` and attend within each view
-    on exactly `spec.per_view_layers`; the tiny one may have fewer layers, but each must be a
-    layer of the full config with the same multi-view flag, and its default layer must exist.
+    every module of `spec.layer_paths` (attention modules) and hook exactly those, in order,
+    use `spec.default_layer` and attend within each view on exactly `spec.per_view_layers`;
+    the tiny one may have fewer layers, but each must be a layer of the full config with the
+    same multi-view flag, and its default layer must exist.
     Both must carry the spec's name.
     """
     spec = get_spec(name)
