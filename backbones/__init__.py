@@ -6,7 +6,7 @@ adapter reads its name, layer paths and default layer from its spec here
 (`tests/test_backbones_spec.py` checks them against the built models).
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from cameo_cli.registry import BackboneOptions, BackboneSpec
 
@@ -15,7 +15,8 @@ from cameo_cli.registry import BackboneOptions, BackboneSpec
 class Cat3DOptions(BackboneOptions):
     """CAT3D's options (see `backbones/cat3d.py`)."""
 
-    camera_encoder: str = "conv"  # "conv" (latent-resolution zero conv) or "official"
+    # "conv" (latent-resolution zero conv) or "official" (the official pixel-resolution one)
+    camera_encoder: str = field(default="conv", metadata={"choices": ("official", "conv")})
     domain_embeddings: int = 0  # zero-initialised domain embeddings (the official switch: 3)
 
 
@@ -32,7 +33,8 @@ class MVGenMasterOptions(Cat3DOptions):
 class HunyuanOptions(BackboneOptions):
     """Hunyuan-DiT's options (see `backbones/hunyuan_dit.py`)."""
 
-    view_positions: str = "shared"  # 2D RoPE per view: "shared" or "distinct" (side by side)
+    # 2D RoPE per view: "shared" positions or "distinct" (the views side by side)
+    view_positions: str = field(default="shared", metadata={"choices": ("shared", "distinct")})
 
 
 # SD2.1-shaped U-Net, text cross-attention removed: its 16 `attn1` layers in sorted order;

@@ -25,6 +25,7 @@ from cameo_cli.spec import BackboneSpec as BackboneSpec
 
 if TYPE_CHECKING:
     from cameo_cli.backbone import MultiViewBackbone
+    from cameo_cli.config.schema import BackboneConfig
 
 ENTRY_POINT_GROUP = "cameo.backbones"
 ENV_VARIABLE = "CAMEO_BACKBONES"
@@ -154,6 +155,19 @@ def build_backbone(
         raise CameoError(f"unknown backbone variant '{variant}' (known: tiny, full)")
     adapter = get_spec(name).load_adapter()
     return adapter.build(variant, in_channels=in_channels, pretrained=pretrained, **options)
+
+
+def backbone_from_recipe(config: BackboneConfig, *, in_channels: int = 4) -> MultiViewBackbone:
+    """The backbone a recipe's `backbone:` section describes (name, variant, pretrained,
+    qk_norm and its `options`): the one builder of training, diagnose and the layer table."""
+    return build_backbone(
+        config.name,
+        config.variant,
+        in_channels=in_channels,
+        pretrained=config.pretrained,
+        qk_norm=config.qk_norm,
+        **config.options,
+    )
 
 
 def load_backbone(folder: str | os.PathLike[str]) -> MultiViewBackbone:

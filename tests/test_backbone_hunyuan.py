@@ -505,7 +505,7 @@ def test_view_positions_from_a_recipe_survive_save_and_load(tmp_path):
     from cameo_cli.train.setup import build_training_backbone
 
     recipe = load_recipe(
-        "quickstart-cpu", ["backbone.name=hunyuan-dit", "backbone.view_positions=distinct"]
+        "quickstart-cpu", ["backbone.name=hunyuan-dit", "backbone.options.view_positions=distinct"]
     )
     backbone = build_training_backbone(recipe, 12)
     backbone.save_pretrained(tmp_path / "backbone")
