@@ -40,7 +40,11 @@ _RETIRED_KEYS: dict[str, tuple[Any, str]] = {
 
 # Backbone-specific keys of `backbone:` before they moved into `backbone.options`; old
 # recipes and run folders' config.yaml (null: the backbone's default) still load.
-_MOVED_TO_OPTIONS = ("backbone.camera_encoder", "backbone.domain_embeddings", "backbone.view_positions")
+_MOVED_TO_OPTIONS = (
+    "backbone.camera_encoder",
+    "backbone.domain_embeddings",
+    "backbone.view_positions",
+)
 
 
 class _RecipeLoader(yaml.SafeLoader):
