@@ -77,9 +77,6 @@ def remove_cross_attention(unet: nn.Module) -> None:
             module.norm2 = None
 
 
-CAMERA_ENCODERS = ("official", "conv")
-
-
 def _conv_norm_silu(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
     """3x3 conv (padding 1), GroupNorm with out_channels / 4 groups (eps 1e-6), SiLU."""
     return nn.Sequential(
@@ -147,11 +144,6 @@ class Cat3D(MultiViewBackbone):
         domain_embeddings: int,
     ) -> None:
         super().__init__()
-        if camera_encoder not in CAMERA_ENCODERS:
-            raise CameoError(
-                f"backbone '{self.name}': camera_encoder must be one of "
-                f"{', '.join(CAMERA_ENCODERS)}, got {camera_encoder!r}"
-            )
         if domain_embeddings < 0:
             raise CameoError(
                 f"backbone '{self.name}': domain_embeddings must be >= 0, got {domain_embeddings}"

@@ -152,16 +152,10 @@ class HunyuanDiT(MultiViewBackbone):
     def resolve_options(
         cls, variant: str, in_channels: int, options: dict[str, object]
     ) -> dict[str, object]:
-        """The base class's check, `qk_norm` must stay on (Hunyuan-DiT has q/k norms) and
-        `view_positions` is shared or distinct."""
+        """The base class's check, and `qk_norm` must stay on (Hunyuan-DiT has q/k norms)."""
         settings = super().resolve_options(variant, in_channels, options)
         if not settings["qk_norm"]:
             raise CameoError(f"backbone '{cls.name}': Hunyuan-DiT always normalises q and k")
-        if settings["view_positions"] not in ("shared", "distinct"):
-            raise CameoError(
-                f"backbone '{cls.name}': view_positions must be shared or distinct, got "
-                f"{settings['view_positions']!r}"
-            )
         return settings
 
     @classmethod

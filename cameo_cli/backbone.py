@@ -146,10 +146,11 @@ class MultiViewBackbone(nn.Module, ABC):
     def resolve_options(
         cls, variant: str, in_channels: int, options: dict[str, object]
     ) -> dict[str, object]:
-        """The defaults of `spec.parameters` updated by `options`, after checking `variant`
-        and the option names (CameoError otherwise). An option `downsample` (image pixels per
-        latent cell) left None follows the codec's channels: 8 for 4-channel SD latents; f
-        for 3 f^2 channels (f x f pixel blocks of `SpaceToDepthCodec`; plain pixels f = 1)."""
+        """The defaults of `spec.parameters` updated by `options`, after checking `variant`,
+        the option names and the options with `choices` metadata (CameoError otherwise). An
+        option `downsample` (image pixels per latent cell) left None follows the codec's
+        channels: 8 for 4-channel SD latents; f for 3 f^2 channels (f x f pixel blocks of
+        `SpaceToDepthCodec`; plain pixels f = 1)."""
         if variant not in cls.variants:
             known = ", ".join(cls.variants)
             raise CameoError(f"backbone '{cls.name}': unknown config '{variant}' ({known})")
@@ -160,6 +161,13 @@ class MultiViewBackbone(nn.Module, ABC):
                 f"backbone '{cls.name}': unknown options {unknown} (valid: {sorted(defaults)})"
             )
         settings = {**defaults, **options}
+        for option in dataclasses.fields(cls.spec.parameters):
+            choices = option.metadata.get("choices")
+            if choices is not None and settings[option.name] not in choices:
+                raise CameoError(
+                    f"backbone '{cls.name}': {option.name} must be one of "
+                    f"{', '.join(choices)}, got {settings[option.name]!r}"
+                )
         if "downsample" in settings and settings["downsample"] is None:
             settings["downsample"] = 8 if in_channels == 4 else math.isqrt(in_channels // 3)
         return settings

@@ -212,7 +212,7 @@ def test_distinct_view_positions_put_the_views_side_by_side():
         q, k, _ = reference_qkv(attn, seen["hidden"][view::views], grid, col_offset=16 * view)
         assert (handle.result.q[:, view].double() - q).abs().max() <= 1e-5
         assert (handle.result.k[:, view].double() - k).abs().max() <= 1e-5
-    with pytest.raises(CameoError, match="view_positions must be shared or distinct"):
+    with pytest.raises(CameoError, match="view_positions must be one of shared, distinct"):
         HunyuanDiT.build("tiny", in_channels=4, view_positions="stacked")
 
 
