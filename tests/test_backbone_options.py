@@ -120,3 +120,25 @@ def test_checking_options_imports_no_torch():
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_backbones_list_names_each_backbones_options():
+    import json
+
+    from click.testing import CliRunner
+
+    from cameo_cli.cli import main
+
+    result = CliRunner().invoke(main, ["backbones", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(result.output)}
+    assert rows["mvgenmaster"]["options"] == [
+        "qk_norm",
+        "downsample",
+        "camera_encoder",
+        "domain_embeddings",
+        "prior_drop",
+        "num_frequencies",
+        "depth_mid_times",
+    ]
+    assert rows["hunyuan-dit"]["options"] == ["qk_norm", "downsample", "view_positions"]

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import click
 
-from cameo_cli.commands.listing import print_entries, text
+from cameo_cli.commands.listing import option_names, print_entries, text
 from cameo_cli.registry import discover_alignments
 
 
@@ -21,10 +19,9 @@ def list_alignments(as_json: bool) -> None:
     """List every registered alignment method; broken plugins are shown with their error."""
 
     def fields(spec) -> dict:
-        parameters = spec.parameters if spec else None
         return {
             "needs": list(spec.needs) if spec else None,
-            "options": [f.name for f in dataclasses.fields(parameters)] if parameters else [],
+            "options": option_names(spec.parameters if spec else None),
         }
 
     columns = [("needs", "needs", text), ("description", "description", text)]

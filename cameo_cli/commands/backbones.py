@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from cameo_cli.commands.listing import print_entries, text
+from cameo_cli.commands.listing import option_names, print_entries, text
 from cameo_cli.registry import discover, get_spec
 
 
@@ -26,9 +26,14 @@ def list_backbones(as_json: bool) -> None:
         return {
             "default_layer": spec.default_layer if spec else None,
             "hook": spec.default_hook if spec else None,
+            "options": option_names(spec.parameters if spec else None),
         }
 
-    columns = [("default layer", "default_layer", text), ("hook location", "hook", text)]
+    columns = [
+        ("default layer", "default_layer", text),
+        ("hook location", "hook", text),
+        ("options", "options", text),
+    ]
     print_entries(discover().values(), fields, columns, "cameo backbones", as_json)
 
 

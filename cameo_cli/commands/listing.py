@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -20,6 +21,11 @@ def text(value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(str(item) for item in value)
     return str(value)
+
+
+def option_names(parameters: type | None) -> list[str]:
+    """The options a spec's `parameters` dataclass declares (what `*.options` may set)."""
+    return [f.name for f in dataclasses.fields(parameters)] if parameters else []
 
 
 def print_entries(
