@@ -9,6 +9,7 @@ import torch
 from diffusers import HunyuanDiT2DModel
 from diffusers.models.attention_processor import HunyuanAttnProcessor2_0
 
+from benchmarks.rope_positions import plant_positional
 from cameo.backbones import HUNYUAN_DIT
 from cameo.backbones.hunyuan_attention import HunyuanMultiViewProcessor
 from cameo.backbones.hunyuan_dit import VARIANTS, HunyuanDiT
@@ -226,12 +227,7 @@ def test_positional_attention_finds_the_same_token_only_with_shared_positions(
     torch.manual_seed(0)
     backbone = HunyuanDiT.build("tiny", in_channels=4, view_positions=positions).eval()
     layer = backbone.default_layer
-    attn = backbone.model.blocks[layer].attn1
-    with torch.no_grad():
-        attn.to_q.weight.zero_()
-        attn.to_k.weight.zero_()
-        attn.to_k.bias.copy_(attn.to_q.bias)
-        attn.norm_k.load_state_dict(attn.norm_q.state_dict())
+    plant_positional(backbone, layer)  # what benchmarks/rope_positions.py measures with
     with torch.no_grad(), backbone.probe(layer, (16, 16)) as handle:
         backbone(torch.randn(1, 2, 4, SIZE, SIZE), torch.tensor([500.0]), make_cond(1, 2))
     best = handle.result.logits(0, 1, slice(None)).mean(1).argmax(-1)[0]  # [hw]
