@@ -4,7 +4,8 @@
   layers, in sorted module-name order (= execution order once `attn2` is gone), are the
   hook locations. Layer 10 is `up_blocks.2.attentions.0.transformer_blocks.0.attn1`.
 - Layers at the first block width (320 channels in SD2.1, the highest resolution) attend
-  per view; all others attend across the F views of a sample (3D attention).
+  per view; all others attend across the F views of a sample (3D attention). Both are
+  declared by the spec (`backbones/__init__.py`), which the hooks follow.
 - Camera input (option `camera_encoder`), added to `conv_in`'s output; zero at
   initialisation either way, so the model then predicts exactly what the wrapped U-Net does:
   - `conv` (default): the 6-channel Plücker raymap (relative to view 0, see
@@ -37,7 +38,7 @@ from diffusers import UNet2DConditionModel
 from torch import nn
 
 from cameo.backbones import CAT3D
-from cameo_cli.attention import LayerHook, add_qk_norm, install_processors
+from cameo_cli.attention import add_qk_norm, install_processors
 from cameo_cli.backbone import MultiViewBackbone, ViewConditioning, load_diffusers_model
 from cameo_cli.cameras import OFFICIAL_PIXEL_OFFSET
 from cameo_cli.conditioning import (
@@ -74,23 +75,6 @@ def remove_cross_attention(unet: nn.Module) -> None:
         if getattr(module, "attn2", None) is not None:
             module.attn2 = None
             module.norm2 = None
-
-
-def self_attention_paths(unet: nn.Module) -> list[str]:
-    """The `attn1` module paths in sorted name order (the layer numbering of CAMEO)."""
-    return sorted(name for name, _ in unet.named_modules() if name.endswith(".attn1"))
-
-
-def unet_hooks(unet: UNet2DConditionModel) -> list[LayerHook]:
-    """One hook per `attn1`; layers at the first block width stay per-view."""
-    first_width = unet.config.block_out_channels[0]
-    return [
-        LayerHook(index=i, path=path, multiview=unet.get_submodule(path).inner_dim != first_width)
-        for i, path in enumerate(self_attention_paths(unet))
-    ]
-
-
-CAMERA_ENCODERS = ("official", "conv")
 
 
 def _conv_norm_silu(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
@@ -149,12 +133,6 @@ class Cat3D(MultiViewBackbone):
     spec = CAT3D
     model_class = UNet2DConditionModel
     pretrained_subfolder = "unet"
-    option_defaults: dict[str, object] = {
-        "qk_norm": True,
-        "downsample": None,
-        "camera_encoder": "conv",
-        "domain_embeddings": 0,
-    }
 
     def __init__(
         self,
@@ -166,18 +144,13 @@ class Cat3D(MultiViewBackbone):
         domain_embeddings: int,
     ) -> None:
         super().__init__()
-        if camera_encoder not in CAMERA_ENCODERS:
-            raise CameoError(
-                f"backbone '{self.name}': camera_encoder must be one of "
-                f"{', '.join(CAMERA_ENCODERS)}, got {camera_encoder!r}"
-            )
         if domain_embeddings < 0:
             raise CameoError(
                 f"backbone '{self.name}': domain_embeddings must be >= 0, got {domain_embeddings}"
             )
         remove_cross_attention(unet)
         self.model = unet
-        self.hooks = unet_hooks(unet)
+        self.hooks = self.spec_hooks(unet)
         self._added = add_qk_norm(unet, self.hooks) if qk_norm else []
         install_processors(unet, self.hooks)
         self.downsample = downsample
@@ -224,20 +197,6 @@ class Cat3D(MultiViewBackbone):
                 f"{unet.config.out_channels} output channels"
             )
         return unet
-
-    @classmethod
-    def _wrap(cls, model: UNet2DConditionModel, variant: str, settings: dict[str, object]) -> Cat3D:
-        return cls(model, **cls.cat3d_arguments(settings))
-
-    @staticmethod
-    def cat3d_arguments(settings: dict[str, object]) -> dict[str, object]:
-        """`Cat3D.__init__`'s keyword arguments from resolved build settings."""
-        return {
-            "qk_norm": bool(settings["qk_norm"]),
-            "downsample": int(settings["downsample"]),
-            "camera_encoder": str(settings["camera_encoder"]),
-            "domain_embeddings": int(settings["domain_embeddings"]),
-        }
 
     def model_additions(self) -> list[str]:
         return self._added

@@ -45,7 +45,6 @@ from torch.utils.checkpoint import checkpoint
 
 from cameo.backbones import HUNYUAN_DIT
 from cameo.backbones.hunyuan_attention import HunyuanMultiViewProcessor
-from cameo_cli.attention import LayerHook
 from cameo_cli.backbone import MultiViewBackbone, ViewConditioning
 from cameo_cli.conditioning import (
     CAMERA_CONDITION_CHANNELS,
@@ -109,11 +108,6 @@ class HunyuanDiT(MultiViewBackbone):
     spec = HUNYUAN_DIT
     model_class = HunyuanDiT2DModel
     pretrained_subfolder = "transformer"
-    option_defaults: dict[str, object] = {
-        "qk_norm": True,
-        "downsample": None,
-        "view_positions": "shared",
-    }
 
     def __init__(
         self,
@@ -138,10 +132,7 @@ class HunyuanDiT(MultiViewBackbone):
         self.null_text_t5 = nn.Parameter(
             torch.zeros(config.text_len_t5, config.cross_attention_dim_t5)
         )
-        self.hooks = [
-            LayerHook(index=i, path=f"blocks.{i}.attn1", multiview=True)
-            for i in range(config.num_layers)
-        ]
+        self.hooks = self.spec_hooks(transformer)
         self.processors = [HunyuanMultiViewProcessor(hook) for hook in self.hooks]
         for hook, processor in zip(self.hooks, self.processors, strict=True):
             transformer.get_submodule(hook.path).set_processor(processor)
@@ -161,16 +152,10 @@ class HunyuanDiT(MultiViewBackbone):
     def resolve_options(
         cls, variant: str, in_channels: int, options: dict[str, object]
     ) -> dict[str, object]:
-        """The base class's check, `qk_norm` must stay on (Hunyuan-DiT has q/k norms) and
-        `view_positions` is shared or distinct."""
+        """The base class's check, and `qk_norm` must stay on (Hunyuan-DiT has q/k norms)."""
         settings = super().resolve_options(variant, in_channels, options)
         if not settings["qk_norm"]:
             raise CameoError(f"backbone '{cls.name}': Hunyuan-DiT always normalises q and k")
-        if settings["view_positions"] not in ("shared", "distinct"):
-            raise CameoError(
-                f"backbone '{cls.name}': view_positions must be shared or distinct, got "
-                f"{settings['view_positions']!r}"
-            )
         return settings
 
     @classmethod

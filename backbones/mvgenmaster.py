@@ -135,12 +135,6 @@ class MVGenMaster(Cat3D):
 
     spec = MVGENMASTER
     uses_priors = True
-    option_defaults: dict[str, object] = {
-        **Cat3D.option_defaults,
-        "prior_drop": 0.15,
-        "num_frequencies": 4,
-        "depth_mid_times": 4.0,
-    }
     COLOUR_CHANNELS = 4  # warped colour + validity
 
     def __init__(
@@ -158,18 +152,6 @@ class MVGenMaster(Cat3D):
         super().__init__(unet, **cat3d_options)
         self.prior_encoder = OfficialCameraEncoder(
             unet.conv_in.out_channels, self.downsample, in_channels=self.COLOUR_CHANNELS
-        )
-
-    @classmethod
-    def _wrap(
-        cls, model: UNet2DConditionModel, variant: str, settings: dict[str, object]
-    ) -> MVGenMaster:
-        return cls(
-            model,
-            prior_drop=float(settings["prior_drop"]),
-            num_frequencies=int(settings["num_frequencies"]),
-            depth_mid_times=float(settings["depth_mid_times"]),
-            **cls.cat3d_arguments(settings),
         )
 
     def position_channels(self) -> int:

@@ -18,6 +18,7 @@ applied again by the adapter's `_load_model` and `_wrap`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -76,11 +77,11 @@ class ProbeHandle:
 class MultiViewBackbone(nn.Module, ABC):
     """Base class of every adapter.
 
-    A subclass names its registry `spec` (the light `BackboneSpec`: its name, layer paths
-    and default layer come from there), the wrapped diffusers `model_class` and the
-    `pretrained_subfolder` a pipeline folder keeps it in, and supplies `_new_model`
-    (construct a config) and `_wrap` (the adapter around a model; it sets `model` and
-    `hooks`, one per layer, in order). `build` does the rest.
+    A subclass names its registry `spec` (the light `BackboneSpec`: its name, layer paths,
+    default layer and options dataclass come from there), the wrapped diffusers
+    `model_class` and the `pretrained_subfolder` a pipeline folder keeps it in, and supplies
+    `_new_model` (construct a config) and an `__init__(model, **options)` that sets `model`
+    and `hooks = self.spec_hooks(model)` (or overrides `_wrap`). `build` does the rest.
     """
 
     spec: ClassVar[BackboneSpec]
@@ -88,7 +89,6 @@ class MultiViewBackbone(nn.Module, ABC):
     model_class: ClassVar[type[nn.Module]]
     pretrained_subfolder: ClassVar[str]
     variants: tuple[str, ...] = ("tiny", "full")
-    option_defaults: dict[str, object] = {}  # every option `build` accepts, with its default
     # True when the adapter reads the references' geometry (`cond.point_map`): sampling
     # without it runs the model with zero priors, and the pipeline warns
     uses_priors: ClassVar[bool] = False
@@ -120,11 +120,10 @@ class MultiViewBackbone(nn.Module, ABC):
         SD2.1's U-Net, whose camera encoder starts at zero, or a backbone saved by cameo
         (`save_pretrained`, e.g. an export's `backbone/`), whose own modules load too when it
         records this very build."""
-        if not (hasattr(cls, "_new_model") and hasattr(cls, "_wrap")):
+        if not hasattr(cls, "_new_model"):
             raise TypeError(
                 f"{cls.__name__}: an adapter using `MultiViewBackbone.build` defines the "
-                "classmethods `_new_model(variant, in_channels, settings)` and "
-                "`_wrap(model, variant, settings)`"
+                "classmethod `_new_model(variant, in_channels, settings)`"
             )
         settings = cls.resolve_options(variant, in_channels, options)
         if pretrained is None:
@@ -147,23 +146,51 @@ class MultiViewBackbone(nn.Module, ABC):
     def resolve_options(
         cls, variant: str, in_channels: int, options: dict[str, object]
     ) -> dict[str, object]:
-        """`option_defaults` updated by `options`, after checking `variant` and the option
-        names (CameoError otherwise). An option `downsample` (image pixels per latent cell)
-        left None follows the codec's channels: 8 for 4-channel SD latents; f for 3 f^2
-        channels (f x f pixel blocks of `SpaceToDepthCodec`; plain pixels are f = 1)."""
+        """The defaults of `spec.parameters` updated by `options`, after checking `variant`,
+        the option names and the options with `choices` metadata (CameoError otherwise). An
+        option `downsample` (image pixels per latent cell) left None follows the codec's
+        channels: 8 for 4-channel SD latents; f for 3 f^2 channels (f x f pixel blocks of
+        `SpaceToDepthCodec`; plain pixels f = 1)."""
         if variant not in cls.variants:
             known = ", ".join(cls.variants)
             raise CameoError(f"backbone '{cls.name}': unknown config '{variant}' ({known})")
-        unknown = sorted(set(options) - set(cls.option_defaults))
+        defaults = dataclasses.asdict(cls.spec.parameters())
+        unknown = sorted(set(options) - set(defaults))
         if unknown:
             raise CameoError(
-                f"backbone '{cls.name}': unknown options {unknown} "
-                f"(valid: {sorted(cls.option_defaults)})"
+                f"backbone '{cls.name}': unknown options {unknown} (valid: {sorted(defaults)})"
             )
-        settings = {**cls.option_defaults, **options}
+        settings = {**defaults, **options}
+        for option in dataclasses.fields(cls.spec.parameters):
+            choices = option.metadata.get("choices")
+            if choices is not None and settings[option.name] not in choices:
+                raise CameoError(
+                    f"backbone '{cls.name}': {option.name} must be one of "
+                    f"{', '.join(choices)}, got {settings[option.name]!r}"
+                )
         if "downsample" in settings and settings["downsample"] is None:
             settings["downsample"] = 8 if in_channels == 4 else math.isqrt(in_channels // 3)
         return settings
+
+    @classmethod
+    def _wrap(
+        cls, model: nn.Module, variant: str, settings: dict[str, object]
+    ) -> MultiViewBackbone:
+        """The adapter around `model`: `cls(model, **settings)`; adapters whose `__init__`
+        takes other arguments override this."""
+        return cls(model, **settings)
+
+    @classmethod
+    def spec_hooks(cls, model: nn.Module) -> list[LayerHook]:
+        """One hook per path of `spec.layer_paths` that `model` has (a smaller config keeps
+        those it has), numbered in the spec's order, attending within each view on the
+        spec's `per_view_layers` and across views elsewhere."""
+        present = dict(model.named_modules())
+        kept = [(i, path) for i, path in enumerate(cls.spec.layer_paths) if path in present]
+        return [
+            LayerHook(index=n, path=path, multiview=i not in cls.spec.per_view_layers)
+            for n, (i, path) in enumerate(kept)
+        ]
 
     @classmethod
     def _load_model(cls, folder: Path, variant: str, settings: dict[str, object]) -> nn.Module:

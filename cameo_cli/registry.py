@@ -20,10 +20,13 @@ from typing import TYPE_CHECKING, Any
 from cameo_cli.errors import CameoError
 from cameo_cli.files import read_json
 from cameo_cli.spec import AlignmentSpec as AlignmentSpec  # the plugins' path to them
+from cameo_cli.spec import BackboneOptions as BackboneOptions
 from cameo_cli.spec import BackboneSpec as BackboneSpec
 
-if TYPE_CHECKING:
-    from cameo_cli.backbone import MultiViewBackbone
+if TYPE_CHECKING:  # (not cameo_cli.backbone: the config's option check imports this module)
+    from torch import nn
+
+    from cameo_cli.config.schema import BackboneConfig
 
 ENTRY_POINT_GROUP = "cameo.backbones"
 ENV_VARIABLE = "CAMEO_BACKBONES"
@@ -147,15 +150,29 @@ def build_backbone(
     in_channels: int = 4,
     pretrained: str | None = None,
     **options: Any,
-) -> MultiViewBackbone:
-    """Build backbone `name` (importing only its adapter module)."""
+) -> nn.Module:
+    """Build backbone `name` (importing only its adapter module): a
+    `cameo_cli.backbone.MultiViewBackbone`."""
     if variant not in ("tiny", "full"):
         raise CameoError(f"unknown backbone variant '{variant}' (known: tiny, full)")
     adapter = get_spec(name).load_adapter()
     return adapter.build(variant, in_channels=in_channels, pretrained=pretrained, **options)
 
 
-def load_backbone(folder: str | os.PathLike[str]) -> MultiViewBackbone:
+def backbone_from_recipe(config: BackboneConfig, *, in_channels: int = 4) -> nn.Module:
+    """The backbone a recipe's `backbone:` section describes (name, variant, pretrained,
+    qk_norm and its `options`): the one builder of training, diagnose and the layer table."""
+    return build_backbone(
+        config.name,
+        config.variant,
+        in_channels=in_channels,
+        pretrained=config.pretrained,
+        qk_norm=config.qk_norm,
+        **config.options,
+    )
+
+
+def load_backbone(folder: str | os.PathLike[str]) -> nn.Module:
     """Load a backbone saved with `MultiViewBackbone.save_pretrained` from a local folder."""
     manifest = Path(folder) / "cameo_backbone.json"
     if not manifest.is_file():

@@ -8,8 +8,24 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class BackboneOptions:
+    """The options every adapter's `build` accepts (a recipe's `backbone.options`; the
+    recipe's own `backbone.qk_norm` sets `qk_norm`). An adapter with more subclasses this and
+    names the subclass as its spec's `parameters`."""
+
+    qk_norm: bool = True  # LayerNorm on q and k of every hooked layer
+    downsample: int | None = None  # image pixels per latent cell; None: from the codec
+
+
+@dataclass(frozen=True)
 class BackboneSpec:
-    """Light metadata of one backbone; listing backbones reads only this."""
+    """Light metadata of one backbone; listing backbones and checking a recipe's
+    `backbone.options` (against `parameters`) read only this.
+
+    The adapter hooks exactly `layer_paths` (those its model has, for a smaller config), in
+    that order, attending within each view on `per_view_layers` and across views elsewhere
+    (`MultiViewBackbone.spec_hooks`): the paths are written here only.
+    """
 
     name: str
     description: str
@@ -17,6 +33,7 @@ class BackboneSpec:
     layer_paths: tuple[str, ...]  # hook locations of the full config, in layer order
     adapter: str  # "module:Class" of a `cameo_cli.backbone.MultiViewBackbone` subclass
     per_view_layers: tuple[int, ...] = ()  # layers attending within each view; others: 3D
+    parameters: type = BackboneOptions  # the options dataclass (a `BackboneOptions` subclass)
 
     @property
     def default_hook(self) -> str:

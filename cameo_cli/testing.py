@@ -19,10 +19,11 @@ from cameo_cli.registry import get_spec
 def check_backbone_against_spec(name: str) -> None:
     """Raise AssertionError unless registered backbone `name` builds as its spec declares.
 
-    Both configs are built on the meta device (no memory, no weights). The full one must hook
-    exactly `spec.layer_paths` in order, use `spec.default_layer` and attend within each view
-    on exactly `spec.per_view_layers`; the tiny one may have fewer layers, but each must be a
-    layer of the full config with the same multi-view flag, and its default layer must exist.
+    Both configs are built on the meta device (no memory, no weights). The full one must have
+    every module of `spec.layer_paths` (attention modules) and hook exactly those, in order,
+    use `spec.default_layer` and attend within each view on exactly `spec.per_view_layers`;
+    the tiny one may have fewer layers, but each must be a layer of the full config with the
+    same multi-view flag, and its default layer must exist.
     Both must carry the spec's name.
     """
     spec = get_spec(name)
@@ -32,6 +33,11 @@ def check_backbone_against_spec(name: str) -> None:
     with torch.device("meta"):
         full = adapter.build("full")
         tiny = adapter.build("tiny")
+    modules = dict(full.model.named_modules())
+    for path in spec.layer_paths:
+        assert hasattr(modules.get(path), "heads"), (
+            f"'{name}' full config has no attention module '{path}', its spec declares it"
+        )
     paths = [hook.path for hook in full.hooks]
     assert paths == list(spec.layer_paths), (
         f"'{name}' full config hooks {paths}, its spec declares {list(spec.layer_paths)}"

@@ -21,8 +21,16 @@ def official_cameo_loss(q, k, scale, params, index, mask, ref_mask, loss, head):
         probs = (hidden @ w2.T + b2).squeeze(-1).softmax(dim=-1)
     else:
         probs = logits.softmax(dim=-2).mean(dim=-1)
+    return official_loss_of_probs(probs, index, mask, ref_mask, loss)
+
+
+def official_loss_of_probs(probs, index, mask, ref_mask, loss):
+    """The official loss of per-view probabilities probs [B, F, F, hw, hw]: the one-hot
+    targets (all zeros where `index` is -1), CE or L1 rows, and the means of the kept rows
+    of the two query groups (reference queries, target queries) summed."""
+    views, hw = probs.shape[1], probs.shape[-1]
     has_target = index >= 0
-    onehot = torch.nn.functional.one_hot(index.clamp(min=0), hw).to(q.dtype)
+    onehot = torch.nn.functional.one_hot(index.clamp(min=0), hw).to(probs.dtype)
     onehot = onehot * has_target[..., None]
     if loss == "ce":
         row_loss = -(onehot * (probs + 1e-8).log()).sum(-1)
@@ -31,7 +39,7 @@ def official_cameo_loss(q, k, scale, params, index, mask, ref_mask, loss, head):
     eye = torch.eye(views, dtype=torch.bool)[None, :, :, None]
     kept = mask & ~eye
     is_ref = ref_mask[:, :, None, None].expand_as(kept)
-    total = q.new_zeros(())
+    total = probs.new_zeros(())
     for group in (kept & is_ref, kept & ~is_ref):
         if group.any():
             total = total + row_loss[group].mean()

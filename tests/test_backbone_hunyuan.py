@@ -9,6 +9,7 @@ import torch
 from diffusers import HunyuanDiT2DModel
 from diffusers.models.attention_processor import HunyuanAttnProcessor2_0
 
+from benchmarks.rope_positions import plant_positional
 from cameo.backbones import HUNYUAN_DIT
 from cameo.backbones.hunyuan_attention import HunyuanMultiViewProcessor
 from cameo.backbones.hunyuan_dit import VARIANTS, HunyuanDiT
@@ -212,7 +213,7 @@ def test_distinct_view_positions_put_the_views_side_by_side():
         q, k, _ = reference_qkv(attn, seen["hidden"][view::views], grid, col_offset=16 * view)
         assert (handle.result.q[:, view].double() - q).abs().max() <= 1e-5
         assert (handle.result.k[:, view].double() - k).abs().max() <= 1e-5
-    with pytest.raises(CameoError, match="view_positions must be shared or distinct"):
+    with pytest.raises(CameoError, match="view_positions must be one of shared, distinct"):
         HunyuanDiT.build("tiny", in_channels=4, view_positions="stacked")
 
 
@@ -226,12 +227,7 @@ def test_positional_attention_finds_the_same_token_only_with_shared_positions(
     torch.manual_seed(0)
     backbone = HunyuanDiT.build("tiny", in_channels=4, view_positions=positions).eval()
     layer = backbone.default_layer
-    attn = backbone.model.blocks[layer].attn1
-    with torch.no_grad():
-        attn.to_q.weight.zero_()
-        attn.to_k.weight.zero_()
-        attn.to_k.bias.copy_(attn.to_q.bias)
-        attn.norm_k.load_state_dict(attn.norm_q.state_dict())
+    plant_positional(backbone, layer)  # what benchmarks/rope_positions.py measures with
     with torch.no_grad(), backbone.probe(layer, (16, 16)) as handle:
         backbone(torch.randn(1, 2, 4, SIZE, SIZE), torch.tensor([500.0]), make_cond(1, 2))
     best = handle.result.logits(0, 1, slice(None)).mean(1).argmax(-1)[0]  # [hw]
@@ -505,7 +501,7 @@ def test_view_positions_from_a_recipe_survive_save_and_load(tmp_path):
     from cameo_cli.train.setup import build_training_backbone
 
     recipe = load_recipe(
-        "quickstart-cpu", ["backbone.name=hunyuan-dit", "backbone.view_positions=distinct"]
+        "quickstart-cpu", ["backbone.name=hunyuan-dit", "backbone.options.view_positions=distinct"]
     )
     backbone = build_training_backbone(recipe, 12)
     backbone.save_pretrained(tmp_path / "backbone")

@@ -22,14 +22,24 @@ def test_builtin_backbones_are_checked():
     assert {"cat3d", "mvgenmaster", "hunyuan-dit"} <= set(NAMES)
 
 
-@pytest.mark.parametrize("field", ["layer_paths", "per_view_layers"])
-def test_a_spec_that_disagrees_with_its_model_fails(monkeypatch, field: str):
-    """The check is not vacuous: a spec declaring other layers than the model has fails."""
+def test_a_spec_path_the_model_lacks_fails(monkeypatch):
+    """The check is not vacuous: a spec declaring a layer the model does not have fails."""
     cat3d = registry.get_spec("cat3d")
-    value = {"layer_paths": cat3d.layer_paths[:-1], "per_view_layers": (0, 1)}[field]
-    spec = dataclasses.replace(cat3d, **{field: value})
+    spec = dataclasses.replace(cat3d, layer_paths=(*cat3d.layer_paths[:-1], "up_blocks.9.attn1"))
     monkeypatch.setattr("cameo_cli.testing.get_spec", lambda name: spec)
     monkeypatch.setattr(Cat3D, "spec", spec)
+    with pytest.raises(AssertionError, match="its spec declares"):
+        check_backbone_against_spec("cat3d")
+
+
+def test_hooks_that_do_not_follow_the_spec_fail(monkeypatch):
+    """An adapter hooking the spec's paths with other per-view flags than declared fails."""
+    hooks_of = Cat3D.spec_hooks
+
+    def all_multiview(model):
+        return [dataclasses.replace(hook, multiview=True) for hook in hooks_of(model)]
+
+    monkeypatch.setattr(Cat3D, "spec_hooks", staticmethod(all_multiview))
     with pytest.raises(AssertionError, match="its spec declares"):
         check_backbone_against_spec("cat3d")
 

@@ -109,6 +109,13 @@ def test_full_layer_table_at_512(spec):
     assert {layer.index for layer in table if not layer.multiview} == {0, 1, 13, 14, 15}
     assert {layer.grid for layer in table if not layer.multiview} == {(64, 64)}
     assert table[6].grid == (8, 8) and table[6].heads == 20
+    # the official numbering (attn_processor_cache.py 27-34): the U-Net's self-attention
+    # modules in sorted name order once the text cross-attention is gone
+    unet = model.model
+    assert [layer.path for layer in table] == sorted(
+        name for name, module in unet.named_modules() if name.endswith(".attn1")
+    )
+    assert not any(name.endswith(".attn2") for name, _ in unet.named_modules())
 
 
 @pytest.mark.parametrize("name", ADAPTERS)

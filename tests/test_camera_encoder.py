@@ -184,7 +184,7 @@ def recipe(backbone: dict, data: dict | None = None):
 def test_recipe_keys_reach_the_backbone():
     torch.manual_seed(0)
     model = build_training_backbone(
-        recipe({"camera_encoder": "official", "domain_embeddings": 3}), in_channels=4
+        recipe({"options": {"camera_encoder": "official", "domain_embeddings": 3}}), in_channels=4
     )
     assert isinstance(model.camera_encoder, OfficialCameraEncoder)
     assert model.domain_embedding.num_embeddings == 3
@@ -192,7 +192,7 @@ def test_recipe_keys_reach_the_backbone():
     assert default.options["camera_encoder"] == "conv" and default.domain_embedding is None
     assert recipe({}).data.domain == "others"
     with pytest.raises(CameoError, match="expected one of official, conv"):
-        recipe({"camera_encoder": "pixel"})
+        recipe({"options": {"camera_encoder": "pixel"}})
     with pytest.raises(CameoError, match="expected one of re10k, co3d, others"):
         recipe({}, {"domain": "dtu"})
 

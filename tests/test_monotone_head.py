@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from cameo.alignments.cameo.loss import CameoLoss, MonotoneHead
 from cameo_cli.attention.hooks import ProbeResult
 from cameo_cli.geometry import CorrespondenceTargets as Targets
+from tests.official_reference import official_loss_of_probs
 from tests.test_alignment import make_case
 
 HEADS = 4
@@ -25,22 +26,9 @@ def written_out(head: MonotoneHead, logits: torch.Tensor) -> torch.Tensor:
 def reference_loss(loss_fn: CameoLoss, probe, targets: Targets, ref_mask, loss: str):
     """The official row losses and group means on every logit at once (float64)."""
     q, k = probe.q, probe.k
-    views, hw = q.shape[1], q.shape[3]
     logits = torch.einsum("bihqd,bjhkd->bijqkh", q, k) * probe.scale
     probs = written_out(loss_fn.head, logits).squeeze(-1).softmax(dim=-1)
-    present = targets.index >= 0
-    onehot = F.one_hot(targets.index.clamp(min=0), hw).to(q.dtype) * present[..., None]
-    if loss == "ce":
-        rows = -(onehot * (probs + 1e-8).log()).sum(-1)
-    else:
-        rows = (probs - onehot).abs().mean(-1)
-    kept = targets.mask & ~torch.eye(views, dtype=torch.bool)[None, :, :, None]
-    is_ref = ref_mask[:, :, None, None].expand_as(kept)
-    total = q.new_zeros(())
-    for group in (kept & is_ref, kept & ~is_ref):
-        if group.any():
-            total = total + rows[group].mean()
-    return total
+    return official_loss_of_probs(probs, targets.index, targets.mask, ref_mask, loss)
 
 
 def randomise(head: MonotoneHead, generator: torch.Generator, spread: float = 3.0) -> None:

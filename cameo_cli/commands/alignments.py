@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import click
 
-from cameo_cli.commands.listing import print_entries, text
+from cameo_cli.commands.listing import list_command, option_names, text
 from cameo_cli.registry import discover_alignments
 
 
@@ -15,19 +13,18 @@ def alignments() -> None:
     """Registered alignment methods (built-in and plugins)."""
 
 
-@alignments.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def list_alignments(as_json: bool) -> None:
-    """List every registered alignment method; broken plugins are shown with their error."""
+def _fields(spec) -> dict:
+    return {
+        "needs": list(spec.needs) if spec else None,
+        "options": option_names(spec.parameters if spec else None),
+    }
 
-    def fields(spec) -> dict:
-        parameters = spec.parameters if spec else None
-        return {
-            "needs": list(spec.needs) if spec else None,
-            "options": [f.name for f in dataclasses.fields(parameters)] if parameters else [],
-        }
 
-    columns = [("needs", "needs", text), ("description", "description", text)]
-    print_entries(
-        discover_alignments().values(), fields, columns, "cameo alignment methods", as_json
-    )
+list_command(
+    alignments,
+    "List every registered alignment method; broken plugins are shown with their error.",
+    discover_alignments,
+    _fields,
+    [("needs", "needs", text), ("description", "description", text)],
+    "cameo alignment methods",
+)

@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from cameo_cli.commands.listing import print_entries, text
+from cameo_cli.commands.listing import list_command, option_names, text
 from cameo_cli.registry import discover, get_spec
 
 
@@ -17,19 +17,22 @@ def backbones() -> None:
     """Registered backbones (built-in and plugins)."""
 
 
-@backbones.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def list_backbones(as_json: bool) -> None:
-    """List every registered backbone; broken plugins are shown with their error."""
+def _fields(spec) -> dict:
+    return {
+        "default_layer": spec.default_layer if spec else None,
+        "hook": spec.default_hook if spec else None,
+        "options": option_names(spec.parameters if spec else None),
+    }
 
-    def fields(spec) -> dict:
-        return {
-            "default_layer": spec.default_layer if spec else None,
-            "hook": spec.default_hook if spec else None,
-        }
 
-    columns = [("default layer", "default_layer", text), ("hook location", "hook", text)]
-    print_entries(discover().values(), fields, columns, "cameo backbones", as_json)
+list_command(
+    backbones,
+    "List every registered backbone; broken plugins are shown with their error.",
+    discover,
+    _fields,
+    [("default layer", "default_layer", text), ("hook location", "hook", text)],
+    "cameo backbones",
+)
 
 
 @backbones.command("show")

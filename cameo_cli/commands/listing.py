@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -20,6 +21,11 @@ def text(value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(str(item) for item in value)
     return str(value)
+
+
+def option_names(parameters: type | None) -> list[str]:
+    """The options a spec's `parameters` dataclass declares (what `*.options` may set)."""
+    return [f.name for f in dataclasses.fields(parameters)] if parameters else []
 
 
 def print_entries(
@@ -58,3 +64,19 @@ def print_entries(
         distribution = f"{row['distribution']} {row['version']}".strip()
         table.add_row(row["name"], *cells, distribution, status)
     Console().print(table)
+
+
+def list_command(
+    group: click.Group,
+    summary: str,
+    discover: Callable[[], dict[str, Any]],
+    fields: Callable[[Any], dict[str, Any]],
+    columns: list[Column],
+    title: str,
+) -> None:
+    """Add `list [--json]` (help `summary`) to `group`: `print_entries` over `discover()`."""
+
+    @group.command("list", help=summary)
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    def list_entries(as_json: bool) -> None:
+        print_entries(discover().values(), fields, columns, title, as_json)

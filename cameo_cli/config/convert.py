@@ -38,6 +38,15 @@ _RETIRED_KEYS: dict[str, tuple[Any, str]] = {
 }
 
 
+# Backbone-specific keys of `backbone:` before they moved into `backbone.options`; old
+# recipes and run folders' config.yaml (null: the backbone's default) still load.
+_MOVED_TO_OPTIONS = (
+    "backbone.camera_encoder",
+    "backbone.domain_embeddings",
+    "backbone.view_positions",
+)
+
+
 class _RecipeLoader(yaml.SafeLoader):
     """`yaml.SafeLoader` with YAML 1.2 booleans: only true/false, so `no` stays a string."""
 
@@ -177,8 +186,9 @@ def _convert(value: Any, tp: Any, path: str, source: _Source) -> Any:
     raise source.error(path, f"expected {_type_name(tp)}, got {_describe(value)}")
 
 
-def _check_choice(value: Any, path: str, source: _Source) -> None:
-    choices = CHOICES.get(path)
+def _check_choice(value: Any, path: str, source: _Source, choices: Any = None) -> None:
+    """`value` must be one of `CHOICES[path]` or else of `choices` (a field's metadata)."""
+    choices = CHOICES.get(path, choices)
     if choices is not None and isinstance(value, str) and value not in choices:
         raise source.error(path, f"expected one of {', '.join(choices)}, got {value!r}")
 
@@ -197,8 +207,27 @@ def _unknown_key(path: str, valid: Sequence[str], source: _Source) -> CameoError
     return CameoError(f"{location}: unknown key '{path}' ({hint})")
 
 
+def _moved_into_options(data: dict, prefix: str, source: _Source) -> dict:
+    """`data` with the keys of `_MOVED_TO_OPTIONS` moved into its `options` (null dropped)."""
+    moved = [key for key in data if f"{prefix}.{key}" in _MOVED_TO_OPTIONS]
+    if not moved:
+        return data
+    options = dict(data.get("options") or {})
+    for key in moved:
+        old, new = f"{prefix}.{key}", f"{prefix}.options.{key}"
+        if key in options:
+            raise source.error(old, f"moved to '{new}'; give only that key")
+        if data[key] is not None:
+            options[key] = data[key]
+            if old in source.lines:
+                source.lines.setdefault(new, source.lines[old])
+    return {**{k: v for k, v in data.items() if k not in moved}, "options": options}
+
+
 def _build(cls: type, data: dict, prefix: str, source: _Source) -> Any:
     field_types = _field_types(cls)
+    choices = {f.name: f.metadata.get("choices") for f in dataclasses.fields(cls)}
+    data = _moved_into_options(data, prefix, source)
     values = {}
     for key, value in data.items():
         path = f"{prefix}.{key}" if prefix else str(key)
@@ -215,7 +244,7 @@ def _build(cls: type, data: dict, prefix: str, source: _Source) -> Any:
         if key not in field_types:
             raise _unknown_key(path, list(field_types), source)
         values[key] = _convert(value, field_types[key], path, source)
-        _check_choice(values[key], path, source)
+        _check_choice(values[key], path, source, choices[key])
     return cls(**values)
 
 

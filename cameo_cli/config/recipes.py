@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from cameo_cli.config.convert import (
+    _MOVED_TO_OPTIONS,
     _RENAMED,
     _RETIRED_KEYS,
     _check_choice,
@@ -59,6 +60,9 @@ def _field_at(path: str, source: _Source) -> Any:
     if path in _RENAMED:
         new_path = f"{path.rpartition('.')[0]}.{_RENAMED[path]}"
         raise source.error(path, f"was renamed to '{new_path}'")
+    if path in _MOVED_TO_OPTIONS:
+        prefix, _, key = path.rpartition(".")
+        raise source.error(path, f"moved to '{prefix}.options.{key}'")
     tp: Any = Recipe
     walked: list[str] = []
     for part in path.split("."):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typing
 from typing import Any
 
-from cameo_cli.config.convert import _Source
+from cameo_cli.config.convert import _build, _Source
 from cameo_cli.config.schema import TRACKERS, Recipe
 from cameo_cli.layer_selection import LayerSelection
 
@@ -61,6 +61,22 @@ def _value_at(recipe: Recipe, path: str) -> Any:
     return value
 
 
+def _check_backbone_options(recipe: Recipe, source_of: typing.Callable[[str], _Source]) -> None:
+    """`backbone.options` against the backbone's options dataclass (its light spec's
+    `parameters`): unknown keys (with the closest valid name), types and choices."""
+    options = recipe.backbone.options
+    if not options:
+        return
+    from cameo_cli.registry import get_spec
+
+    path = "backbone.options"
+    if "qk_norm" in options:
+        raise source_of(f"{path}.qk_norm").error(f"{path}.qk_norm", "is set by 'backbone.qk_norm'")
+    parameters = get_spec(recipe.backbone.name).parameters
+    for key, value in options.items():  # one at a time: each may come from its own --set
+        _build(parameters, {key: value}, path, source_of(f"{path}.{key}"))
+
+
 def _validate(recipe: Recipe, source_of: typing.Callable[[str], _Source]) -> None:
     """Reject values no job can use; `source_of(path)` says where a value came from."""
 
@@ -97,3 +113,4 @@ def _validate(recipe: Recipe, source_of: typing.Callable[[str], _Source]) -> Non
     require("data.frame_gap", 0 <= low <= high, "[low, high] with 0 <= low <= high")
     beta = recipe.diffusion
     require("diffusion.beta_end", beta.beta_start < beta.beta_end, "> diffusion.beta_start")
+    _check_backbone_options(recipe, source_of)

@@ -13,9 +13,8 @@ class BackboneConfig:
     pretrained: str | None = None  # local diffusers folder (SD2.1, Hunyuan-DiT); None = random
     qk_norm: bool = True
     gradient_checkpointing: bool = False
-    camera_encoder: str | None = None  # "official" | "conv"; None = the backbone's default
-    domain_embeddings: int | None = None  # zero-init domain embeddings; None = default (0)
-    view_positions: str | None = None  # hunyuan-dit: "shared" | "distinct" RoPE; None = shared
+    # the backbone's own options (its spec's `parameters`, e.g. MVGenMaster's prior_drop)
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -134,7 +133,6 @@ class Recipe:
 CHOICES: dict[str, tuple[str, ...]] = {
     "backbone.variant": ("tiny", "full"),
     "codec.kind": ("vae", "space_to_depth", "none"),
-    "backbone.camera_encoder": ("official", "conv"),
     "data.order": ("official", "random", "even"),
     "data.domain": ("re10k", "co3d", "others"),  # official indices 0, 1, 2 (in this order)
     "diffusion.prediction": ("v_prediction", "epsilon"),

@@ -119,17 +119,20 @@ def load_model(
             step=loaded.step,
             source=str(checkpoint),
         )
-    from cameo_cli.registry import build_backbone
+    from cameo_cli.registry import backbone_from_recipe
 
     recipe = load_recipe(request.recipe or default_recipe(request.backbone, request.variant))
     codec = load_codec(recipe.codec).to(device).eval()
     torch.manual_seed(request.seed)
-    backbone = build_backbone(
-        request.backbone,
+    same = recipe.backbone.name == request.backbone  # else the recipe's options are another's
+    config = dataclasses.replace(
+        recipe.backbone,
+        name=request.backbone,
         variant=request.variant,
-        in_channels=codec.channels,
         pretrained=str(request.pretrained) if request.pretrained else None,
+        options=recipe.backbone.options if same else {},
     )
+    backbone = backbone_from_recipe(config, in_channels=codec.channels)
     source = f"pretrained {request.pretrained}" if request.pretrained else "fresh (random init)"
     return DiagnosedModel(backbone.to(device).eval(), codec, recipe, request.variant, source=source)
 

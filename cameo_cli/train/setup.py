@@ -24,21 +24,10 @@ PREPARE_HINT = (
 
 def build_training_backbone(recipe: Recipe, in_channels: int) -> MultiViewBackbone:
     """The recipe's backbone (unknown names are reported with the registered ones)."""
-    from cameo_cli.registry import build_backbone
+    from cameo_cli.registry import backbone_from_recipe
 
     config = recipe.backbone
-    backbone = build_backbone(
-        config.name,
-        variant=config.variant,
-        in_channels=in_channels,
-        pretrained=config.pretrained,
-        qk_norm=config.qk_norm,
-        **{
-            option: value
-            for option in ("camera_encoder", "domain_embeddings", "view_positions")
-            if (value := getattr(config, option)) is not None
-        },
-    )
+    backbone = backbone_from_recipe(config, in_channels=in_channels)
     if config.gradient_checkpointing:
         backbone.enable_gradient_checkpointing()
     return backbone

@@ -2,8 +2,9 @@
 
 What a plugin adapter does, in order:
 1. wrap a diffusers model as `self.model` (saved by cameo in diffusers layout);
-2. declare one `LayerHook` per self-attention layer, in the order cameo numbers them, and
-   give those layers cameo's multi-view processor (`MultiViewAttnProcessor`);
+2. hook the self-attention layers its spec lists (`self.hooks = self.spec_hooks(model)`:
+   the spec's `layer_paths` are the one declaration) and give those layers cameo's
+   multi-view processor (`MultiViewAttnProcessor`);
 3. optionally add q/k LayerNorms (the official CAMEO default), declared in `model_additions`
    because diffusers' config does not record them;
 4. add the camera input: `cameo_cli.conditioning.camera_condition_maps` (Plücker raymap +
@@ -11,8 +12,8 @@ What a plugin adapter does, in order:
    conv, `camera_patch_tokens`, whose tokens `added_to_output` adds to the DiT's patch
    tokens), so the camera input changes nothing at initialisation;
 5. implement `forward` with cameo's signature and `token_grid` for the layer table;
-6. name the registry `spec` and supply `_new_model` and `_wrap` (cameo's `build` does the
-   rest).
+6. name the registry `spec` and supply `_new_model`; `__init__(model, **options)` takes the
+   spec's options (cameo's `build` checks them, fills defaults and does the rest).
 
 The DiT is class-conditional; cameo has no classes, so every image gets the DiT's own
 learned "null class" (the row its classifier-free guidance drops labels to). The learned
@@ -25,7 +26,7 @@ from __future__ import annotations
 import torch
 from diffusers import DiTTransformer2DModel
 
-from cameo_cli.attention import LayerHook, MultiViewAttnProcessor, add_qk_norm
+from cameo_cli.attention import MultiViewAttnProcessor, add_qk_norm
 from cameo_cli.backbone import MultiViewBackbone, ViewConditioning
 from cameo_cli.conditioning import (
     CAMERA_CONDITION_CHANNELS,
@@ -66,18 +67,14 @@ class ExampleDiT(MultiViewBackbone):
     spec = EXAMPLE_DIT  # name, layer paths and default layer (tests check it against the model)
     model_class = DiTTransformer2DModel
     pretrained_subfolder = "transformer"  # where a pipeline folder keeps the DiT
-    # Every option `build` accepts, with its default; the recipe's `backbone.qk_norm` is
-    # always passed. They are saved in cameo_backbone.json and passed again on loading.
-    option_defaults: dict[str, object] = {"qk_norm": True, "downsample": None}
+    # Options: the spec's `parameters` (default `BackboneOptions`: qk_norm, downsample), what
+    # a recipe's `backbone.options` may set; saved in cameo_backbone.json, passed on loading.
 
     def __init__(self, dit: DiTTransformer2DModel, *, downsample: int, qk_norm: bool) -> None:
         super().__init__()
         self.model = dit
         self.downsample = downsample
-        self.hooks = [
-            LayerHook(index=i, path=f"transformer_blocks.{i}.attn1", multiview=True)
-            for i in range(dit.config.num_layers)
-        ]
+        self.hooks = self.spec_hooks(dit)  # the spec's layer paths the model has, in order
         # New modules inside the diffusers model: declared in `model_additions`.
         self._added = add_qk_norm(dit, self.hooks) if qk_norm else []
         for hook in self.hooks:  # (models with `attn_processors` can use install_processors)
@@ -89,7 +86,8 @@ class ExampleDiT(MultiViewBackbone):
 
     # `MultiViewBackbone.build` checks the options, then makes a new model (`_new_model`) or
     # loads `pretrained` (`_load_model`, by default diffusers' `model_class.from_pretrained`
-    # with every weight checked), checks its input channels and wraps it (`_wrap`).
+    # with every weight checked), checks its input channels and wraps it (`cls(model,
+    # **options)`).
     @classmethod
     def _new_model(
         cls, variant: str, in_channels: int, settings: dict[str, object]
@@ -98,12 +96,6 @@ class ExampleDiT(MultiViewBackbone):
         return DiTTransformer2DModel(
             **CONFIGS[variant], in_channels=in_channels, out_channels=2 * in_channels
         )
-
-    @classmethod
-    def _wrap(
-        cls, model: DiTTransformer2DModel, variant: str, settings: dict[str, object]
-    ) -> ExampleDiT:
-        return cls(model, downsample=int(settings["downsample"]), qk_norm=bool(settings["qk_norm"]))
 
     def model_additions(self) -> list[str]:
         """Modules added inside `model` (saved with cameo's extra weights, not diffusers')."""
