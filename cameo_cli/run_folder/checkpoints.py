@@ -228,12 +228,17 @@ def _cameo_010_prefix(metadata: dict[str, str]) -> str:
 
 
 @torch.no_grad()
+def copy_parameters(values: dict[str, torch.Tensor], module: nn.Module, prefix: str = "") -> None:
+    """Overwrite `module`'s parameters named `prefix + name` in `values` (the EMA weights of a
+    checkpoint, or of a training run); the others stay as they are."""
+    for name, param in module.named_parameters():
+        if prefix + name in values:
+            param.copy_(values[prefix + name].to(param.dtype))
+
+
 def _apply_ema(
     shadow: dict[str, torch.Tensor], backbone: nn.Module, alignment: nn.Module | None
 ) -> None:
-    for prefix, module in (("backbone.", backbone), ("alignment.", alignment)):
-        if module is None:
-            continue
-        for name, param in module.named_parameters():
-            if prefix + name in shadow:
-                param.copy_(shadow[prefix + name].to(param.dtype))
+    copy_parameters(shadow, backbone, "backbone.")
+    if alignment is not None:
+        copy_parameters(shadow, alignment, "alignment.")

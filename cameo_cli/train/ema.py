@@ -8,6 +8,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from cameo_cli.run_folder.checkpoints import copy_parameters
+
 
 class ExponentialMovingAverage:
     """Shadow copies `ema = decay·ema + (1 - decay)·param`, keyed by parameter name."""
@@ -27,12 +29,9 @@ class ExponentialMovingAverage:
             if name in self.shadow:
                 self.shadow[name].lerp_(p.detach().float(), 1.0 - self.decay)
 
-    @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
         """Overwrite the model's parameters with the averaged ones."""
-        for name, p in model.named_parameters():
-            if name in self.shadow:
-                p.copy_(self.shadow[name].to(p.dtype))
+        copy_parameters(self.shadow, model)
 
     @contextlib.contextmanager
     def applied(self, model: nn.Module) -> Iterator[None]:
@@ -45,10 +44,7 @@ class ExponentialMovingAverage:
         try:
             yield
         finally:
-            with torch.no_grad():
-                for name, p in model.named_parameters():
-                    if name in trained:
-                        p.copy_(trained[name])
+            copy_parameters(trained, model)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.shadow)
