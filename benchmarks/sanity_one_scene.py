@@ -95,7 +95,7 @@ def sample_back(out: Path, log: Path) -> float:
     truth = sorted(images.glob("truth_*.png"))
     sampled = sorted((out / "sample").glob("target_*.png"))
     as_tensor = [
-        torch.stack([torch.from_numpy(read_image(p)).permute(2, 0, 1) for p in paths]) / 255
+        torch.stack([torch.from_numpy(read_image(p).copy()).permute(2, 0, 1) for p in paths]) / 255
         for paths in (sampled, truth)
     ]
     return psnr(*as_tensor).mean().item()
