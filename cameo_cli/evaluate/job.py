@@ -375,7 +375,9 @@ def _evaluate_scene(
         per_view[name] = _score(name, scored, truth, None, lpips, psnr_cap)
         if mask is not None:
             per_view[f"{name}_masked"] = _score(name, scored, truth, mask, lpips, psnr_cap)
-    per_view.update(_line_scores(views, scored, truth, mask, metrics, lpips, psnr_cap, stored))
+    per_view.update(
+        _line_scores(views, scored, truth, mask, metrics, lpips, psnr_cap, stored is not None)
+    )
     if request.save_images:
         _save_scene_images(request.out / "images" / _file_name(scene), views, generated, refs)
     return {
@@ -410,11 +412,11 @@ def _line_scores(
     metrics: list[str],
     lpips: LPIPS | None,
     psnr_cap: float,
-    stored: list | None,
+    pixelsplat: bool,
 ) -> dict[str, list[float]]:
     """Per target view: the model's `sharpness`, `<line>_<metric>` of every reference line
-    (and `_masked`), and `reproject_seen`; with `stored` (the truth frames of
-    `--score-size pixelsplat`) the lines are resized as the model's views are."""
+    (and `_masked`), and `reproject_seen`; with `pixelsplat` (`--score-size pixelsplat`) the
+    lines are resized as the model's views are."""
     point_map = None if views.point_map is None else views.point_map[0]
     point_valid = None if views.point_valid is None else views.point_valid[0]
     lines = reference_lines(
@@ -427,8 +429,8 @@ def _line_scores(
     )
     scores = {"sharpness": [float(v) for v in sharpness(generated, truth)]}
     for line, images in lines.images().items():
-        if stored is not None:  # scored as the model's views are (--score-size pixelsplat)
-            images = protocol.pixelsplat_views(images, stored, None)[0]
+        if pixelsplat:  # scored as the model's views are (--score-size pixelsplat)
+            images = protocol.pixelsplat_sample(images)
         for name in metrics:
             scores[f"{line}_{name}"] = _score(name, images, truth, None, lpips, psnr_cap)
             if mask is not None:

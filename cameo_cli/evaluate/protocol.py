@@ -116,22 +116,27 @@ def pixelsplat_resize(images: np.ndarray, resample: int) -> np.ndarray:
     return np.stack(out)
 
 
+def _as_tensor(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(array).permute(0, 3, 1, 2).float() / 255
+
+
+def pixelsplat_sample(generated: torch.Tensor) -> torch.Tensor:
+    """A sample [N,3,h,w] in [0,1] at 256 x 256 as pixelSplat scores it: resized when it is
+    not that size (through uint8, as pixelSplat turns images to uint8 before LANCZOS)."""
+    if tuple(generated.shape[-2:]) == (PIXELSPLAT_SIZE, PIXELSPLAT_SIZE):
+        return generated
+    as_bytes = (generated * 255).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return _as_tensor(pixelsplat_resize(as_bytes, Image.Resampling.LANCZOS))
+
+
 def pixelsplat_views(
     generated: torch.Tensor, stored: list[np.ndarray], masks: list[np.ndarray] | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Sample [N,3,h,w] in [0,1], stored truth frames (uint8 [H,W,3]) and masks at 256 x 256:
-    the truth and masks from the stored frames, the sample resized when it is not 256 x 256
-    (through uint8, as pixelSplat turns images to uint8 before LANCZOS)."""
-
-    def to_tensor(array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(array).permute(0, 3, 1, 2).float() / 255
-
-    truth = to_tensor(pixelsplat_resize(np.stack(stored), Image.Resampling.LANCZOS))
-    if tuple(generated.shape[-2:]) != (PIXELSPLAT_SIZE, PIXELSPLAT_SIZE):
-        as_bytes = (generated * 255).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        generated = to_tensor(pixelsplat_resize(as_bytes, Image.Resampling.LANCZOS))
+    the truth and masks from the stored frames, the sample through `pixelsplat_sample`."""
+    truth = _as_tensor(pixelsplat_resize(np.stack(stored), Image.Resampling.LANCZOS))
     mask = None
     if masks is not None:
         as_bytes = np.stack(masks).astype(np.uint8) * 255
         mask = torch.from_numpy(pixelsplat_resize(as_bytes, Image.Resampling.NEAREST) > 127)
-    return generated, truth, mask
+    return pixelsplat_sample(generated), truth, mask
