@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from cameo_cli import cameras
 from cameo_cli.cli import main
-from cameo_cli.data.synthetic import look_at, render_scene
+from cameo_cli.data.synthetic import SyntheticSource, look_at, render_scene
+from cameo_cli.image_metrics import high_frequency_energy
 
 
 def test_render_is_deterministic_and_seed_dependent():
@@ -56,6 +57,25 @@ def test_neighbouring_frames_overlap():
     pixels, depth = cameras.project_points(points, K, w2c)
     inside = (depth > 0) & (pixels >= 0).all(-1) & (pixels < 32).all(-1)
     assert inside.float().mean() > 0.7
+
+
+def test_texture_scale_coarsens_textures_and_keeps_the_geometry():
+    """--texture-scale: the same rooms and cameras (geometry bit for bit), a texture period
+    X times as long, so far less high-frequency energy at the same resolution."""
+    default = render_scene(seed=0, index=0, resolution=32, num_frames=3)
+    same = render_scene(seed=0, index=0, resolution=32, num_frames=3, texture_scale=1.0)
+    coarse = render_scene(seed=0, index=0, resolution=32, num_frames=3, texture_scale=4.0)
+    assert np.array_equal(default.images, same.images)
+    for key in ("depth", "point_map", "intrinsics", "world_to_camera"):
+        assert np.array_equal(getattr(default, key), getattr(coarse, key))
+    energy = [
+        high_frequency_energy(torch.from_numpy(r.images).permute(0, 3, 1, 2) / 255.0).sum()
+        for r in (default, coarse)
+    ]
+    assert energy[1] < 0.5 * energy[0]
+    # recorded in the dataset options only when it changes the pixels (old folders resume)
+    assert "texture_scale" not in SyntheticSource().options()
+    assert SyntheticSource(texture_scale=4.0).options()["texture_scale"] == 4.0
 
 
 def test_prepare_synthetic_cli(tmp_path):

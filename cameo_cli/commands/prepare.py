@@ -24,6 +24,7 @@ APPLIES_TO = {
     "short_side": ("re10k", "dtu", "navi"),
     "scenes": ("synthetic",),
     "test_scenes": ("synthetic",),
+    "texture_scale": ("synthetic",),
     "frames": ("synthetic",),
     "resolution": ("synthetic",),
 }
@@ -50,6 +51,7 @@ def _make_source(dataset: str, opts: dict) -> SceneSource:
             split=opts["split"] or "train",
             geometry=opts["geometry"] or "depth",
             test_scenes=16 if opts["test_scenes"] is None else opts["test_scenes"],
+            texture_scale=1.0 if opts["texture_scale"] is None else opts["texture_scale"],
         )
     if opts["root"] is None:
         raise CameoError(f"prepare {dataset}: --root DIR is required")
@@ -145,6 +147,12 @@ def print_report(report: PrepareReport, console: Console) -> None:
     type=int,
     help="synthetic: held-out scenes (split test, synth-test-NNNNN, never a training scene of "
     "any seed; eval_index.json names only them) [default: 16].",
+)
+@click.option(
+    "--texture-scale",
+    type=float,
+    help="synthetic: multiply every texture's period by X (4: coarser textures that a 32 px "
+    "model can render; same rooms, cameras and depth) [default: 1].",
 )
 @click.option("--frames", type=int, help="synthetic: frames per scene [default: 16].")
 @click.option("--resolution", type=int, help="synthetic: image size [default: 64].")

@@ -72,7 +72,9 @@ class SceneRender:
 # --------------------------------------------------------------------------- scene layout
 
 
-def _random_texture(rng: np.random.Generator, scale: tuple[float, float]) -> Texture:
+def _random_texture(
+    rng: np.random.Generator, scale: tuple[float, float], texture_scale: float
+) -> Texture:
     hues = (rng.uniform() + np.array([0.0, rng.uniform(0.25, 0.75), rng.uniform(0.1, 0.9)])) % 1
     sats = rng.uniform(0.35, 0.95, size=3)
     vals = np.array([rng.uniform(0.75, 1.0), rng.uniform(0.2, 0.5), rng.uniform(0.45, 0.9)])
@@ -80,7 +82,7 @@ def _random_texture(rng: np.random.Generator, scale: tuple[float, float]) -> Tex
     return Texture(
         kind=TEXTURES[int(rng.integers(len(TEXTURES)))],
         colors=colors,
-        scale=float(rng.uniform(*scale)),
+        scale=float(rng.uniform(*scale)) * texture_scale,
         angle=float(rng.uniform(0, np.pi)),
         salt=int(rng.integers(1, 2**20)),
     )
@@ -91,10 +93,13 @@ def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
     return v - v * s * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
 
 
-def build_scene(rng: np.random.Generator) -> tuple[list[Primitive], np.ndarray, np.ndarray]:
-    """A room with 3-6 objects; returns (primitives, room half extents [3], light dir [3])."""
+def build_scene(
+    rng: np.random.Generator, texture_scale: float = 1.0
+) -> tuple[list[Primitive], np.ndarray, np.ndarray]:
+    """A room with 3-6 objects; returns (primitives, room half extents [3], light dir [3]).
+    `texture_scale` multiplies every texture's period (the layout draws stay the same)."""
     room = np.array([rng.uniform(2.6, 4.0), rng.uniform(1.4, 1.8), rng.uniform(2.6, 4.0)])
-    faces = tuple(_random_texture(rng, (0.5, 1.0)) for _ in range(6))
+    faces = tuple(_random_texture(rng, (0.5, 1.0), texture_scale) for _ in range(6))
     prims = [Primitive("room", np.array([0.0, room[1], 0.0]), room, 0.0, faces)]
     reach = 0.28 * min(room[0], room[2])  # objects stay well inside the camera orbit
     for _ in range(int(rng.integers(3, 7))):
@@ -111,7 +116,8 @@ def build_scene(rng: np.random.Generator) -> tuple[list[Primitive], np.ndarray, 
         else:
             half = np.array([rng.uniform(0.3, 0.6), rng.uniform(0.3, 0.7), 0.0])
             center = np.array([x, half[1] + rng.uniform(0.0, 0.3), z])
-        prims.append(Primitive(kind, center, half, yaw, (_random_texture(rng, (0.2, 0.4)),)))
+        texture = _random_texture(rng, (0.2, 0.4), texture_scale)
+        prims.append(Primitive(kind, center, half, yaw, (texture,)))
     light = np.array([rng.uniform(-0.6, 0.6), 1.0, rng.uniform(-0.6, 0.6)])
     return prims, room, light / np.linalg.norm(light)
 
@@ -333,13 +339,15 @@ def render_scene(
     fov_deg: float = 60.0,
     supersample: int = 2,
     held_out: bool = False,
+    texture_scale: float = 1.0,
 ) -> SceneRender:
     """Render training scene ``index`` (``held_out``: held-out scene ``index``) of the
-    dataset seeded ``seed`` from ``num_frames`` cameras."""
+    dataset seeded ``seed`` from ``num_frames`` cameras; ``texture_scale`` multiplies the
+    texture periods (same layout, cameras and depth; 1 = the default textures)."""
     if not 16 <= resolution <= 1024:
         raise ValueError(f"resolution must be within 16..1024 px, got {resolution}")
     rng = scene_rng(seed, index, held_out)
-    prims, room, light = build_scene(rng)
+    prims, room, light = build_scene(rng, texture_scale)
     w2cs = camera_trajectory(rng, room, num_frames)
     K = pinhole_intrinsics(resolution, fov_deg)
     grid = (np.arange(supersample) + 0.5) / supersample
@@ -379,6 +387,7 @@ class SyntheticSource(SceneSource):
         split: str = TRAIN_SPLIT,
         geometry: str = "depth",
         test_scenes: int = 0,
+        texture_scale: float = 1.0,
     ) -> None:
         if geometry not in ("depth", "none"):
             raise CameoError(
@@ -386,13 +395,15 @@ class SyntheticSource(SceneSource):
             )
         if not 16 <= resolution <= 1024:
             raise CameoError(f"synthetic: --resolution must be within 16..1024, got {resolution}")
+        if not texture_scale > 0:
+            raise CameoError(f"synthetic: --texture-scale must be positive, got {texture_scale}")
         if frames < 2 or scenes < 1 or test_scenes < 0:
             raise CameoError(
                 "synthetic: need at least 1 scene, 2 frames per scene and --test-scenes >= 0"
             )
         self.scenes, self.resolution, self.frames = scenes, resolution, frames
         self.seed, self.split, self.geometry = seed, split, geometry
-        self.test_scenes = test_scenes
+        self.test_scenes, self.texture_scale = test_scenes, texture_scale
 
     def options(self) -> dict:
         return {
@@ -404,6 +415,7 @@ class SyntheticSource(SceneSource):
             "geometry": self.geometry,
             "generator_version": GENERATOR_VERSION,
             **({"test_scenes": self.test_scenes} if self.test_scenes else {}),
+            **({"texture_scale": self.texture_scale} if self.texture_scale != 1 else {}),
         }
 
     def list_scenes(self) -> tuple[list[str], list[Skip]]:
@@ -413,7 +425,14 @@ class SyntheticSource(SceneSource):
     def load_scene(self, scene: str) -> SceneData:
         held_out = scene.startswith(HELD_OUT_PREFIX)
         index = int(scene.removeprefix(HELD_OUT_PREFIX if held_out else TRAIN_PREFIX))
-        render = render_scene(self.seed, index, self.resolution, self.frames, held_out=held_out)
+        render = render_scene(
+            self.seed,
+            index,
+            self.resolution,
+            self.frames,
+            held_out=held_out,
+            texture_scale=self.texture_scale,
+        )
         split = HELD_OUT_SPLIT if held_out else self.split
         return scene_data(render, scene, with_depth=self.geometry == "depth", split=split)
 
