@@ -33,7 +33,7 @@ from cameo_cli.train.data import make_loader, per_process_batch
 from cameo_cli.train.ema import ExponentialMovingAverage
 from cameo_cli.train.metrics import MetricsLogger, check_trackers, start_trackers
 from cameo_cli.train.model import CameoTrainingModel
-from cameo_cli.train.objective import add_training_noise, denoising_loss
+from cameo_cli.train.objective import add_training_noise, denoising_loss, sample_generators
 from cameo_cli.train.plan import RunPlan, check_recipe, needs_geometry, plan_run
 from cameo_cli.train.progress import TrainingProgress
 from cameo_cli.train.setup import (
@@ -106,16 +106,18 @@ def run_training(
 
 
 def camera_drop(
-    train: TrainConfig, size: int, batch_index: int, generator: torch.Generator
+    train: TrainConfig, batch_index: int, generators: list[torch.Generator]
 ) -> torch.Tensor:
-    """[size] bool: the samples whose camera channels are zeroed (classifier-free guidance).
-    Scope "sample": each sample with p = `camera_drop`, from this process's `generator`;
-    "batch" (the official trainer): all or none of global batch `batch_index`, one draw from
-    (seed, batch index) that every process makes alike."""
+    """[B] bool: the samples whose camera channels are zeroed (classifier-free guidance), one
+    per generator of `sample_generators`. Scope "sample": each sample with p = `camera_drop`,
+    from its own generator; "batch" (the official trainer): all or none of global batch
+    `batch_index`, one draw from (seed, batch index) that every process makes alike."""
+    device = generators[0].device
     if train.camera_drop_scope == "batch":
         dropped = batch_rng(train.seed, batch_index, "camera_drop").random() < train.camera_drop
-        return torch.full((size,), bool(dropped), device=generator.device)
-    return torch.rand(size, generator=generator, device=generator.device) < train.camera_drop
+        return torch.full((len(generators),), bool(dropped), device=device)
+    draws = [torch.rand(1, generator=g, device=device) for g in generators]
+    return torch.cat(draws) < train.camera_drop
 
 
 class Trainer:
@@ -184,6 +186,9 @@ class Trainer:
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, WarmupConstant(recipe.train.warmup_steps)
         )
+        # the backbone's own training-time draws (`ViewConditioning.generator`, e.g.
+        # MVGenMaster's prior dropout), per process; noise, timesteps and camera drop come
+        # from each sample's own generator (`sample_generators`)
         seed = recipe.train.seed * 1_000_003 + accelerator.process_index
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.checkpoints = ckpt.CheckpointManager(
@@ -270,11 +275,19 @@ class Trainer:
         if self.teacher is not None:
             with torch.no_grad(), self.accelerator.autocast():
                 inputs["teacher"] = self.teacher(images)
+        # this micro-batch's samples in the global stream: each draws from its own generator
+        first = batch_index * recipe.train.batch_size
+        first += self.accelerator.process_index * batch.batch_size
+        draws = sample_generators(recipe.train.seed, first, batch.batch_size, device)
         with torch.no_grad():
-            draw = self.generator if recipe.codec.sample_posterior else None
-            latents = encode_views(self.codec, batch, draw)
-        noised = add_training_noise(self.scheduler, latents, ref_mask, self.generator)
-        drop = camera_drop(recipe.train, batch.batch_size, batch_index, self.generator)
+            if recipe.codec.sample_posterior:
+                latents = torch.stack(
+                    [self.codec.encode(v, generator=g) for v, g in zip(images, draws, strict=True)]
+                )
+            else:
+                latents = encode_views(self.codec, batch)
+        noised = add_training_noise(self.scheduler, latents, ref_mask, draws)
+        drop = camera_drop(recipe.train, batch_index, draws)
         run = probed_forward(
             self.prepared_model, batch, noised, drop_camera=drop, generator=self.generator, **inputs
         )
