@@ -4,7 +4,9 @@ their own cadence (`components`). The run is resolved before the Trainer exists 
 
 `L = L_denoise + the alignment method's weighted term` at every timestep (`--align none`:
 `L_denoise` only; CAMEO: `λ·L_cameo` per supervised layer). Single
-process, DDP over GPUs/nodes or two CPU processes (gloo, `torchrun`) run the same code.
+process, DDP over GPUs/nodes or two CPU processes (gloo, `torchrun`) run the same code;
+`train.sharding: fsdp` shards the model over the processes instead (`sharding`), with the
+same full-state checkpoints.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, ProjectConfiguration
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.utils.data import Dataset
 
 from cameo_cli.attention.hooks import MatchScorer
@@ -25,6 +28,7 @@ from cameo_cli.data.dataset import batch_rng
 from cameo_cli.errors import CameoError
 from cameo_cli.files import save_png
 from cameo_cli.probed import encode_views, probed_forward
+from cameo_cli.registry import get_spec
 from cameo_cli.run_folder import checkpoints as ckpt
 from cameo_cli.run_folder import layout as rundir
 from cameo_cli.run_folder.metrics import read_metrics
@@ -42,6 +46,7 @@ from cameo_cli.train.setup import (
     open_dataset,
     open_validation_dataset,
 )
+from cameo_cli.train.sharding import root_gathered, shard_model
 from cameo_cli.train.validation import (
     grid_image,
     held_out_metrics,
@@ -132,8 +137,9 @@ class Trainer:
 
         if accelerator.distributed_type in SHARDED:
             raise CameoError(
-                f"{accelerator.distributed_type.value}: cameo's checkpoints need full (unsharded) "
-                "weights and optimizer state; train with DDP (multi-GPU accelerate config)"
+                f"{accelerator.distributed_type.value}: cameo shards the model itself; launch "
+                "with a multi-GPU/multi-CPU accelerate config or torchrun and set "
+                "train.sharding=fsdp"
             )
         per_process_batch(recipe.train.batch_size, accelerator.num_processes)  # fail early
         torch.manual_seed(recipe.train.seed)
@@ -173,6 +179,10 @@ class Trainer:
         image_size = (recipe.data.resolution, recipe.data.resolution)
         self.watched_layer = (layer, backbone.token_grid(layer, image_size))
         self.model = CameoTrainingModel(backbone, alignment).to(self.device)
+        self.sharded = recipe.train.sharding == "fsdp"
+        if self.sharded:  # before the optimizer and EMA, which hold the shards
+            blocks = get_spec(recipe.backbone.name).blocks
+            shard_model(self.model, blocks, recipe.train.mixed_precision, self.device)
         self.ema = (
             ExponentialMovingAverage(self.model, recipe.train.ema_decay)
             if recipe.train.ema
@@ -288,9 +298,15 @@ class Trainer:
                 latents = encode_views(self.codec, batch)
         noised = add_training_noise(self.scheduler, latents, ref_mask, draws)
         drop = camera_drop(recipe.train, batch_index, draws)
-        run = probed_forward(
-            self.prepared_model, batch, noised, drop_camera=drop, generator=self.generator, **inputs
-        )
+        with self.accelerator.autocast():  # what accelerate adds to a DDP model's forward
+            run = probed_forward(
+                self.prepared_model,
+                batch,
+                noised,
+                drop_camera=drop,
+                generator=self.generator,
+                **inputs,
+            )
         prediction, aligned = run.output
         denoise = denoising_loss(
             prediction, noised, ref_mask, self.scheduler, recipe.diffusion.min_snr_gamma
@@ -347,23 +363,32 @@ class Trainer:
 
     # -- checkpoint, validation ---------------------------------------------------------------
     def save_checkpoint(self) -> Path:
+        """Every process takes part (under fsdp each tensor is gathered from the shards); the
+        main one writes the full-state files."""
         accelerator = self.accelerator
-        if accelerator.is_main_process:
+        main = accelerator.is_main_process
+        if main:
             self.checkpoints.stage(self.step)
         accelerator.wait_for_everyone()
         folder = self.checkpoints.staging_path(self.step)
         ckpt.save_rng(folder, accelerator.process_index, {"train": self.generator})
-        if accelerator.is_main_process:
+        weights = None
+        if self.sharded:  # the weights only, whole on the main process (in CPU memory)
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            weights = get_model_state_dict(self.model, options=options)
+        if main:
             model = accelerator.unwrap_model(self.prepared_model)
-            ckpt.save_model(folder, model.backbone, model.alignment, self.recipe.alignment.method)
+            method = self.recipe.alignment.method
+            ckpt.save_model(folder, model.backbone, model.alignment, method, weights)
             dump_recipe(self.recipe, folder / rundir.CONFIG)
-            ckpt.save_training_state(
-                folder,
-                step=self.step,
-                data_position={"global_batches": self.data_position},
-                world_size=accelerator.num_processes,
-                **self._optimizer_state(),
-            )
+        ckpt.save_training_state(
+            folder,
+            step=self.step,
+            data_position={"global_batches": self.data_position},
+            world_size=accelerator.num_processes,
+            write=main,
+            **self._optimizer_state(),
+        )
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             self.checkpoints.commit(self.step)
@@ -378,8 +403,10 @@ class Trainer:
 
     def _validate(self, step: int) -> None:
         """Main process: the held-out metrics of the validation batch (see
-        `cameo_cli.train.validation`) and a grid of its truth, sampled and one-step views."""
-        if not self.accelerator.is_main_process:
+        `cameo_cli.train.validation`) and a grid of its truth, sampled and one-step views.
+        Under fsdp every process runs the (identical) passes through the sharded model."""
+        main = self.accelerator.is_main_process
+        if not (main or self.sharded):
             return
         from cameo_cli.pipeline import MultiViewPipeline
 
@@ -388,7 +415,8 @@ class Trainer:
         model.eval()
         # with EMA, validation scores the averaged weights, as inference loads them
         averaged = self.ema.applied(model) if self.ema is not None else contextlib.nullcontext()
-        with averaged:
+        gathered = root_gathered(model) if self.sharded else contextlib.nullcontext()
+        with averaged, gathered:
             pipeline = MultiViewPipeline(
                 model.backbone,
                 self.codec,
@@ -414,6 +442,8 @@ class Trainer:
                 scorer=self._watched_scorer(model),
             )
         model.train()
+        if not main:
+            return
         truth = (batch.images + 1) / 2
         grid = torch.stack([truth, sampled, one_step], dim=1)
         image = grid_image(grid)
@@ -436,7 +466,10 @@ class Trainer:
             self._restore(resume_from)
         self._prepare_run_dir(resume_from, overwrite, command)
         self.model.train()
-        self.prepared_model, self.optimizer = accelerator.prepare(self.model, self.optimizer)
+        if self.sharded:  # already sharded: accelerate steps the optimizer only
+            self.prepared_model, self.optimizer = self.model, accelerator.prepare(self.optimizer)
+        else:
+            self.prepared_model, self.optimizer = accelerator.prepare(self.model, self.optimizer)
         loader = make_loader(
             self.dataset,
             train.batch_size,
