@@ -33,6 +33,7 @@ from cameo_cli.train.plan import check_recipe, check_shardable
 SAME_COUNT = 1e-5
 OTHER_COUNT = 1e-3
 TERMS = ("denoise", "cameo", "loss")
+WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 ROUND_TRIP = """
 import sys
@@ -71,11 +72,14 @@ def _train(processes: int, *args: str) -> None:
     _launch(processes, "-m", "cameo_cli", "train", *args)
 
 
-def _fresh(processes: int, run: Path, dataset: Path, sharding: str) -> Path:
+def _fresh(
+    processes: int, run: Path, dataset: Path, sharding: str, *extra: str, steps: int = 3
+) -> Path:
     """3 steps of the quick-start recipe, global batch 2, EMA on, checkpoints at 2 and 3."""
     args = ["--recipe", "quickstart-cpu", "--dataset", str(dataset), "--output", str(run)]
-    args += ["--steps", "3"]
+    args += ["--steps", str(steps)]
     for value in (
+        *extra,
         "train.batch_size=2",
         "train.log_every=1",
         "train.checkpoint_every=2",
@@ -131,6 +135,18 @@ def test_fsdp_follows_ddp(fsdp_run, single_run, synthetic_dataset, tmp_path):
     first = _losses(single_run)[1]
     assert math.isclose(_losses(fsdp_run)[1]["denoise"], first["denoise"], rel_tol=SAME_COUNT)
     _assert_close(_losses(fsdp_run), _losses(single_run), OTHER_COUNT, [1, 2, 3])
+
+
+@pytest.mark.slow
+def test_fsdp_in_bf16_with_gradient_checkpointing(synthetic_dataset, tmp_path):
+    """Parameters gathered in bf16: training and validation (under autocast) run, and the
+    checkpoint holds the fp32 weights."""
+    extra = ("train.mixed_precision=bf16", "backbone.gradient_checkpointing=true")
+    run = _fresh(2, tmp_path / "run", synthetic_dataset, "fsdp", *extra, steps=1)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert math.isfinite(rows[0]["loss"]) and "val/psnr" in rows[-1]
+    weights = load_file(str(run / "checkpoints" / "step-000001" / "backbone" / WEIGHTS))
+    assert {v.dtype for v in weights.values()} == {torch.float32}
 
 
 @pytest.mark.slow

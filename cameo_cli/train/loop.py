@@ -404,7 +404,8 @@ class Trainer:
     def _validate(self, step: int) -> None:
         """Main process: the held-out metrics of the validation batch (see
         `cameo_cli.train.validation`) and a grid of its truth, sampled and one-step views.
-        Under fsdp every process runs the (identical) passes through the sharded model."""
+        Under fsdp every process runs the (identical) passes through the sharded model, under
+        the training autocast (DDP validates the fp32 weights)."""
         main = self.accelerator.is_main_process
         if not (main or self.sharded):
             return
@@ -416,7 +417,9 @@ class Trainer:
         # with EMA, validation scores the averaged weights, as inference loads them
         averaged = self.ema.applied(model) if self.ema is not None else contextlib.nullcontext()
         gathered = root_gathered(model) if self.sharded else contextlib.nullcontext()
-        with averaged, gathered:
+        # sharded parameters are gathered in the training precision (bf16): autocast mixes
+        precision = self.accelerator.autocast() if self.sharded else contextlib.nullcontext()
+        with averaged, gathered, precision:
             pipeline = MultiViewPipeline(
                 model.backbone,
                 self.codec,
