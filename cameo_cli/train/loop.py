@@ -263,8 +263,9 @@ class Trainer:
         )
         if progress["world_size"] != self.accelerator.num_processes:
             log.warning(
-                "%s was written by %d processes, resuming with %d: the data order and noise "
-                "differ from an uninterrupted run",
+                "%s was written by %d processes, resuming with %d: same data and noise, but "
+                "the CAMEO mean (per process) and the backbone's own draws differ slightly "
+                "from an uninterrupted run",
                 folder,
                 progress["world_size"],
                 self.accelerator.num_processes,
