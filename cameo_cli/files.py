@@ -376,12 +376,20 @@ def _safetensors_header(path: Path) -> dict[str, Any]:
 def load_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict[str, Any]:
     """All tensors of a safetensors file as torch tensors on `device`; missing, truncated or
     not safetensors -> CameoError naming the file."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    return dict(iter_safetensors(path, device))
+
+
+def iter_safetensors(path: str | os.PathLike, device: str = "cpu") -> Iterator[tuple[str, Any]]:
+    """The tensors of a safetensors file one at a time, `(name, torch tensor on device)`, so
+    a caller that keeps a part of each (a shard) never holds the whole file; the same checks
+    and errors as `load_safetensors`."""
+    from safetensors import SafetensorError, safe_open
 
     check_safetensors(path)
     try:
-        return load_file(str(path), device=str(device))
+        with safe_open(str(path), "pt", device=str(device)) as handle:
+            for name in handle.keys():
+                yield name, handle.get_tensor(name)
     except (SafetensorError, OSError, ValueError) as error:
         raise CameoError(f"{path}: cannot read the safetensors file ({error})") from None
 

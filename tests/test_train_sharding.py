@@ -51,6 +51,13 @@ accelerator = Accelerator(cpu=True)
 dataset = open_dataset(recipe, needs_geometry=True, split="train")
 trainer = Trainer.from_recipe(recipe, out, accelerator, dataset)
 trainer.start(checkpoint, overwrite=False, command=sys.argv)
+# each process keeps compact shards of the loaded state, not views of whole tensors
+loaded = [v for s in trainer.optimizer.state.values() for v in s.values() if v.dim() > 0]
+loaded += list(trainer.ema.state_dict().values())
+for value in loaded:
+    local = value.to_local()
+    assert local.untyped_storage().nbytes() == local.numel() * local.element_size()
+    assert local.shape[0] <= -(-value.shape[0] // 2)  # at most half of dim 0, rounded up
 trainer.save_checkpoint()
 """
 

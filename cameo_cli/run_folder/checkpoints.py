@@ -28,6 +28,7 @@ from torch import nn
 from cameo_cli.errors import CameoError
 from cameo_cli.files import (
     check_safetensors,
+    iter_safetensors,
     load_safetensors,
     read_json,
     replace_folder,
@@ -187,21 +188,25 @@ def restore_training_state(
         weights.update({f"alignment.{k}": v for k, v in load_safetensors(head_file).items()})
     set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    state = load_state(folder, "optimizer")
-    for index, values in state["state"].items():
-        for key, value in values.items():
-            if isinstance(value, torch.Tensor) and value.shape == params[index].shape:
-                values[key] = placed_like(value, params[index])
-    optimizer.load_state_dict(state)
+
+    def place(key: str, tensor: torch.Tensor) -> torch.Tensor:
+        # `save_state` keys the per-parameter state `state.state.<index>.<name>`
+        parts = key.split(".")
+        if len(parts) == 4 and parts[:2] == ["state", "state"]:
+            param = params[int(parts[2])]
+            if tensor.shape == param.shape:
+                return placed_like(tensor, param)
+        return tensor
+
+    optimizer.load_state_dict(load_state(folder, "optimizer", place=place))
     lr_scheduler.load_state_dict(read_json(folder / "scheduler.json"))
     if ema is not None:
         ema_file = folder / EMA
         if not ema_file.is_file():
             raise CameoError(f"{folder}: no {EMA}, but this run has EMA enabled")
         shadow = ema.state_dict()
-        saved_ema = load_safetensors(ema_file)
         ema.load_state_dict(
-            {k: placed_like(v, shadow[k]) for k, v in saved_ema.items() if k in shadow}
+            {k: placed_like(v, shadow[k]) for k, v in iter_safetensors(ema_file) if k in shadow}
         )
     rng_stem = f"rng-rank{rank}"
     if (folder / f"{rng_stem}.json").is_file():
@@ -210,15 +215,15 @@ def restore_training_state(
 
 
 def placed_like(full: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """`full` placed as `reference` is: this process's shard of it where `reference` is
-    sharded (DTensor), else `full` itself on `reference`'s device."""
+    """`full` placed as `reference` is: this process's shard of it (a copy: `full` is not
+    kept) where `reference` is sharded (DTensor), else `full` itself on `reference`'s
+    device."""
     from torch.distributed.tensor import DTensor, distribute_tensor
 
     if isinstance(reference, DTensor):
         full = full.to(reference.device, reference.dtype)
-        return distribute_tensor(
-            full, reference.device_mesh, reference.placements, src_data_rank=None
-        )
+        mesh, placements = reference.device_mesh, reference.placements
+        return distribute_tensor(full, mesh, placements, src_data_rank=None)
     return full.to(reference.device)
 
 

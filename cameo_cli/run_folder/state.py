@@ -11,13 +11,14 @@ dicts with non-string keys are tagged so that `unflatten_state` restores them ex
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from cameo_cli.files import load_safetensors, read_json, save_gathered_safetensors, write_json
+from cameo_cli.files import iter_safetensors, read_json, save_gathered_safetensors, write_json
 
 _TENSOR = "__tensor__"
 _TUPLE = "__tuple__"
@@ -71,10 +72,20 @@ def save_state(state: Any, folder: Path, stem: str, *, write: bool = True) -> No
         write_json(folder / f"{stem}.json", structure, indent=1)
 
 
-def load_state(folder: Path, stem: str, device: str | torch.device = "cpu") -> Any:
-    """Read what `save_state` wrote."""
-    tensors = load_safetensors(folder / f"{stem}.safetensors", device=str(device))
+def load_state(
+    folder: Path,
+    stem: str,
+    device: str | torch.device = "cpu",
+    place: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+) -> Any:
+    """Read what `save_state` wrote. `place(key, tensor)` turns each tensor, as soon as it is
+    read, into what the state keeps (e.g. this process's shard of it), so only one whole
+    tensor is in memory at a time."""
     structure = read_json(folder / f"{stem}.json")
+    tensors = {
+        key: tensor if place is None else place(key, tensor)
+        for key, tensor in iter_safetensors(folder / f"{stem}.safetensors", device=str(device))
+    }
     return unflatten_state(structure, tensors)
 
 
