@@ -76,7 +76,13 @@ def _launch(processes: int, *args: str) -> None:
 
 
 def _train(processes: int, *args: str) -> None:
-    _launch(processes, "-m", "cameo_cli", "train", *args)
+    """`cameo train` over `processes` processes (one: in this one, under plain ddp)."""
+    if processes > 1:
+        _launch(processes, "-m", "cameo_cli", "train", *args)
+        return
+    assert "train.sharding=fsdp" not in args  # would leave a process group in pytest's
+    result = CliRunner().invoke(main, ["train", *args])
+    assert result.exit_code == 0, result.output
 
 
 def _fresh(
