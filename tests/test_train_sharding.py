@@ -1,6 +1,7 @@
 """`train.sharding: fsdp` (FSDP2) with two CPU processes (gloo, torch.distributed.run): it
 follows DDP, its full-state checkpoints round-trip exactly, resume across a change of process
-count, and load in `cameo sample`; and what cannot shard is refused before anything is written.
+count, and load in `cameo sample` and `cameo export`; and what cannot shard is refused
+before anything is written.
 
 Tolerances. Same process count, fsdp against ddp: 1e-5 relative (the same sums, sharded).
 Across process counts the noise is the same (each sample's own generator), but the CAMEO term
@@ -191,14 +192,18 @@ def test_resume_two_to_one_and_one_to_two(fsdp_run, single_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_fsdp_checkpoint_loads_in_sample(fsdp_run, sample_inputs, tmp_path):
+def test_fsdp_checkpoint_loads_in_sample_and_export(fsdp_run, sample_inputs, tmp_path):
+    exported = CliRunner().invoke(main, ["export", str(fsdp_run), "--out", str(tmp_path / "x")])
+    assert exported.exit_code == 0, exported.output
     views = [sample_inputs / "view0.png", sample_inputs / "view1.png"]
-    args = ["sample", "--checkpoint", fsdp_run, "--views", *views]
-    args += ["--cameras", sample_inputs / "refs.json", "--out", tmp_path / "out", "--steps", 2]
-    args += ["--targets", sample_inputs / "targets.json"]
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    assert (tmp_path / "out" / "contact_sheet.png").is_file()
+    for source in (fsdp_run, tmp_path / "x"):
+        out = tmp_path / f"out-{source.name}"
+        args = ["sample", "--checkpoint", source, "--views", *views]
+        args += ["--cameras", sample_inputs / "refs.json", "--out", out, "--steps", 2]
+        args += ["--targets", sample_inputs / "targets.json"]
+        result = CliRunner().invoke(main, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+        assert (out / "contact_sheet.png").is_file()
 
 
 def test_what_cannot_shard_is_refused_before_anything_is_written(synthetic_dataset, tmp_path):
