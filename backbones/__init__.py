@@ -61,6 +61,7 @@ CAT3D = BackboneSpec(
     adapter="cameo.backbones.cat3d:Cat3D",
     per_view_layers=(0, 1, 13, 14, 15),
     parameters=Cat3DOptions,
+    blocks=("down_blocks", "mid_block", "up_blocks"),
 )
 
 MVGENMASTER = replace(
@@ -78,4 +79,5 @@ HUNYUAN_DIT = BackboneSpec(
     layer_paths=tuple(f"blocks.{i}.attn1" for i in range(40)),
     adapter="cameo.backbones.hunyuan_dit:HunyuanDiT",
     parameters=HunyuanOptions,
+    blocks=("blocks",),
 )

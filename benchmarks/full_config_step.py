@@ -10,6 +10,11 @@ correspondence targets. Meant for a GPU; on a CPU it takes minutes per step.
 
     python benchmarks/full_config_step.py --backbone cat3d --device cuda
     python benchmarks/full_config_step.py --backbone hunyuan-dit --device cuda --batch 1
+    python benchmarks/full_config_step.py --backbone hunyuan-dit --device cuda --sharding fsdp
+
+`--sharding fsdp` runs the training model as `train.sharding: fsdp` does (FSDP2 per block,
+`cameo_cli.train.sharding`): on one device it shards nothing, a check of the code path and
+of its overhead.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ from cameo.alignments.cameo.fused import fused_available
 from cameo_cli.backbone import ViewConditioning
 from cameo_cli.batch import ViewBatch
 from cameo_cli.cameras import fov_to_focal, intrinsics_matrix, unproject_depth
-from cameo_cli.registry import build_backbone
+from cameo_cli.registry import build_backbone, get_spec
 from cameo_cli.train.model import CameoTrainingModel
+from cameo_cli.train.sharding import shard_model
 
 LATENT_CHANNELS, DOWNSAMPLE = 4, 8
 
@@ -113,6 +119,9 @@ def measure(args: argparse.Namespace, fused: bool | None) -> tuple[float, float]
         ).to(device)
         alignment.losses[str(layer)].fused = fused
     model = CameoTrainingModel(backbone, alignment).train()
+    if args.sharding == "fsdp":
+        precision = "bf16" if args.bf16 else "no"
+        shard_model(model, get_spec(args.backbone).blocks, precision, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2.5e-5, weight_decay=0.01)
     latents, timesteps, batch = make_batch(args.batch, 4, args.resolution, device)
     cond = ViewConditioning.from_batch(batch)
@@ -156,11 +165,12 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=None)
     parser.add_argument("--no-bf16", dest="bf16", action="store_false")
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--sharding", choices=("ddp", "fsdp"), default="ddp")
     args = parser.parse_args()
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(
         f"{args.backbone} full, {args.resolution} px, F = 4, batch {args.batch}, "
-        f"{'bf16' if args.bf16 else 'fp32'}, {name}"
+        f"{'bf16' if args.bf16 else 'fp32'}, {args.sharding}, {name}"
     )
     results = {name: measure(args, fused) for name, fused in variants(torch.device(args.device))}
     plain_time, plain_peak = results["plain"]

@@ -329,11 +329,14 @@ class MultiViewBackbone(nn.Module, ABC):
             )
         self.load_state_dict(extra, strict=False)
 
-    def save_pretrained(self, folder: str | os.PathLike) -> None:
-        """Write the wrapped model (diffusers layout), cameo's extra modules and the config."""
+    def save_pretrained(
+        self, folder: str | os.PathLike, state: dict[str, torch.Tensor] | None = None
+    ) -> None:
+        """Write the wrapped model (diffusers layout), cameo's extra modules and the config;
+        `state`: the full weights to write (a sharded backbone's, gathered), else its own."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        state = {k: v.detach().contiguous() for k, v in (state or self.state_dict()).items()}
         diffusers_state = {k[len("model.") :]: v for k, v in state.items() if not self._is_extra(k)}
         extra_state = {k: v for k, v in state.items() if self._is_extra(k)}
         _write_atomic(folder / DIFFUSERS_CONFIG, self.model.to_json_string())

@@ -144,6 +144,68 @@ def save_safetensors(
     save_with(path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
 
 
+_SAFETENSORS_DTYPES = {
+    "float64": "F64",
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+}
+
+
+def save_gathered_safetensors(
+    tensors: dict[str, Any],
+    path: str | os.PathLike,
+    *,
+    write: bool,
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """A flat `{name: tensor}` dict whose tensors may be sharded over processes (DTensor) as
+    one whole safetensors file, atomically. Every process calls it: the tensors are gathered
+    one at a time (name order) and the process with `write` streams each into the file, so
+    no process holds more than one whole tensor at once (`load_safetensors` reads it)."""
+    import torch
+    from torch.distributed.tensor import DTensor
+
+    names = sorted(tensors)
+    header: dict[str, Any] = {}
+    offset = 0
+    for name in names:
+        tensor = tensors[name]
+        size = tensor.numel() * tensor.element_size()
+        dtype = _SAFETENSORS_DTYPES[str(tensor.dtype).removeprefix("torch.")]
+        header[name] = {
+            "dtype": dtype,
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    if metadata:
+        header["__metadata__"] = metadata
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+
+    def whole_tensors() -> Iterator[Any]:
+        for name in names:
+            tensor = tensors[name].detach()
+            tensor = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+            yield tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+
+    if not write:
+        for _ in whole_tensors():  # take part in every gather
+            pass
+        return
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+        handle.write(struct.pack("<Q", len(encoded)) + encoded)
+        for data in whole_tensors():
+            handle.write(data.tobytes())
+
+
 def check_output_folder(out: Path, overwrite: bool) -> None:
     """Refuse to replace a non-empty folder unless `overwrite`."""
     if out.exists() and not out.is_dir():
@@ -314,12 +376,20 @@ def _safetensors_header(path: Path) -> dict[str, Any]:
 def load_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict[str, Any]:
     """All tensors of a safetensors file as torch tensors on `device`; missing, truncated or
     not safetensors -> CameoError naming the file."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    return dict(iter_safetensors(path, device))
+
+
+def iter_safetensors(path: str | os.PathLike, device: str = "cpu") -> Iterator[tuple[str, Any]]:
+    """The tensors of a safetensors file one at a time, `(name, torch tensor on device)`, so
+    a caller that keeps a part of each (a shard) never holds the whole file; the same checks
+    and errors as `load_safetensors`."""
+    from safetensors import SafetensorError, safe_open
 
     check_safetensors(path)
     try:
-        return load_file(str(path), device=str(device))
+        with safe_open(str(path), "pt", device=str(device)) as handle:
+            for name in handle.keys():
+                yield name, handle.get_tensor(name)
     except (SafetensorError, OSError, ValueError) as error:
         raise CameoError(f"{path}: cannot read the safetensors file ({error})") from None
 

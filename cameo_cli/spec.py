@@ -34,6 +34,9 @@ class BackboneSpec:
     adapter: str  # "module:Class" of a `cameo_cli.backbone.MultiViewBackbone` subclass
     per_view_layers: tuple[int, ...] = ()  # layers attending within each view; others: 3D
     parameters: type = BackboneOptions  # the options dataclass (a `BackboneOptions` subclass)
+    # module paths in the model of its repeated blocks, each sharded on its own under
+    # `train.sharding: fsdp` (a ModuleList: each child); empty: the backbone cannot shard
+    blocks: tuple[str, ...] = ()
 
     @property
     def default_hook(self) -> str:

@@ -19,6 +19,7 @@ from cameo_cli.data.dataset import (
 from cameo_cli.errors import CameoError
 from cameo_cli.train.data import EpochItems, ResumableBatchSampler, make_loader, per_process_batch
 from cameo_cli.train.loop import camera_drop
+from cameo_cli.train.objective import sample_generators
 
 BATCHES = 2000
 CHI2_DF2_999 = 13.8  # chi-square, 2 degrees of freedom, 99.9 % quantile
@@ -104,14 +105,16 @@ def test_per_sample_orders_are_unchanged_by_the_batch(synthetic_dataset):
 def test_camera_drop_scopes():
     train = TrainConfig(camera_drop=0.1, camera_drop_scope="batch", seed=2)
     tolerance = 5 * (0.09 / BATCHES) ** 0.5
-    ranks = [torch.Generator().manual_seed(r) for r in (0, 1)]
-    masks = [torch.stack([camera_drop(train, 4, k, g) for k in range(BATCHES)]) for g in ranks]
+    ranks = [sample_generators(0, 4 * r, 4) for r in (0, 1)]
+    masks = [torch.stack([camera_drop(train, k, g) for k in range(BATCHES)]) for g in ranks]
     assert torch.equal(masks[0], masks[1])  # every process drops the same global batches
     per_batch = masks[0].float().mean(1)
     assert set(per_batch.tolist()) <= {0.0, 1.0}
     assert abs(per_batch.mean().item() - 0.1) < tolerance
     sample = TrainConfig(camera_drop=0.1, camera_drop_scope="sample")
-    drops = torch.stack([camera_drop(sample, 4, k, ranks[0]) for k in range(BATCHES)])
+    drops = torch.stack(
+        [camera_drop(sample, k, sample_generators(0, 4 * k, 4)) for k in range(BATCHES)]
+    )
     mixed = ((drops.sum(1) > 0) & (drops.sum(1) < 4)).float().mean().item()
     assert mixed > 0.2  # independent per sample: most dropping batches keep other cameras
     assert abs(drops.float().mean().item() - 0.1) < tolerance

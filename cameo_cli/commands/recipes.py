@@ -74,8 +74,8 @@ def print_memory(name: str, recipe: Recipe, processes: int) -> None:
     table = Table(
         title=f"{name}: memory per device, {processes} process(es), "
         f"{plan.per_device_batch} sample(s) of {recipe.data.num_views} views each",
-        caption="ddp: every device holds the whole state; fsdp: parameters split along their "
-        "first dimension over the processes (not yet available in `cameo train`: DDP only)",
+        caption="ddp: every device holds the whole state; fsdp (train.sharding=fsdp): "
+        "parameters split along their first dimension over the processes",
     )
     table.add_column("")
     for strategy in STRATEGIES:

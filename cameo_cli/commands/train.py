@@ -80,7 +80,8 @@ def train(
     CAMEO aligns one layer's attention with geometry.
     Single process: `cameo train ...`; several GPUs or nodes: `accelerate launch -m cameo_cli
     train ...` (DDP from your accelerate config); two CPU processes: `torchrun
-    --nproc_per_node 2 -m cameo_cli train ...`.
+    --nproc_per_node 2 -m cameo_cli train ...`. `--set train.sharding=fsdp` shards the
+    model over the processes (FSDP2); checkpoints stay full-state.
     """
     from cameo_cli.config import load_recipe
     from cameo_cli.errors import CameoError

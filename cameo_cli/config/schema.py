@@ -90,6 +90,9 @@ class TrainConfig:
     ema: bool = False
     ema_decay: float = 0.9999
     seed: int = 0
+    # "ddp": every process holds the whole model and optimizer; "fsdp": FSDP2, each block of
+    # the backbone sharded over the processes (checkpoints stay full-state either way)
+    sharding: str = "ddp"
     log_every: int = 10
     checkpoint_every: int = 5000
     keep_checkpoints: int = 3
@@ -142,5 +145,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "alignment.targets": ("joint", "per_pair"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "train.camera_drop_scope": ("batch", "sample"),
+    "train.sharding": ("ddp", "fsdp"),
     "sample.scheduler": ("ddim", "dpm-solver++", "unipc"),
 }

@@ -28,9 +28,11 @@ from torch import nn
 from cameo_cli.errors import CameoError
 from cameo_cli.files import (
     check_safetensors,
+    iter_safetensors,
     load_safetensors,
     read_json,
     replace_folder,
+    save_gathered_safetensors,
     save_safetensors,
     write_json,
 )
@@ -97,13 +99,31 @@ class CheckpointManager:
 
 
 # -- writing ------------------------------------------------------------------------------
-def save_model(folder: Path, backbone: nn.Module, alignment: nn.Module | None, method: str) -> None:
+def save_model(
+    folder: Path,
+    backbone: nn.Module,
+    alignment: nn.Module | None,
+    method: str,
+    weights: dict[str, torch.Tensor] | None = None,
+) -> None:
     """The parts inference needs: the backbone folder and the alignment method's parameters
-    (its layers and options are in the checkpoint's config.yaml)."""
-    backbone.save_pretrained(folder / BACKBONE)
+    (its layers and options are in the checkpoint's config.yaml). `weights`: the training
+    model's full state dict (`backbone.*`, `alignment.*`) gathered from its shards; None:
+    the modules' own."""
+    if weights is None:
+        weights = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
+        if alignment is not None:
+            weights.update({f"alignment.{k}": v for k, v in alignment.state_dict().items()})
+    backbone.save_pretrained(folder / BACKBONE, _part(weights, "backbone."))
     if alignment is not None:
-        tensors = {k: v.detach().cpu().contiguous() for k, v in alignment.state_dict().items()}
+        tensors = {
+            k: v.detach().cpu().contiguous() for k, v in _part(weights, "alignment.").items()
+        }
         save_safetensors(tensors, folder / ALIGNMENT, metadata={"method": method})
+
+
+def _part(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
 
 
 def save_training_state(
@@ -115,12 +135,17 @@ def save_training_state(
     step: int,
     data_position: dict[str, int],
     world_size: int,
+    write: bool = True,
 ) -> None:
-    """Optimizer, LR scheduler, EMA and progress counters (written by the main process)."""
-    save_state(optimizer.state_dict(), folder, "optimizer")
-    write_json(folder / "scheduler.json", lr_scheduler.state_dict())
+    """Optimizer, LR scheduler, EMA and progress counters, written by the process with
+    `write`. Sharded (FSDP) state is gathered tensor by tensor, so every process calls this
+    and none holds the whole optimizer state at once; the files are full-state either way."""
+    save_state(optimizer.state_dict(), folder, "optimizer", write=write)
     if ema is not None:
-        save_safetensors(ema.state_dict(), folder / EMA)
+        save_gathered_safetensors(ema.state_dict(), folder / EMA, write=write)
+    if not write:
+        return
+    write_json(folder / "scheduler.json", lr_scheduler.state_dict())
     write_json(
         folder / PROGRESS,
         {"step": step, "data_position": data_position, "world_size": world_size},
@@ -148,28 +173,58 @@ def restore_training_state(
     generators: dict[str, torch.Generator],
     rank: int,
 ) -> dict[str, Any]:
-    """Load weights, optimizer, scheduler, EMA and this rank's RNG; return `state.json`."""
+    """Load weights, optimizer, scheduler, EMA and this rank's RNG; return `state.json`.
+    The files are full-state; where the model's parameters are shards (FSDP), each process
+    keeps its own shard of every tensor (any process count reads any checkpoint)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
     progress = read_progress(folder)
-    backbone = model.backbone
-    saved = type(backbone).from_pretrained(folder / BACKBONE)
-    backbone.load_state_dict(saved.state_dict())
+    saved = type(model.backbone).from_pretrained(folder / BACKBONE)
+    weights = {f"backbone.{k}": v for k, v in saved.state_dict().items()}
     if model.alignment is not None:
         head_file = folder / ALIGNMENT
         if not head_file.is_file():
             raise CameoError(f"{folder}: no {ALIGNMENT} (trained with --align none?)")
-        model.alignment.load_state_dict(load_safetensors(head_file))
-    device = next(model.parameters()).device
-    optimizer.load_state_dict(load_state(folder, "optimizer", device=device))
+        weights.update({f"alignment.{k}": v for k, v in load_safetensors(head_file).items()})
+    set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+
+    def place(key: str, tensor: torch.Tensor) -> torch.Tensor:
+        # `save_state` keys the per-parameter state `state.state.<index>.<name>`
+        parts = key.split(".")
+        if len(parts) == 4 and parts[:2] == ["state", "state"]:
+            param = params[int(parts[2])]
+            if tensor.shape == param.shape:
+                return placed_like(tensor, param)
+        return tensor
+
+    optimizer.load_state_dict(load_state(folder, "optimizer", place=place))
     lr_scheduler.load_state_dict(read_json(folder / "scheduler.json"))
     if ema is not None:
         ema_file = folder / EMA
         if not ema_file.is_file():
             raise CameoError(f"{folder}: no {EMA}, but this run has EMA enabled")
-        ema.load_state_dict(load_safetensors(ema_file, device=str(device)))
+        shadow = ema.state_dict()
+        ema.load_state_dict(
+            {k: placed_like(v, shadow[k]) for k, v in iter_safetensors(ema_file) if k in shadow}
+        )
     rng_stem = f"rng-rank{rank}"
     if (folder / f"{rng_stem}.json").is_file():
         restore_rng_state(load_state(folder, rng_stem), generators)
     return progress
+
+
+def placed_like(full: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """`full` placed as `reference` is: this process's shard of it (a copy: `full` is not
+    kept) where `reference` is sharded (DTensor), else `full` itself on `reference`'s
+    device."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(reference, DTensor):
+        full = full.to(reference.device, reference.dtype)
+        mesh, placements = reference.device_mesh, reference.placements
+        return distribute_tensor(full, mesh, placements, src_data_rank=None)
+    return full.to(reference.device)
 
 
 @dataclass

@@ -2,7 +2,8 @@
 states as safetensors + JSON, for exact resume.
 
 `flatten_state` walks a nested structure of dicts, lists, tuples, scalars and tensors; every
-tensor goes to a flat `{key: tensor}` dict (saved with safetensors) and is replaced in the
+tensor goes to a flat `{key: tensor}` dict (saved with safetensors, each tensor gathered whole
+when it is sharded over processes) and is replaced in the
 structure by a reference `{"__tensor__": key}`; what remains is plain JSON. Tuples and
 dicts with non-string keys are tagged so that `unflatten_state` restores them exactly.
 """
@@ -10,13 +11,14 @@ dicts with non-string keys are tagged so that `unflatten_state` restores them ex
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from cameo_cli.files import load_safetensors, read_json, save_safetensors, write_json
+from cameo_cli.files import iter_safetensors, read_json, save_gathered_safetensors, write_json
 
 _TENSOR = "__tensor__"
 _TUPLE = "__tuple__"
@@ -29,7 +31,7 @@ def flatten_state(state: Any) -> tuple[Any, dict[str, torch.Tensor]]:
 
     def walk(value: Any, key: str) -> Any:
         if isinstance(value, torch.Tensor):
-            tensors[key] = value.detach().cpu().contiguous()
+            tensors[key] = value.detach()
             return {_TENSOR: key}
         if isinstance(value, dict):
             if all(isinstance(k, str) for k in value):
@@ -61,17 +63,29 @@ def unflatten_state(structure: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return structure
 
 
-def save_state(state: Any, folder: Path, stem: str) -> None:
-    """Write `state` as `<stem>.json` + `<stem>.safetensors` in `folder`."""
+def save_state(state: Any, folder: Path, stem: str, *, write: bool = True) -> None:
+    """Write `state` as `<stem>.json` + `<stem>.safetensors` in `folder`. Where its tensors
+    are shards (DTensor), every process calls this and only the one with `write` writes."""
     structure, tensors = flatten_state(state)
-    save_safetensors(tensors, folder / f"{stem}.safetensors")
-    write_json(folder / f"{stem}.json", structure, indent=1)
+    save_gathered_safetensors(tensors, folder / f"{stem}.safetensors", write=write)
+    if write:
+        write_json(folder / f"{stem}.json", structure, indent=1)
 
 
-def load_state(folder: Path, stem: str, device: str | torch.device = "cpu") -> Any:
-    """Read what `save_state` wrote."""
-    tensors = load_safetensors(folder / f"{stem}.safetensors", device=str(device))
+def load_state(
+    folder: Path,
+    stem: str,
+    device: str | torch.device = "cpu",
+    place: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+) -> Any:
+    """Read what `save_state` wrote. `place(key, tensor)` turns each tensor, as soon as it is
+    read, into what the state keeps (e.g. this process's shard of it), so only one whole
+    tensor is in memory at a time."""
     structure = read_json(folder / f"{stem}.json")
+    tensors = {
+        key: tensor if place is None else place(key, tensor)
+        for key, tensor in iter_safetensors(folder / f"{stem}.safetensors", device=str(device))
+    }
     return unflatten_state(structure, tensors)
 
 

@@ -4,7 +4,9 @@ their own cadence (`components`). The run is resolved before the Trainer exists 
 
 `L = L_denoise + the alignment method's weighted term` at every timestep (`--align none`:
 `L_denoise` only; CAMEO: `λ·L_cameo` per supervised layer). Single
-process, DDP over GPUs/nodes or two CPU processes (gloo, `torchrun`) run the same code.
+process, DDP over GPUs/nodes or two CPU processes (gloo, `torchrun`) run the same code;
+`train.sharding: fsdp` shards the model over the processes instead (`sharding`), with the
+same full-state checkpoints.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, ProjectConfiguration
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.utils.data import Dataset
 
 from cameo_cli.attention.hooks import MatchScorer
@@ -25,6 +28,7 @@ from cameo_cli.data.dataset import batch_rng
 from cameo_cli.errors import CameoError
 from cameo_cli.files import save_png
 from cameo_cli.probed import encode_views, probed_forward
+from cameo_cli.registry import get_spec
 from cameo_cli.run_folder import checkpoints as ckpt
 from cameo_cli.run_folder import layout as rundir
 from cameo_cli.run_folder.metrics import read_metrics
@@ -33,7 +37,7 @@ from cameo_cli.train.data import make_loader, per_process_batch
 from cameo_cli.train.ema import ExponentialMovingAverage
 from cameo_cli.train.metrics import MetricsLogger, check_trackers, start_trackers
 from cameo_cli.train.model import CameoTrainingModel
-from cameo_cli.train.objective import add_training_noise, denoising_loss
+from cameo_cli.train.objective import add_training_noise, denoising_loss, sample_generators
 from cameo_cli.train.plan import RunPlan, check_recipe, needs_geometry, plan_run
 from cameo_cli.train.progress import TrainingProgress
 from cameo_cli.train.setup import (
@@ -42,6 +46,7 @@ from cameo_cli.train.setup import (
     open_dataset,
     open_validation_dataset,
 )
+from cameo_cli.train.sharding import root_gathered, shard_model
 from cameo_cli.train.validation import (
     grid_image,
     held_out_metrics,
@@ -106,16 +111,18 @@ def run_training(
 
 
 def camera_drop(
-    train: TrainConfig, size: int, batch_index: int, generator: torch.Generator
+    train: TrainConfig, batch_index: int, generators: list[torch.Generator]
 ) -> torch.Tensor:
-    """[size] bool: the samples whose camera channels are zeroed (classifier-free guidance).
-    Scope "sample": each sample with p = `camera_drop`, from this process's `generator`;
-    "batch" (the official trainer): all or none of global batch `batch_index`, one draw from
-    (seed, batch index) that every process makes alike."""
+    """[B] bool: the samples whose camera channels are zeroed (classifier-free guidance), one
+    per generator of `sample_generators`. Scope "sample": each sample with p = `camera_drop`,
+    from its own generator; "batch" (the official trainer): all or none of global batch
+    `batch_index`, one draw from (seed, batch index) that every process makes alike."""
+    device = generators[0].device
     if train.camera_drop_scope == "batch":
         dropped = batch_rng(train.seed, batch_index, "camera_drop").random() < train.camera_drop
-        return torch.full((size,), bool(dropped), device=generator.device)
-    return torch.rand(size, generator=generator, device=generator.device) < train.camera_drop
+        return torch.full((len(generators),), bool(dropped), device=device)
+    draws = [torch.rand(1, generator=g, device=device) for g in generators]
+    return torch.cat(draws) < train.camera_drop
 
 
 class Trainer:
@@ -130,8 +137,9 @@ class Trainer:
 
         if accelerator.distributed_type in SHARDED:
             raise CameoError(
-                f"{accelerator.distributed_type.value}: cameo's checkpoints need full (unsharded) "
-                "weights and optimizer state; train with DDP (multi-GPU accelerate config)"
+                f"{accelerator.distributed_type.value}: cameo shards the model itself; launch "
+                "with a multi-GPU/multi-CPU accelerate config or torchrun and set "
+                "train.sharding=fsdp"
             )
         per_process_batch(recipe.train.batch_size, accelerator.num_processes)  # fail early
         torch.manual_seed(recipe.train.seed)
@@ -171,6 +179,10 @@ class Trainer:
         image_size = (recipe.data.resolution, recipe.data.resolution)
         self.watched_layer = (layer, backbone.token_grid(layer, image_size))
         self.model = CameoTrainingModel(backbone, alignment).to(self.device)
+        self.sharded = recipe.train.sharding == "fsdp"
+        if self.sharded:  # before the optimizer and EMA, which hold the shards
+            blocks = get_spec(recipe.backbone.name).blocks
+            shard_model(self.model, blocks, recipe.train.mixed_precision, self.device)
         self.ema = (
             ExponentialMovingAverage(self.model, recipe.train.ema_decay)
             if recipe.train.ema
@@ -184,6 +196,9 @@ class Trainer:
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, WarmupConstant(recipe.train.warmup_steps)
         )
+        # the backbone's own training-time draws (`ViewConditioning.generator`, e.g.
+        # MVGenMaster's prior dropout), per process; noise, timesteps and camera drop come
+        # from each sample's own generator (`sample_generators`)
         seed = recipe.train.seed * 1_000_003 + accelerator.process_index
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.checkpoints = ckpt.CheckpointManager(
@@ -248,8 +263,9 @@ class Trainer:
         )
         if progress["world_size"] != self.accelerator.num_processes:
             log.warning(
-                "%s was written by %d processes, resuming with %d: the data order and noise "
-                "differ from an uninterrupted run",
+                "%s was written by %d processes, resuming with %d: same data and noise, but "
+                "the CAMEO mean (per process) and the backbone's own draws differ slightly "
+                "from an uninterrupted run",
                 folder,
                 progress["world_size"],
                 self.accelerator.num_processes,
@@ -270,14 +286,28 @@ class Trainer:
         if self.teacher is not None:
             with torch.no_grad(), self.accelerator.autocast():
                 inputs["teacher"] = self.teacher(images)
+        # this micro-batch's samples in the global stream: each draws from its own generator
+        first = batch_index * recipe.train.batch_size
+        first += self.accelerator.process_index * batch.batch_size
+        draws = sample_generators(recipe.train.seed, first, batch.batch_size, device)
         with torch.no_grad():
-            draw = self.generator if recipe.codec.sample_posterior else None
-            latents = encode_views(self.codec, batch, draw)
-        noised = add_training_noise(self.scheduler, latents, ref_mask, self.generator)
-        drop = camera_drop(recipe.train, batch.batch_size, batch_index, self.generator)
-        run = probed_forward(
-            self.prepared_model, batch, noised, drop_camera=drop, generator=self.generator, **inputs
-        )
+            if recipe.codec.sample_posterior:
+                latents = torch.stack(
+                    [self.codec.encode(v, generator=g) for v, g in zip(images, draws, strict=True)]
+                )
+            else:
+                latents = encode_views(self.codec, batch)
+        noised = add_training_noise(self.scheduler, latents, ref_mask, draws)
+        drop = camera_drop(recipe.train, batch_index, draws)
+        with self.accelerator.autocast():  # what accelerate adds to a DDP model's forward
+            run = probed_forward(
+                self.prepared_model,
+                batch,
+                noised,
+                drop_camera=drop,
+                generator=self.generator,
+                **inputs,
+            )
         prediction, aligned = run.output
         denoise = denoising_loss(
             prediction, noised, ref_mask, self.scheduler, recipe.diffusion.min_snr_gamma
@@ -334,23 +364,32 @@ class Trainer:
 
     # -- checkpoint, validation ---------------------------------------------------------------
     def save_checkpoint(self) -> Path:
+        """Every process takes part (under fsdp each tensor is gathered from the shards); the
+        main one writes the full-state files."""
         accelerator = self.accelerator
-        if accelerator.is_main_process:
+        main = accelerator.is_main_process
+        if main:
             self.checkpoints.stage(self.step)
         accelerator.wait_for_everyone()
         folder = self.checkpoints.staging_path(self.step)
         ckpt.save_rng(folder, accelerator.process_index, {"train": self.generator})
-        if accelerator.is_main_process:
+        weights = None
+        if self.sharded:  # the weights only, whole on the main process (in CPU memory)
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            weights = get_model_state_dict(self.model, options=options)
+        if main:
             model = accelerator.unwrap_model(self.prepared_model)
-            ckpt.save_model(folder, model.backbone, model.alignment, self.recipe.alignment.method)
+            method = self.recipe.alignment.method
+            ckpt.save_model(folder, model.backbone, model.alignment, method, weights)
             dump_recipe(self.recipe, folder / rundir.CONFIG)
-            ckpt.save_training_state(
-                folder,
-                step=self.step,
-                data_position={"global_batches": self.data_position},
-                world_size=accelerator.num_processes,
-                **self._optimizer_state(),
-            )
+        ckpt.save_training_state(
+            folder,
+            step=self.step,
+            data_position={"global_batches": self.data_position},
+            world_size=accelerator.num_processes,
+            write=main,
+            **self._optimizer_state(),
+        )
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             self.checkpoints.commit(self.step)
@@ -365,8 +404,11 @@ class Trainer:
 
     def _validate(self, step: int) -> None:
         """Main process: the held-out metrics of the validation batch (see
-        `cameo_cli.train.validation`) and a grid of its truth, sampled and one-step views."""
-        if not self.accelerator.is_main_process:
+        `cameo_cli.train.validation`) and a grid of its truth, sampled and one-step views.
+        Under fsdp every process runs the (identical) passes through the sharded model, under
+        the training autocast (DDP validates the fp32 weights)."""
+        main = self.accelerator.is_main_process
+        if not (main or self.sharded):
             return
         from cameo_cli.pipeline import MultiViewPipeline
 
@@ -375,7 +417,10 @@ class Trainer:
         model.eval()
         # with EMA, validation scores the averaged weights, as inference loads them
         averaged = self.ema.applied(model) if self.ema is not None else contextlib.nullcontext()
-        with averaged:
+        gathered = root_gathered(model) if self.sharded else contextlib.nullcontext()
+        # sharded parameters are gathered in the training precision (bf16): autocast mixes
+        precision = self.accelerator.autocast() if self.sharded else contextlib.nullcontext()
+        with averaged, gathered, precision:
             pipeline = MultiViewPipeline(
                 model.backbone,
                 self.codec,
@@ -401,6 +446,8 @@ class Trainer:
                 scorer=self._watched_scorer(model),
             )
         model.train()
+        if not main:
+            return
         truth = (batch.images + 1) / 2
         grid = torch.stack([truth, sampled, one_step], dim=1)
         image = grid_image(grid)
@@ -423,7 +470,10 @@ class Trainer:
             self._restore(resume_from)
         self._prepare_run_dir(resume_from, overwrite, command)
         self.model.train()
-        self.prepared_model, self.optimizer = accelerator.prepare(self.model, self.optimizer)
+        if self.sharded:  # already sharded: accelerate steps the optimizer only
+            self.prepared_model, self.optimizer = self.model, accelerator.prepare(self.optimizer)
+        else:
+            self.prepared_model, self.optimizer = accelerator.prepare(self.model, self.optimizer)
         loader = make_loader(
             self.dataset,
             train.batch_size,

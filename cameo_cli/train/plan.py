@@ -38,7 +38,7 @@ def needs_geometry(recipe: Recipe) -> bool:
 
 def check_recipe(recipe: Recipe) -> None:
     """Fail fast, before building anything: unknown backbone or method, a layer outside the
-    full config, options training does not support."""
+    full config, options training does not support (`check_shardable`)."""
     if recipe.codec.cache_latents:
         raise CameoError(
             "codec.cache_latents: training does not cache latents (views are drawn and cropped "
@@ -46,9 +46,26 @@ def check_recipe(recipe: Recipe) -> None:
         )
     parse_options(get_alignment_spec(recipe.alignment.method), recipe)
     spec = get_spec(recipe.backbone.name)
+    if recipe.train.sharding == "fsdp":
+        check_shardable(recipe, spec.blocks)
     if recipe.backbone.variant == "full":
         selection = LayerSelection.parse(recipe.alignment.layer)
         selection.check(spec.name, len(spec.layer_paths), spec.default_layer)
+
+
+def check_shardable(recipe: Recipe, blocks: tuple[str, ...]) -> None:
+    """`train.sharding: fsdp` needs the backbone's block list (its spec's `blocks`) and a
+    precision without a gradient scaler."""
+    if not blocks:
+        raise CameoError(
+            f"train.sharding fsdp: backbone '{recipe.backbone.name}' names no blocks to shard "
+            "(its BackboneSpec.blocks is empty); train it with train.sharding=ddp"
+        )
+    if recipe.train.mixed_precision == "fp16":
+        raise CameoError(
+            "train.sharding fsdp: train.mixed_precision fp16 needs a gradient scaler over "
+            "sharded gradients, which cameo does not run; use bf16 or no"
+        )
 
 
 def resolve_layer(recipe: Recipe, backbone: MultiViewBackbone) -> int | list[int]:
