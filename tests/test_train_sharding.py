@@ -60,6 +60,7 @@ for value in loaded:
     assert local.untyped_storage().nbytes() == local.numel() * local.element_size()
     assert local.shape[0] <= -(-value.shape[0] // 2)  # at most half of dim 0, rounded up
 trainer.save_checkpoint()
+accelerator.end_training()  # destroys the process group: no gloo thread left at exit
 """
 
 
