@@ -27,7 +27,9 @@ import sys
 import time
 from pathlib import Path
 
-from cameo_cli.files import read_json, read_json_lines, save_figure, write_json
+import numpy as np
+
+from cameo_cli.files import read_json, read_json_lines, write_json
 
 RECIPE = "quickstart-cpu"
 # data levers: name -> `cameo prepare synthetic` options (trained with the quick start recipe)
@@ -126,26 +128,16 @@ def evaluate(name: str, run_name: str, options: list[str], args: argparse.Namesp
 
 
 def plot(curves: dict[str, list[dict]], lines: dict[str, float], path: Path) -> None:
-    import matplotlib
+    """`val/psnr` of every lever over training, the reference run's lines as horizontal lines
+    (`cameo compare`'s plot, one seed per lever)."""
+    from cameo_cli.compare.plots import metric_curves
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 4.2))
+    series = {}
     for name, curve in curves.items():
-        axis.plot([c["step"] for c in curve], [c["val/psnr"] for c in curve], "o-", label=name)
-    first = min(c["step"] for curve in curves.values() for c in curve)
-    for name, value in lines.items():
-        axis.axhline(value, linestyle=":", color="grey")
-        label = f"{name.split('_')[1]} (the reference run's batch)"
-        below = name == "val/line_flat_psnr"  # flat and copy often lie close together
-        axis.annotate(label, (first, value), fontsize=7, va="top" if below else "bottom")
-    axis.set_xlabel("training step (8 samples each)")
-    axis.set_ylabel("held-out sampled PSNR (dB), val/psnr")
-    axis.set_title("quick-start levers, one change each")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=7)
-    save_figure(path, figure)
+        values = np.array([[c["val/psnr"] for c in curve]])
+        series[name] = (np.array([c["step"] for c in curve]), values, values[0])
+    named = {key.split("_")[1]: value for key, value in lines.items()}
+    metric_curves(series, "held-out sampled PSNR (dB), val/psnr", path, named)
 
 
 def table(report: dict) -> str:
