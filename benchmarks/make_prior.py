@@ -55,8 +55,10 @@ def main() -> None:
     times = args.work / "train_seconds.json"
     seconds = read_json(times)["seconds"] if times.is_file() else 0.0
     started = time.monotonic()
-    subprocess.run(command, check=True)
-    write_json(times, {"seconds": seconds + time.monotonic() - started})
+    try:
+        subprocess.run(command, check=True)
+    finally:  # an interrupted run keeps its time too: it resumes from its last checkpoint
+        write_json(times, {"seconds": seconds + time.monotonic() - started})
     if not args.export:
         return
     subprocess.run(cameo("export", run, "--out", args.out, "--overwrite"), check=True)

@@ -38,6 +38,7 @@ SHIPPED = {
     "mvgenmaster-re10k",
     "hunyuan-dit-re10k",
     "quickstart-cpu",
+    "quickstart-from-prior-cpu",
     "sanity-one-scene",
     "prior-cpu",
 }
