@@ -161,11 +161,12 @@ def one_step_views(
     batch: ViewBatch,
     *,
     seed: int,
+    timestep: int = VALIDATION_TIMESTEP,
 ) -> torch.Tensor:
-    """`[B, F, 3, H, W]` in [0, 1]: references as given, targets as x̂0 at t = 500."""
+    """`[B, F, 3, H, W]` in [0, 1]: references as given, targets as x̂0 at `timestep`."""
     batch = batch.to(next(backbone.parameters()).device)
     latents = encode_views(codec, batch)
-    run = fixed_noise_pass(backbone, latents, scheduler, batch, VALIDATION_TIMESTEP, seed=seed)
+    run = fixed_noise_pass(backbone, latents, scheduler, batch, timestep, seed=seed)
     return _one_step_images(codec, scheduler, batch, run)
 
 
