@@ -68,8 +68,9 @@ def main() -> None:
     write_json(
         args.out / "PRIOR.json",
         {
-            "made_by": "python benchmarks/make_prior.py --export "
-            f"(recipe prior-cpu, seed {PRIOR_SEED}, {args.scenes} scenes)",
+            "made_by": "python benchmarks/make_prior.py --export"
+            + (f" --steps {args.steps}" if args.steps else "")
+            + f" (recipe prior-cpu, seed {PRIOR_SEED}, {args.scenes} scenes)",
             "step": config.get("step"),
             "train_seconds": read_json(times)["seconds"],
             "last_validation": held_out[-1] if held_out else None,
