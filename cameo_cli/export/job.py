@@ -138,6 +138,7 @@ def model_card(
 
 ```python
 from cameo_cli.pipeline import MultiViewPipeline
+
 pipeline = MultiViewPipeline.from_pretrained("path/to/this/folder")
 ```
 
