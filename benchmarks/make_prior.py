@@ -20,7 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from cameo_cli.files import read_json, read_json_lines, write_json
+from cameo_cli.export.job import last_validation
+from cameo_cli.files import read_json, write_json
 
 PRIOR_SEED = 2
 
@@ -62,8 +63,7 @@ def main() -> None:
     if not args.export:
         return
     subprocess.run(cameo("export", run, "--out", args.out, "--overwrite"), check=True)
-    lines = read_json_lines(run / "metrics.jsonl")
-    held_out = [line for line in lines if "val/psnr" in line]
+    held_out = last_validation(run)
     config = read_json(args.out / "model_index.json")
     write_json(
         args.out / "PRIOR.json",
@@ -73,7 +73,7 @@ def main() -> None:
             + f" (recipe prior-cpu, seed {PRIOR_SEED}, {args.scenes} scenes)",
             "step": config.get("step"),
             "train_seconds": read_json(times)["seconds"],
-            "last_validation": held_out[-1] if held_out else None,
+            "last_validation": held_out or None,
         },
     )
 

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cameo_cli.files import read_json, read_json_lines, write_json
+from cameo_cli.files import read_json, write_json
+from cameo_cli.run_folder.metrics import read_metrics
 
 RECIPE = "quickstart-cpu"
 # data levers: name -> `cameo prepare synthetic` options (trained with the quick start recipe)
@@ -79,9 +80,7 @@ def run(command: list[str], log: Path) -> float:
 
 def validations(folder: Path) -> list[dict]:
     """The run's validation lines (those with `val/psnr`), in step order."""
-    metrics = folder / "metrics.jsonl"
-    lines = read_json_lines(metrics) if metrics.is_file() else []
-    return [line for line in lines if "val/psnr" in line]
+    return [line for line in read_metrics(folder, required=False) if "val/psnr" in line]
 
 
 def dataset(name: str, args: argparse.Namespace) -> Path:

@@ -52,7 +52,8 @@ from rich.table import Table
 
 from cameo_cli.config import find_recipe
 from cameo_cli.errors import CameoError
-from cameo_cli.files import read_json, read_json_lines, save_figure, write_json
+from cameo_cli.files import read_json, save_figure, write_json
+from cameo_cli.run_folder.metrics import read_metrics
 
 CORE = ("baseline", "cameo")  # trained with every seed
 # seed 0 only
@@ -306,7 +307,7 @@ def evaluation(study: Study, run: str) -> dict[str, float]:
 def held_out(run: Path) -> dict[str, dict[int, float]]:
     """metric -> {step: value} of a run's `val/*` lines."""
     curves: dict[str, dict[int, float]] = {}
-    for line in read_json_lines(run / "metrics.jsonl"):
+    for line in read_metrics(run):
         for key, value in line.items():
             if key.startswith("val/"):
                 curves.setdefault(key, {})[int(line["step"])] = float(value)

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import torch
 
-from cameo_cli.files import read_image, read_json, read_json_lines, save_figure, write_json
+from cameo_cli.files import read_image, read_json, save_figure, write_json
 from cameo_cli.image_metrics import psnr
+from cameo_cli.run_folder.metrics import read_metrics
 
 SCENE = "synth-00000"
 CURVE = ("val/psnr", "val/psnr_x0", "val/sharpness", "val/denoise_t250")
@@ -53,9 +54,7 @@ def run(command: list[object], log: Path) -> None:
 
 def validations(run_folder: Path) -> list[dict]:
     """The run's validation lines (those with `val/psnr`), in step order."""
-    metrics = run_folder / "metrics.jsonl"
-    lines = read_json_lines(metrics) if metrics.is_file() else []
-    return [line for line in lines if "val/psnr" in line]
+    return [line for line in read_metrics(run_folder, required=False) if "val/psnr" in line]
 
 
 def train(args: argparse.Namespace, data: Path, log: Path) -> list[dict]:
